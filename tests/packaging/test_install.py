@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 IMPORT_CHECK = (
-    "import inductor_quant, inductor_quant.passes, inductor_quant.kernels, inductor_quant.quantizer;"
+    "import inductor_quant, inductor_quant.passes, inductor_quant.kernels, inductor_quant.quantizer, inductor_quant.benchmarks.zoo;"
     "print(inductor_quant.__file__); print(inductor_quant.passes.__file__); print(inductor_quant.kernels.__file__)"
 )
 
@@ -25,9 +25,9 @@ def test_editable_install_maps_folders_into_one_root(tmp_path):
 
 
 def test_no_generic_top_level_modules(tmp_path):
-    code = "import importlib.util as u; print(u.find_spec('passes'), u.find_spec('kernels'))"
+    code = "import importlib.util as u; print([u.find_spec(m) for m in ('passes', 'kernels', 'benchmarks')])"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True)
-    assert out.stdout.strip() == "None None"
+    assert out.stdout.strip() == "[None, None, None]"
 
 
 @pytest.mark.packaging
@@ -36,7 +36,7 @@ def test_wheel_installs_into_fresh_venv(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for name in ("inductor_quant", "passes", "kernels"):
+    for name in ("inductor_quant", "passes", "kernels", "benchmarks"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
