@@ -1,0 +1,213 @@
+"""Side-by-side benchmark: every mode of one model measured in the same process, interleaved.
+
+For each (model, batch): build every mode first (compile seconds recorded separately), then
+time them round-robin — one call of each mode per round — so drift of the machine (turbo,
+another process) hits all modes alike. Figures are medians; ratios are against Inductor fp32
+of the same run. Results: JSON lines + a markdown table (+ an optional PNG chart).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from . import zoo
+
+# ----------------------------------------------------------------------------- modes
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How one benchmark column is built: `prepare(model, inputs) -> callable`, run under `context`."""
+
+    name: str
+    prepare: Callable[[torch.nn.Module, tuple], Callable]
+    bf16: bool = False          # run under CPU bf16 autocast
+    linear_only: bool = False   # only meaningful for models made of linears (dynamic quant)
+    needs_builtin: bool = False  # needs torch's own quantization fusions (gone in torch 2.14)
+
+
+def _autocast(enabled: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def _compile(model: torch.nn.Module) -> Callable:
+    return torch.compile(model, dynamic=False)
+
+
+def _quantized(model, inputs, *, dynamic: bool = False, ours: bool = True):
+    from inductor_quant import passes, quantize
+    from inductor_quant.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
+    converted = quantize(copy.deepcopy(model), inputs, [inputs], quantizer=quantizer)
+    if not ours:
+        passes.uninstall()
+    return _compile(converted)
+
+
+def builtin_fusions_available() -> bool:
+    """torch 2.13 still ships its own freezing-time qconv/qlinear fusions; 2.14 does not."""
+    from torch._inductor.fx_passes import quantization
+
+    return hasattr(quantization, "_register_quantization_weight_pack_pass")
+
+
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode("eager_fp32", lambda model, inputs: model),
+        Mode("inductor_fp32", lambda model, inputs: _compile(copy.deepcopy(model))),
+        Mode("inductor_bf16", lambda model, inputs: _compile(copy.deepcopy(model)), bf16=True),
+        Mode("int8", lambda model, inputs: _quantized(model, inputs)),
+        Mode("int8_bf16", lambda model, inputs: _quantized(model, inputs), bf16=True),
+        Mode("int8_dynamic", lambda model, inputs: _quantized(model, inputs, dynamic=True), linear_only=True),
+        Mode("int8_builtin", lambda model, inputs: _quantized(model, inputs, ours=False), needs_builtin=True),
+    )
+}
+BASELINE = "inductor_fp32"
+
+# ----------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Result:
+    model: str
+    batch: int
+    mode: str
+    median_ms: Optional[float] = None
+    throughput: Optional[float] = None   # samples / s
+    compile_s: Optional[float] = None
+    vs_inductor_fp32: Optional[float] = None  # speed-up (>1 is faster)
+    error: Optional[str] = None
+    machine: dict = field(default_factory=dict)
+
+
+def machine_info(threads: int) -> dict:
+    flags: set[str] = set()
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    isa = [f for f in ("amx_int8", "amx_bf16", "avx512_vnni", "avx512_bf16", "avx_vnni") if f in flags]
+    return {"cpu": cpu, "isa": isa, "threads": threads, "torch": torch.__version__}
+
+
+def _call(fn: Callable, inputs: tuple, bf16: bool):
+    with torch.no_grad(), _autocast(bf16):
+        return fn(*inputs)
+
+
+def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmup: int = 3,
+              progress: Callable[[str], None] = lambda s: None) -> list[Result]:
+    """Build all modes (timing the compile), then time them interleaved."""
+    entry = zoo.ZOO[name]
+    model, inputs = zoo.build(name, batch)
+    built: dict[str, tuple[Callable, Mode]] = {}
+    results: dict[str, Result] = {}
+    for mode_name in modes:
+        mode = MODES[mode_name]
+        res = results[mode_name] = Result(name, batch, mode_name)
+        if mode.linear_only and entry.convs:
+            res.error = "skipped: dynamic quantization is for linear models"
+            continue
+        if mode.needs_builtin and not builtin_fusions_available():
+            res.error = f"skipped: torch {torch.__version__} has no built-in quantization fusions"
+            continue
+        progress(f"{name} bs{batch}: building {mode_name}")
+        start = time.perf_counter()
+        try:
+            with torch._inductor.config.patch(freezing=True):
+                fn = mode.prepare(model, inputs)
+                _call(fn, inputs, mode.bf16)  # compiles
+        except Exception as e:  # a failing mode is reported, not fatal for the table
+            res.error = f"{type(e).__name__}: {e}"[:300]
+            continue
+        res.compile_s = time.perf_counter() - start
+        built[mode_name] = (fn, mode)
+    times: dict[str, list[float]] = {m: [] for m in built}
+    for i in range(warmup + runs):
+        for mode_name, (fn, mode) in built.items():
+            start = time.perf_counter()
+            _call(fn, inputs, mode.bf16)
+            if i >= warmup:
+                times[mode_name].append(time.perf_counter() - start)
+        progress(f"{name} bs{batch}: round {i + 1}/{warmup + runs}")
+    for mode_name, samples in times.items():
+        med = statistics.median(samples)
+        results[mode_name].median_ms = med * 1e3
+        results[mode_name].throughput = batch / med
+    base = results.get(BASELINE)
+    for res in results.values():
+        if base and base.median_ms and res.median_ms:
+            res.vs_inductor_fp32 = base.median_ms / res.median_ms
+    torch._dynamo.reset()
+    return list(results.values())
+
+
+def markdown_table(results: list[Result]) -> str:
+    modes = list(dict.fromkeys(r.mode for r in results))
+    head = "| model | batch | " + " | ".join(modes) + " |"
+    lines = [head, "|" + "---|" * (len(modes) + 2)]
+    for key in dict.fromkeys((r.model, r.batch) for r in results):
+        row = {r.mode: r for r in results if (r.model, r.batch) == key}
+        cells = []
+        for m in modes:
+            r = row.get(m)
+            if r is None or r.median_ms is None:
+                cells.append("—")
+            else:
+                cells.append(f"{r.median_ms:.1f} ms ({r.vs_inductor_fp32:.2f}×)" if r.vs_inductor_fp32 else
+                             f"{r.median_ms:.1f} ms")
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(results: list[Result], out_prefix: str, chart: bool = False) -> list[str]:
+    written = [out_prefix + ".jsonl", out_prefix + ".md"]
+    with open(written[0], "w") as f:
+        for r in results:
+            f.write(json.dumps(asdict(r)) + "\n")
+    with open(written[1], "w") as f:
+        f.write(markdown_table(results) + "\n")
+    if chart:
+        written.append(_bar_chart(results, out_prefix + ".png"))
+    return written
+
+
+def _bar_chart(results: list[Result], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys((r.model, r.batch) for r in results))
+    modes = [m for m in dict.fromkeys(r.mode for r in results)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys)), 4))
+    width = 0.8 / max(1, len(modes))
+    for i, mode in enumerate(modes):
+        vals = [next((r.vs_inductor_fp32 or 0 for r in results if (r.model, r.batch) == k and r.mode == mode), 0)
+                for k in keys]
+        ax.bar([x + i * width for x in range(len(keys))], vals, width, label=mode)
+    ax.set_xticks([x + width * (len(modes) - 1) / 2 for x in range(len(keys))], [f"{m}\nbs{b}" for m, b in keys])
+    ax.set_ylabel("speed-up vs Inductor fp32")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

@@ -1,0 +1,82 @@
+"""`inductor-quant` command line: demo (the main job), bench, report."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Callable, Optional
+
+
+def _progress(quiet: bool) -> Callable[[str], None]:
+    if quiet or not sys.stderr.isatty():
+        return lambda msg: None
+    return lambda msg: print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+
+
+def _load_factory(spec: str):
+    """`package.module:factory` -> factory() returning (model, example_inputs)."""
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise SystemExit(f"--model expects 'module:factory', got {spec!r}")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from inductor_quant.benchmarks import runner, zoo
+
+    torch.set_num_threads(args.threads)
+    models = args.models or (["resnet50"] if args.quick else list(zoo.ZOO))
+    modes = args.modes or list(runner.MODES)
+    runs, warmup = (3, 1) if args.quick else (args.runs, args.warmup)
+    progress = _progress(args.quiet)
+    results = []
+    for name in models:
+        batches = args.batch or ([zoo.ZOO[name].batch_sizes[0]] if args.quick else zoo.ZOO[name].batch_sizes)
+        for bs in batches:
+            results += runner.run_model(name, bs, modes, runs=runs, warmup=warmup, progress=progress)
+    info = runner.machine_info(args.threads)
+    for r in results:
+        r.machine = info
+    if not args.quiet:
+        print(file=sys.stderr)
+    print(f"{info['cpu']} | ISA: {', '.join(info['isa']) or 'none'} | threads: {info['threads']} | torch {info['torch']}")
+    print(runner.markdown_table(results))
+    for r in results:
+        if r.error:
+            print(f"  {r.model} bs{r.batch} {r.mode}: {r.error}")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    for path in runner.write_outputs(results, args.out, chart=args.chart):
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inductor-quant", description=__doc__)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    sub = p.add_subparsers(dest="command")
+
+    b = sub.add_parser("bench", help="side-by-side speed of fp32 / bf16 / int8 modes in one process")
+    b.add_argument("--models", nargs="*", help="zoo models (default: all)")
+    b.add_argument("--batch", type=int, nargs="*", help="batch sizes (default: the zoo's)")
+    b.add_argument("--modes", nargs="*", help="modes (default: all)")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--runs", type=int, default=20)
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--quick", action="store_true", help="smoke run: one small config, 3 runs")
+    b.add_argument("--chart", action="store_true", help="also write a PNG bar chart (needs matplotlib)")
+    b.add_argument("--out", default="results/bench", help="output prefix for .jsonl/.md/.png")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
