@@ -1,0 +1,163 @@
+"""Builders for the oneDNN int8 ops (torch 2.13 schemas): the only place that spells their argument lists.
+
+Every builder takes a `call(op, args)` function, so the same code builds an FX node
+(`call = graph.call_function`) or runs the op eagerly (`call = eager`). Quantization
+parameters travel in small records; a builder picks the overload (`.default` for Python
+scalars, `.tensor` for tensor scale/zero point) and translates the records into the op's
+conventions:
+
+- fp32/bf16 output: output scale 1.0, zero point 0 (the op requires it);
+- uint8/int8 output: the op takes the output scale and zero point as they are (probed on
+  torch 2.13: passing the inverse scale is wrong; the tests in tests/kernels pin this);
+- conv `sum` accumulates in place into `accum` (the caller owns a private copy).
+
+Schemas: `torch.ops.onednn.<op>.<overload>._schema`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import torch
+
+onednn = torch.ops.onednn
+
+QCONV = onednn.qconv_pointwise
+QCONV_BINARY = onednn.qconv2d_pointwise
+QLINEAR = onednn.qlinear_pointwise
+QCONV_PREPACK = onednn.qconv_prepack.default
+QLINEAR_PREPACK = onednn.qlinear_prepack.default
+
+Call = Callable[[Any, tuple], Any]
+
+
+def eager(op, args: tuple):
+    """`call` for running a builder directly."""
+    return op(*args)
+
+
+@dataclasses.dataclass(frozen=True)
+class QParams:
+    """Per-tensor activation quantization: Python scalars or tensors (nodes in a graph)."""
+
+    scale: Any = 1.0
+    zero_point: Any = 0
+
+    @property
+    def is_tensor(self) -> bool:
+        return not isinstance(self.scale, (int, float))
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """What the fused op emits: float (fp32/bf16) or requantized (uint8/int8 with scale, zp)."""
+
+    dtype: torch.dtype = torch.float32
+    scale: float = 1.0
+    zero_point: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.dtype in (torch.uint8, torch.int8)
+
+    def op_args(self) -> tuple:
+        # fp out: (1.0, 0, dtype); q out: (scale, zp, dtype)
+        if not self.quantized:
+            return 1.0, 0, self.dtype
+        return float(self.scale), int(self.zero_point), self.dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class Unary:
+    """A unary post-op as oneDNN attributes: name, scalar arguments, algorithm."""
+
+    name: str = "none"
+    scalars: tuple = ()
+    algorithm: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Binary:
+    """A binary post-op: `sum` (conv, in place) or `add`, the extra input's qparams, then a unary."""
+
+    name: str = "sum"
+    alpha: float = 1.0
+    other: QParams = QParams(1.0, 0)
+    unary: Unary = Unary()
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry:
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int = 1
+
+
+def _scalars(u: Unary) -> list:
+    return list(u.scalars)
+
+
+def qconv_prepack(call: Call, w, w_scale, x: QParams, geom: ConvGeometry, x_shape=None):
+    return call(
+        QCONV_PREPACK,
+        (w, w_scale, x.scale, x.zero_point, list(geom.stride), list(geom.padding),
+         list(geom.dilation), geom.groups, x_shape),
+    )
+
+
+def qlinear_prepack(call: Call, w, x_shape=None):
+    """`w` is the int8 weight in [out, in] layout (as nn.Linear stores it)."""
+    return call(QLINEAR_PREPACK, (w, x_shape))
+
+
+def qconv(call: Call, x, xq: QParams, w_packed, w_scale, w_zp, bias, geom: ConvGeometry,
+          out: Output = Output(), unary: Unary = Unary()):
+    op = QCONV.tensor if xq.is_tensor else QCONV.default
+    return call(
+        op,
+        (x, xq.scale, xq.zero_point, w_packed, w_scale, w_zp, bias, list(geom.stride),
+         list(geom.padding), list(geom.dilation), geom.groups, *out.op_args(), unary.name,
+         _scalars(unary), unary.algorithm or None),
+    )
+
+
+def qconv_binary(call: Call, x, xq: QParams, w_packed, w_scale, w_zp, accum, bias,
+                 geom: ConvGeometry, out: Output, binary: Binary):
+    op = QCONV_BINARY.binary_tensor if xq.is_tensor else QCONV_BINARY.binary
+    u = binary.unary
+    return call(
+        op,
+        (x, xq.scale, xq.zero_point, w_packed, w_scale, w_zp, accum, bias, list(geom.stride),
+         list(geom.padding), list(geom.dilation), geom.groups, *out.op_args(),
+         float(binary.other.scale), int(binary.other.zero_point), binary.name, binary.alpha,
+         u.name, _scalars(u), u.algorithm or None),
+    )
+
+
+def qlinear(call: Call, x, xq: QParams, w_packed, w_scale, w_zp, bias,
+            out: Output = Output(), unary: Unary = Unary()):
+    op = QLINEAR.tensor if xq.is_tensor else QLINEAR.default
+    return call(
+        op,
+        (x, xq.scale, xq.zero_point, w_packed, w_scale, w_zp, bias, *out.op_args(),
+         unary.name, _scalars(unary), unary.algorithm),
+    )
+
+
+def qlinear_binary(call: Call, x, xq: QParams, w_packed, w_scale, w_zp, other, bias,
+                   out: Output, binary: Binary):
+    op = QLINEAR.binary_tensor if xq.is_tensor else QLINEAR.binary
+    u = binary.unary
+    return call(
+        op,
+        (x, xq.scale, xq.zero_point, w_packed, w_scale, w_zp, other, bias, *out.op_args(),
+         float(binary.other.scale), int(binary.other.zero_point), binary.name,
+         float(binary.alpha), u.name, _scalars(u), u.algorithm),
+    )
+
+
+def conv_rank(w_shape: Sequence[int]) -> int:
+    """Spatial rank of a conv weight [O, I/g, *k]."""
+    return len(w_shape) - 2
