@@ -1,0 +1,134 @@
+"""Quantization configs from cached factories.
+
+Each factory returns the *same* `QuantizationConfig` object for the same arguments
+(`functools.lru_cache`), so configs compare and hash cheaply and a model mixing, say,
+static and dynamic layers holds exactly two config objects.
+
+- `get_default_x86_inductor_quantization_config`: what oneDNN int8 wants —
+  uint8 asymmetric per-tensor activations, int8 symmetric per-channel weights (axis 0).
+- `get_symmetric_quantization_config`: the XNNPACK-style generic recipe the PT2E
+  tutorials use — int8 symmetric-range activations, int8 weights (per-tensor by default).
+
+Dynamic configs set `input_activation.is_dynamic=True` and leave `output_activation`
+None: the activation scale is computed at run time and the output stays float.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.ao.quantization.fake_quantize import FusedMovingAvgObsFakeQuantize
+from torch.ao.quantization.observer import (
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+    PlaceholderObserver,
+)
+
+from .quantizer import QuantizationConfig, QuantizationSpec
+
+__all__ = [
+    "get_default_x86_inductor_quantization_config",
+    "get_symmetric_quantization_config",
+    "is_dynamic_config",
+]
+
+# Smallest scale an observer may produce: keeps all-zero channels / constant activations finite.
+_EPS = 2**-12
+
+
+def _activation_ctr(is_qat: bool, is_dynamic: bool):
+    if is_dynamic:
+        # Dynamic: nothing is calibrated. QAT still tracks a range so training sees fake-quant.
+        return MovingAverageMinMaxObserver.with_args(eps=_EPS) if is_qat else PlaceholderObserver
+    if is_qat:
+        return FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, eps=_EPS)
+    return HistogramObserver.with_args(eps=_EPS)
+
+
+def _weight_ctr(is_qat: bool, per_channel: bool):
+    if is_qat:
+        observer = MovingAveragePerChannelMinMaxObserver if per_channel else MovingAverageMinMaxObserver
+        return FusedMovingAvgObsFakeQuantize.with_args(observer=observer, eps=_EPS)
+    return (PerChannelMinMaxObserver if per_channel else MinMaxObserver).with_args(eps=_EPS)
+
+
+def _config(act: QuantizationSpec, weight: QuantizationSpec, is_qat: bool) -> QuantizationConfig:
+    output = None if act.is_dynamic else act
+    return QuantizationConfig(input_activation=act, output_activation=output, weight=weight, bias=None, is_qat=is_qat)
+
+
+@functools.lru_cache(maxsize=None)
+def get_default_x86_inductor_quantization_config(
+    is_qat: bool = False, is_dynamic: bool = False, reduce_range: bool = False
+) -> QuantizationConfig:
+    """The X86/oneDNN recipe.
+
+    activations: uint8, per-tensor affine, [0, 255] ([0, 127] with `reduce_range`, for CPUs
+    without VNNI); HistogramObserver (PTQ), FusedMovingAvgObsFakeQuantize (QAT), or
+    `is_dynamic=True` with a PlaceholderObserver (runtime scale via choose_qparams).
+    weights: int8, per-channel symmetric on axis 0, [-128, 127]; PerChannelMinMaxObserver
+    (PTQ) or FusedMovingAvgObsFakeQuantize over MovingAveragePerChannelMinMaxObserver (QAT).
+    bias: None (stays fp32).
+    """
+    act = QuantizationSpec(
+        dtype=torch.uint8,
+        quant_min=0,
+        quant_max=127 if reduce_range else 255,
+        qscheme=torch.per_tensor_affine,
+        is_dynamic=is_dynamic,
+        observer_or_fake_quant_ctr=_activation_ctr(is_qat, is_dynamic),
+    )
+    weight = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_channel_symmetric,
+        ch_axis=0,
+        observer_or_fake_quant_ctr=_weight_ctr(is_qat, per_channel=True),
+    )
+    return _config(act, weight, is_qat)
+
+
+@functools.lru_cache(maxsize=None)
+def get_symmetric_quantization_config(
+    is_per_channel: bool = False,
+    is_qat: bool = False,
+    is_dynamic: bool = False,
+    act_qmin: int = -128,
+    act_qmax: int = 127,
+    weight_qmin: int = -127,
+    weight_qmax: int = 127,
+) -> QuantizationConfig:
+    """The XNNPACK-style recipe (same arguments as upstream's).
+
+    activations: int8, per-tensor affine over [act_qmin, act_qmax]; HistogramObserver (PTQ),
+    FusedMovingAvgObsFakeQuantize (QAT), PlaceholderObserver with `is_dynamic=True`.
+    weights: int8 symmetric over [weight_qmin, weight_qmax], per-tensor or (`is_per_channel`)
+    per-channel on axis 0. bias: None (stays fp32).
+    """
+    act = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=act_qmin,
+        quant_max=act_qmax,
+        qscheme=torch.per_tensor_affine,
+        is_dynamic=is_dynamic,
+        observer_or_fake_quant_ctr=_activation_ctr(is_qat, is_dynamic),
+    )
+    weight = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=weight_qmin,
+        quant_max=weight_qmax,
+        qscheme=torch.per_channel_symmetric if is_per_channel else torch.per_tensor_symmetric,
+        ch_axis=0 if is_per_channel else None,
+        observer_or_fake_quant_ctr=_weight_ctr(is_qat, per_channel=is_per_channel),
+    )
+    return _config(act, weight, is_qat)
+
+
+def is_dynamic_config(config: QuantizationConfig) -> bool:
+    act = config.input_activation
+    return bool(act is not None and getattr(act, "is_dynamic", False))

@@ -1,0 +1,48 @@
+"""X86InductorQuantizer: the recipe oneDNN int8 (via our Inductor passes) runs fastest.
+
+    import inductor_quant.quantizer.x86_inductor_quantizer as xiq
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+
+Annotates conv1d/2d/3d (+bn in QAT) and linear (2-D and N-D inputs) with unary post-ops
+(relu, relu6/hardtanh, hardswish, silu, gelu, leaky_relu, tanh, sigmoid) or add / add+relu,
+as one chain with one output q/dq (annotators.py has the recipe); conv_transpose stays float;
+pools, cat and shape ops after a quantized producer stay int8 with shared qparams;
+matmul/bmm only with `quantize_matmul=True`.
+"""
+
+from __future__ import annotations
+
+from .annotating_quantizer import AnnotatingQuantizer
+from .configs import get_default_x86_inductor_quantization_config
+
+__all__ = ["X86InductorQuantizer", "get_default_x86_inductor_quantization_config"]
+
+
+class X86InductorQuantizer(AnnotatingQuantizer):
+    __doc__ = (AnnotatingQuantizer.__doc__ or "") + "\n    `quantize_matmul=True` also quantizes matmul/bmm operands and output.\n"
+
+    annotator_order = (
+        "conv.add.relu",
+        "conv.add",
+        "conv.unary",
+        "conv",
+        "linear.add.relu",
+        "linear.add",
+        "linear.unary",
+        "linear",
+        "matmul",
+        "int8_propagation",
+    )
+
+    def __init__(self, *, quantize_matmul: bool = False) -> None:
+        super().__init__()
+        self.quantize_matmul = quantize_matmul
+
+    @property
+    def quantize_matmul(self) -> bool:
+        return bool(self.options.get("matmul"))
+
+    @quantize_matmul.setter
+    def quantize_matmul(self, value: bool) -> None:
+        self.options["matmul"] = bool(value)
