@@ -8,3 +8,27 @@ and changes no compiler state.
 import torch.ao.quantization.fx._decomposed  # noqa: F401  registers quantized_decomposed ops
 
 __version__ = "0.1.0"
+
+from .api import quantize  # noqa: E402
+from .export_utils import move_exported_model_to_eval, move_exported_model_to_train  # noqa: E402
+from .quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e  # noqa: E402
+
+__all__ = [
+    "prepare_pt2e",
+    "prepare_qat_pt2e",
+    "convert_pt2e",
+    "move_exported_model_to_eval",
+    "move_exported_model_to_train",
+    "quantize",
+    "X86InductorQuantizer",
+    "get_default_x86_inductor_quantization_config",
+]
+
+
+def __getattr__(name: str):
+    # The quantizer package is imported on first use, so `import inductor_quant` stays light.
+    if name in ("X86InductorQuantizer", "get_default_x86_inductor_quantization_config"):
+        from .quantizer import x86_inductor_quantizer
+
+        return getattr(x86_inductor_quantizer, name)
+    raise AttributeError(f"module 'inductor_quant' has no attribute {name!r}")

@@ -1,0 +1,53 @@
+"""quantize(): the whole PTQ flow in one call (export -> prepare -> calibrate -> convert)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterable, Optional
+
+import torch
+
+from .errors import export_failed
+from .quantize_pt2e import convert_pt2e, prepare_pt2e
+
+__all__ = ["quantize"]
+
+
+def _default_quantizer():
+    from .quantizer.x86_inductor_quantizer import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+
+    return X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+
+
+def _as_args(batch: Any) -> tuple:
+    return batch if isinstance(batch, tuple) else (batch,)
+
+
+def quantize(
+    model: torch.nn.Module,
+    example_inputs: tuple,
+    calibration: Iterable[Any],
+    quantizer=None,
+    dynamic_shapes: Optional[Any] = None,
+) -> torch.fx.GraphModule:
+    """Export `model` on `example_inputs`, prepare, run each `calibration` batch, convert.
+
+    A batch is a tensor or a tuple of positional inputs. The default quantizer is
+    X86InductorQuantizer with the default (static uint8/int8) config. A progress bar is shown
+    only on a TTY.
+    """
+    example_inputs = _as_args(example_inputs)
+    try:
+        exported = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes).module()
+    except Exception as exc:  # show the export error, plus the usual fixes
+        raise export_failed(exc) from exc
+    prepared = prepare_pt2e(exported, quantizer if quantizer is not None else _default_quantizer())
+    batches = calibration
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        batches = tqdm(calibration, desc="calibrating", unit="batch")
+    with torch.no_grad():
+        for batch in batches:
+            prepared(*_as_args(batch))
+    return convert_pt2e(prepared)

@@ -1,0 +1,161 @@
+"""convert_pt2e: observers -> the Q/DQ reference representation (DESIGN.md "Contract").
+
+  static activation : x -> quantize_per_tensor(x, s, zp) -> dequantize_per_tensor(...)   (scalars)
+  constant (weight) : int8 constant (get_attr) -> dequantize_per_channel / per_tensor
+                      (fold_quantize=False keeps fp32 weight -> quantize -> dequantize)
+  dynamic           : choose_qparams.tensor -> quantize_per_tensor.tensor -> dequantize_per_tensor.tensor
+  float dtype spec  : observer removed, value passes through
+QAT conv+bn subgraphs are folded for real first, so weights are quantized with BN folded in.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch.fx import GraphModule, Node
+
+from .errors import CalibrationError
+from .graph_utils import copy_meta, drop_attrs_if_unused, fetch_attr, layer_name, new_attr
+from .observers import (
+    DerivedQParams,
+    channel_axis,
+    is_dynamic,
+    is_observer,
+    is_per_channel,
+    qparams_of,
+    quant_range,
+    saw_data,
+    target_dtype,
+)
+from .qat import fold_qat_conv_bn
+
+qd = torch.ops.quantized_decomposed
+
+
+def _observer_nodes(gm: GraphModule) -> list[Node]:
+    return [n for n in gm.graph.nodes if n.op == "call_module" and is_observer(gm.get_submodule(n.target))]
+
+
+def _layers_of(obs_nodes: list[Node]) -> list[str]:
+    """Name the layers an observer serves: its consumers (or the producer if it feeds the output)."""
+    names = []
+    for n in obs_nodes:
+        users = [u for u in n.users if u.op == "call_function"]
+        names.append(layer_name(users[0] if users else n.args[0]))
+    return names
+
+
+def _constant_source(gm: GraphModule, node: Node):
+    return fetch_attr(gm, node.target) if isinstance(node, Node) and node.op == "get_attr" else None
+
+
+def check_calibrated(gm: GraphModule, obs_nodes: list[Node]) -> None:
+    """Weight observers that never ran observe their constant now; activation ones must have data."""
+    missing = []
+    for n in obs_nodes:
+        mod = gm.get_submodule(n.target)
+        if saw_data(mod) or is_dynamic(mod):
+            continue
+        const = _constant_source(gm, n.args[0])
+        if const is not None:
+            inner = getattr(mod, "activation_post_process", mod)
+            inner(const.detach())  # observing a constant is exact: no calibration needed
+        else:
+            missing.append(n)
+    if missing:
+        raise CalibrationError(
+            f"{len(missing)} observer(s) saw no data, so their scales are unknown: "
+            f"{', '.join(sorted(set(_layers_of(missing))))}. Fix: run calibration on the prepared "
+            "model before convert_pt2e (e.g. `for x in data: prepared(x)` under torch.no_grad()); "
+            "if these layers are never executed, remove them or skip them in the quantizer config."
+        )
+
+
+def _qparams(gm: GraphModule, obs_nodes: list[Node]) -> dict[str, tuple]:
+    """observer name -> (scale, zp); derived specs last, since they read other observers."""
+    out: dict[str, tuple] = {}
+    mods = {n.target: gm.get_submodule(n.target) for n in obs_nodes}
+    order = sorted(mods, key=lambda t: isinstance(mods[t], DerivedQParams))
+    for t in order:
+        mod = mods[t]
+        if is_dynamic(mod) or target_dtype(mod).is_floating_point:
+            continue
+        layer = _layers_of([n for n in obs_nodes if n.target == t])[0]
+        out[t] = qparams_of(mod, layer)
+    return out
+
+
+def _replace(gm: GraphModule, obs: Node, qparams, fold_quantize: bool) -> None:
+    mod = gm.get_submodule(obs.target)
+    x = obs.args[0]
+    g = gm.graph
+    dtype = target_dtype(mod)
+    if dtype.is_floating_point:
+        obs.replace_all_uses_with(x)
+        g.erase_node(obs)
+        return
+    qmin, qmax = quant_range(mod)
+    with g.inserting_before(obs):
+        if is_dynamic(mod):
+            eps = float(getattr(mod, "eps", torch.finfo(torch.float32).eps))
+            cq = g.call_function(qd.choose_qparams.tensor, (x, qmin, qmax, eps, dtype))
+            s, zp = (g.call_function(operator.getitem, (cq, i)) for i in (0, 1))
+            q = g.call_function(qd.quantize_per_tensor.tensor, (x, s, zp, qmin, qmax, dtype))
+            dq = g.call_function(qd.dequantize_per_tensor.tensor, (q, s, zp, qmin, qmax, dtype))
+            new = [cq, s, zp, q, dq]
+        else:
+            scale, zp = qparams[obs.target]
+            const = _constant_source(gm, x)
+            per_channel = is_per_channel(mod) or scale.numel() > 1
+            if per_channel:
+                axis = channel_axis(mod)
+                s_node = g.get_attr(new_attr(gm, f"{obs.name}_scale", scale))
+                z_node = g.get_attr(new_attr(gm, f"{obs.name}_zero_point", zp))
+                qargs = (s_node, z_node, axis, qmin, qmax, dtype)
+                q_op, dq_op = qd.quantize_per_channel.default, qd.dequantize_per_channel.default
+                new = [s_node, z_node]
+            else:
+                qargs = (float(scale.item()), int(zp.item()), qmin, qmax, dtype)
+                q_op, dq_op = qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default
+                new = []
+            if const is not None and fold_quantize:
+                qval = q_op(const.detach(), *[fetch_attr(gm, a.target) if isinstance(a, Node) else a for a in qargs])
+                q = g.get_attr(new_attr(gm, f"{x.target}_quantized", qval))
+                q.meta["val"] = qval
+            else:
+                q = g.call_function(q_op, (x,) + qargs)
+            dq = g.call_function(dq_op, (q,) + qargs)
+            new += [q, dq]
+    for n in new:
+        copy_meta(n, obs)
+    if "val" in obs.meta:
+        dq.meta["val"] = obs.meta["val"]
+    obs.replace_all_uses_with(dq)
+    g.erase_node(obs)
+
+
+def convert_observed(gm: GraphModule, fold_quantize: bool) -> GraphModule:
+    fold_qat_conv_bn(gm)
+    obs_nodes = _observer_nodes(gm)
+    check_calibrated(gm, obs_nodes)
+    qparams = _qparams(gm, obs_nodes)
+    names = {n.target for n in obs_nodes}
+    for n in obs_nodes:
+        _replace(gm, n, qparams, fold_quantize)
+    for name in names:
+        delattr(gm, name)
+    if fold_quantize:
+        _drop_unread_constants(gm)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _drop_unread_constants(gm: GraphModule) -> None:
+    """fp32 weights whose every reader became an int8 constant are dead: drop the get_attr."""
+    dead = [n for n in gm.graph.nodes if n.op == "get_attr" and not n.users]
+    targets = [n.target for n in dead]
+    for n in dead:
+        gm.graph.erase_node(n)
+    drop_attrs_if_unused(gm, targets)

@@ -1,0 +1,101 @@
+"""Public PT2E entry points: prepare_pt2e, prepare_qat_pt2e, convert_pt2e.
+
+Same names and behaviour as the removed `torch.ao.quantization.quantize_pt2e`; the model is
+`torch.export.export(model, example_inputs).module()` (or the ExportedProgram itself).
+The flow stage lives in `model.meta["inductor_quant_stage"]`, so misuse (convert twice,
+convert before prepare) fails with a clear message instead of a silently wrong model.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+from torch import nn
+from torch.export import ExportedProgram
+from torch.fx import GraphModule
+
+from .bn_folding import fold_bn_into_conv
+from .convert import convert_observed
+from .errors import QuantizationFlowError, not_exported
+from .prepare import insert_observers
+from .qat import simulate_conv_bn_fold
+from .quantizer.quantizer import Quantizer
+
+__all__ = ["prepare_pt2e", "prepare_qat_pt2e", "convert_pt2e"]
+
+STAGE = "inductor_quant_stage"
+
+
+def _graph_module(model: Union[GraphModule, ExportedProgram, nn.Module], fn: str) -> GraphModule:
+    if isinstance(model, ExportedProgram):
+        model = model.module()
+    if not isinstance(model, GraphModule):
+        raise not_exported(fn, model)
+    return model
+
+
+def _prepare(model, quantizer: Quantizer, is_qat: bool, fn: str) -> GraphModule:
+    gm = _graph_module(model, fn)
+    if not isinstance(quantizer, Quantizer):
+        raise TypeError(f"{fn}: quantizer must be an inductor_quant.quantizer.Quantizer, got {type(quantizer).__name__}")
+    stage = gm.meta.get(STAGE)
+    if stage is not None:
+        raise QuantizationFlowError(
+            f"{fn}: this model was already {stage}. Fix: prepare a freshly exported model "
+            "(torch.export.export(float_model, example_inputs).module())."
+        )
+    gm = quantizer.transform_for_annotation(gm)
+    if not is_qat:
+        fold_bn_into_conv(gm)
+    gm = quantizer.annotate(gm) or gm
+    quantizer.validate(gm)
+    if is_qat:
+        simulate_conv_bn_fold(gm)
+    edge_or_node_to_obs = insert_observers(gm, is_qat)
+    quantizer.prepare_obs_or_fq_callback(gm, edge_or_node_to_obs)
+    gm.meta[STAGE] = "prepared for QAT" if is_qat else "prepared"
+    return gm
+
+
+def prepare_pt2e(model: Union[GraphModule, ExportedProgram], quantizer: Quantizer) -> GraphModule:
+    """Fold conv+bn, annotate with `quantizer`, insert observers. Calibrate, then convert_pt2e."""
+    return _prepare(model, quantizer, is_qat=False, fn="prepare_pt2e")
+
+
+def prepare_qat_pt2e(model: Union[GraphModule, ExportedProgram], quantizer: Quantizer) -> GraphModule:
+    """Annotate, insert fake-quant, simulate conv+bn folding (BN stays trainable). Train, then convert."""
+    return _prepare(model, quantizer, is_qat=True, fn="prepare_qat_pt2e")
+
+
+def convert_pt2e(
+    model: GraphModule,
+    use_reference_representation: bool = False,
+    fold_quantize: bool = True,
+) -> GraphModule:
+    """Observers -> quantized_decomposed Q/DQ ops (weights folded to int8 when fold_quantize).
+
+    Also installs our Inductor passes, so a plain torch.compile(model) uses them.
+    """
+    if use_reference_representation:
+        raise NotImplementedError(
+            "use_reference_representation=True is not supported; the Q/DQ representation "
+            "(the default) is what the Inductor passes consume. Call convert_pt2e(model)."
+        )
+    gm = _graph_module(model, "convert_pt2e")
+    stage = gm.meta.get(STAGE)
+    if stage == "converted":
+        raise QuantizationFlowError(
+            "convert_pt2e: this model is already converted (convert_pt2e was called twice). "
+            "Fix: use the first result, or convert a copy: convert_pt2e(copy.deepcopy(prepared))."
+        )
+    if stage is None:
+        raise QuantizationFlowError(
+            "convert_pt2e: this model has no observers (it was not prepared). Fix: "
+            "prepared = prepare_pt2e(exported_model, quantizer); calibrate; convert_pt2e(prepared)."
+        )
+    convert_observed(gm, fold_quantize)
+    gm.meta[STAGE] = "converted"
+    from . import passes
+
+    passes.install()
+    return gm
