@@ -40,6 +40,9 @@ __all__ = [
 _EPS = 2**-12
 
 
+# Constructors are cached too, so equal recipes give *equal* specs across configs (prepare
+# shares an observer implicitly only between equal specs).
+@functools.lru_cache(maxsize=None)
 def _activation_ctr(is_qat: bool, is_dynamic: bool):
     if is_dynamic:
         # Dynamic: nothing is calibrated. QAT still tracks a range so training sees fake-quant.
@@ -49,6 +52,7 @@ def _activation_ctr(is_qat: bool, is_dynamic: bool):
     return HistogramObserver.with_args(eps=_EPS)
 
 
+@functools.lru_cache(maxsize=None)
 def _weight_ctr(is_qat: bool, per_channel: bool):
     if is_qat:
         observer = MovingAveragePerChannelMinMaxObserver if per_channel else MovingAverageMinMaxObserver
@@ -61,7 +65,6 @@ def _config(act: QuantizationSpec, weight: QuantizationSpec, is_qat: bool) -> Qu
     return QuantizationConfig(input_activation=act, output_activation=output, weight=weight, bias=None, is_qat=is_qat)
 
 
-@functools.lru_cache(maxsize=None)
 def get_default_x86_inductor_quantization_config(
     is_qat: bool = False, is_dynamic: bool = False, reduce_range: bool = False
 ) -> QuantizationConfig:
@@ -74,6 +77,11 @@ def get_default_x86_inductor_quantization_config(
     (PTQ) or FusedMovingAvgObsFakeQuantize over MovingAveragePerChannelMinMaxObserver (QAT).
     bias: None (stays fp32).
     """
+    return _x86_config(bool(is_qat), bool(is_dynamic), bool(reduce_range))
+
+
+@functools.lru_cache(maxsize=None)  # keyed on normalized positional args: one object per recipe
+def _x86_config(is_qat: bool, is_dynamic: bool, reduce_range: bool) -> QuantizationConfig:
     act = QuantizationSpec(
         dtype=torch.uint8,
         quant_min=0,
@@ -93,7 +101,6 @@ def get_default_x86_inductor_quantization_config(
     return _config(act, weight, is_qat)
 
 
-@functools.lru_cache(maxsize=None)
 def get_symmetric_quantization_config(
     is_per_channel: bool = False,
     is_qat: bool = False,
@@ -110,6 +117,17 @@ def get_symmetric_quantization_config(
     weights: int8 symmetric over [weight_qmin, weight_qmax], per-tensor or (`is_per_channel`)
     per-channel on axis 0. bias: None (stays fp32).
     """
+    return _symmetric_config(
+        bool(is_per_channel), bool(is_qat), bool(is_dynamic),
+        int(act_qmin), int(act_qmax), int(weight_qmin), int(weight_qmax),
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _symmetric_config(
+    is_per_channel: bool, is_qat: bool, is_dynamic: bool,
+    act_qmin: int, act_qmax: int, weight_qmin: int, weight_qmax: int,
+) -> QuantizationConfig:
     act = QuantizationSpec(
         dtype=torch.int8,
         quant_min=act_qmin,
