@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
 from inductor_quant.quantizer import (
@@ -83,3 +85,35 @@ def assert_shares_input(node: Node, producer: Node) -> None:
 def sqnr(ref: torch.Tensor, x: torch.Tensor) -> float:
     noise = (ref - x).pow(2).mean()
     return float(10 * torch.log10(ref.pow(2).mean() / noise.clamp_min(1e-20)))
+
+
+# ---- models shared by several test files ----
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock: ONE self.relu module called three times."""
+
+    def __init__(self, cin=4, cout=8, stride=2):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        x = self.relu(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += self.downsample(x)
+        return self.relu(out)
+
+
+class SameConv(nn.Conv2d):
+    """A conv module of the kind real models define: own forward, F.pad 'same' padding."""
+
+    def forward(self, x):
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        ph, pw = max(kh - 1, 0), max(kw - 1, 0)
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)

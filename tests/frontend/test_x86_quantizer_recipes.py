@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from inductor_quant.quantizer import X86InductorQuantizer
 from quantizer_helpers import (
-    STATIC, annotate, assert_anchor, assert_float, assert_shares_input, edge_spec, nodes_of, one, out_spec,
+    STATIC, BasicBlock, SameConv, annotate, assert_anchor, assert_float, assert_shares_input, edge_spec, nodes_of, one, out_spec,
 )
 
 aten = torch.ops.aten
@@ -168,26 +168,6 @@ def test_multi_user_conv_output_is_not_fused():
     assert_float(one(gm, aten.relu.default))
 
 
-class BasicBlock(nn.Module):
-    """torchvision's BasicBlock: ONE self.relu module called three times."""
-
-    def __init__(self, cin=4, cout=8, stride=2):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        x = self.relu(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += self.downsample(x)
-        return self.relu(out)
-
-
 def test_reused_relu_residual_block():
     gm, q = annotate(BasicBlock().eval(), torch.randn(1, 4, 8, 8))
     conv1, conv2, down = nodes_of(gm, aten.conv2d.default)
@@ -198,17 +178,6 @@ def test_reused_relu_residual_block():
     assert_float(relus[0])  # the block input relu has no conv before it: stays float
     assert q.last_report.patterns == {"conv2d.bn.relu": 1, "conv2d.bn.add.relu": 1, "conv2d.bn": 1}
     assert q.last_report.summary().startswith("convs 3/3 annotated")
-
-
-class SameConv(nn.Conv2d):
-    """A conv module of the kind real models define: own forward, F.pad 'same' padding."""
-
-    def forward(self, x):
-        ih, iw = x.shape[-2:]
-        kh, kw = self.weight.shape[-2:]
-        ph, pw = max(kh - 1, 0), max(kw - 1, 0)
-        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 def test_conv_subclass_with_own_forward_and_functional_conv():
