@@ -59,6 +59,31 @@ class DerivedQParams(nn.Module):
         return self.derive_qparams_fn(self.sources)
 
 
+class FiniteInputCheck:
+    """Forward pre-hook on calibration observers: NaN/inf input -> CalibrationError naming the layer.
+
+    Observers would otherwise fail cryptically (HistogramObserver: "torch.histc: range of
+    [-nan, -nan] is not finite") or produce NaN scales. Fake-quant (QAT) is not checked.
+    """
+
+    def __init__(self, layer: str):
+        self.layer = layer
+
+    @staticmethod
+    def attach(mod: nn.Module, layer: str) -> None:
+        if isinstance(mod, ObserverBase) and not isinstance(mod, (PlaceholderObserver, FixedQParamsObserver)):
+            mod.register_forward_pre_hook(FiniteInputCheck(layer))
+
+    def __call__(self, mod: nn.Module, args: tuple) -> None:
+        x = args[0]
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise CalibrationError(
+                f"observer for {self.layer} got NaN or inf values during calibration, so no finite "
+                "quantization parameters exist. Fix: check the model/inputs for NaN/inf "
+                "(torch.isfinite(x).all()) and calibrate with finite data."
+            )
+
+
 def make_observer(spec, is_qat: bool) -> nn.Module:
     """Instantiate the observer / fake-quant a spec asks for (spec fields override ctor defaults)."""
     if isinstance(spec, FixedQParamsQuantizationSpec):

@@ -17,8 +17,8 @@ from typing import Any, Optional
 from torch.fx import GraphModule, Node
 
 from .errors import AnnotationError
-from .graph_utils import copy_meta
-from .observers import DerivedQParams, make_observer
+from .graph_utils import copy_meta, layer_name
+from .observers import DerivedQParams, FiniteInputCheck, make_observer
 from .quantizer.quantizer import (
     ANNOTATION_KEY,
     DerivedQuantizationSpec,
@@ -148,6 +148,7 @@ def insert_observers(gm: GraphModule, is_qat: bool) -> dict[Any, Any]:
         if root not in names:
             names[root] = f"{OBSERVER_PREFIX}{len(names)}"
             gm.add_submodule(names[root], observers[root])
+            FiniteInputCheck.attach(observers[root], layer_name(key[1] if isinstance(key, tuple) else key))
         return names[root]
 
     def add_obs(src: Node, key: Any, meta_from: Node) -> Node:
