@@ -28,7 +28,7 @@ from torch.fx import GraphModule, Node
 
 from .aten_ops import (
     ADD_OPS, BATCH_NORM_OPS, CAT_OPS, LINEAR_OPS, MATMUL_OPS, MUL_OPS, ONEDNN_BINARY,
-    ONEDNN_UNARY, POOL_OPS, RELU_OPS, SHAPE_OPS, UNARY_OPS, conv_kind, is_float_tensor,
+    ONEDNN_UNARY, POOL_OPS, RELU_OPS, SHAPE_OPS, UNARY_OPS, conv_kind, is_constant, is_float_tensor,
     is_op, only_user, same_shape,
 )
 from .configs import is_dynamic_config
@@ -178,8 +178,11 @@ def _anchor_config(ctx: AnnotationContext, node: Node, kind: str) -> Optional[Qu
     if config is None:
         ctx.report.note_skip(node, "config is None")
         return None
-    if not is_float_tensor(node) or not is_float_tensor(node.args[0]) or not isinstance(node.args[1], Node):
+    if not is_float_tensor(node) or not is_float_tensor(node.args[0]) or not is_float_tensor(node.args[1]):
         ctx.report.note_skip(node, "not a float input/weight")
+        return None
+    if not is_constant(node.args[1]):
+        ctx.report.note_skip(node, "weight is computed from graph inputs (not a constant)")
         return None
     if is_dynamic_config(config) and kind != "linear":
         ctx.report.note_skip(node, "dynamic config (applies to linear only)")
@@ -285,7 +288,9 @@ def _annotate_propagation(ctx: AnnotationContext) -> None:
         first = inputs[0]
         _mark([node])
         _edge(node, first, SharedQuantizationSpec(first))
-        for other in inputs[1:]:
+        for other in dict.fromkeys(inputs[1:]):  # cat([y, y]): one edge per producer
+            if other is first:
+                continue
             _edge(node, other, SharedQuantizationSpec((first, node)))
         node.meta[ANNOTATION_KEY].output_qspec = SharedQuantizationSpec((first, node))
         name = getattr(node.target, "__name__", str(node.target)).split(".")[0]

@@ -140,6 +140,23 @@ def same_shape(a: Node, b: Node) -> bool:
     return tuple(va.shape) == tuple(vb.shape)
 
 
+def is_constant(node: object) -> bool:
+    """True when `node` is computed from parameters/buffers only (no graph input upstream),
+    so convert/freezing can fold its quantization into an int8 constant."""
+    if not isinstance(node, Node):
+        return False
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "placeholder":
+            return False
+        todo.extend(n.all_input_nodes)
+    return True
+
+
 def only_user(node: Node) -> Optional[Node]:
     """The single consumer of `node`, or None if it has zero or several."""
     users = list(node.users)

@@ -287,3 +287,37 @@ def test_already_annotated_nodes_are_left_alone():
     X86InductorQuantizer().set_global(STATIC).annotate(gm)
     assert relu.meta[ANNOTATION_KEY] is mine and mine.output_qspec is None
     assert_anchor(one(gm, aten.conv2d.default), output=True)  # chain stops before the taken relu
+
+
+def test_weight_computed_from_inputs_stays_float_with_reason():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, x, k):
+            # weight standardization on a parameter is still a constant; an activation is not
+            w = (self.w - self.w.mean()) / (self.w.std() + 1e-5)
+            return F.linear(x, w), F.linear(x, k)
+
+    gm, q = annotate(M(), torch.randn(2, 4), torch.randn(4, 4))
+    standardized, activation = nodes_of(gm, aten.linear.default)
+    assert_anchor(standardized, output=True)
+    assert_float(activation)
+    assert q.last_report.skipped == {activation.name: "weight is computed from graph inputs (not a constant)"}
+
+
+def test_cat_of_the_same_tensor_twice():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return torch.cat([y, y], 1)
+
+    gm, _ = annotate(M(), torch.randn(1, 3, 4, 4))
+    conv, cat = one(gm, aten.conv2d.default), one(gm, aten.cat.default)
+    assert_shares_input(cat, conv)
+    assert list(cat.meta["quantization_annotation"].input_qspec_map) == [conv]
