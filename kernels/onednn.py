@@ -158,6 +158,37 @@ def qlinear_binary(call: Call, x, xq: QParams, w_packed, w_scale, w_zp, other, b
     )
 
 
+def packed_shape(op, w_shape: Sequence[int]) -> list:
+    """Shape of a prepacked weight (the prepack ops have no meta kernel; probed on torch 2.13):
+    conv keeps [O, I/g, *k] with 1-D kernels lifted to 2-D; linear packs [out, in] as [in, out]."""
+    if op is QLINEAR_PREPACK:
+        return [w_shape[1], w_shape[0]]
+    return list(w_shape[:2]) + ([1] if len(w_shape) == 3 else []) + list(w_shape[2:])
+
+
+PREPACKS = (QCONV_PREPACK, QLINEAR_PREPACK)
+
+
 def conv_rank(w_shape: Sequence[int]) -> int:
     """Spatial rank of a conv weight [O, I/g, *k]."""
     return len(w_shape) - 2
+
+
+_FAKE_LIB = []
+
+
+def register_fake_prepacks() -> None:
+    """Fake (meta) kernels for the prepack ops, which torch 2.13 lacks (idempotent).
+
+    Our prepack nodes sit in the graph through the freezing stage's fake-tensor propagation
+    until constant folding evaluates them on the real int8 weights. Changes no numerics.
+    """
+    if _FAKE_LIB:
+        return
+    lib = torch.library.Library("onednn", "FRAGMENT")  # noqa: TOR901
+    for op in PREPACKS:
+        def fake(w, *args, _op=op, **kwargs):
+            return w.new_empty(packed_shape(_op, w.shape))
+
+        torch.library.register_fake(op, fake, lib=lib)
+    _FAKE_LIB.append(lib)

@@ -1,12 +1,17 @@
 """Inductor pattern passes that rewrite the Q/DQ graph into fused oneDNN int8 ops.
 
 Imported as `inductor_quant.passes`. Importing changes no compiler state; `install()` does.
+See install.py for where the passes run, their precedence over torch's built-in quantization
+fusions, the built-in switch and the cache key; registry.py for the fusion table and order.
 """
 
+from .builtins import builtin_fusions, builtin_fusions_enabled, set_builtin_fusions
+from .install import install, installed, is_installed, uninstall
+from .registry import fusion_ids
+from .stats import reset_stats, stats
 
-def install() -> None:
-    """Install our passes into Inductor (idempotent). Placeholder until the passes land."""
-
-
-def uninstall() -> None:
-    """Remove our passes from Inductor (idempotent)."""
+__all__ = [
+    "install", "uninstall", "installed", "is_installed",
+    "set_builtin_fusions", "builtin_fusions", "builtin_fusions_enabled",
+    "stats", "reset_stats", "fusion_ids",
+]

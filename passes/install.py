@@ -1,0 +1,145 @@
+"""How our passes get into Inductor: where they run, precedence, the built-in switch, the cache key.
+
+Decision (torch 2.13):
+
+* Where: one `CustomGraphPass` appended to `torch._inductor.config.joint_custom_pre_pass`
+  (a documented slot that accepts a list). In a freezing compile (`config.freezing` and grad
+  disabled) Inductor runs the joint-graph passes inside `fw_compiler_freezing`, on the
+  decomposed ATen inference graph, *immediately before* `freeze()`. Our phases rewrite there:
+  dq -> conv/linear becomes `onednn.qconv_prepack(w_int8, ...)` + `qconv_pointwise`. `freeze()`
+  then turns the weights into constants and its constant folding evaluates the prepack node,
+  so the packed weight is a frozen constant (prepacked once, at compile time). The graph is
+  the one the freezing patterns would see (same decompositions), so patterns are traced with
+  `fwd_only` like Inductor's own.
+* Precedence: we run before `freezing_passes`, so torch's built-in freezing-time quantization
+  patterns find no dq -> conv/linear left to match. Nothing of torch's is patched.
+* Built-ins off: `builtins.set_builtin_fusions(False)` removes the entries whose handlers live
+  in `fx_passes/quantization.py` from the global freezing and post-grad pattern passes (and
+  restores them on `True`); tests run with them off.
+* Cache key: the FX graph cache key includes each custom pass's `uuid()`. Ours hashes the
+  source of passes/ and kernels/ plus the switch states (installed, built-ins on/off), so a
+  changed pass or switch never serves a stale artifact. (AOTAutogradCache bypasses freezing
+  compiles in 2.13; the frozen graph itself already contains our fused ops.) Our pass object
+  is in the config while installed *or* while the built-ins are off, so both states key.
+* The user's config is composed with, never overwritten: install appends to whatever the slot
+  holds (None, one pass or a list); uninstall removes only our object.
+* Without freezing (config.freezing off, or grad enabled) the pass rewrites nothing: the
+  compiled model stays correct (dq -> fp32 conv -> q) and one warning per process says how to
+  turn freezing on; stats list the layers as unfused with that reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import pathlib
+import warnings
+
+import torch
+from torch._inductor import config
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+from inductor_quant.kernels import onednn as K
+
+from . import registry
+from . import stats as S
+
+NO_FREEZING = (
+    "inductor_quant: quantized conv/linear layers were left unfused (dequantize -> fp32 -> quantize) "
+    "because this compile does not freeze. Enable freezing with TORCHINDUCTOR_FREEZING=1 or "
+    "torch._inductor.config.freezing = True, and compile/run under torch.no_grad()."
+)
+_state = {"installed": False, "warned": False}
+
+
+@functools.cache
+def _source_hash() -> str:
+    root = pathlib.Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for d in (root, root.parent / "kernels"):
+        for f in sorted(d.glob("*.py")):
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def freezing_active() -> bool:
+    """Inductor takes the freezing path exactly when this holds (compile_fx)."""
+    return bool(config.freezing) and not torch.is_grad_enabled()
+
+
+class QuantFusionPass(CustomGraphPass):
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        if not _state["installed"]:
+            return
+        if freezing_active():
+            registry.run(graph)
+        elif registry.quantized_compute(graph):
+            registry.report_unfused(graph, "freezing off (config.freezing / torch.no_grad())")
+            if not _state["warned"]:
+                _state["warned"] = True
+                warnings.warn(NO_FREEZING, UserWarning, stacklevel=2)
+
+    def uuid(self) -> str:
+        from .builtins import builtin_fusions_enabled
+
+        return f"inductor_quant:{_source_hash()}:installed={_state['installed']}:builtins={builtin_fusions_enabled()}"
+
+
+_PASS = QuantFusionPass()
+
+
+def _slot_without_us(value):
+    if isinstance(value, (list, tuple)):
+        rest = [p for p in value if p is not _PASS]
+        return rest or None
+    return None if value is _PASS else value
+
+
+def sync_config() -> None:
+    """Put our pass into the slot iff installed or built-ins off; leave the user's passes alone."""
+    from .builtins import builtin_fusions_enabled
+
+    user = _slot_without_us(config.joint_custom_pre_pass)
+    if _state["installed"] or not builtin_fusions_enabled():
+        mine = [] if user is None else list(user) if isinstance(user, (list, tuple)) else [user]
+        config.joint_custom_pre_pass = mine + [_PASS]
+    else:
+        config.joint_custom_pre_pass = user
+
+
+def install() -> None:
+    """Install our passes into Inductor (idempotent)."""
+    _state["installed"] = True
+    K.register_fake_prepacks()
+    registry.phase_passes()  # trace the patterns now, not inside the first compile
+    sync_config()
+
+
+def uninstall() -> None:
+    """Remove our passes from Inductor (idempotent)."""
+    _state["installed"] = False
+    sync_config()
+
+
+def is_installed() -> bool:
+    return _state["installed"]
+
+
+@contextlib.contextmanager
+def installed():
+    """Install for the duration of a block (restores the previous state)."""
+    before = _state["installed"]
+    install()
+    try:
+        yield
+    finally:
+        if not before:
+            uninstall()
+
+
+def reset_warning() -> None:
+    _state["warned"] = False
+
+
+__all__ = ["install", "uninstall", "installed", "is_installed", "freezing_active", "S"]

@@ -1,0 +1,129 @@
+"""Search functions: plain Python, traced with Inductor's decompositions (`fwd_only`).
+
+Literals in a traced pattern become wildcards, so every dtype / quant range / constant a rule
+depends on is checked in its `check_*` (rules.py). Constants a rule needs by value are bound by
+name through `scalar_workaround` (each table row lists them with the tracing value).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch._inductor.pattern_matcher import fwd_only, gen_pattern
+
+import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed)
+
+aten = torch.ops.aten
+qd = torch.ops.quantized_decomposed
+
+# --- pieces -------------------------------------------------------------------------------
+
+
+def dq(x):
+    return qd.dequantize_per_tensor.default(x, 0.05, 10, 0, 255, torch.uint8)
+
+
+def dq_weight_per_channel(w, w_scale, w_zp):
+    return qd.dequantize_per_channel.default(w, w_scale, w_zp, 0, -128, 127, torch.int8)
+
+
+def dq_weight_per_tensor(w):
+    return qd.dequantize_per_tensor.default(w, 0.02, 0, -128, 127, torch.int8)
+
+
+# --- prepack: dq(x) -> conv / linear (dq(w)) ------------------------------------------------
+
+
+def dq_conv(x, w, w_scale, w_zp, b):
+    return aten.convolution(dq(x), dq_weight_per_channel(w, w_scale, w_zp), b, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+
+
+def dq_conv_nobias(x, w, w_scale, w_zp):
+    return aten.convolution(dq(x), dq_weight_per_channel(w, w_scale, w_zp), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+
+
+def dq_conv_wpt(x, w, b):
+    return aten.convolution(dq(x), dq_weight_per_tensor(w), b, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+
+
+def dq_conv_wpt_nobias(x, w):
+    return aten.convolution(dq(x), dq_weight_per_tensor(w), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+
+
+def dq_linear(x, w, w_scale, w_zp, b):
+    return F.linear(dq(x), dq_weight_per_channel(w, w_scale, w_zp), b)
+
+
+def dq_linear_nobias(x, w, w_scale, w_zp):
+    return F.linear(dq(x), dq_weight_per_channel(w, w_scale, w_zp))
+
+
+def dq_linear_wpt(x, w, b):
+    return F.linear(dq(x), dq_weight_per_tensor(w), b)
+
+
+def dq_linear_wpt_nobias(x, w):
+    return F.linear(dq(x), dq_weight_per_tensor(w))
+
+
+def _u8(*shape):
+    return torch.randint(0, 255, shape, dtype=torch.uint8)
+
+
+def _s8(*shape):
+    return torch.randint(-127, 127, shape, dtype=torch.int8)
+
+
+def conv_example(per_channel: bool, bias: bool):
+    args = [_u8(1, 4, 5, 5), _s8(6, 4, 3, 3)]
+    if per_channel:
+        args += [torch.rand(6), torch.zeros(6, dtype=torch.int64)]
+    return args + ([torch.randn(6)] if bias else [])
+
+
+def linear_example(rank: int, per_channel: bool, bias: bool):
+    args = [_u8(*([2] * (rank - 2)), 4, 8), _s8(6, 8)]
+    if per_channel:
+        args += [torch.rand(6), torch.zeros(6, dtype=torch.int64)]
+    return args + ([torch.randn(6)] if bias else [])
+
+
+# --- post-ops on a fused result `y` --------------------------------------------------------
+# (name, search function, {bound constant: tracing value})
+
+UNARY = {
+    "relu": (lambda y: torch.relu(y), {}),
+    "hardtanh": (lambda y: F.hardtanh(y, -1.25, 2.75), {"min_val": -1.25, "max_val": 2.75}),
+    "hardswish": (lambda y: F.hardswish(y), {"three": 3, "six": 6}),
+    "silu": (lambda y: F.silu(y), {"one": 1}),
+    "gelu": (lambda y: F.gelu(y), {"half": 0.5, "sqrt1_2": 0.7071067811865476, "one": 1}),
+    "gelu_tanh": (lambda y: F.gelu(y, approximate="tanh"),
+                  {"half": 0.5, "k": 0.7978845608028654, "c": 0.044715, "one": 1}),
+    "leaky_relu": (lambda y: F.leaky_relu(y, 0.0625), {"slope": 0.0625}),
+    "tanh": (lambda y: torch.tanh(y), {}),
+}
+
+
+def add(y, other):
+    return y + other
+
+
+def add_swapped(y, other):
+    return other + y
+
+
+def quantize(y):
+    return qd.quantize_per_tensor.default(y, 0.05, 10, 0, 255, torch.uint8)
+
+
+@functools.cache
+def traced(search_fn, example_key: tuple, scalars: tuple = ()):
+    """The pattern of `search_fn` traced on example inputs built from `example_key`."""
+    maker, *margs = example_key
+    return gen_pattern(search_fn, maker(*margs), fwd_only, scalar_workaround=dict(scalars))
+
+
+def float_example(n: int):
+    return [torch.randn(2, 3) for _ in range(n)]

@@ -1,0 +1,161 @@
+"""Every fusion, declared once, and the order the phases run in. The single place for priority.
+
+Phases (Inductor's freezing stage, before torch's own freezing patterns; see install.py):
+  promote   a dequantize with several users is duplicated so each chain can fuse
+  prepack   dq(x) -> conv / linear(dq(w)) -> onednn.qconv_pointwise / qlinear_pointwise, fp32 out
+  unary     fold one unary post-op into the fused op's attributes
+  binary    fold add (both operand orders) as a binary post-op
+  binary_unary   fold relu after the binary post-op
+  output    fold the output quantize (requantized uint8/int8 out)
+Within a phase, table order is priority (larger patterns first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Optional
+
+import torch
+import torch.fx
+from torch._inductor.pattern_matcher import GraphPatternEntry, Match, PatternMatcherPass
+
+from . import patterns as P
+from . import rules as R
+from . import stats as S
+
+aten = torch.ops.aten
+qd = torch.ops.quantized_decomposed
+
+PHASES = ("promote", "prepack", "unary", "binary", "binary_unary", "output")
+
+
+@dataclasses.dataclass(frozen=True)
+class Fusion:
+    id: str  # dotted: pattern name, stats key, test id
+    phase: str
+    search: Callable
+    example: tuple  # (maker, *args) -> example inputs for tracing
+    check: Callable[[Match], Optional[str]]
+    rewrite: Callable[[Match], None]
+    scalars: tuple = ()  # constants bound by name while tracing
+
+    def pattern(self):
+        return P.traced(self.search, self.example, self.scalars)
+
+
+def _prepack_fusions():
+    for weight, per_channel in (("", True), (".wpt", False)):
+        for bias in (True, False):
+            nb = "" if bias else ".nobias"
+            conv = getattr(P, f"dq_conv{weight.replace('.', '_')}{'' if bias else '_nobias'}")
+            yield Fusion(f"qconv.prepack{weight}{nb}", "prepack", conv, (P.conv_example, per_channel, bias),
+                         R.check_dq_conv, R.prepack_qconv)
+            lin = getattr(P, f"dq_linear{weight.replace('.', '_')}{'' if bias else '_nobias'}")
+            for rank, dims in ((3, ".nd"), (2, ".2d")):  # N-D first: it contains the 2-D form
+                yield Fusion(f"qlinear.prepack{dims}{weight}{nb}", "prepack", lin,
+                             (P.linear_example, rank, per_channel, bias), R.check_dq_linear, R.prepack_qlinear)
+
+
+def _post_op_fusions():
+    for name, (fn, scalars) in P.UNARY.items():
+        for phase, after_binary in (("unary", False), ("binary_unary", True)):
+            if after_binary and name != "relu":
+                continue
+            yield Fusion(f"post.{'binary.' if after_binary else ''}{name}", phase, fn, (P.float_example, 1),
+                         R.check_unary(name, after_binary), R.fold_unary(name), tuple(scalars.items()))
+    yield Fusion("post.binary.add", "binary", P.add, (P.float_example, 2), R.check_binary, R.fold_binary)
+    yield Fusion("post.binary.add.swapped", "binary", P.add_swapped, (P.float_example, 2), R.check_binary,
+                 R.fold_binary)
+    yield Fusion("post.output.quant", "output", P.quantize, (P.float_example, 1), R.check_output_quant,
+                 R.fold_output_quant)
+
+
+@functools.cache
+def fusions() -> tuple:
+    return tuple(_prepack_fusions()) + tuple(_post_op_fusions())
+
+
+def fusion_ids() -> list:
+    return [f.id for f in fusions()] + ["dequant.promote"]
+
+
+def _entry(fusion: Fusion) -> GraphPatternEntry:
+    def handler(match: Match, *args, **kwargs):
+        fusion.rewrite(match)
+        S.count(fusion.id)
+
+    return GraphPatternEntry(pattern=fusion.pattern(), extra_check=lambda m: fusion.check(m) is None,
+                             handler=handler)
+
+
+@functools.cache
+def phase_passes() -> dict:
+    """phase -> PatternMatcherPass holding that phase's fusions in table order (ours only, not global)."""
+    passes = {}
+    for phase in PHASES[1:]:
+        passes[phase] = PatternMatcherPass(pass_name=f"inductor_quant.{phase}")
+        for fusion in fusions():
+            if fusion.phase == phase:
+                _entry(fusion).register(passes[phase])
+    return passes
+
+
+DEQUANTS = (qd.dequantize_per_tensor.default, qd.dequantize_per_channel.default)
+QUANTIZED_COMPUTE = {
+    aten.convolution.default: "conv", aten.addmm.default: "linear", aten.mm.default: "linear",
+    aten.bmm.default: "bmm",
+}
+
+
+def promote_dequant(graph: torch.fx.Graph) -> None:
+    # dq(x) -> {a, b}  =>  dq(x) -> a, dq'(x) -> b
+    for node in list(graph.nodes):
+        if node.target in DEQUANTS and len(node.users) > 1:
+            for user in list(node.users)[1:]:
+                with graph.inserting_before(user):
+                    copy = graph.node_copy(node)
+                user.replace_input_with(node, copy)
+                S.count("dequant.promote")
+
+
+def _reaches_dequant(node: torch.fx.Node, depth: int = 3) -> bool:
+    if node.target in DEQUANTS:
+        return True
+    return depth > 0 and any(_reaches_dequant(a, depth - 1) for a in node.all_input_nodes)
+
+
+def quantized_compute(graph: torch.fx.Graph) -> list:
+    """conv / mm nodes whose weight operand comes from a dequantize: quantized layers not fused."""
+    out = []
+    for node in graph.nodes:
+        if node.target in QUANTIZED_COMPUTE:
+            w = node.args[1] if node.target is not aten.addmm.default else node.args[2]
+            if isinstance(w, torch.fx.Node) and _reaches_dequant(w):
+                out.append(node)
+    return out
+
+
+def report_unfused(graph: torch.fx.Graph, reason: Optional[str] = None) -> None:
+    for node in quantized_compute(graph):
+        S.unfused(QUANTIZED_COMPUTE[node.target], node.name, reason or _why(node))
+
+
+def _why(node: torch.fx.Node) -> str:
+    """Name the first prepack check a leftover quantized layer fails."""
+    x = node.args[1] if node.target is aten.addmm.default else node.args[0]
+    while isinstance(x, torch.fx.Node) and x.target is aten.view.default:
+        x = x.args[0]
+    if not isinstance(x, torch.fx.Node) or x.target not in DEQUANTS:
+        return "activation is not dequantized (float activation, int8 weight)"
+    kind = "qconv" if node.target is aten.convolution.default else "qlinear"
+    return R.check_act_dq(x, kind) or "no pattern matched this form (see passes/patterns.py)"
+
+
+def run(graph: torch.fx.Graph) -> None:
+    """All phases, in order, on one graph."""
+    promote_dequant(graph)
+    for phase in PHASES[1:]:
+        phase_passes()[phase].apply(graph)
+    graph.eliminate_dead_code()
+    report_unfused(graph)

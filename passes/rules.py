@@ -1,0 +1,293 @@
+"""Checks and rewrites. A `check_*` returns None when the rule may fire, else the reason it may not.
+
+Handlers read named bindings (`match.kwargs[...]`) and schema-named node arguments (`args_of`),
+never positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+import torch.fx
+from torch._inductor.pattern_matcher import Match
+from torch.fx.experimental.symbolic_shapes import free_symbols
+
+from inductor_quant.kernels import onednn as K
+
+from .fused import Fused, call, record, replace_with
+
+aten = torch.ops.aten
+qd = torch.ops.quantized_decomposed
+prims = torch.ops.prims
+
+QCONV_UNARY = {"relu", "hardtanh", "hardswish", "silu"}
+QLINEAR_UNARY = QCONV_UNARY | {"gelu", "gelu_tanh", "leaky_relu", "tanh"}
+ACT_RANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
+
+
+def args_of(node: torch.fx.Node) -> dict:
+    """The node's arguments by schema name (defaults filled in)."""
+    out = {}
+    for i, a in enumerate(node.target._schema.arguments):
+        if i < len(node.args):
+            out[a.name] = node.args[i]
+        elif a.name in node.kwargs:
+            out[a.name] = node.kwargs[a.name]
+        elif a.has_default_value():
+            out[a.name] = a.default_value
+    return out
+
+
+def node_of(match: Match, *targets) -> Optional[torch.fx.Node]:
+    return next((n for n in match.nodes if n.target in targets), None)
+
+
+def val(node):
+    return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+
+
+def _static_shape(node) -> Optional[list]:
+    v = val(node)
+    return None if v is None or free_symbols(v.shape) else list(v.shape)
+
+
+# --- activation / weight dequantize --------------------------------------------------------
+
+
+def check_act_dq(dq_node: torch.fx.Node, kind: str) -> Optional[str]:
+    a = args_of(dq_node)
+    if dq_node.target is not qd.dequantize_per_tensor.default:
+        return "activation dequantize is not per-tensor with scalar qparams"
+    if a["dtype"] not in ACT_RANGE or (a["quant_min"], a["quant_max"]) != ACT_RANGE[a["dtype"]]:
+        return f"activation quant range {a['dtype']} [{a['quant_min']}, {a['quant_max']}] is not full-range u8/s8"
+    if kind == "qconv" and a["dtype"] != torch.uint8:
+        return "qconv takes uint8 activations only (int8 activation)"
+    return None
+
+
+def check_weight_dq(w_dq: torch.fx.Node) -> Optional[str]:
+    a = args_of(w_dq)
+    if a["dtype"] != torch.int8 or (a["quant_min"], a["quant_max"]) != (-128, 127):
+        return "weight is not int8 [-128, 127]"
+    if w_dq.target is qd.dequantize_per_channel.default and a["axis"] != 0:
+        return "per-channel weight quantized on an axis other than 0"
+    if w_dq.target is qd.dequantize_per_tensor.default and a["zero_point"] != 0:
+        return "per-tensor weight with non-zero zero point"
+    return None
+
+
+def _users_inside(match: Match, node: torch.fx.Node) -> bool:
+    inside = set(match.nodes)
+    return all(u in inside for u in node.users)
+
+
+def _weight_qparams(match: Match, w_dq: torch.fx.Node, anchor: torch.fx.Node):
+    """(w_scale, w_zp) nodes, float32 / int64, per-channel (per-tensor is broadcast: exact)."""
+    g = anchor.graph
+    if w_dq.target is qd.dequantize_per_channel.default:
+        w_scale, w_zp = match.kwargs["w_scale"], match.kwargs["w_zp"]
+        if val(w_scale) is not None and val(w_scale).dtype != torch.float32:
+            w_scale = call(g, anchor, prims.convert_element_type.default, w_scale, torch.float32)
+        return w_scale, w_zp
+    oc = val(match.kwargs["w"]).shape[0]
+    scale = args_of(w_dq)["scale"]
+    w_scale = call(g, anchor, aten.full.default, [oc], float(scale), dtype=torch.float32, device=torch.device("cpu"))
+    w_zp = call(g, anchor, aten.zeros.default, [oc], dtype=torch.int64, device=torch.device("cpu"))
+    return w_scale, w_zp
+
+
+def _x_qparams(dq_node) -> K.QParams:
+    a = args_of(dq_node)
+    return K.QParams(float(a["scale"]), int(a["zero_point"]))
+
+
+def _weight_dq(match):
+    return node_of(match, qd.dequantize_per_channel.default) or [
+        n for n in match.nodes if n.target is qd.dequantize_per_tensor.default and n.args[0] is match.kwargs["w"]
+    ][0]
+
+
+def _act_dq(match):
+    return next(n for n in match.nodes if n.target is qd.dequantize_per_tensor.default and n.args[0] is match.kwargs["x"])
+
+
+# --- prepack -------------------------------------------------------------------------------
+
+
+def check_dq_conv(match: Match) -> Optional[str]:
+    conv = node_of(match, aten.convolution.default)
+    if args_of(conv)["transposed"]:
+        return "transposed convolution"
+    return check_act_dq(_act_dq(match), "qconv") or check_weight_dq(_weight_dq(match))
+
+
+def prepack_qconv(match: Match) -> None:
+    # conv(dq(x), dq(w), b) -> onednn.qconv_pointwise(x, prepack(w), b)   (fp32 out)
+    conv = node_of(match, aten.convolution.default)
+    a = args_of(conv)
+    geom = K.ConvGeometry(tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
+    xq, x = _x_qparams(_act_dq(match)), match.kwargs["x"]
+    w_scale, w_zp = _weight_qparams(match, _weight_dq(match), conv)
+    packed = K.qconv_prepack(lambda op, args: call(conv.graph, conv, op, *args), match.kwargs["w"], w_scale, xq,
+                             geom, _static_shape(x))
+    replace_with(conv, Fused("qconv", x, xq, packed, w_scale, w_zp, match.kwargs.get("b"), geom))
+    match.erase_nodes()
+
+
+def check_dq_linear(match: Match) -> Optional[str]:
+    permute = node_of(match, aten.permute.default)
+    if list(args_of(permute)["dims"]) != [1, 0]:
+        return "weight permute is not a transpose"
+    views = [n for n in match.nodes if n.target is aten.view.default]
+    if views:  # N-D input flattened to 2-D and back: leading dims must round-trip
+        x_shape, out_shape = _static_shape(match.kwargs["x"]), _static_shape(match.output_node())
+        if x_shape is None or out_shape is None or x_shape[:-1] != out_shape[:-1]:
+            return "N-D linear whose output view does not restore the input's leading dims"
+    return check_act_dq(_act_dq(match), "qlinear") or check_weight_dq(_weight_dq(match))
+
+
+def prepack_qlinear(match: Match) -> None:
+    # [view](addmm|mm([view](dq(x)), permute(dq(w)))) -> onednn.qlinear_pointwise(x, prepack(w), b)
+    out = match.output_node()
+    xq, x = _x_qparams(_act_dq(match)), match.kwargs["x"]
+    w_scale, w_zp = _weight_qparams(match, _weight_dq(match), out)
+    packed = K.qlinear_prepack(lambda op, args: call(out.graph, out, op, *args), match.kwargs["w"], _static_shape(x))
+    replace_with(out, Fused("qlinear", x, xq, packed, w_scale, w_zp, match.kwargs.get("b")))
+    match.erase_nodes()
+
+
+def _erase_matched(match: Match) -> None:
+    """Erase the matched post-op nodes and the fused op they consumed (now unused)."""
+    match.erase_nodes()
+    y = match.kwargs["y"]
+    if not y.users:
+        y.graph.erase_node(y)
+
+
+# --- post-op folds -------------------------------------------------------------------------
+
+UNARY_ATTR = {
+    "relu": lambda kw: K.Unary("relu"),
+    "hardtanh": lambda kw: K.Unary("hardtanh", (float(kw["min_val"]), float(kw["max_val"]))),
+    "hardswish": lambda kw: K.Unary("hardswish"),
+    "silu": lambda kw: K.Unary("swish"),
+    "gelu": lambda kw: K.Unary("gelu", (), "none"),
+    "gelu_tanh": lambda kw: K.Unary("gelu", (), "tanh"),
+    "leaky_relu": lambda kw: K.Unary("leaky_relu", (float(kw["slope"]),)),
+    "tanh": lambda kw: K.Unary("tanh"),
+}
+# constants the decomposed forms must have (bound by name in patterns.UNARY)
+UNARY_CONSTANTS = {
+    "hardswish": {"three": 3, "six": 6},
+    "silu": {"one": 1},
+    "gelu": {"half": 0.5, "sqrt1_2": 0.7071067811865476, "one": 1},
+    "gelu_tanh": {"half": 0.5, "k": 0.7978845608028654, "c": 0.044715, "one": 1},
+}
+
+
+def _check_fold_target(match: Match, f: Optional[Fused]) -> Optional[str]:
+    if f is None:
+        return "input is not a fused oneDNN op"
+    if not _users_inside(match, match.kwargs["y"]):
+        return "fused result has other users"
+    if f.out.quantized:
+        return "output already requantized"
+    return None
+
+
+def check_unary(name: str, after_binary: bool):
+    allowed = QCONV_UNARY if not after_binary else {"relu"}
+
+    def check(match: Match) -> Optional[str]:
+        f = record(match.kwargs["y"])
+        reason = _check_fold_target(match, f)
+        if reason:
+            return reason
+        kinds = QLINEAR_UNARY if f.kind == "qlinear" and not after_binary else allowed
+        if name not in kinds:
+            return f"{f.kind} does not take post-op {name}" + (" after a binary op" if after_binary else "")
+        if (f.binary is not None) != after_binary or f.unary.name != "none":
+            return "post-op slot taken"
+        if after_binary and f.binary.unary.name != "none":
+            return "post-op slot taken"
+        for k, v in UNARY_CONSTANTS.get(name, {}).items():
+            if match.kwargs.get(k) != v:
+                return f"{name}: constant {k}={match.kwargs.get(k)} is not {v}"
+        return None
+
+    return check
+
+
+def fold_unary(name: str):
+    def rewrite(match: Match) -> None:
+        # post(fused(...)) -> fused(..., attr=post)
+        f = record(match.kwargs["y"])
+        u = UNARY_ATTR[name](match.kwargs)
+        if f.binary is None:
+            f = dataclasses.replace(f, unary=u)
+        else:
+            f = dataclasses.replace(f, binary=dataclasses.replace(f.binary, unary=u))
+        replace_with(match.output_node(), f)
+        _erase_matched(match)
+
+    return rewrite
+
+
+def check_binary(match: Match) -> Optional[str]:
+    f, other = record(match.kwargs["y"]), match.kwargs["other"]
+    reason = _check_fold_target(match, f)
+    if reason:
+        return reason
+    if f.binary is not None or f.unary.name != "none":
+        return "post-op slot taken"
+    if not isinstance(other, torch.fx.Node) or val(other) is None:
+        return "extra input is not a tensor"
+    if record(other) is not None and other in match.nodes:
+        return "extra input is inside the match"
+    vy, vo = val(match.kwargs["y"]), val(other)
+    if vo.dtype != vy.dtype or list(vo.shape) != list(vy.shape):
+        return "extra input differs in dtype or shape (broadcast add)"
+    if f.kind == "qconv" and vy.dim() != 4:
+        return "binary post-op: qconv2d only"
+    return None
+
+
+def fold_binary(match: Match) -> None:
+    # add(fused(...), other) -> fused(..., binary=sum|add, other)   conv `sum` writes into its copy of other
+    f, other, out = record(match.kwargs["y"]), match.kwargs["other"], match.output_node()
+    if f.kind == "qconv":
+        other = call(out.graph, out, aten.clone.default, other, memory_format=torch.channels_last)
+        binary = K.Binary("sum")
+    else:
+        binary = K.Binary("add")
+    replace_with(out, dataclasses.replace(f, binary=binary, other=other))
+    _erase_matched(match)
+
+
+def check_output_quant(match: Match) -> Optional[str]:
+    f = record(match.kwargs["y"])
+    reason = _check_fold_target(match, f)
+    if reason:
+        return reason
+    q = match.output_node()
+    a = args_of(q)
+    if q.target is not qd.quantize_per_tensor.default or not isinstance(a["scale"], (int, float)):
+        return "output quantize is not per-tensor with scalar qparams"
+    if a["dtype"] not in ACT_RANGE or (a["quant_min"], a["quant_max"]) != ACT_RANGE[a["dtype"]]:
+        return "output quant range is not full-range u8/s8"
+    if val(match.kwargs["y"]).dtype != torch.float32:
+        return "fused result is not float32"
+    if f.binary is not None:
+        return "binary post-op with requantized output needs a uint8 extra input"
+    return None
+
+
+def fold_output_quant(match: Match) -> None:
+    # q(fused(...)) -> fused(..., out=(dtype, scale, zp))
+    q = match.output_node()
+    a = args_of(q)
+    out = K.Output(a["dtype"], float(a["scale"]), int(a["zero_point"]))
+    replace_with(q, dataclasses.replace(record(match.kwargs["y"]), out=out))
+    _erase_matched(match)
