@@ -12,7 +12,7 @@ qparams are merged with union-find; each group gets ONE observer instance, regis
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from torch.fx import GraphModule, Node
 
@@ -98,40 +98,51 @@ def _describe_ref(ref: Any, in_graph: set) -> str:
     return text + (f" (node(s) {[getattr(n, 'name', n) for n in missing]} not in the graph)" if missing else "")
 
 
-def group_keys(gm: GraphModule, specs: dict[Any, Any]) -> _UnionFind:
+def _shareable(spec: Any) -> bool:
+    return isinstance(spec, (QuantizationSpec, FixedQParamsQuantizationSpec))
+
+
+def group_keys(specs: dict[Any, Any]) -> tuple[_UnionFind, dict[Any, Any]]:
+    """Union-find over keys; returns it and root -> the group's concrete (non-shared) spec."""
     uf = _UnionFind()
     for key, spec in specs.items():
         uf.find(key)
         if isinstance(spec, SharedQuantizationSpec):
             uf.union(key, spec.edge_or_node)
+    concrete: dict[Any, Any] = {}
+    for key, spec in specs.items():  # first concrete spec of a group wins, as upstream
+        if not isinstance(spec, SharedQuantizationSpec):
+            concrete.setdefault(uf.find(key), spec)
+
+    def merge(a: Any, b: Any) -> None:
+        spec = concrete.get(uf.find(a))
+        uf.union(a, b)
+        concrete[uf.find(a)] = spec
+
+    first_sibling: dict[tuple, Any] = {}
     for key in specs:
-        if not isinstance(key, tuple) or key[0] not in specs:
+        if not isinstance(key, tuple):
             continue
-        producer = key[0]
+        producer, spec = key[0], concrete.get(uf.find(key))
+        if not _shareable(spec):
+            continue
+        # implicit sharing: the consumer reads the producer's output observer
         ann = producer.meta.get(ANNOTATION_KEY)
-        if ann is not None and not ann.allow_implicit_sharing:
-            continue
-        a, b = _group_spec(uf, specs, key), _group_spec(uf, specs, producer)
-        if isinstance(a, (QuantizationSpec, FixedQParamsQuantizationSpec)) and a == b and not getattr(a, "is_dynamic", False):
-            uf.union(key, producer)
-    return uf
-
-
-def _group_spec(uf: _UnionFind, specs: dict[Any, Any], key: Any) -> Optional[Any]:
-    """The concrete (non-shared) spec of key's group; the first one found wins."""
-    root = uf.find(key)
-    for k, spec in specs.items():
-        if not isinstance(spec, SharedQuantizationSpec) and uf.find(k) == root:
-            return spec
-    return None
+        if producer in specs and (ann is None or ann.allow_implicit_sharing) and not spec.is_dynamic:
+            if concrete.get(uf.find(producer)) == spec:
+                merge(key, producer)
+                continue
+        # sibling edges from one producer with equal specs: one observer, one q/dq
+        sibling = first_sibling.setdefault((producer, spec), key)
+        if sibling is not key:
+            merge(key, sibling)
+    return uf, {uf.find(k): concrete.get(uf.find(k)) for k in specs}
 
 
 def insert_observers(gm: GraphModule, is_qat: bool) -> dict[Any, Any]:
     """Insert one call_module per observed edge/output; returns key -> observer instance."""
     specs = collect_specs(gm)
-    uf = group_keys(gm, specs)
-    roots = {uf.find(k) for k in specs}
-    group_spec = {r: _group_spec(uf, specs, r) for r in roots}
+    uf, group_spec = group_keys(specs)
     observers: dict[Any, Any] = {}
     names: dict[Any, str] = {}
     for root, spec in group_spec.items():
@@ -159,6 +170,7 @@ def insert_observers(gm: GraphModule, is_qat: bool) -> dict[Any, Any]:
         return obs
 
     current: dict[Node, Node] = {}  # node -> its output observer (what consumers now read)
+    edge_obs: dict[tuple, Node] = {}  # (group, source) -> observer node already in the graph
     for node in list(gm.graph.nodes):
         ann = node.meta.get(ANNOTATION_KEY)
         if ann is None:
@@ -168,8 +180,10 @@ def insert_observers(gm: GraphModule, is_qat: bool) -> dict[Any, Any]:
             if spec is None or (arg in current and uf.find(arg) == uf.find(key)):
                 continue  # consumer already reads the producer's (shared) observer
             src = current.get(arg, arg)
-            with gm.graph.inserting_before(node):
-                obs = add_obs(src, key, node)
+            obs = edge_obs.get((uf.find(key), src))
+            if obs is None:  # first consumer in graph order: later ones reuse this node
+                with gm.graph.inserting_before(node):
+                    obs = edge_obs[(uf.find(key), src)] = add_obs(src, key, node)
             node.replace_input_with(src, obs)
         if ann.output_qspec is not None:
             after = node if node.op != "placeholder" else _last_placeholder(gm)

@@ -190,3 +190,52 @@ def test_node_meta_kept_on_new_nodes():
     _, q = _ptq(LinearModel(), torch.randn(8, 16), BackendQuantizer())
     dq_w = [n for n in q.graph.nodes if n.target == aten.linear.default][0].args[1]
     assert "nn_module_stack" in dq_w.meta
+
+
+def test_sibling_edges_share_one_observer():
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(16, 4), torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.a(x), self.b(x)
+
+    x = torch.randn(2, 16)
+    prepared = prepare_pt2e(export(TwoHeads().eval(), x), BackendQuantizer(derived_bias=False))
+    x_obs = [n for n in prepared.graph.nodes if n.op == "call_module" and n.args[0].name == "x" and n.target != "_guards_fn"]
+    assert len(x_obs) == 1 and len(x_obs[0].users) == 2
+    calibrate(prepared, [x])
+    q = convert_pt2e(prepared)
+    assert sum(t == qd.quantize_per_tensor.default for t in call_targets(q)) == 1 + 2  # x once, two outputs
+
+
+def test_shared_spec_is_transitive_tutorial_cat():
+    """Tutorial: conv1_out, conv2_out, cat_input0 = qspec1; cat_input1 shares (conv1, cat)."""
+
+    class Cat(BackendQuantizer):
+        def annotate(self, gm):
+            super().annotate(gm)
+            for n in gm.graph.nodes:
+                if n.target == aten.cat.default:
+                    c1, c2 = n.args[0]
+                    n.meta[ANN] = QuantizationAnnotation(
+                        input_qspec_map={c1: self.act, c2: SharedQuantizationSpec((c1, n))}, _annotated=True)
+            return gm
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return torch.cat([self.conv1(x), self.conv2(x)], 1)
+
+    from inductor_quant.quantizer import SharedQuantizationSpec
+
+    x = torch.randn(1, 3, 4, 4)
+    prepared = prepare_pt2e(export(M().eval(), x), Cat(derived_bias=False))
+    cat = next(n for n in prepared.graph.nodes if n.target == aten.cat.default)
+    conv_outs = [n for n in prepared.graph.nodes if n.op == "call_module" and n.args[0].target == aten.conv2d.default]
+    mods = {id(prepared.get_submodule(n.target)) for n in conv_outs + [a for a in cat.args[0] if a.op == "call_module"]}
+    assert len(conv_outs) == 2 and len(mods) == 1  # conv1 out, conv2 out and both cat inputs: ONE observer
