@@ -55,6 +55,7 @@ def propagate_fake(node: torch.fx.Node) -> None:
     """Set node.meta['val'] by running the op on its inputs' fake values (later passes read it)."""
     vals = [a.meta.get("val") for a in node.all_input_nodes]
     fake_mode = next((v.fake_mode for v in vals if isinstance(v, FakeTensor)), None)
+    fake_mode = fake_mode or torch._guards.detect_fake_mode()
     if fake_mode is None or any(v is None for v in vals):
         return
     to_val = lambda a: a.meta["val"] if isinstance(a, torch.fx.Node) else a  # noqa: E731

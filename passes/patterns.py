@@ -40,16 +40,8 @@ def dq_conv(x, w, w_scale, w_zp, b):
     return aten.convolution(dq(x), dq_weight_per_channel(w, w_scale, w_zp), b, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
 
 
-def dq_conv_nobias(x, w, w_scale, w_zp):
-    return aten.convolution(dq(x), dq_weight_per_channel(w, w_scale, w_zp), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
-
-
 def dq_conv_wpt(x, w, b):
     return aten.convolution(dq(x), dq_weight_per_tensor(w), b, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
-
-
-def dq_conv_wpt_nobias(x, w):
-    return aten.convolution(dq(x), dq_weight_per_tensor(w), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
 
 
 def dq_linear(x, w, w_scale, w_zp, b):

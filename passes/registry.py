@@ -46,12 +46,13 @@ class Fusion:
 
 def _prepack_fusions():
     for weight, per_channel in (("", True), (".wpt", False)):
-        for bias in (True, False):
+        suffix = weight.replace(".", "_")
+        # conv: bias is an argument of aten.convolution, so one pattern covers bias=None too
+        yield Fusion(f"qconv.prepack{weight}", "prepack", getattr(P, f"dq_conv{suffix}"),
+                     (P.conv_example, per_channel, True), R.check_dq_conv, R.prepack_qconv)
+        for bias in (True, False):  # linear: addmm vs mm
             nb = "" if bias else ".nobias"
-            conv = getattr(P, f"dq_conv{weight.replace('.', '_')}{'' if bias else '_nobias'}")
-            yield Fusion(f"qconv.prepack{weight}{nb}", "prepack", conv, (P.conv_example, per_channel, bias),
-                         R.check_dq_conv, R.prepack_qconv)
-            lin = getattr(P, f"dq_linear{weight.replace('.', '_')}{'' if bias else '_nobias'}")
+            lin = getattr(P, f"dq_linear{suffix}{'' if bias else '_nobias'}")
             for rank, dims in ((3, ".nd"), (2, ".2d")):  # N-D first: it contains the 2-D form
                 yield Fusion(f"qlinear.prepack{dims}{weight}{nb}", "prepack", lin,
                              (P.linear_example, rank, per_channel, bias), R.check_dq_linear, R.prepack_qlinear)

@@ -91,10 +91,13 @@ def _weight_qparams(match: Match, w_dq: torch.fx.Node, anchor: torch.fx.Node):
         if val(w_scale) is not None and val(w_scale).dtype != torch.float32:
             w_scale = call(g, anchor, prims.convert_element_type.default, w_scale, torch.float32)
         return w_scale, w_zp
-    oc = val(match.kwargs["w"]).shape[0]
-    scale = args_of(w_dq)["scale"]
-    w_scale = call(g, anchor, aten.full.default, [oc], float(scale), dtype=torch.float32, device=torch.device("cpu"))
-    w_zp = call(g, anchor, aten.zeros.default, [oc], dtype=torch.int64, device=torch.device("cpu"))
+    # new_full from the weight (not aten.full): constant folding skips constructors without
+    # tensor inputs, and these must fold into constants for the prepack to fold
+    w = match.kwargs["w"]
+    oc = val(w).shape[0]
+    scale = float(args_of(w_dq)["scale"])
+    w_scale = call(g, anchor, aten.new_full.default, w, [oc], scale, dtype=torch.float32)
+    w_zp = call(g, anchor, aten.new_full.default, w, [oc], 0, dtype=torch.int64)
     return w_scale, w_zp
 
 

@@ -1,0 +1,119 @@
+"""Small converted-model stand-ins: modules whose forward calls the Q/DQ ops directly.
+
+Each `Variant` is one row of the test table: the layer, its geometry, the post-ops, whether the
+output is requantized, and what the compiled code must contain. Test ids are the variant ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torch.ao.quantization.fx._decomposed  # noqa: F401
+
+qd = torch.ops.quantized_decomposed
+
+X_SCALE, X_ZP = 0.02, 128  # non-zero activation zero point
+O_SCALE, O_ZP = 0.05, 10
+R_SCALE, R_ZP = 0.03, 100  # residual input
+
+
+def q_dq(x, scale, zp, dtype=torch.uint8):
+    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
+    return qd.dequantize_per_tensor.default(qd.quantize_per_tensor.default(x, scale, zp, lo, hi, dtype),
+                                            scale, zp, lo, hi, dtype)
+
+
+POST = {
+    None: lambda y: y,
+    "relu": torch.relu,
+    "relu6": F.relu6,
+    "hardtanh": lambda y: F.hardtanh(y, -0.5, 1.5),
+    "hardswish": F.hardswish,
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
+    "leaky_relu": lambda y: F.leaky_relu(y, 0.2),
+    "tanh": torch.tanh,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    id: str
+    layer: str  # conv1d | conv2d | conv3d | linear
+    x_shape: tuple
+    out_features: int = 8
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 1
+    dilation: int = 1
+    groups: int = 1
+    bias: bool = True
+    per_channel: bool = True
+    post: Optional[str] = None
+    binary: Optional[str] = None  # add | add_swapped | add_relu | add_dq (residual from dq(u8))
+    out_q: bool = False
+    act_dtype: torch.dtype = torch.uint8
+    fusions: tuple = ()  # fusion ids that must fire
+    ops: tuple = ()  # (onednn op name, count) expected in the generated code
+
+    @property
+    def is_conv(self):
+        return self.layer.startswith("conv")
+
+
+class QDQLayer(nn.Module):
+    """q/dq(x) -> conv|linear(dq(w_int8)) [-> post] [-> + residual] [-> q/dq out]."""
+
+    def __init__(self, v: Variant):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.v = v
+        cin = v.x_shape[1] if v.is_conv else v.x_shape[-1]
+        k = (v.kernel,) * (int(v.layer[-2]) if v.is_conv else 0)
+        w_shape = (v.out_features, cin // v.groups) + k
+        self.register_buffer("w", torch.randint(-127, 128, w_shape, dtype=torch.int8, generator=g))
+        fan_in = cin // v.groups * max(1, v.kernel ** len(k))
+        self.register_buffer("w_scale", (torch.rand(v.out_features, generator=g) + 0.5) / (64 * fan_in ** 0.5))
+        self.register_buffer("w_zp", torch.zeros(v.out_features, dtype=torch.int64))
+        self.w_scale_t = float(self.w_scale.mean())
+        self.register_buffer("b", torch.randn(v.out_features, generator=g) * 0.1 if v.bias else None)
+
+    def weight(self):
+        if self.v.per_channel:
+            return qd.dequantize_per_channel.default(self.w, self.w_scale, self.w_zp, 0, -128, 127, torch.int8)
+        return qd.dequantize_per_tensor.default(self.w, self.w_scale_t, 0, -128, 127, torch.int8)
+
+    def forward(self, x, residual=None):
+        v = self.v
+        x = q_dq(x, X_SCALE, X_ZP if v.act_dtype == torch.uint8 else 0, v.act_dtype)
+        if v.is_conv:
+            conv = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}[v.layer]
+            y = conv(x, self.weight(), self.b, v.stride, v.padding, v.dilation, v.groups)
+        else:
+            y = F.linear(x, self.weight(), self.b)
+        y = POST[v.post](y)
+        if v.binary:
+            r = q_dq(residual, R_SCALE, R_ZP) if v.binary == "add_dq" else residual
+            y = r + y if v.binary == "add_swapped" else y + r
+            if v.binary == "add_relu":
+                y = torch.relu(y)
+        if v.out_q:
+            y = q_dq(y, O_SCALE, O_ZP)
+        return y
+
+    def example_inputs(self):
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(self.v.x_shape, generator=g)
+        if self.v.layer == "conv2d":
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.v.binary:
+            return (x,)
+        with torch.no_grad():
+            y_shape = QDQLayer(dataclasses.replace(self.v, binary=None, out_q=False))(x).shape
+        return x, torch.randn(y_shape, generator=g)

@@ -1,0 +1,57 @@
+"""The variant table every layer of the pass tests is parametrized from."""
+
+from __future__ import annotations
+
+import torch
+
+from qdq_models import Variant
+
+QCONV, QLINEAR, QCONV_BINARY = "qconv_pointwise", "qlinear_pointwise", "qconv2d_pointwise"
+X2D, X1D, X3D = (2, 8, 7, 7), (2, 8, 9), (1, 4, 5, 5, 5)
+
+
+def conv(id, x_shape=X2D, layer="conv2d", fusions=("qconv.prepack",), ops=((QCONV, 1),), **kw):
+    return Variant(id, layer, x_shape, fusions=fusions, ops=ops, **kw)
+
+
+def linear(id, x_shape=(4, 16), fusions=("qlinear.prepack.2d",), ops=((QLINEAR, 1),), **kw):
+    return Variant(id, "linear", x_shape, fusions=fusions, ops=ops, **kw)
+
+
+CONV_UNARY = ["relu", "relu6", "hardtanh", "hardswish", "silu"]
+LINEAR_UNARY = CONV_UNARY + ["gelu", "gelu_tanh", "leaky_relu", "tanh"]
+_attr = {"relu6": "hardtanh"}
+
+VARIANTS = [
+    conv("qconv2d"),
+    conv("qconv2d.nobias", bias=False),
+    conv("qconv2d.stride2.dilation2", stride=2, padding=2, dilation=2),
+    conv("qconv2d.groups", groups=2, padding=0),
+    conv("qconv2d.depthwise", groups=8, out_features=8),
+    conv("qconv1d", X1D, "conv1d", stride=2),
+    conv("qconv3d", X3D, "conv3d"),
+    conv("qconv2d.wpt", per_channel=False, fusions=("qconv.prepack.wpt",)),
+    *[conv(f"qconv2d.{p}", post=p, fusions=("qconv.prepack", f"post.{_attr.get(p, p)}")) for p in CONV_UNARY],
+    conv("qconv2d.q", out_q=True, fusions=("qconv.prepack", "post.output.quant")),
+    conv("qconv2d.relu.q", post="relu", out_q=True, fusions=("qconv.prepack", "post.relu", "post.output.quant")),
+    conv("qconv2d.add", binary="add", fusions=("qconv.prepack", "post.binary.add"), ops=((QCONV_BINARY, 1),)),
+    conv("qconv2d.add.swapped", binary="add_swapped", fusions=("qconv.prepack", "post.binary.add.swapped"),
+         ops=((QCONV_BINARY, 1),)),
+    conv("qconv2d.add.relu", binary="add_relu", fusions=("qconv.prepack", "post.binary.add", "post.binary.relu"),
+         ops=((QCONV_BINARY, 1),)),
+    conv("qconv2d.add.dq", binary="add_dq", fusions=("qconv.prepack", "post.binary.add"), ops=((QCONV_BINARY, 1),)),
+    linear("qlinear.2d"),
+    linear("qlinear.2d.nobias", bias=False, fusions=("qlinear.prepack.2d.nobias",)),
+    linear("qlinear.3d", x_shape=(2, 3, 16), fusions=("qlinear.prepack.nd",)),
+    linear("qlinear.3d.nobias", x_shape=(2, 3, 16), bias=False, fusions=("qlinear.prepack.nd.nobias",)),
+    linear("qlinear.wpt", per_channel=False, fusions=("qlinear.prepack.2d.wpt",)),
+    linear("qlinear.s8", act_dtype=torch.int8),
+    *[linear(f"qlinear.{p}", post=p, fusions=("qlinear.prepack.2d", f"post.{_attr.get(p, p)}")) for p in LINEAR_UNARY],
+    linear("qlinear.q", out_q=True, fusions=("qlinear.prepack.2d", "post.output.quant")),
+    linear("qlinear.gelu.q", post="gelu", out_q=True, fusions=("qlinear.prepack.2d", "post.gelu", "post.output.quant")),
+    linear("qlinear.3d.add", x_shape=(2, 3, 16), binary="add", fusions=("qlinear.prepack.nd", "post.binary.add")),
+    linear("qlinear.add.swapped", binary="add_swapped", fusions=("qlinear.prepack.2d", "post.binary.add.swapped")),
+    linear("qlinear.add.relu", binary="add_relu",
+           fusions=("qlinear.prepack.2d", "post.binary.add", "post.binary.relu")),
+]
+BY_ID = {v.id: v for v in VARIANTS}
