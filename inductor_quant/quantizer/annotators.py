@@ -9,11 +9,17 @@ before single ops, larger chains first, int8 propagation last (it needs its prod
 Recipe of a fused chain `anchor [-> bn] [-> unary | -> add [-> relu]]`:
     anchor (conv/linear):  input edge  x -> input_activation, weight edge w -> weight,
                            bias edge   b -> config.bias (None: stays fp32)
-    add (binary post-op):  the *other* operand's edge -> input_activation
+    add (binary post-op):  conv: the *other* operand's edge -> input_activation (residual
+                           enters as dq(int8)); linear: the other operand stays fp32 (BERT-
+                           style residual streams lose accuracy in 8 bits, as upstream found)
     last node of chain:    output_qspec = output_activation
-    every node of chain:   _annotated = True (middle nodes carry no specs)
-So a chain costs exactly one q/dq pair on its output, whether or not oneDNN can take the
+    every node of chain:   _annotated = True (middle nodes carry no specs; eval-mode dropout
+                           between chain ops is walked over as a middle node)
+So a chain costs at most one q/dq pair on its output, whether or not oneDNN can take the
 post-op as an attribute (if it cannot, Inductor fuses it into generated C++).
+The X86 list ends with "prune_float_outputs": a chain output no consumer takes quantized
+(LayerNorm, softmax, the model output, ...) drops its output spec, so the conv/linear emits
+fp32 there instead of a q/dq round trip.
 A dynamic config annotates only `linear` (and opt-in matmul) anchors: input edge (dynamic)
 and weight edge; no output spec, no post-op chain.
 """
@@ -27,7 +33,7 @@ from typing import Callable, Optional
 from torch.fx import GraphModule, Node
 
 from .aten_ops import (
-    ADD_OPS, BATCH_NORM_OPS, CAT_OPS, LINEAR_OPS, MATMUL_OPS, MUL_OPS, ONEDNN_BINARY,
+    ADD_OPS, BATCH_NORM_OPS, CAT_OPS, DROPOUT_OPS, LINEAR_OPS, MATMUL_OPS, MUL_OPS, ONEDNN_BINARY,
     ONEDNN_UNARY, POOL_OPS, RELU_OPS, SHAPE_OPS, UNARY_OPS, conv_kind, is_constant, is_float_tensor,
     is_op, only_user, same_shape,
 )
@@ -59,6 +65,8 @@ class AnnotationContext:
     # post-ops a fused chain may take, by name (aten_ops.UNARY_OPS values)
     unary_post_ops: frozenset = frozenset(UNARY_OPS.values())
     options: dict = field(default_factory=dict)
+    chain_outputs: list = field(default_factory=list)  # last nodes of chains annotated here
+    propagated: list = field(default_factory=list)  # int8-propagation nodes annotated here
 
     def nodes(self, pred: Callable[[Node], bool]) -> list[Node]:
         return [n for n in self.model.graph.nodes if n.op == "call_function" and pred(n)]
@@ -110,6 +118,19 @@ def _next_in_chain(cur: Node) -> Optional[Node]:
     return user
 
 
+def _is_eval_dropout(node: object) -> bool:
+    return is_op(node, DROPOUT_OPS) and len(node.args) > 2 and node.args[2] is False
+
+
+def _skip_eval_dropout(cur: Node, nodes: list[Node]) -> Node:
+    """Walk over eval-mode dropout (an identity Inductor removes) as a middle chain node."""
+    user = _next_in_chain(cur)
+    while _is_eval_dropout(user) and user.args[0] is cur:
+        nodes.append(user)
+        cur, user = user, _next_in_chain(user)
+    return cur
+
+
 def _match_add(cur: Node, add: Node) -> Optional[Node]:
     """The other operand if `add` is `cur + other` / `other + cur` on equal shapes."""
     if not is_op(add, ADD_OPS) or add.kwargs.get("alpha", 1) != 1 or len(add.args) != 2:
@@ -129,6 +150,7 @@ def _match_chain(ctx: AnnotationContext, anchor: Node, kind: str, tail: tuple[st
         nodes.append(bn), names.append("bn")
         cur = bn
     for step in tail:
+        cur = _skip_eval_dropout(cur, nodes)
         user = _next_in_chain(cur)
         if user is None:
             return None
@@ -162,9 +184,10 @@ def _annotate_chain(ctx: AnnotationContext, chain: _Chain, config: QuantizationC
     _edge(anchor, x, config.input_activation)
     _edge(anchor, w, config.weight)
     _edge(anchor, bias, config.bias)
-    if chain.add is not None:
+    if chain.add is not None and not chain.name.startswith("linear"):
         _edge(chain.add, chain.add_other, config.input_activation)
     last.meta[ANNOTATION_KEY].output_qspec = config.output_activation
+    ctx.chain_outputs.append(last)
     ctx.report.patterns[chain.name] += 1
     if not chain.fusable:
         ctx.report.not_onednn_fusable[chain.name] += 1
@@ -267,7 +290,7 @@ _PROPAGATED_NAME = {"max_pool2d": "maxpool2d", "avg_pool2d": "avgpool2d", "adapt
 
 @register_annotator("int8_propagation")
 def _annotate_propagation(ctx: AnnotationContext) -> None:
-    """pool / cat / flatten / reshape / view / permute run on int8 with the input's qparams.
+    """pool / cat / flatten / reshape / view / permute / eval dropout stay int8 (input qparams).
 
     Only when the input is already quantized (so an isolated pool gets no q/dq of its own):
         input edge:  SharedQuantizationSpec(producer)   -- the producer's output observer
@@ -276,7 +299,8 @@ def _annotate_propagation(ctx: AnnotationContext) -> None:
     observer, the other edges and the output share that edge (one scale for the result).
     Runs in graph order, so a chain conv -> maxpool -> flatten propagates end to end.
     """
-    for node in ctx.nodes(lambda n: n.target in POOL_OPS or n.target in SHAPE_OPS or n.target in CAT_OPS):
+    for node in ctx.nodes(lambda n: n.target in POOL_OPS or n.target in SHAPE_OPS or n.target in CAT_OPS
+                          or _is_eval_dropout(n)):
         if is_annotated(node):
             continue
         inputs = list(node.args[0]) if node.target in CAT_OPS else [node.args[0]]
@@ -293,6 +317,34 @@ def _annotate_propagation(ctx: AnnotationContext) -> None:
                 continue
             _edge(node, other, SharedQuantizationSpec((first, node)))
         node.meta[ANNOTATION_KEY].output_qspec = SharedQuantizationSpec((first, node))
+        ctx.propagated.append(node)
         name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
         ctx.report.patterns[_PROPAGATED_NAME.get(name, name)] += 1
 
+
+# ---- finishing step ----------------------------------------------------------------------
+def _consumed_quantized(node: Node) -> bool:
+    for user in node.users:
+        ann = user.meta.get(ANNOTATION_KEY)
+        spec = ann.input_qspec_map.get(node) if ann is not None else None
+        if spec is not None and not getattr(spec, "is_dynamic", False):
+            return True
+    return False
+
+
+@register_annotator("prune_float_outputs")
+def _prune_float_outputs(ctx: AnnotationContext) -> None:
+    """Drop quantization nobody downstream uses (only what this call annotated):
+    first int8-propagation nodes whose output only float ops consume (last to first, so
+    linear -> view -> permute -> float matmul unwinds completely), then chain output specs."""
+    for node in reversed(ctx.propagated):
+        if not _consumed_quantized(node):
+            del node.meta[ANNOTATION_KEY]
+            name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+            ctx.report.patterns[_PROPAGATED_NAME.get(name, name)] -= 1
+    ctx.report.patterns = +ctx.report.patterns  # drop zero counts
+    for node in ctx.chain_outputs:
+        ann = node.meta[ANNOTATION_KEY]
+        if ann.output_qspec is not None and not _consumed_quantized(node):
+            ann.output_qspec = None
+            ctx.report.float_outputs += 1

@@ -30,6 +30,8 @@ class AnnotationReport:
     # patterns annotated as one chain although oneDNN cannot take the post-op as an attribute
     # (Inductor runs that op in generated C++ between the int8 conv/linear and the quantize)
     not_onednn_fusable: collections.Counter = field(default_factory=collections.Counter)
+    # chain outputs left fp32 because no consumer takes them quantized (X86 prune step)
+    float_outputs: int = 0
     # node name -> why it stayed float (convs, linears and conv_transposes only)
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -50,6 +52,7 @@ class AnnotationReport:
             "annotated": dict(self.annotated),
             "patterns": dict(self.patterns),
             "not_onednn_fusable": dict(self.not_onednn_fusable),
+            "float_outputs": self.float_outputs,
             "skipped": dict(self.skipped),
         }
 

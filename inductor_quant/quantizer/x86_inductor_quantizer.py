@@ -8,7 +8,8 @@ Annotates conv1d/2d/3d (+bn in QAT) and linear (2-D and N-D inputs) with unary p
 (relu, relu6/hardtanh, hardswish, silu, gelu, leaky_relu, tanh, sigmoid) or add / add+relu,
 as one chain with one output q/dq (annotators.py has the recipe); conv_transpose stays float;
 pools, cat and shape ops after a quantized producer stay int8 with shared qparams;
-matmul/bmm only with `quantize_matmul=True`.
+matmul/bmm only with `quantize_matmul=True`. Chain outputs that only float ops consume
+(LayerNorm, softmax, the model output) stay fp32: no q/dq round trip is added for them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class X86InductorQuantizer(AnnotatingQuantizer):
         "linear",
         "matmul",
         "int8_propagation",
+        "prune_float_outputs",
     )
 
     def __init__(self, *, quantize_matmul: bool = False) -> None:

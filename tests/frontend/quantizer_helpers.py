@@ -88,22 +88,21 @@ def sqnr(ref: torch.Tensor, x: torch.Tensor) -> float:
 
 
 # ---- models shared by several test files ----
-class BasicBlock(nn.Module):
-    """torchvision's BasicBlock: ONE self.relu module called three times."""
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck: ONE self.relu module called three times."""
 
     def __init__(self, cin=4, cout=8, stride=2):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout // 2, 1, bias=False), nn.BatchNorm2d(cout // 2)
+        self.conv2, self.bn2 = nn.Conv2d(cout // 2, cout // 2, 3, stride, 1, bias=False), nn.BatchNorm2d(cout // 2)
+        self.conv3, self.bn3 = nn.Conv2d(cout // 2, cout, 1, bias=False), nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
-        x = self.relu(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
         out += self.downsample(x)
         return self.relu(out)
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from inductor_quant import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 from inductor_quant.quantizer import X86InductorQuantizer, XNNPACKQuantizer, get_symmetric_quantization_config
-from quantizer_helpers import DYNAMIC, QAT, STATIC, BasicBlock, SameConv, export, nodes_of, sqnr
+from quantizer_helpers import DYNAMIC, QAT, STATIC, Bottleneck, SameConv, export, nodes_of, sqnr
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
@@ -20,8 +20,8 @@ class TinyResNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
         self.pool = nn.MaxPool2d(2)
-        self.layer1 = BasicBlock(8, 8, 1)
-        self.layer2 = BasicBlock(8, 16, 2)
+        self.layer1 = Bottleneck(8, 8, 1)
+        self.layer2 = Bottleneck(8, 16, 2)
         self.head = SameConv(16, 16, 3)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(16, 10)
@@ -46,10 +46,10 @@ def test_resnet_style_ptq_all_layers_int8_and_sqnr():
     data = [torch.randn(2, 3, 16, 16) for _ in range(4)]
     q = X86InductorQuantizer().set_global(STATIC)
     converted = _calibrated(model, q, data)
-    assert q.last_report.annotated == q.last_report.present == {"conv": 8, "linear": 1}
+    assert q.last_report.annotated == q.last_report.present == {"conv": 10, "linear": 1}
 
     layers = nodes_of(converted, *[aten.conv2d.default, aten.linear.default])
-    assert len(layers) == 9
+    assert len(layers) == 11
     for layer in layers:
         x, w = layer.args[0], layer.args[1]
         assert w.target == qd.dequantize_per_channel.default, f"{layer.name}: weight not dq_per_channel"

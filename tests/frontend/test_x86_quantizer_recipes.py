@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from inductor_quant.quantizer import X86InductorQuantizer
 from quantizer_helpers import (
-    STATIC, BasicBlock, SameConv, annotate, assert_anchor, assert_float, assert_shares_input, edge_spec, nodes_of, one, out_spec,
+    STATIC, Bottleneck, SameConv, annotate, assert_anchor, assert_float, assert_shares_input, edge_spec, nodes_of, one, out_spec,
 )
 
 aten = torch.ops.aten
@@ -41,22 +41,25 @@ class Chain(nn.Module):
 
 @pytest.mark.parametrize("post, op, name, conv_ok, _", UNARY, ids=UNARY_IDS)
 def test_conv2d_unary_one_qdq_around_chain(post, op, name, conv_ok, _):
-    gm, q = annotate(Chain(nn.Conv2d(3, 4, 3), post()), torch.randn(1, 3, 8, 8))
-    conv, act = one(gm, aten.conv2d.default), one(gm, op)
+    gm, q = annotate(Chain(nn.Conv2d(3, 4, 3), post(), nn.Conv2d(4, 4, 1)), torch.randn(1, 3, 8, 8))
+    (conv, consumer), act = nodes_of(gm, aten.conv2d.default), one(gm, op)
     assert_anchor(conv, output=False)
     assert out_spec(act) is STATIC.output_activation and not edge_spec(act, conv)
-    assert q.last_report.patterns == {f"conv2d.{name}": 1}
+    assert edge_spec(consumer, act) is STATIC.input_activation  # == output spec: one observer
+    assert_anchor(consumer, output=False)  # feeds the model output only: stays fp32
+    assert q.last_report.patterns == {f"conv2d.{name}": 1, "conv2d": 1}
+    assert q.last_report.float_outputs == 1
     assert q.last_report.not_onednn_fusable == ({} if conv_ok else {f"conv2d.{name}": 1})
 
 
 @pytest.mark.parametrize("post, op, name, _, linear_ok", UNARY, ids=UNARY_IDS)
 @pytest.mark.parametrize("shape", [(2, 16), (2, 5, 16)], ids=["2d", "3d"])
 def test_linear_unary(post, op, name, _, linear_ok, shape):
-    gm, q = annotate(Chain(nn.Linear(16, 8), post()), torch.randn(*shape))
-    linear, act = one(gm, aten.linear.default), one(gm, op)
+    gm, q = annotate(Chain(nn.Linear(16, 8), post(), nn.Linear(8, 4)), torch.randn(*shape))
+    linear, act = nodes_of(gm, aten.linear.default)[0], one(gm, op)
     assert_anchor(linear, output=False)
     assert out_spec(act) is STATIC.output_activation
-    assert q.last_report.patterns == {f"linear.{name}": 1}
+    assert q.last_report.patterns == {f"linear.{name}": 1, "linear": 1}
     assert bool(q.last_report.not_onednn_fusable) is not linear_ok
 
 
@@ -73,8 +76,9 @@ def test_linear_unary(post, op, name, _, linear_ok, shape):
 )
 def test_single_conv(conv, shape, op):
     gm, q = annotate(conv, torch.randn(*shape))
-    assert_anchor(one(gm, op), output=True)
+    assert_anchor(one(gm, op), output=False)  # the model output stays fp32: no q/dq round trip
     assert q.last_report.annotated["conv"] == q.last_report.present["conv"] == 1
+    assert q.last_report.float_outputs == 1
 
 
 class ConvAdd(nn.Module):
@@ -82,13 +86,14 @@ class ConvAdd(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(4, 4, 3, padding=1)
         self.other = nn.Conv2d(4, 4, 1)
+        self.tail = nn.Conv2d(4, 4, 1)
         self.swap, self.relu, self.residual = swap, relu, residual
 
     def forward(self, x):
         y = self.conv(x)
         r = {"input": x, "conv": self.other(x), "float_op": torch.sin(x)}[self.residual]
         z = r + y if self.swap else y + r
-        return F.relu(z) if self.relu else z
+        return self.tail(F.relu(z) if self.relu else z)
 
 
 @pytest.mark.parametrize("residual", ["input", "conv", "float_op"])
@@ -96,7 +101,7 @@ class ConvAdd(nn.Module):
 @pytest.mark.parametrize("swap", [False, True], ids=["conv_first", "conv_second"])
 def test_conv_add(swap, relu, residual):
     gm, q = annotate(ConvAdd(swap, relu, residual), torch.randn(1, 4, 8, 8))
-    convs = nodes_of(gm, aten.conv2d.default)
+    *convs, tail = nodes_of(gm, aten.conv2d.default)
     add = one(gm, aten.add.Tensor)
     fused = add.args[1] if swap else add.args[0]
     other = add.args[0] if swap else add.args[1]
@@ -112,7 +117,7 @@ def test_conv_add(swap, relu, residual):
         assert_anchor(downsample, output=True)
     name = "conv2d.add.relu" if relu else "conv2d.add"
     assert q.last_report.patterns[name] == 1
-    assert q.last_report.annotated["conv"] == len(convs)
+    assert q.last_report.annotated["conv"] == len(convs) + 1
 
 
 @pytest.mark.parametrize("relu", [False, True], ids=["add", "add_relu"])
@@ -122,17 +127,21 @@ def test_linear_add(swap, relu):
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(8, 8)
+            self.drop, self.norm = nn.Dropout(0.1), nn.LayerNorm(8)
 
         def forward(self, x):
-            z = x + self.fc(x) if swap else self.fc(x) + x
-            return torch.relu(z) if relu else z
+            y = self.drop(self.fc(x))
+            z = x + y if swap else y + x
+            return self.norm(torch.relu(z) if relu else z)
 
-    gm, q = annotate(M(), torch.randn(2, 3, 8))
+    gm, q = annotate(M().eval(), torch.randn(2, 3, 8))
     linear, add = one(gm, aten.linear.default), one(gm, aten.add.Tensor)
     x = [n for n in gm.graph.nodes if n.op == "placeholder"][0]
     assert_anchor(linear, output=False)
-    assert edge_spec(add, x) is STATIC.input_activation
+    assert edge_spec(add, x) is None  # linear residual stays fp32 (BERT accuracy)
+    assert out_spec(add) is None and (not relu or out_spec(one(gm, aten.relu.default)) is None)  # LayerNorm: fp32
     assert q.last_report.patterns == {"linear.add.relu" if relu else "linear.add": 1}
+    assert q.last_report.float_outputs == 1
 
 
 def test_add_with_broadcast_or_scalar_is_not_a_binary_post_op():
@@ -147,7 +156,7 @@ def test_add_with_broadcast_or_scalar_is_not_a_binary_post_op():
 
     gm, q = annotate(M(), torch.randn(1, 3, 8, 8))
     for conv in nodes_of(gm, aten.conv2d.default):
-        assert_anchor(conv, output=True)
+        assert_anchor(conv, output=False)
     for add in nodes_of(gm, aten.add.Tensor):
         assert_float(add)
     assert q.last_report.patterns == {"conv2d": 2}
@@ -164,20 +173,21 @@ def test_multi_user_conv_output_is_not_fused():
             return torch.relu(y), y * 2
 
     gm, _ = annotate(M(), torch.randn(1, 3, 8, 8))
-    assert_anchor(one(gm, aten.conv2d.default), output=True)
+    assert_anchor(one(gm, aten.conv2d.default), output=False)
     assert_float(one(gm, aten.relu.default))
 
 
 def test_reused_relu_residual_block():
-    gm, q = annotate(BasicBlock().eval(), torch.randn(1, 4, 8, 8))
-    conv1, conv2, down = nodes_of(gm, aten.conv2d.default)
-    for conv in (conv1, conv2, down):
+    gm, q = annotate(Bottleneck().eval(), torch.randn(1, 4, 8, 8))
+    convs = nodes_of(gm, aten.conv2d.default)
+    assert len(convs) == 4
+    for conv in convs:
         assert_anchor(conv, output=False)
-    relus = nodes_of(gm, aten.relu_.default, aten.relu.default)
-    assert len(relus) == 3
-    assert_float(relus[0])  # the block input relu has no conv before it: stays float
-    assert q.last_report.patterns == {"conv2d.bn.relu": 1, "conv2d.bn.add.relu": 1, "conv2d.bn": 1}
-    assert q.last_report.summary().startswith("convs 3/3 annotated")
+    relu1, relu2, relu3 = nodes_of(gm, aten.relu_.default, aten.relu.default)
+    assert out_spec(relu1) is out_spec(relu2) is STATIC.output_activation
+    assert out_spec(relu3) is None  # block output is the model output: fp32
+    assert q.last_report.patterns == {"conv2d.bn.relu": 2, "conv2d.bn.add.relu": 1, "conv2d.bn": 1}
+    assert q.last_report.summary().startswith("convs 4/4 annotated")
 
 
 def test_conv_subclass_with_own_forward_and_functional_conv():
@@ -240,7 +250,7 @@ def test_int8_propagation_through_pool_cat_and_shape_ops():
         assert_shares_input(node, producer)
         producer = node
     linear = one(gm, aten.linear.default)
-    assert_anchor(linear, output=True)
+    assert_anchor(linear, output=False)
     assert q.last_report.patterns["maxpool2d"] == 1 and q.last_report.patterns["permute"] == 2
 
 
@@ -286,7 +296,7 @@ def test_already_annotated_nodes_are_left_alone():
     relu.meta[ANNOTATION_KEY] = mine
     X86InductorQuantizer().set_global(STATIC).annotate(gm)
     assert relu.meta[ANNOTATION_KEY] is mine and mine.output_qspec is None
-    assert_anchor(one(gm, aten.conv2d.default), output=True)  # chain stops before the taken relu
+    assert_anchor(one(gm, aten.conv2d.default), output=False)  # chain stops before the taken relu
 
 
 def test_weight_computed_from_inputs_stays_float_with_reason():
@@ -302,7 +312,7 @@ def test_weight_computed_from_inputs_stays_float_with_reason():
 
     gm, q = annotate(M(), torch.randn(2, 4), torch.randn(4, 4))
     standardized, activation = nodes_of(gm, aten.linear.default)
-    assert_anchor(standardized, output=True)
+    assert_anchor(standardized, output=False)
     assert_float(activation)
     assert q.last_report.skipped == {activation.name: "weight is computed from graph inputs (not a constant)"}
 
@@ -315,9 +325,38 @@ def test_cat_of_the_same_tensor_twice():
 
         def forward(self, x):
             y = self.conv(x)
-            return torch.cat([y, y], 1)
+            return self.tail(torch.cat([y, y], 1))
 
-    gm, _ = annotate(M(), torch.randn(1, 3, 4, 4))
-    conv, cat = one(gm, aten.conv2d.default), one(gm, aten.cat.default)
+    m = M()
+    m.tail = nn.Conv2d(8, 2, 1)
+    gm, _ = annotate(m, torch.randn(1, 3, 4, 4))
+    conv, cat = nodes_of(gm, aten.conv2d.default)[0], one(gm, aten.cat.default)
     assert_shares_input(cat, conv)
     assert list(cat.meta["quantization_annotation"].input_qspec_map) == [conv]
+
+
+def test_propagation_into_float_consumers_unwinds():
+    """linear -> view -> permute -> float matmul (attention): no q/dq anywhere on that path."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            q = self.q(x).view(2, 3, 2, 4).permute(0, 2, 1, 3)
+            k = self.k(x).view(2, 3, 2, 4).permute(0, 2, 3, 1)
+            return torch.matmul(q, k).softmax(-1)
+
+    gm, rep = annotate(M(), torch.randn(2, 3, 8))
+    for node in nodes_of(gm, aten.view.default, aten.permute.default, aten.matmul.default):
+        assert_float(node)
+    for linear in nodes_of(gm, aten.linear.default):
+        assert_anchor(linear, output=False)
+    assert rep.last_report.patterns == {"linear": 2} and rep.last_report.float_outputs == 2
+
+    # with matmul quantization on, the same path stays int8 end to end
+    gm, rep = annotate(M(), torch.randn(2, 3, 8), quantizer=X86InductorQuantizer(quantize_matmul=True).set_global(STATIC))
+    for linear in nodes_of(gm, aten.linear.default):
+        assert_anchor(linear, output=True)
+    assert rep.last_report.patterns == {"linear": 2, "view": 2, "permute": 2, "matmul": 1}
