@@ -128,3 +128,24 @@ def test_xnnpack_tutorial_flow_sqnr():
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert sqnr(model(x), converted(x)) >= 20
+
+
+def test_degenerate_weights_and_constant_activations_stay_finite():
+    """All-zero weight channels and a constant input: the configs' eps keeps scales finite."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(144, 3)).eval()
+    with torch.no_grad():
+        model[0].weight[1].zero_()
+        model[0].bias[1] = 0.0
+        model[4].weight[0].zero_()
+    x = torch.full((1, 3, 8, 8), 0.5)
+    converted = _calibrated(model, X86InductorQuantizer().set_global(STATIC), [x, x])
+    with torch.no_grad():
+        out = converted(x)
+    assert torch.isfinite(out).all()
+    for node in converted.graph.nodes:
+        if node.target in (qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default):
+            assert 0 < node.args[1] < float("inf"), node.name
+        if node.target == qd.dequantize_per_channel.default:
+            scales = getattr(converted, node.args[1].target)
+            assert torch.isfinite(scales).all() and (scales > 0).all()
