@@ -18,6 +18,7 @@ from torch.fx import GraphModule, Node
 from .errors import CalibrationError
 from .graph_utils import copy_meta, drop_attrs_if_unused, fetch_attr, layer_name, new_attr
 from .observers import (
+    MIN_SCALE,
     DerivedQParams,
     channel_axis,
     is_dynamic,
@@ -86,6 +87,13 @@ def _qparams(gm: GraphModule, obs_nodes: list[Node]) -> dict[str, tuple]:
     return out
 
 
+def _dynamic_eps(mod) -> float:
+    """The observer's eps for choose_qparams, never below MIN_SCALE (a negative eps => zero scale)."""
+    eps = getattr(getattr(mod, "activation_post_process", mod), "eps", None)
+    eps = float(eps) if isinstance(eps, (float, int, torch.Tensor)) and torch.as_tensor(eps).numel() == 1 else 0.0
+    return max(eps, MIN_SCALE)
+
+
 def _replace(gm: GraphModule, obs: Node, qparams, fold_quantize: bool) -> None:
     mod = gm.get_submodule(obs.target)
     x = obs.args[0]
@@ -98,7 +106,7 @@ def _replace(gm: GraphModule, obs: Node, qparams, fold_quantize: bool) -> None:
     qmin, qmax = quant_range(mod)
     with g.inserting_before(obs):
         if is_dynamic(mod):
-            eps = float(getattr(mod, "eps", torch.finfo(torch.float32).eps))
+            eps = _dynamic_eps(mod)
             cq = g.call_function(qd.choose_qparams.tensor, (x, qmin, qmax, eps, dtype))
             s, zp = (g.call_function(operator.getitem, (cq, i)) for i in (0, 1))
             q = g.call_function(qd.quantize_per_tensor.tensor, (x, s, zp, qmin, qmax, dtype))
@@ -110,8 +118,9 @@ def _replace(gm: GraphModule, obs: Node, qparams, fold_quantize: bool) -> None:
             per_channel = is_per_channel(mod) or scale.numel() > 1
             if per_channel:
                 axis = channel_axis(mod)
-                s_node = g.get_attr(new_attr(gm, f"{obs.name}_scale", scale))
-                z_node = g.get_attr(new_attr(gm, f"{obs.name}_zero_point", zp))
+                base = x.target if const is not None else obs.name
+                s_node = g.get_attr(new_attr(gm, f"{base}_scale", scale))
+                z_node = g.get_attr(new_attr(gm, f"{base}_zero_point", zp))
                 qargs = (s_node, z_node, axis, qmin, qmax, dtype)
                 q_op, dq_op = qd.quantize_per_channel.default, qd.dequantize_per_channel.default
                 new = [s_node, z_node]

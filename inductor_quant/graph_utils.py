@@ -9,7 +9,10 @@ from torch.fx import GraphModule, Node
 
 aten = torch.ops.aten
 
-CONV_OPS = (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)
+CONV_OPS = (
+    aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
+    aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding,  # padding="same"/"valid"
+)
 CONV_TRANSPOSE_OPS = (aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input)
 BATCH_NORM_OPS = (aten.batch_norm.default,)
 

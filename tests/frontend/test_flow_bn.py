@@ -59,3 +59,12 @@ def test_prepare_pt2e_folds_bn_and_quantizes_well():
     calibrate(p, [x])
     q = convert_pt2e(p)
     assert sqnr(model(x), q(x)) >= 20
+
+
+def test_fold_same_padding_conv():
+    torch.manual_seed(0)
+    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3, padding="same"), nn.BatchNorm2d(4))).eval()
+    x = torch.randn(1, 3, 6, 6)
+    gm = export(model, x)
+    assert fold_bn_into_conv(gm) == 1
+    torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)

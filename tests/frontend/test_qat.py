@@ -129,3 +129,37 @@ def test_qat_linear_only_tutorial_model():
     m = convert_pt2e(m)
     move_exported_model_to_eval(m)
     assert torch.isfinite(m(*example_inputs)).all()
+
+
+def test_dynamic_qat_with_fake_quantize():
+    """Upstream's dynamic QAT activation: FakeQuantize over MovingAverageMinMax(averaging_constant=1)."""
+    from torch.ao.quantization.fake_quantize import FakeQuantize
+    from torch.ao.quantization.observer import MovingAverageMinMaxObserver
+    from inductor_quant.quantizer import QuantizationSpec
+    from flow_helpers import BackendQuantizer, LinearModel
+
+    quantizer = BackendQuantizer(derived_bias=False)
+    quantizer.act = QuantizationSpec(
+        dtype=torch.uint8, quant_min=0, quant_max=255, qscheme=torch.per_tensor_affine, is_dynamic=True,
+        observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=MovingAverageMinMaxObserver.with_args(averaging_constant=1)),
+    )
+    torch.manual_seed(0)
+    x, model = torch.randn(4, 16), LinearModel()
+    prepared = prepare_qat_pt2e(export(model, x), quantizer)
+    prepared(x)
+    q = convert_pt2e(prepared)
+    assert qd.choose_qparams.tensor in call_targets(q)
+    assert sqnr(model(x), q(x)) >= 20
+
+
+def test_move_to_eval_handles_native_batch_norm_legit():
+    g = torch.fx.Graph()
+    x, w, b, m, v = (g.placeholder(n) for n in "xwbmv")
+    bn = g.call_function(aten._native_batch_norm_legit.default, (x, w, b, m, v, True, 0.1, 1e-5))
+    drop = g.call_function(aten.dropout.default, (g.call_function(__import__("operator").getitem, (bn, 0)), 0.5, True))
+    g.output(drop)
+    gm = torch.fx.GraphModule(torch.nn.Module(), g)
+    move_exported_model_to_eval(gm)
+    assert bn.args[5] is False and drop.args[2] is False
+    move_exported_model_to_train(gm)
+    assert bn.args[5] is True and drop.args[2] is True
