@@ -135,3 +135,17 @@ def test_quantize_helper_default_quantizer_and_per_module_skip():
     fc = next(n for n in q2.graph.nodes if n.target == aten.linear.default)
     assert fc.args[1].op == "get_attr"  # fc weight stays fp32
     assert sum(t == qd.dequantize_per_channel.default for t in call_targets(q2)) == 5
+
+
+def test_quantize_helper_dynamic_batch_and_exported_program_reexport():
+    from torch.export import Dim
+
+    torch.manual_seed(0)
+    model = randomize_bn(TinyResNet()).eval()
+    x = torch.randn(2, 3, 32, 32)
+    q = inductor_quant.quantize(model, (x,), (torch.randn(2, 3, 32, 32) for _ in range(2)),
+                                dynamic_shapes={"x": {0: Dim("batch")}})
+    x5 = torch.randn(5, 3, 32, 32)
+    assert sqnr(model(x5), q(x5)) >= 20
+    ep = torch.export.export(q, (x5,), dynamic_shapes={"x": {0: Dim("batch")}})
+    torch.testing.assert_close(ep.module()(x), q(x), rtol=0, atol=0)
