@@ -7,7 +7,10 @@ qparams are merged with union-find; each group gets ONE observer instance, regis
   * a `SharedQuantizationSpec` points at another key (transitive by construction), or
   * implicitly: a consumer edge whose spec equals the producer's output spec reuses the
     producer's output observer (no double observation), unless the producer's annotation
-    says `allow_implicit_sharing=False`.
+    says `allow_implicit_sharing=False`, or
+  * sibling edges from one producer carry equal specs (one observer, one q/dq for all).
+Observers are never chained on one value unless the specs differ (e.g. int8 conv output
+feeding a sigmoid with fixed uint8 qparams).
 """
 
 from __future__ import annotations

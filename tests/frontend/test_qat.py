@@ -163,3 +163,20 @@ def test_move_to_eval_handles_native_batch_norm_legit():
     assert bn.args[5] is False and drop.args[2] is False
     move_exported_model_to_train(gm)
     assert bn.args[5] is True and drop.args[2] is True
+
+
+def test_qat_every_spec_kind():
+    """Shared/fixed/derived specs under QAT: FixedQParamsFakeQuantize for sigmoid, derived int32 bias."""
+    from torch.ao.quantization.fake_quantize import FakeQuantize, FixedQParamsFakeQuantize
+    from flow_helpers import BackendQuantizer, ConvModel, act_spec
+
+    torch.manual_seed(0)
+    quantizer = BackendQuantizer(act_ctr=FakeQuantize.with_args(observer=torch.ao.quantization.MovingAverageMinMaxObserver))
+    model, x = ConvModel(), torch.randn(4, 3, 8, 8)
+    prepared = prepare_qat_pt2e(export(model, x), quantizer)
+    assert any(isinstance(m, FixedQParamsFakeQuantize) for m in prepared.modules())
+    prepared(x).sum().backward()
+    q = convert_pt2e(prepared)
+    sig = next(n for n in q.graph.nodes if n.target == aten.sigmoid.default)
+    assert next(iter(sig.users)).args[1:3] == (1.0 / 256.0, 0)
+    assert sqnr(model(x), q(x)) >= 20
