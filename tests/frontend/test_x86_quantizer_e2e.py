@@ -149,3 +149,25 @@ def test_degenerate_weights_and_constant_activations_stay_finite():
         if node.target == qd.dequantize_per_channel.default:
             scales = getattr(converted, node.args[1].target)
             assert torch.isfinite(scales).all() and (scales > 0).all()
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+def test_xnnpack_tutorial_qat_flow(per_channel):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4))
+    x, target = torch.randn(4, 3, 6, 6), torch.randn(4, 4)
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=True))
+    prepared = prepare_qat_pt2e(export(model.train(), x), quantizer)
+    opt = torch.optim.SGD(prepared.parameters(), lr=0.02)
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        loss = F.mse_loss(prepared(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    converted = convert_pt2e(prepared)
+    with torch.no_grad():
+        assert torch.isfinite(converted(x)).all()
+    assert len(nodes_of(converted, aten.conv2d.default, aten.linear.default)) == 2
