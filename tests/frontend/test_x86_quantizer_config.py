@@ -18,11 +18,6 @@ from quantizer_helpers import DYNAMIC, QAT, STATIC, annotate, assert_anchor, ass
 aten = torch.ops.aten
 
 
-def _ctr_class(spec):
-    ctr = spec.observer_or_fake_quant_ctr
-    return getattr(ctr, "p", ctr).func if hasattr(getattr(ctr, "p", ctr), "func") else ctr
-
-
 def test_default_config_fields_and_cache():
     cfg = xiq.get_default_x86_inductor_quantization_config()
     assert cfg is xiq.get_default_x86_inductor_quantization_config(is_qat=False, is_dynamic=False)
