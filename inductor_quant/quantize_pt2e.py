@@ -17,6 +17,7 @@ from torch.fx import GraphModule
 from .bn_folding import fold_bn_into_conv
 from .convert import convert_observed
 from .errors import QuantizationFlowError, not_exported
+from .export_utils import allow_train_eval
 from .prepare import insert_observers
 from .qat import simulate_conv_bn_fold
 from .quantizer.quantizer import Quantizer
@@ -54,7 +55,7 @@ def _prepare(model, quantizer: Quantizer, is_qat: bool, fn: str) -> GraphModule:
     edge_or_node_to_obs = insert_observers(gm, is_qat)
     quantizer.prepare_obs_or_fq_callback(gm, edge_or_node_to_obs)
     gm.meta[STAGE] = "prepared for QAT" if is_qat else "prepared"
-    return gm
+    return allow_train_eval(gm)
 
 
 def prepare_pt2e(model: Union[GraphModule, ExportedProgram], quantizer: Quantizer) -> GraphModule:
@@ -95,6 +96,7 @@ def convert_pt2e(
         )
     convert_observed(gm, fold_quantize)
     gm.meta[STAGE] = "converted"
+    allow_train_eval(gm)
     from . import passes
 
     passes.install()

@@ -149,3 +149,27 @@ def test_quantize_helper_dynamic_batch_and_exported_program_reexport():
     assert sqnr(model(x5), q(x5)) >= 20
     ep = torch.export.export(q, (x5,), dynamic_shapes={"x": {0: Dim("batch")}})
     torch.testing.assert_close(ep.module()(x), q(x), rtol=0, atol=0)
+
+
+def test_ptq_tutorial_calibrate_calls_model_eval():
+    """The PTQ tutorial's calibrate() calls model.eval() on the prepared model; that must work
+    (torch's exported modules raise) and mean move_exported_model_to_eval."""
+    from inductor_quant import prepare_pt2e, convert_pt2e
+    from flow_helpers import BackendQuantizer, ConvBNModel
+
+    def calibrate(model, data_loader):
+        model.eval()
+        with torch.no_grad():
+            for image, target in data_loader:
+                model(image)
+
+    x = torch.randn(2, 3, 8, 8)
+    prepared = prepare_pt2e(torch.export.export(ConvBNModel().train(), (x,)).module(), BackendQuantizer())
+    calibrate(prepared, [(x, None)])
+    torch.testing.assert_close(prepared(x), prepared(x))  # dropout is off after .eval()
+    prepared.train()
+    assert any(n.target == aten.dropout.default and n.args[2] is True for n in prepared.graph.nodes)
+    prepared.eval()
+    converted = convert_pt2e(copy.deepcopy(prepared))
+    converted.eval()
+    torch.testing.assert_close(converted(x), converted(x))
