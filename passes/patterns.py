@@ -34,30 +34,56 @@ def dq_weight_per_tensor(w):
 
 
 # --- prepack: dq(x) -> conv / linear (dq(w)) ------------------------------------------------
+# Under bf16 autocast, to(bfloat16) sits between each dq (and the bias) and the conv/linear.
 
 
-def dq_conv(x, w, w_scale, w_zp, b):
-    return aten.convolution(dq(x), dq_weight_per_channel(w, w_scale, w_zp), b, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+def _cast(t, bf16: bool):
+    return t.to(torch.bfloat16) if bf16 and t is not None else t
 
 
-def dq_conv_wpt(x, w, b):
-    return aten.convolution(dq(x), dq_weight_per_tensor(w), b, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+def _conv(x, w, b, bf16):
+    return aten.convolution(_cast(dq(x), bf16), _cast(w, bf16), _cast(b, bf16),
+                            [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
 
 
-def dq_linear(x, w, w_scale, w_zp, b):
-    return F.linear(dq(x), dq_weight_per_channel(w, w_scale, w_zp), b)
+def _linear(x, w, b, bf16):
+    return F.linear(_cast(dq(x), bf16), _cast(w, bf16), _cast(b, bf16))
 
 
-def dq_linear_nobias(x, w, w_scale, w_zp):
-    return F.linear(dq(x), dq_weight_per_channel(w, w_scale, w_zp))
+@functools.cache
+def dq_conv(per_channel: bool, bias: bool, bf16: bool):
+    """conv(dq(x), dq(w), b); in fp32 one pattern covers b=None (bias is a plain argument)."""
+    if per_channel and bias:
+        def dq_conv(x, w, w_scale, w_zp, b):
+            return _conv(x, dq_weight_per_channel(w, w_scale, w_zp), b, bf16)
+    elif per_channel:
+        def dq_conv(x, w, w_scale, w_zp):
+            return _conv(x, dq_weight_per_channel(w, w_scale, w_zp), None, bf16)
+    elif bias:
+        def dq_conv(x, w, b):
+            return _conv(x, dq_weight_per_tensor(w), b, bf16)
+    else:
+        def dq_conv(x, w):
+            return _conv(x, dq_weight_per_tensor(w), None, bf16)
+    return dq_conv
 
 
-def dq_linear_wpt(x, w, b):
-    return F.linear(dq(x), dq_weight_per_tensor(w), b)
-
-
-def dq_linear_wpt_nobias(x, w):
-    return F.linear(dq(x), dq_weight_per_tensor(w))
+@functools.cache
+def dq_linear(per_channel: bool, bias: bool, bf16: bool):
+    """linear(dq(x), dq(w), b), traced: [view] -> addmm|mm(.., permute(w)) -> [view]."""
+    if per_channel and bias:
+        def dq_linear(x, w, w_scale, w_zp, b):
+            return _linear(x, dq_weight_per_channel(w, w_scale, w_zp), b, bf16)
+    elif per_channel:
+        def dq_linear(x, w, w_scale, w_zp):
+            return _linear(x, dq_weight_per_channel(w, w_scale, w_zp), None, bf16)
+    elif bias:
+        def dq_linear(x, w, b):
+            return _linear(x, dq_weight_per_tensor(w), b, bf16)
+    else:
+        def dq_linear(x, w):
+            return _linear(x, dq_weight_per_tensor(w), None, bf16)
+    return dq_linear
 
 
 def _u8(*shape):
@@ -117,5 +143,5 @@ def traced(search_fn, example_key: tuple, scalars: tuple = ()):
     return gen_pattern(search_fn, maker(*margs), fwd_only, scalar_workaround=dict(scalars))
 
 
-def float_example(n: int):
-    return [torch.randn(2, 3) for _ in range(n)]
+def float_example(n: int, dtype=torch.float32):
+    return [torch.randn(2, 3, dtype=dtype) for _ in range(n)]

@@ -44,37 +44,49 @@ class Fusion:
         return P.traced(self.search, self.example, self.scalars)
 
 
+DTYPES = (("", False), (".bf16", True))  # int8-fp32, int8-mixed-bf16 (autocast)
+
+
 def _prepack_fusions():
     for weight, per_channel in (("", True), (".wpt", False)):
-        suffix = weight.replace(".", "_")
-        # conv: bias is an argument of aten.convolution, so one pattern covers bias=None too
-        yield Fusion(f"qconv.prepack{weight}", "prepack", getattr(P, f"dq_conv{suffix}"),
-                     (P.conv_example, per_channel, True), R.check_dq_conv, R.prepack_qconv)
-        for bias in (True, False):  # linear: addmm vs mm
-            nb = "" if bias else ".nobias"
-            lin = getattr(P, f"dq_linear{suffix}{'' if bias else '_nobias'}")
-            for rank, dims in ((3, ".nd"), (2, ".2d")):  # N-D first: it contains the 2-D form
-                yield Fusion(f"qlinear.prepack{dims}{weight}{nb}", "prepack", lin,
-                             (P.linear_example, rank, per_channel, bias), R.check_dq_linear, R.prepack_qlinear)
+        for dt, bf16 in DTYPES:
+            for bias in ((True,) if not bf16 else (True, False)):  # fp32: b=None matches too
+                nb = "" if bias or not bf16 else ".nobias"
+                yield Fusion(f"qconv.prepack{weight}{dt}{nb}", "prepack", P.dq_conv(per_channel, bias, bf16),
+                             (P.conv_example, per_channel, bias), R.check_dq_conv, R.prepack_qconv)
+            for bias in (True, False):  # linear: addmm vs mm
+                nb = "" if bias else ".nobias"
+                for rank, dims in ((3, ".nd"), (2, ".2d")):  # N-D first: it contains the 2-D form
+                    yield Fusion(f"qlinear.prepack{dims}{weight}{dt}{nb}", "prepack",
+                                 P.dq_linear(per_channel, bias, bf16), (P.linear_example, rank, per_channel, bias),
+                                 R.check_dq_linear, R.prepack_qlinear)
 
 
 def _post_op_fusions():
-    for name, (fn, scalars) in P.UNARY.items():
-        for phase, after_binary in (("unary", False), ("binary_unary", True)):
-            if after_binary and name != "relu":
-                continue
-            yield Fusion(f"post.{'binary.' if after_binary else ''}{name}", phase, fn, (P.float_example, 1),
-                         R.check_unary(name, after_binary), R.fold_unary(name), tuple(scalars.items()))
-    yield Fusion("post.binary.add", "binary", P.add, (P.float_example, 2), R.check_binary, R.fold_binary)
-    yield Fusion("post.binary.add.swapped", "binary", P.add_swapped, (P.float_example, 2), R.check_binary,
-                 R.fold_binary)
-    yield Fusion("post.output.quant", "output", P.quantize, (P.float_example, 1), R.check_output_quant,
-                 R.fold_output_quant)
+    for dt, bf16 in DTYPES:  # bf16 decompositions upcast some post-ops: traced per dtype
+        ex = (P.float_example, 1, torch.bfloat16 if bf16 else torch.float32)
+        ex2 = (P.float_example, 2, torch.bfloat16 if bf16 else torch.float32)
+        for name, (fn, scalars) in P.UNARY.items():
+            yield Fusion(f"post.{name}{dt}", "unary", fn, ex, R.check_unary(name, False), R.fold_unary(name),
+                         tuple(scalars.items()))
+        yield Fusion(f"post.binary.add{dt}", "binary", P.add, ex2, R.check_binary, R.fold_binary)
+        yield Fusion(f"post.binary.add.swapped{dt}", "binary", P.add_swapped, ex2, R.check_binary, R.fold_binary)
+        yield Fusion(f"post.binary.relu{dt}", "binary_unary", P.UNARY["relu"][0], ex,
+                     R.check_unary("relu", True), R.fold_unary("relu"))
+        yield Fusion(f"post.output.quant{dt}", "output", P.quantize, ex, R.check_output_quant, R.fold_output_quant)
 
 
 @functools.cache
 def fusions() -> tuple:
-    return tuple(_prepack_fusions()) + tuple(_post_op_fusions())
+    """The table. A dtype variant whose traced pattern equals an earlier one in the same phase
+    (no casts in its decomposition) is dropped: the earlier id covers both dtypes."""
+    seen, table = set(), []
+    for f in (*_prepack_fusions(), *_post_op_fusions()):
+        key = (f.phase, str(f.pattern()))
+        if key not in seen:
+            seen.add(key)
+            table.append(f)
+    return tuple(table)
 
 
 def fusion_ids() -> list:

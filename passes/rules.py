@@ -116,6 +116,18 @@ def _act_dq(match):
     return next(n for n in match.nodes if n.target is qd.dequantize_per_tensor.default and n.args[0] is match.kwargs["x"])
 
 
+def _float_out(anchor) -> K.Output:
+    """fp32 out, or bf16 out under autocast (the traced to(bfloat16) casts feed the anchor)."""
+    return K.Output(val(anchor).dtype)
+
+
+def check_float_compute(anchor) -> Optional[str]:
+    v = val(anchor)
+    if v is None or v.dtype not in (torch.float32, torch.bfloat16):
+        return "conv/linear computes in a dtype other than fp32/bf16"
+    return None
+
+
 # --- prepack -------------------------------------------------------------------------------
 
 
@@ -123,7 +135,8 @@ def check_dq_conv(match: Match) -> Optional[str]:
     conv = node_of(match, aten.convolution.default)
     if args_of(conv)["transposed"]:
         return "transposed convolution"
-    return check_act_dq(_act_dq(match), "qconv") or check_weight_dq(_weight_dq(match))
+    return (check_float_compute(conv) or check_act_dq(_act_dq(match), "qconv")
+            or check_weight_dq(_weight_dq(match)))
 
 
 def prepack_qconv(match: Match) -> None:
@@ -135,7 +148,8 @@ def prepack_qconv(match: Match) -> None:
     w_scale, w_zp = _weight_qparams(match, _weight_dq(match), conv)
     packed = K.qconv_prepack(lambda op, args: call(conv.graph, conv, op, *args), match.kwargs["w"], w_scale, xq,
                              geom, _static_shape(x))
-    replace_with(conv, Fused("qconv", x, xq, packed, w_scale, w_zp, match.kwargs.get("b"), geom))
+    f = Fused("qconv", x, xq, packed, w_scale, w_zp, match.kwargs.get("b"), geom, _float_out(conv))
+    replace_with(conv, f)
     match.erase_nodes()
 
 
@@ -148,7 +162,8 @@ def check_dq_linear(match: Match) -> Optional[str]:
         x_shape, out_shape = _static_shape(match.kwargs["x"]), _static_shape(match.output_node())
         if x_shape is None or out_shape is None or x_shape[:-1] != out_shape[:-1]:
             return "N-D linear whose output view does not restore the input's leading dims"
-    return check_act_dq(_act_dq(match), "qlinear") or check_weight_dq(_weight_dq(match))
+    return (check_float_compute(match.output_node()) or check_act_dq(_act_dq(match), "qlinear")
+            or check_weight_dq(_weight_dq(match)))
 
 
 def prepack_qlinear(match: Match) -> None:
@@ -157,7 +172,7 @@ def prepack_qlinear(match: Match) -> None:
     xq, x = _x_qparams(_act_dq(match)), match.kwargs["x"]
     w_scale, w_zp = _weight_qparams(match, _weight_dq(match), out)
     packed = K.qlinear_prepack(lambda op, args: call(out.graph, out, op, *args), match.kwargs["w"], _static_shape(x))
-    replace_with(out, Fused("qlinear", x, xq, packed, w_scale, w_zp, match.kwargs.get("b")))
+    replace_with(out, Fused("qlinear", x, xq, packed, w_scale, w_zp, match.kwargs.get("b"), out=_float_out(out)))
     match.erase_nodes()
 
 
@@ -280,8 +295,8 @@ def check_output_quant(match: Match) -> Optional[str]:
         return "output quantize is not per-tensor with scalar qparams"
     if a["dtype"] not in ACT_RANGE or (a["quant_min"], a["quant_max"]) != ACT_RANGE[a["dtype"]]:
         return "output quant range is not full-range u8/s8"
-    if val(match.kwargs["y"]).dtype != torch.float32:
-        return "fused result is not float32"
+    if val(match.kwargs["y"]).dtype not in (torch.float32, torch.bfloat16):
+        return "fused result is not fp32/bf16"
     if f.binary is not None:
         return "binary post-op with requantized output needs a uint8 extra input"
     return None

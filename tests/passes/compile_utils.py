@@ -22,7 +22,7 @@ def onednn_calls(code: str, op: str) -> int:
     """Calls of onednn.<op> in generated code (python: torch.ops.onednn.op.overload(...);
     C++: aoti_torch_cpu_<op>... or the boxed-dispatch fallback naming the op)."""
     py = len(re.findall(rf"torch\.ops\.onednn\.{op}\.\w+\(", code))
-    cpp = len(re.findall(rf"aoti_torch_cpu_{op}\w*\(", code))
+    cpp = len(re.findall(rf"aoti_torch_cpu__?{op}\w*\(", code))
     return py + cpp
 
 

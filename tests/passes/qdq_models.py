@@ -61,6 +61,8 @@ class Variant:
     act_dtype: torch.dtype = torch.uint8
     fusions: tuple = ()  # fusion ids that must fire
     ops: tuple = ()  # (onednn op name, count) expected in the generated code
+    bf16_fusions: Optional[tuple] = None  # where bf16 differs (None: same as fp32)
+    bf16_ops: Optional[tuple] = None
 
     @property
     def is_conv(self):
@@ -107,7 +109,7 @@ class QDQLayer(nn.Module):
             y = q_dq(y, O_SCALE, O_ZP)
         return y
 
-    def example_inputs(self):
+    def example_inputs(self, bf16=False):
         g = torch.Generator().manual_seed(1)
         x = torch.randn(self.v.x_shape, generator=g)
         if self.v.layer == "conv2d":
@@ -116,4 +118,8 @@ class QDQLayer(nn.Module):
             return (x,)
         with torch.no_grad():
             y_shape = QDQLayer(dataclasses.replace(self.v, binary=None, out_q=False))(x).shape
-        return x, torch.randn(y_shape, generator=g)
+        residual = torch.randn(y_shape, generator=g)
+        if self.v.layer == "conv2d":
+            residual = residual.contiguous(memory_format=torch.channels_last)
+        # under autocast a residual from another bf16 layer is bf16 (a dq residual stays fp32)
+        return x, residual.to(torch.bfloat16) if bf16 and self.v.binary != "add_dq" else residual

@@ -1,4 +1,8 @@
-"""Layer c: each variant compiled with freezing; generated code, stats and numerics checked."""
+"""Layer c: each variant compiled with freezing; generated code, stats and numerics checked.
+
+Matrix: every variant x {int8-fp32, int8-mixed-bf16} with the Python wrapper; a representative
+subset x {int8-fp32, int8-mixed-bf16} with the C++ wrapper (its compiles are slower).
+"""
 
 import pytest
 import torch
@@ -7,24 +11,55 @@ from compile_utils import FP32_COMPUTE, PREPACK_AT_RUNTIME, compile_and_run, one
 from qdq_models import O_SCALE, QDQLayer
 from variants import BY_ID, VARIANTS
 
+import inductor_quant.passes as iq_passes
+
 ALL_ONEDNN = ("qconv_pointwise", "qconv2d_pointwise", "qlinear_pointwise")
+CPP_SUBSET = ["qconv2d.relu.q", "qconv2d.add.relu", "qconv1d", "qconv3d", "qconv2d.hardswish",
+              "qlinear.3d.add", "qlinear.gelu.q", "qlinear.wpt"]
+DTYPES = {"fp32": False, "bf16": True}
 
 
-def check(v, ref, out, code, stats, atol_fp=2e-3):
+def expected_ids(v, bf16):
+    """The variant's fusion ids; under bf16 the `.bf16` id where the pattern has casts."""
+    if not bf16:
+        return list(v.fusions)
+    out = []
+    for fid in v.bf16_fusions or v.fusions:
+        parts = fid.split(".")
+        nobias = parts[-1] == "nobias" or (v.is_conv and not v.bias and parts[1] == "prepack")
+        candidate = ".".join([p for p in parts if p != "nobias"] + ["bf16"] + (["nobias"] if nobias else []))
+        out.append(candidate if candidate in iq_passes.fusion_ids() else fid)
+    return out
+
+
+def check(v, bf16, ref, out, code, stats):
     for op in ALL_ONEDNN:
-        expected = dict(v.ops).get(op, 0)
+        expected = dict(v.bf16_ops if bf16 and v.bf16_ops else v.ops).get(op, 0)
         assert onednn_calls(code, op) == expected, f"{op}: expected {expected} calls\n{code}"
     assert not FP32_COMPUTE.search(code), f"quantized layer still runs in fp32:\n{code}"
     assert not PREPACK_AT_RUNTIME.search(code), f"weight prepack was not folded into a constant:\n{code}"
     assert stats["unfused"] == []
-    for fid in v.fusions:
+    for fid in expected_ids(v, bf16):
         assert stats["fused"].get(fid, 0) == 1, (fid, stats)
     assert out.dtype == ref.dtype and out.shape == ref.shape
-    atol = O_SCALE * 1.01 if v.out_q else atol_fp  # within one quantization step
-    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=1e-3)
+    if v.out_q:  # within one quantization step
+        atol, rtol = O_SCALE * 1.01, 1e-3
+    else:
+        atol, rtol = (3e-2, 2e-2) if bf16 else (2e-3, 1e-3)
+    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.id for v in VARIANTS])
-def test_variant_python_wrapper(variant):
+def test_python_wrapper(variant, dtype):
     model = QDQLayer(variant).eval()
-    check(variant, *compile_and_run(model, model.example_inputs()))
+    check(variant, DTYPES[dtype], *compile_and_run(model, model.example_inputs(DTYPES[dtype]), bf16=DTYPES[dtype]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("vid", CPP_SUBSET)
+def test_cpp_wrapper(vid, dtype):
+    variant = BY_ID[vid]
+    model = QDQLayer(variant).eval()
+    check(variant, DTYPES[dtype],
+          *compile_and_run(model, model.example_inputs(DTYPES[dtype]), cpp_wrapper=True, bf16=DTYPES[dtype]))

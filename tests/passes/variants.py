@@ -39,7 +39,10 @@ VARIANTS = [
          ops=((QCONV_BINARY, 1),)),
     conv("qconv2d.add.relu", binary="add_relu", fusions=("qconv.prepack", "post.binary.add", "post.binary.relu"),
          ops=((QCONV_BINARY, 1),)),
-    conv("qconv2d.add.dq", binary="add_dq", fusions=("qconv.prepack", "post.binary.add"), ops=((QCONV_BINARY, 1),)),
+    # bf16: the dq residual is fp32, bf16 + fp32 promotes to fp32; folding would change the
+    # output dtype, so the add stays a separate (correct) op
+    conv("qconv2d.add.dq", binary="add_dq", fusions=("qconv.prepack", "post.binary.add"), ops=((QCONV_BINARY, 1),),
+         bf16_fusions=("qconv.prepack",), bf16_ops=((QCONV, 1),)),
     linear("qlinear.2d"),
     linear("qlinear.2d.nobias", bias=False, fusions=("qlinear.prepack.2d.nobias",)),
     linear("qlinear.3d", x_shape=(2, 3, 16), fusions=("qlinear.prepack.nd",)),
