@@ -4,7 +4,7 @@ After annotation, each conv -> batch_norm pair is rewritten to (σ = sqrt(runnin
 
     s   = gamma / σ
     y   = conv(x, fq(W * s), None) / s + b      # fake-quantized weight has BN folded in
-    out = batch_norm(y, gamma, beta, mean, var, training, ...)   # BN stays trainable
+    out = _native_batch_norm_legit(y, gamma, beta, mean, var, training, ...)[0]  # BN trainable
 
 so the weight fake-quant sees the weight the deployed model will use, while batch_norm keeps
 updating its statistics and gamma/beta keep their gradients. The weight's annotation moves
@@ -16,6 +16,8 @@ on the last node of the chain (bn, or the activation after bn); bn itself needs 
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 from torch.fx import GraphModule, Node
@@ -59,7 +61,7 @@ def simulate_conv_bn_fold(gm: GraphModule) -> int:
             y = _call(gm, aten.div.Tensor, (conv, _call(gm, aten.reshape.default, (s, [1, -1] + [1] * (nd - 2)), conv)), conv)
             if b is not None:
                 y = _call(gm, aten.add.Tensor, (y, _call(gm, aten.reshape.default, (b, [1, -1] + [1] * (nd - 2)), conv)), conv)
-        bn.replace_input_with(conv, y)
+        bn_out = _as_native_batch_norm(gm, bn, y)
         args = list(conv.args) + [None] * max(0, 3 - len(conv.args))
         args[1], args[2] = scaled_w, None
         conv.args = tuple(args)
@@ -68,11 +70,28 @@ def simulate_conv_bn_fold(gm: GraphModule) -> int:
             ann.input_qspec_map = {
                 (scaled_w if k is w else k): v for k, v in ann.input_qspec_map.items() if k is not b
             }
-        records.append({"conv": conv.name, "bn": bn.name, "y": y.name, "scaled_w": scaled_w.name,
+        records.append({"conv": conv.name, "bn": bn_out.name, "y": y.name, "scaled_w": scaled_w.name,
                         "weight": w.target, "bias": b.target if b is not None else None})
     gm.graph.lint()
     gm.recompile()
     return len(records)
+
+
+def _as_native_batch_norm(gm: GraphModule, bn: Node, y: Node) -> Node:
+    """batch_norm(conv, ...) -> getitem(_native_batch_norm_legit(y, ...), 0).
+
+    The QAT tutorial freezes BN statistics by setting args[5] (training) of
+    `_native_batch_norm_legit` nodes; using that op makes its snippet work unchanged.
+    """
+    with gm.graph.inserting_before(bn):
+        legit = _call(gm, aten._native_batch_norm_legit.default, (y,) + tuple(bn.args[1:8]), bn)
+        out = _call(gm, operator.getitem, (legit, 0), bn)
+    for key in (ANNOTATION_KEY, "val"):
+        if key in bn.meta:
+            out.meta[key] = bn.meta[key]
+    bn.replace_all_uses_with(out)
+    gm.graph.erase_node(bn)
+    return out
 
 
 def fold_qat_conv_bn(gm: GraphModule) -> None:
@@ -84,7 +103,7 @@ def fold_qat_conv_bn(gm: GraphModule) -> None:
             continue
         weight = fetch_attr(gm, rec["weight"]).detach()
         bias = fetch_attr(gm, rec["bias"]).detach() if rec["bias"] else None
-        params = bn_params(gm, bn)
+        params = bn_params(gm, bn.args[0])
         w2, b2 = folded_weight_bias(weight, bias, *params)
         with gm.graph.inserting_before(scaled_w):
             new_w = gm.graph.get_attr(new_attr(gm, f"{conv.name}_weight_folded", w2, param=True))
@@ -95,11 +114,12 @@ def fold_qat_conv_bn(gm: GraphModule) -> None:
         args = list(conv.args)
         args[2] = new_b
         conv.args = tuple(args)
-        bn_inputs = [a for a in bn.all_input_nodes if a is not y]
+        legit = bn.args[0]  # bn is getitem(_native_batch_norm_legit(y, ...), 0)
+        bn_inputs = [a for a in legit.all_input_nodes if a is not y]
         bn.replace_all_uses_with(conv)
         old = [a.target for a in bn_inputs if a.op == "get_attr"] + [rec["weight"]] + ([rec["bias"]] if rec["bias"] else [])
         gm.graph.erase_node(bn)
-        erase_dead(gm, [y, scaled_w] + bn_inputs)
+        erase_dead(gm, [legit, y, scaled_w] + bn_inputs)
         _drop_counter_update(gm, params_prefix(bn_inputs))
         drop_attrs_if_unused(gm, old)
     gm.meta[QAT_RECORDS] = []

@@ -66,6 +66,7 @@ def test_qat_trains_converts_and_matches_trained_model(dims):
     converted = convert_pt2e(copy.deepcopy(prepared))
     targets = call_targets(converted)
     assert aten.batch_norm.default not in targets  # folded for real
+    assert aten._native_batch_norm_legit.default not in targets
     assert qd.dequantize_per_channel.default in targets
     out = converted(x)
     torch.testing.assert_close(out, fq_out, atol=0.05, rtol=0.05)  # same math as the fake-quant model
@@ -82,9 +83,16 @@ def test_tutorial_training_controls():
     prepared.apply(torch.ao.quantization.disable_observer)
     fq = next(m for m in prepared.modules() if isinstance(m, torch.ao.quantization.FakeQuantize))
     scale = fq.scale.clone()
-    for n in prepared.graph.nodes:  # the tutorial's BN freeze, for the op our graphs have
-        if n.target == aten.batch_norm.default:
-            n.args = n.args[:5] + (False,) + n.args[6:]
+    for n in prepared.graph.nodes:  # the tutorial's BN freeze, verbatim
+        # Args: input, weight, bias, running_mean, running_var, training, momentum, eps
+        # We set the `training` flag to False here to freeze BN stats
+        if n.target in [
+            torch.ops.aten._native_batch_norm_legit.default,
+            torch.ops.aten.cudnn_batch_norm.default,
+        ]:
+            new_args = list(n.args)
+            new_args[5] = False
+            n.args = new_args
     prepared.recompile()
     stats = prepared.bn.running_var.clone()
     _train(prepared, x, y, steps=2)
