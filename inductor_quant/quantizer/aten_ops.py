@@ -44,6 +44,7 @@ CONVOLUTION_OP = aten.convolution.default  # decomposed graphs: transposed flag 
 LINEAR_OPS = _overloads("linear.default")
 MATMUL_OPS = _overloads("matmul.default", "bmm.default")
 BATCH_NORM_OPS = _overloads("batch_norm.default")
+DROPOUT_OPS = _overloads("dropout.default")  # (x, p, train): identity when train is False
 
 # Unary post-ops: aten op -> post-op name (in-place variants included).
 UNARY_OPS: dict = {}
