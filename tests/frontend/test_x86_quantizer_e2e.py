@@ -171,3 +171,31 @@ def test_xnnpack_tutorial_qat_flow(per_channel):
     with torch.no_grad():
         assert torch.isfinite(converted(x)).all()
     assert len(nodes_of(converted, aten.conv2d.default, aten.linear.default)) == 2
+
+
+@pytest.mark.xfail(
+    reason="qat.py replaces batch_norm nodes without re-keying consumers' input_qspec_map "
+    "(the add's residual edge still names the erased downsample batch_norm)",
+    strict=False,
+)
+def test_qat_bottleneck_conv_bn_add_relu():
+    torch.manual_seed(0)
+    model = nn.Sequential(Bottleneck(4, 8, 2), nn.Flatten(), nn.Linear(8 * 16, 4))
+    x, target = torch.randn(4, 4, 8, 8), torch.randn(4, 4)
+    q = X86InductorQuantizer().set_global(QAT)
+    prepared = prepare_qat_pt2e(export(model.train(), x), q)
+    assert q.last_report.patterns["conv2d.bn.add.relu"] == 1
+    opt = torch.optim.SGD(prepared.parameters(), lr=0.02)
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        loss = F.mse_loss(prepared(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    converted = convert_pt2e(prepared)
+    layers = nodes_of(converted, aten.conv2d.default, aten.linear.default)
+    assert len(layers) == 5 and all(n.args[1].target == qd.dequantize_per_channel.default for n in layers)
+    with torch.no_grad():
+        assert torch.isfinite(converted(x)).all()

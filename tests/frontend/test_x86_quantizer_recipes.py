@@ -360,3 +360,14 @@ def test_propagation_into_float_consumers_unwinds():
     for linear in nodes_of(gm, aten.linear.default):
         assert_anchor(linear, output=True)
     assert rep.last_report.patterns == {"linear": 2, "view": 2, "permute": 2, "matmul": 1}
+
+
+def test_dynamic_batch_export():
+    from quantizer_helpers import X86InductorQuantizer as Q
+
+    m = nn.Sequential(Bottleneck(), nn.Flatten(), nn.Linear(8 * 16, 4)).eval()
+    ep = torch.export.export(m, (torch.randn(2, 4, 8, 8),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    gm = ep.module()
+    q = Q().set_global(STATIC)
+    q.annotate(gm)
+    assert q.last_report.patterns == {"conv2d.bn.add.relu": 1, "conv2d.bn.relu": 2, "conv2d.bn": 1, "linear": 1, "flatten": 1}
