@@ -90,8 +90,9 @@ def make_observer(spec, is_qat: bool) -> nn.Module:
         kwargs = dict(scale=spec.scale, zero_point=spec.zero_point, dtype=spec.dtype,
                       qscheme=spec.qscheme or torch.per_tensor_affine)
         _set_range(kwargs, spec)
-        obs = FixedQParamsObserver(**kwargs)
-        return FixedQParamsFakeQuantize(observer=FixedQParamsObserver.with_args(**kwargs)) if is_qat else obs
+        if is_qat:
+            return FixedQParamsFakeQuantize(observer=FixedQParamsObserver.with_args(**kwargs))
+        return FixedQParamsObserver(**kwargs)
     assert isinstance(spec, QuantizationSpec), spec
     kwargs = dict(dtype=spec.dtype)
     if spec.qscheme is not None:

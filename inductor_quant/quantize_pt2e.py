@@ -38,7 +38,12 @@ def _graph_module(model: Union[GraphModule, ExportedProgram, nn.Module], fn: str
 def _prepare(model, quantizer: Quantizer, is_qat: bool, fn: str) -> GraphModule:
     gm = _graph_module(model, fn)
     if not isinstance(quantizer, Quantizer):
-        raise TypeError(f"{fn}: quantizer must be an inductor_quant.quantizer.Quantizer, got {type(quantizer).__name__}")
+        raise TypeError(
+            f"{fn}: quantizer must subclass inductor_quant.quantizer.Quantizer, got "
+            f"{type(quantizer).__module__}.{type(quantizer).__name__}. Fix: import quantizers and specs "
+            "from inductor_quant.quantizer (not torch.ao / torchao), e.g. "
+            "`from inductor_quant.quantizer import X86InductorQuantizer`."
+        )
     stage = gm.meta.get(STAGE)
     if stage is not None:
         raise QuantizationFlowError(

@@ -132,3 +132,15 @@ def test_quantize_helper_export_failure_shows_fixes():
 
     with pytest.raises(ExportFailedError, match=r"(?s)could not capture.*Usual fixes"):
         inductor_quant.quantize(DataDependent(), (torch.randn(2, 3),), [], quantizer=BackendQuantizer())
+
+
+def test_foreign_quantizer_says_where_to_import_from():
+    class NotOurs:
+        def annotate(self, gm):
+            return gm
+
+        def validate(self, gm):
+            pass
+
+    with pytest.raises(TypeError, match="from inductor_quant.quantizer"):
+        prepare_pt2e(export(LinearModel().eval(), torch.randn(2, 16)), NotOurs())
