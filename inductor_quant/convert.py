@@ -145,9 +145,9 @@ def _replace(gm: GraphModule, obs: Node, qparams, fold_quantize: bool) -> None:
 
 
 def convert_observed(gm: GraphModule, fold_quantize: bool) -> GraphModule:
+    check_calibrated(gm, _observer_nodes(gm))  # before any rewrite: a failed convert changes nothing
     fold_qat_conv_bn(gm)
     obs_nodes = _observer_nodes(gm)
-    check_calibrated(gm, obs_nodes)
     qparams = _qparams(gm, obs_nodes)
     names = {n.target for n in obs_nodes}
     for n in obs_nodes:

@@ -144,3 +144,13 @@ def test_foreign_quantizer_says_where_to_import_from():
 
     with pytest.raises(TypeError, match="from inductor_quant.quantizer"):
         prepare_pt2e(export(LinearModel().eval(), torch.randn(2, 16)), NotOurs())
+
+
+def test_failed_convert_leaves_model_usable():
+    """Convert before calibration fails; calibrating and converting again then works."""
+    x = torch.randn(2, 16)
+    p = prepare_pt2e(export(LinearModel().eval(), x), BackendQuantizer())
+    with pytest.raises(CalibrationError):
+        convert_pt2e(p)
+    calibrate(p, [x])
+    assert torch.isfinite(convert_pt2e(p)(x)).all()
