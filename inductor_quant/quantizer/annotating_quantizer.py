@@ -52,8 +52,24 @@ class AnnotatingQuantizer(Quantizer):
             raise ValueError(f"unknown annotators {unknown}; registered: {sorted(ANNOTATORS)}")
 
     # ---- configuration (each returns self, so calls chain) -----------------------------
+    def _checked(self, config: Any) -> Optional[QuantizationConfig]:
+        """Type-check `config` and refuse QAT and PTQ configs in one quantizer (prepare_pt2e
+        and prepare_qat_pt2e insert different observers; one of them would be wrong)."""
+        config = _check_config(config)
+        if config is not None:
+            r = self._resolver
+            others = [r.global_config, *r.module_name.values(), *r.module_type.values(), *r.function_type.values()]
+            clash = next((c for c in others if c is not None and c.is_qat != config.is_qat), None)
+            if clash is not None:
+                raise ValueError(
+                    f"{type(self).__name__}: cannot mix QAT (is_qat=True) and PTQ configs in one quantizer; "
+                    "use is_qat=True everywhere for prepare_qat_pt2e, or is_qat=False for prepare_pt2e"
+                )
+        return config
+
     def set_global(self, quantization_config: Optional[QuantizationConfig]) -> "AnnotatingQuantizer":
-        self._resolver.global_config = _check_config(quantization_config)
+        self._resolver.global_config = None
+        self._resolver.global_config = self._checked(quantization_config)
         return self
 
     def set_module_name_qconfig(
@@ -61,7 +77,8 @@ class AnnotatingQuantizer(Quantizer):
     ) -> "AnnotatingQuantizer":
         if not isinstance(module_name, str):
             raise TypeError(f"module_name must be a str like 'layer1.0.conv1', got {module_name!r}")
-        self._resolver.module_name[module_name] = _check_config(quantization_config)
+        self._resolver.module_name.pop(module_name, None)
+        self._resolver.module_name[module_name] = self._checked(quantization_config)
         return self
 
     def set_module_type_qconfig(
@@ -69,7 +86,8 @@ class AnnotatingQuantizer(Quantizer):
     ) -> "AnnotatingQuantizer":
         if not (isinstance(module_type, type) and issubclass(module_type, torch.nn.Module)):
             raise TypeError(f"module_type must be an nn.Module subclass, got {module_type!r}")
-        self._resolver.module_type[module_type] = _check_config(quantization_config)
+        self._resolver.module_type.pop(module_type, None)
+        self._resolver.module_type[module_type] = self._checked(quantization_config)
         return self
 
     def set_function_type_qconfig(
@@ -77,7 +95,8 @@ class AnnotatingQuantizer(Quantizer):
     ) -> "AnnotatingQuantizer":
         if not callable(function_type):
             raise TypeError(f"function_type must be a callable such as torch.nn.functional.linear, got {function_type!r}")
-        self._resolver.function_type[function_type] = _check_config(quantization_config)
+        self._resolver.function_type.pop(function_type, None)
+        self._resolver.function_type[function_type] = self._checked(quantization_config)
         return self
 
     # upstream / XNNPACK-style spellings

@@ -137,6 +137,14 @@ def test_bad_config_arguments_raise():
         q.set_module_name_qconfig(nn.Linear, STATIC)
 
 
+def test_qat_and_ptq_configs_do_not_mix():
+    q = X86InductorQuantizer().set_global(STATIC).set_module_name_qconfig("fc", DYNAMIC)
+    with pytest.raises(ValueError, match="cannot mix QAT"):
+        q.set_module_type_qconfig(nn.Linear, QAT)
+    q.set_global(None).set_module_name_qconfig("fc", None).set_module_name_qconfig("fc", None)
+    X86InductorQuantizer().set_global(STATIC).set_global(QAT)  # replacing the only config is fine
+
+
 def test_mixed_static_and_dynamic():
     q = X86InductorQuantizer().set_global(STATIC).set_module_name_qconfig("fc", DYNAMIC)
     q.set_module_name_qconfig("block", DYNAMIC)  # a dynamic config leaves convs float
