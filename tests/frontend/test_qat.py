@@ -188,3 +188,30 @@ def test_qat_every_spec_kind():
     sig = next(n for n in q.graph.nodes if n.target == aten.sigmoid.default)
     assert next(iter(sig.users)).args[1:3] == (1.0 / 256.0, 0)
     assert sqnr(model(x), q(x)) >= 20
+
+
+def test_qat_resnet_style_reused_relu():
+    from flow_helpers import TinyResNet
+
+    torch.manual_seed(0)
+    model, x = randomize_bn(TinyResNet()).train(), torch.randn(4, 3, 32, 32)
+    prepared = prepare_qat_pt2e(export(model, x), _quantizer())
+    opt = torch.optim.SGD(prepared.parameters(), lr=0.01)
+    for _ in range(2):
+        loss = prepared(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    prepared.eval()
+    for m in prepared.modules():
+        if isinstance(m, torch.ao.quantization.FakeQuantize):
+            m.activation_post_process.reset_min_max_vals()
+    with torch.no_grad():
+        prepared(x)
+    float_equiv = copy.deepcopy(prepared)
+    float_equiv.apply(torch.ao.quantization.disable_fake_quant)
+    q = convert_pt2e(copy.deepcopy(prepared))
+    targets = call_targets(q)
+    assert sum(t == qd.dequantize_per_channel.default for t in targets) == 6
+    assert not any("batch_norm" in str(t) for t in targets)
+    assert sqnr(float_equiv(x), q(x)) >= 20
