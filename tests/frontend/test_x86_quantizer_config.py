@@ -206,3 +206,14 @@ def test_validate_rejects_specs_on_edges_the_node_does_not_consume():
 
 def test_configs_are_quantization_configs():
     assert isinstance(STATIC, QuantizationConfig) and hash(STATIC) == hash(xiq.get_default_x86_inductor_quantization_config())
+
+
+def test_annotation_report_recounts_any_annotated_graph():
+    from inductor_quant.quantizer import XNNPACKQuantizer, annotation_report, get_symmetric_quantization_config
+
+    q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config()).set_module_name("block", None)
+    gm, _ = annotate(Net(), X, quantizer=q)
+    rep = annotation_report(gm)
+    assert (rep.present["conv"], rep.annotated["conv"], rep.present["linear"], rep.annotated["linear"]) == (3, 2, 2, 2)
+    assert list(rep.skipped.values()) == ["no pattern matched"]  # recount alone cannot know why
+    assert q.last_report.skipped == {_layers(gm)[2].name: "config is None"}
