@@ -93,7 +93,11 @@ class QDQLayer(nn.Module):
 
     def forward(self, x, residual=None):
         v = self.v
-        x = q_dq(x, X_SCALE, X_ZP if v.act_dtype == torch.uint8 else 0, v.act_dtype)
+        return self.tail(q_dq(x, X_SCALE, X_ZP if v.act_dtype == torch.uint8 else 0, v.act_dtype), residual)
+
+    def tail(self, x, residual=None):
+        """Everything after the input q/dq (so several layers can share one dq)."""
+        v = self.v
         if v.is_conv:
             conv = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}[v.layer]
             y = conv(x, self.weight(), self.b, v.stride, v.padding, v.dilation, v.groups)

@@ -1,0 +1,96 @@
+"""Layer b: our phases on small traced graphs, no torch.compile: fast, and they fail next to the rule.
+
+Each variant is traced to the freezing-stage graph, rewritten by `registry.run`, then checked
+for the fused ops and run eagerly (the prepack runs at call time here) against the Q/DQ model.
+Layer d (coverage) is here too: across these graphs every registered fusion id fires.
+"""
+
+import collections
+
+import pytest
+import torch
+
+from graph_utils import stage_graph, targets
+from qdq_models import O_SCALE, QDQLayer, q_dq, X_SCALE, X_ZP
+from variants import VARIANTS
+
+import inductor_quant.passes as iq_passes
+from inductor_quant.passes import registry
+from inductor_quant.passes.fused import record
+
+FIRED = collections.Counter()
+FP32_OPS = ("aten.convolution.default", "aten.mm.default", "aten.addmm.default")
+
+
+def rewrite(model, inputs, bf16=False):
+    gm, flat = stage_graph(model, inputs, bf16)
+    iq_passes.reset_stats()
+    registry.run(gm.graph)
+    gm.recompile()
+    stats = iq_passes.stats()
+    FIRED.update(stats["fused"])
+    return gm, flat, stats
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.id for v in VARIANTS])
+def test_variant_rewrite(variant, bf16):
+    model = QDQLayer(variant).eval()
+    inputs = model.example_inputs(bf16)
+    gm, flat, stats = rewrite(model, inputs, bf16)
+    t = targets(gm)
+    assert not any(t[op] for op in FP32_OPS), gm.code
+    assert stats["unfused"] == []
+    expected = dict(variant.bf16_ops if bf16 and variant.bf16_ops else variant.ops)
+    fused = [n for n in gm.graph.nodes if record(n) is not None]
+    assert collections.Counter(n.target._opname for n in fused) == collections.Counter(
+        {op: c for op, c in expected.items()}), gm.code
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        ref, out = model(*inputs), gm(*flat)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    atol = O_SCALE * 1.01 if variant.out_q else (3e-2 if bf16 else 2e-3)
+    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=2e-2 if bf16 else 1e-3)
+
+
+class TwoBranch(torch.nn.Module):
+    """One dq feeding two convs: promotion duplicates it so both fuse."""
+
+    def __init__(self):
+        super().__init__()
+        from variants import conv
+        self.a, self.b = QDQLayer(conv("a")), QDQLayer(conv("b", kernel=1, padding=0))
+
+    def forward(self, x):
+        x = q_dq(x, X_SCALE, X_ZP)
+        return self.a.tail(x) + self.b.tail(x)
+
+
+def test_dequant_promotion():
+    model = TwoBranch().eval()
+    gm, flat, stats = rewrite(model, (torch.randn(2, 8, 7, 7),))
+    assert stats["fused"]["dequant.promote"] >= 1
+    assert targets(gm)["onednn.qconv_pointwise.default"] + targets(gm)["onednn.qconv2d_pointwise.binary"] == 2
+    with torch.no_grad():
+        torch.testing.assert_close(gm(*flat), model(*flat[-1:]), atol=2e-3, rtol=1e-3)
+
+
+def test_int8_activation_conv_stays_unfused_with_reason():
+    from variants import conv
+    model = QDQLayer(conv("qconv2d.s8", act_dtype=torch.int8)).eval()
+    gm, flat, stats = rewrite(model, model.example_inputs())
+    assert stats["unfused"] and "uint8" in stats["unfused"][0][2], stats
+    with torch.no_grad():
+        torch.testing.assert_close(gm(*flat), model(*flat[-1:]))
+
+
+def test_every_fusion_id_fired():
+    """Layer d: every registered id fires on some variant (re-runs the cheap rewrites if the
+    parametrized tests above were deselected)."""
+    if set(iq_passes.fusion_ids()) - set(FIRED):
+        for bf16 in (False, True):
+            for v in VARIANTS:
+                model = QDQLayer(v).eval()
+                rewrite(model, model.example_inputs(bf16), bf16)
+        rewrite(TwoBranch().eval(), (torch.randn(2, 8, 7, 7),))
+    missing = set(iq_passes.fusion_ids()) - set(FIRED)
+    assert not missing, f"registered but never fired in the unit layer: {sorted(missing)}"
