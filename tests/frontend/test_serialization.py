@@ -48,3 +48,26 @@ def test_int8_constants_survive_save(tmp_path):
     ep = torch.export.load(path)
     dtypes = {t.dtype for t in list(ep.state_dict.values()) + list(ep.constants.values()) if isinstance(t, torch.Tensor)}
     assert torch.int8 in dtypes
+
+
+def test_calibrated_state_dict_loads_into_a_fresh_prepare():
+    """Calibrate once, save state_dict; re-export + re-prepare + load gives the same converted model."""
+    torch.manual_seed(0)
+    model, x = randomize_bn(ConvBNModel()).eval(), torch.randn(2, 3, 8, 8)
+    first = prepare_pt2e(export(model, x), _x86())
+    calibrate(first, [x, torch.randn_like(x)])
+    state = first.state_dict()
+    second = prepare_pt2e(export(model, x), _x86())
+    second.load_state_dict(state)
+    torch.testing.assert_close(convert_pt2e(second)(x), convert_pt2e(first)(x), rtol=0, atol=0)
+
+
+def test_quantize_helper_progress_bar_on_tty(monkeypatch, capsys):
+    import sys
+
+    import inductor_quant
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    x = torch.randn(2, 3, 8, 8)
+    inductor_quant.quantize(ConvBNModel().eval(), (x,), [x, x], quantizer=BackendQuantizer())
+    assert "calibrating" in capsys.readouterr().err
