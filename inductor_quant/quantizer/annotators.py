@@ -336,7 +336,10 @@ def _consumed_quantized(node: Node) -> bool:
 def _prune_float_outputs(ctx: AnnotationContext) -> None:
     """Drop quantization nobody downstream uses (only what this call annotated):
     first int8-propagation nodes whose output only float ops consume (last to first, so
-    linear -> view -> permute -> float matmul unwinds completely), then chain output specs."""
+    linear -> view -> permute -> float matmul unwinds completely), then chain output specs.
+    Off with `options["keep_float_outputs"]` (every chain then ends in a q/dq pair)."""
+    if ctx.options.get("keep_float_outputs"):
+        return
     for node in reversed(ctx.propagated):
         if not _consumed_quantized(node):
             del node.meta[ANNOTATION_KEY]

@@ -21,7 +21,10 @@ __all__ = ["X86InductorQuantizer", "get_default_x86_inductor_quantization_config
 
 
 class X86InductorQuantizer(AnnotatingQuantizer):
-    __doc__ = (AnnotatingQuantizer.__doc__ or "") + "\n    `quantize_matmul=True` also quantizes matmul/bmm operands and output.\n"
+    __doc__ = (AnnotatingQuantizer.__doc__ or "") + (
+        "\n    `quantize_matmul=True` also quantizes matmul/bmm operands and output."
+        "\n    `keep_float_outputs=True` keeps the output q/dq of chains only float ops consume.\n"
+    )
 
     annotator_order = (
         "conv.add.relu",
@@ -37,9 +40,11 @@ class X86InductorQuantizer(AnnotatingQuantizer):
         "prune_float_outputs",
     )
 
-    def __init__(self, *, quantize_matmul: bool = False) -> None:
+    def __init__(self, *, quantize_matmul: bool = False, keep_float_outputs: bool = False) -> None:
         super().__init__()
         self.quantize_matmul = quantize_matmul
+        # True: every fused chain ends in a q/dq pair, even where only float ops consume it
+        self.options["keep_float_outputs"] = bool(keep_float_outputs)
 
     @property
     def quantize_matmul(self) -> bool:

@@ -79,6 +79,8 @@ def test_single_conv(conv, shape, op):
     assert_anchor(one(gm, op), output=False)  # the model output stays fp32: no q/dq round trip
     assert q.last_report.annotated["conv"] == q.last_report.present["conv"] == 1
     assert q.last_report.float_outputs == 1
+    gm, _ = annotate(conv, torch.randn(*shape), quantizer=X86InductorQuantizer(keep_float_outputs=True).set_global(STATIC))
+    assert_anchor(one(gm, op), output=True)
 
 
 class ConvAdd(nn.Module):
