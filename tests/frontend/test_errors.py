@@ -7,8 +7,8 @@ from torch import nn
 import inductor_quant
 from inductor_quant import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 from inductor_quant.errors import AnnotationError, CalibrationError, ExportFailedError, QuantizationFlowError
-from inductor_quant.quantizer import QuantizationAnnotation, SharedQuantizationSpec
-from flow_helpers import ANN, BackendQuantizer, LinearModel, act_spec, calibrate, export, sqnr
+from inductor_quant.quantizer import SharedQuantizationSpec
+from flow_helpers import ANN, BackendQuantizer, LinearModel, act_spec, calibrate, export
 
 qd = torch.ops.quantized_decomposed
 

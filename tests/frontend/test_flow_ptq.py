@@ -13,7 +13,6 @@ from flow_helpers import (
     BackendQuantizer,
     ConvModel,
     LinearModel,
-    act_spec,
     attr,
     calibrate,
     call_targets,

@@ -176,7 +176,7 @@ def test_move_to_eval_handles_native_batch_norm_legit():
 def test_qat_every_spec_kind():
     """Shared/fixed/derived specs under QAT: FixedQParamsFakeQuantize for sigmoid, derived int32 bias."""
     from torch.ao.quantization.fake_quantize import FakeQuantize, FixedQParamsFakeQuantize
-    from flow_helpers import BackendQuantizer, ConvModel, act_spec
+    from flow_helpers import BackendQuantizer, ConvModel
 
     torch.manual_seed(0)
     quantizer = BackendQuantizer(act_ctr=FakeQuantize.with_args(observer=torch.ao.quantization.MovingAverageMinMaxObserver))

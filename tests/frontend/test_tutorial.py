@@ -3,7 +3,6 @@
 import copy
 
 import torch
-from torch import nn
 
 import inductor_quant
 from flow_helpers import TinyResNet, call_targets, randomize_bn, sqnr
