@@ -186,7 +186,8 @@ def _annotate_chain(ctx: AnnotationContext, chain: _Chain, config: QuantizationC
     _edge(anchor, bias, config.bias)
     if chain.add is not None and not chain.name.startswith("linear"):
         _edge(chain.add, chain.add_other, config.input_activation)
-    last.meta[ANNOTATION_KEY].output_qspec = config.output_activation
+    if not is_dynamic_config(config):  # dynamic: the output stays float whatever the config says
+        last.meta[ANNOTATION_KEY].output_qspec = config.output_activation
     ctx.chain_outputs.append(last)
     ctx.report.patterns[chain.name] += 1
     if not chain.fusable:

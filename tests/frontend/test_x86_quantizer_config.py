@@ -158,6 +158,13 @@ def test_mixed_static_and_dynamic():
     assert q.last_report.patterns == {"conv2d.relu": 1, "conv2d": 1, "linear.dynamic": 1, "linear": 1}
 
 
+def test_dynamic_config_with_an_output_spec_still_leaves_the_output_float():
+    upstream_style = QuantizationConfig(DYNAMIC.input_activation, DYNAMIC.input_activation, DYNAMIC.weight, None)
+    gm, _ = annotate(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), torch.randn(2, 4), config=upstream_style)
+    for linear in nodes_of(gm, aten.linear.default):
+        assert_anchor(linear, DYNAMIC, output=False)
+
+
 def test_dynamic_linear_takes_no_post_op():
     m = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
     gm, q = annotate(m, torch.randn(2, 4), config=DYNAMIC)
