@@ -251,6 +251,7 @@ def _annotate_matmul(ctx: AnnotationContext) -> None:
         for arg in node.args[:2]:
             _edge(node, arg, config.input_activation)
         node.meta[ANNOTATION_KEY].output_qspec = config.output_activation
+        ctx.chain_outputs.append(node)
         ctx.report.patterns["matmul"] += 1
 
 
