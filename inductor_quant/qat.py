@@ -70,6 +70,10 @@ def simulate_conv_bn_fold(gm: GraphModule) -> int:
             ann.input_qspec_map = {
                 (scaled_w if k is w else k): v for k, v in ann.input_qspec_map.items() if k is not b
             }
+            if ann.output_qspec is not None and ANNOTATION_KEY not in bn_out.meta:
+                # conv's output is now an intermediate; the deployed (folded) conv outputs bn's value
+                bn_out.meta[ANNOTATION_KEY] = type(ann)(output_qspec=ann.output_qspec, _annotated=True)
+                ann.output_qspec = None
         records.append({"conv": conv.name, "bn": bn_out.name, "y": y.name, "scaled_w": scaled_w.name,
                         "weight": w.target, "bias": b.target if b is not None else None})
     gm.graph.lint()

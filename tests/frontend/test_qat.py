@@ -215,3 +215,22 @@ def test_qat_resnet_style_reused_relu():
     assert sum(t == qd.dequantize_per_channel.default for t in targets) == 6
     assert not any("batch_norm" in str(t) for t in targets)
     assert sqnr(float_equiv(x), q(x)) >= 20
+
+
+def test_qat_conv_output_annotation_moves_past_bn():
+    """A quantizer annotating conv's own output (bn after it) gets the output observed after bn."""
+    from flow_helpers import BackendQuantizer
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    model = randomize_bn(ConvBNModel()).train()
+    prepared = prepare_qat_pt2e(export(model, x), BackendQuantizer(derived_bias=False))
+    conv = next(n for n in prepared.graph.nodes if n.target == aten.conv2d.default)
+    assert all(u.op != "call_module" for u in conv.users)  # no observer between conv and /s
+    bn_out = next(n for n in prepared.graph.nodes if n.target == aten._native_batch_norm_legit.default)
+    (getitem,) = bn_out.users
+    assert any(u.op == "call_module" for u in getitem.users)
+    prepared(x)
+    move_exported_model_to_eval(prepared)
+    q = convert_pt2e(copy.deepcopy(prepared))
+    assert sqnr(prepared(x), q(x)) >= 20
