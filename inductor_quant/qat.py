@@ -13,6 +13,7 @@ from edge (W, conv) to (W * s, conv); a bias annotation is dropped (the bias sta
 
 Contract with quantizers: annotate conv's input x and weight on the conv node and the output
 on the last node of the chain (bn, or the activation after bn); bn itself needs no input spec.
+An output spec left on the conv itself is moved to the bn output (never observed mid-chain).
 """
 
 from __future__ import annotations
