@@ -46,7 +46,7 @@ def folded_weight_bias(weight, bias, gamma, beta, mean, var, eps, transpose=Fals
     return w, b * scale + beta
 
 
-def _conv_feeding(bn: Node):
+def conv_feeding(bn: Node):
     conv = bn.args[0]
     if not isinstance(conv, Node) or conv.op != "call_function" or len(conv.users) != 1:
         return None
@@ -65,7 +65,7 @@ def fold_bn_into_conv(gm: GraphModule) -> int:
     for bn in list(gm.graph.nodes):
         if bn.op != "call_function" or bn.target not in BATCH_NORM_OPS:
             continue
-        found = _conv_feeding(bn)
+        found = conv_feeding(bn)
         params = bn_params(gm, bn)
         if found is None or params is None:
             continue
@@ -94,7 +94,7 @@ def fold_bn_into_conv(gm: GraphModule) -> int:
         bn_inputs = [a for a in bn.all_input_nodes if a is not conv]
         gm.graph.erase_node(bn)
         erase_dead(gm, bn_inputs + [w_node] + ([b_node] if b_node is not None else []))
-        _drop_counter_update(gm, params_prefix(bn_inputs))
+        drop_counter_update(gm, params_prefix(bn_inputs))
         folded += 1
     if folded:
         drop_attrs_if_unused(gm, old_targets)
@@ -110,7 +110,7 @@ def params_prefix(bn_inputs) -> str | None:
     return None
 
 
-def _drop_counter_update(gm: GraphModule, prefix: str | None) -> None:
+def drop_counter_update(gm: GraphModule, prefix: str | None) -> None:
     """Remove `num_batches_tracked += 1` of a folded bn (train-mode exports have it)."""
     if prefix is None:
         return

@@ -23,8 +23,8 @@ import operator
 import torch
 from torch.fx import GraphModule, Node
 
-from .bn_folding import _conv_feeding, _drop_counter_update, bn_params, folded_weight_bias, params_prefix
-from .graph_utils import copy_meta, drop_attrs_if_unused, erase_dead, fetch_attr, new_attr
+from .bn_folding import conv_feeding, drop_counter_update, bn_params, folded_weight_bias, params_prefix
+from .graph_utils import BATCH_NORM_OPS, copy_meta, drop_attrs_if_unused, erase_dead, fetch_attr, new_attr
 from .quantizer.quantizer import ANNOTATION_KEY
 
 aten = torch.ops.aten
@@ -39,13 +39,11 @@ def _call(gm: GraphModule, target, args, like: Node) -> Node:
 
 def simulate_conv_bn_fold(gm: GraphModule) -> int:
     """Rewrite annotated conv -> bn pairs for QAT (see module docstring); returns the count."""
-    from .graph_utils import BATCH_NORM_OPS
-
     records = gm.meta.setdefault(QAT_RECORDS, [])
     for bn in list(gm.graph.nodes):
         if bn.op != "call_function" or bn.target not in BATCH_NORM_OPS:
             continue
-        found = _conv_feeding(bn)
+        found = conv_feeding(bn)
         if found is None or found[1] or bn_params(gm, bn) is None:
             continue  # conv_transpose + bn is not simulated in QAT; it stays unfused float
         conv = found[0]
@@ -125,7 +123,7 @@ def fold_qat_conv_bn(gm: GraphModule) -> None:
         old = [a.target for a in bn_inputs if a.op == "get_attr"] + [rec["weight"]] + ([rec["bias"]] if rec["bias"] else [])
         gm.graph.erase_node(bn)
         erase_dead(gm, [legit, y, scaled_w] + bn_inputs)
-        _drop_counter_update(gm, params_prefix(bn_inputs))
+        drop_counter_update(gm, params_prefix(bn_inputs))
         drop_attrs_if_unused(gm, old)
     gm.meta[QAT_RECORDS] = []
     gm.graph.lint()
