@@ -89,23 +89,23 @@ class QuantFusionPass(CustomGraphPass):
 _PASS = QuantFusionPass()
 
 
-def _slot_without_us(value):
-    if isinstance(value, (list, tuple)):
-        rest = [p for p in value if p is not _PASS]
-        return rest or None
-    return None if value is _PASS else value
-
-
 def sync_config() -> None:
     """Put our pass into the slot iff installed or built-ins off; leave the user's passes alone."""
     from .builtins import builtin_fusions_enabled
 
-    user = _slot_without_us(config.joint_custom_pre_pass)
-    if _state["installed"] or not builtin_fusions_enabled():
-        mine = [] if user is None else list(user) if isinstance(user, (list, tuple)) else [user]
-        config.joint_custom_pre_pass = mine + [_PASS]
-    else:
-        config.joint_custom_pre_pass = user
+    current = config.joint_custom_pre_pass
+    want = _state["installed"] or not builtin_fusions_enabled()
+    if want and _PASS not in _as_list(current):
+        _state["user_value"] = current  # restored as-is when we leave
+        config.joint_custom_pre_pass = _as_list(current) + [_PASS]
+    elif not want and _PASS in _as_list(current):
+        rest = [p for p in _as_list(current) if p is not _PASS]
+        original = _state.pop("user_value", None)
+        config.joint_custom_pre_pass = original if rest == _as_list(original) else (rest or None)
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def install() -> None:

@@ -1,0 +1,172 @@
+"""Installation, the built-in switch, the cache key, and compiles without freezing."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+from torch._inductor import config
+
+import inductor_quant.passes as iq_passes
+from inductor_quant.passes.install import NO_FREEZING, QuantFusionPass, reset_warning
+
+from compile_utils import compile_and_run, onednn_calls
+from qdq_models import QDQLayer
+from variants import BY_ID
+
+
+def ours(slot):
+    slot = slot if isinstance(slot, (list, tuple)) else [slot]
+    return [p for p in slot if isinstance(p, QuantFusionPass)]
+
+
+def run_py(code, env=None):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_import_changes_no_compiler_state():
+    r = run_py("""
+        import torch
+        from torch._inductor import config
+        from torch._inductor.fx_passes import freezing_patterns
+        before = config.joint_custom_pre_pass
+        sizes = [sum(map(len, p.patterns.values())) for p in freezing_patterns.pass_patterns]
+        import inductor_quant, inductor_quant.passes, inductor_quant.kernels
+        assert config.joint_custom_pre_pass is before is None
+        assert sizes == [sum(map(len, p.patterns.values())) for p in freezing_patterns.pass_patterns]
+        print("ok")
+    """)
+    assert r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
+def test_install_is_idempotent_and_keeps_user_passes():
+    def user_pass(graph):
+        pass
+
+    saved = config.joint_custom_pre_pass
+    try:
+        config.joint_custom_pre_pass = user_pass
+        iq_passes.install()
+        iq_passes.install()
+        slot = config.joint_custom_pre_pass
+        assert slot[0] is user_pass and len(ours(slot)) == 1
+        iq_passes.uninstall()
+        iq_passes.uninstall()
+        # built-ins are off in this session, so our pass stays in the slot to key the cache
+        assert config.joint_custom_pre_pass[0] is user_pass and len(ours(config.joint_custom_pre_pass)) == 1
+        with iq_passes.builtin_fusions(True):
+            assert config.joint_custom_pre_pass is user_pass  # restored exactly
+        with iq_passes.installed():
+            assert iq_passes.is_installed()
+        assert not iq_passes.is_installed()
+    finally:
+        config.joint_custom_pre_pass = saved
+        iq_passes.install()
+
+
+def test_builtin_switch_removes_and_restores_torch_quantization_patterns():
+    from torch._inductor.fx_passes import freezing_patterns, post_grad
+
+    from inductor_quant.passes.builtins import _is_builtin_quant
+
+    def count():
+        passes = list(freezing_patterns.pass_patterns) + list(post_grad.pass_patterns)
+        return sum(_is_builtin_quant(e) for p in passes for es in p.patterns.values() for e in es)
+
+    assert not iq_passes.builtin_fusions_enabled() and count() == 0
+    with iq_passes.builtin_fusions(True):
+        assert count() > 100  # torch 2.13 registers a few hundred
+    assert count() == 0
+
+
+def test_uuid_tracks_switches():
+    p = ours(config.joint_custom_pre_pass)[0]
+    base = p.uuid()
+    with iq_passes.builtin_fusions(True):
+        assert p.uuid() != base
+    iq_passes.uninstall()
+    try:
+        assert p.uuid() != base
+    finally:
+        iq_passes.install()
+    assert p.uuid() == base
+
+
+def test_cache_never_serves_stale_artifact_same_process():
+    """FX graph cache on: a compile after uninstall must not reuse the fused artifact."""
+    v = BY_ID["qconv2d.relu.q"]
+    model = QDQLayer(v).eval()
+    inputs = model.example_inputs()
+    with config.patch(fx_graph_cache=True):
+        _, _, code, _ = compile_and_run(model, inputs)
+        assert onednn_calls(code, "qconv_pointwise") == 1
+        iq_passes.uninstall()
+        try:
+            ref, out, code, _ = compile_and_run(model, inputs)
+            assert onednn_calls(code, "qconv_pointwise") == 0
+            torch.testing.assert_close(out, ref)
+        finally:
+            iq_passes.install()
+        _, _, code, _ = compile_and_run(model, inputs)
+        assert onednn_calls(code, "qconv_pointwise") == 1
+
+
+CACHE_CHILD = """
+    import sys, torch
+    sys.path.insert(0, {here!r})
+    import inductor_quant.passes as P
+    from compile_utils import compile_and_run, onednn_calls
+    from qdq_models import QDQLayer
+    from variants import BY_ID
+    P.set_builtin_fusions({builtins})
+    if {install}:
+        P.install()
+    torch._inductor.config.freezing = True
+    m = QDQLayer(BY_ID["qlinear.gelu.q"]).eval()
+    ref, out, code, st = compile_and_run(m, m.example_inputs())
+    torch.testing.assert_close(out.float(), ref.float(), atol=0.051, rtol=1e-3)
+    print("CALLS", onednn_calls(code, "qlinear_pointwise"))
+"""
+
+
+def test_cache_never_serves_stale_artifact_two_processes(tmp_path):
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1"}
+    here = os.path.dirname(__file__)
+    calls = []
+    for install, builtins in ((True, False), (False, False), (True, False)):
+        r = run_py(CACHE_CHILD.format(here=here, install=install, builtins=builtins), env)
+        assert "CALLS" in r.stdout, r.stderr[-3000:]
+        calls.append(int(r.stdout.split("CALLS")[1].split()[0]))
+    # installed: fused; not installed (built-ins off): unfused; installed again: fused
+    assert calls == [1, 0, 1]
+
+
+def test_without_freezing_one_warning_and_correct_results():
+    model = QDQLayer(BY_ID["qconv2d.relu.q"]).eval()
+    inputs = model.example_inputs()
+    reset_warning()
+    with config.patch(freezing=False), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ref, out, code, stats = compile_and_run(model, inputs)
+        torch._dynamo.reset()
+        compile_and_run(model, inputs)
+    ours_ = [w for w in caught if NO_FREEZING in str(w.message)]
+    assert len(ours_) == 1, [str(w.message) for w in caught]
+    torch.testing.assert_close(out, ref)
+    assert stats["unfused"] and "freezing off" in stats["unfused"][0][2]
+
+
+def test_grad_enabled_compile_warns_and_is_correct():
+    model = QDQLayer(BY_ID["qlinear.relu"]).eval()
+    (x,) = model.example_inputs()
+    reset_warning()
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = torch.compile(model)(x)
+    assert sum(NO_FREEZING in str(w.message) for w in caught) == 1
+    torch.testing.assert_close(out, model(x))
