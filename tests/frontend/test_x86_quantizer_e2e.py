@@ -173,11 +173,6 @@ def test_xnnpack_tutorial_qat_flow(per_channel):
     assert len(nodes_of(converted, aten.conv2d.default, aten.linear.default)) == 2
 
 
-@pytest.mark.xfail(
-    reason="qat.py replaces batch_norm nodes without re-keying consumers' input_qspec_map "
-    "(the add's residual edge still names the erased downsample batch_norm)",
-    strict=False,
-)
 def test_qat_bottleneck_conv_bn_add_relu():
     torch.manual_seed(0)
     model = nn.Sequential(Bottleneck(4, 8, 2), nn.Flatten(), nn.Linear(8 * 16, 4))
