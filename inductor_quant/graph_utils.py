@@ -78,3 +78,31 @@ def drop_attrs_if_unused(gm: GraphModule, targets: Iterable[str]) -> None:
         owner = gm.get_submodule(owner_path) if owner_path else gm
         if hasattr(owner, attr):
             delattr(owner, attr)
+
+
+def rekey_annotations(gm: GraphModule, old: Node, new: Node, consumer: Node | None = None) -> None:
+    """After replacing node `old` by `new`: every annotation that names `old` (an input_qspec_map
+    key, a SharedQuantizationSpec target, a DerivedQuantizationSpec source, as a node or in an
+    edge) names `new` instead. With `consumer`, only the edge (old, consumer) is renamed."""
+    import dataclasses
+
+    from .quantizer.quantizer import ANNOTATION_KEY, DerivedQuantizationSpec, SharedQuantizationSpec
+
+    def sub(ref):
+        if isinstance(ref, tuple):
+            return (new, ref[1]) if ref[0] is old and consumer in (None, ref[1]) else ref
+        return new if ref is old and consumer is None else ref
+
+    def fix(spec):
+        if isinstance(spec, SharedQuantizationSpec):
+            return dataclasses.replace(spec, edge_or_node=sub(spec.edge_or_node))
+        if isinstance(spec, DerivedQuantizationSpec):
+            return dataclasses.replace(spec, derived_from=[sub(r) for r in spec.derived_from])
+        return spec
+
+    for n in gm.graph.nodes:
+        ann = n.meta.get(ANNOTATION_KEY)
+        if ann is not None:
+            rename = consumer in (None, n)
+            ann.input_qspec_map = {(new if k is old and rename else k): fix(v) for k, v in ann.input_qspec_map.items()}
+            ann.output_qspec = fix(ann.output_qspec)

@@ -24,7 +24,15 @@ import torch
 from torch.fx import GraphModule, Node
 
 from .bn_folding import conv_feeding, drop_counter_update, bn_params, folded_weight_bias, params_prefix
-from .graph_utils import BATCH_NORM_OPS, copy_meta, drop_attrs_if_unused, erase_dead, fetch_attr, new_attr
+from .graph_utils import (
+    BATCH_NORM_OPS,
+    copy_meta,
+    drop_attrs_if_unused,
+    erase_dead,
+    fetch_attr,
+    new_attr,
+    rekey_annotations,
+)
 from .quantizer.quantizer import ANNOTATION_KEY
 
 aten = torch.ops.aten
@@ -66,9 +74,8 @@ def simulate_conv_bn_fold(gm: GraphModule) -> int:
         conv.args = tuple(args)
         ann = conv.meta.get(ANNOTATION_KEY)
         if ann is not None:
-            ann.input_qspec_map = {
-                (scaled_w if k is w else k): v for k, v in ann.input_qspec_map.items() if k is not b
-            }
+            ann.input_qspec_map.pop(b, None)
+            rekey_annotations(gm, w, scaled_w, consumer=conv)  # the weight edge is now (W * s, conv)
             if ann.output_qspec is not None and ANNOTATION_KEY not in bn_out.meta:
                 # conv's output is now an intermediate; the deployed (folded) conv outputs bn's value
                 bn_out.meta[ANNOTATION_KEY] = type(ann)(output_qspec=ann.output_qspec, _annotated=True)
@@ -93,6 +100,7 @@ def _as_native_batch_norm(gm: GraphModule, bn: Node, y: Node) -> Node:
         if key in bn.meta:
             out.meta[key] = bn.meta[key]
     bn.replace_all_uses_with(out)
+    rekey_annotations(gm, bn, out)  # e.g. a residual add's input edge named the old bn
     gm.graph.erase_node(bn)
     return out
 

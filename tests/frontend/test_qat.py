@@ -234,3 +234,29 @@ def test_qat_conv_output_annotation_moves_past_bn():
     move_exported_model_to_eval(prepared)
     q = convert_pt2e(copy.deepcopy(prepared))
     assert sqnr(prepared(x), q(x)) >= 20
+
+
+def test_qat_annotations_naming_a_replaced_bn_are_rekeyed():
+    """add(bn1(conv1(x)), bn2(conv2(x))) annotated with shared add inputs: the edges named the
+    batch_norm nodes that QAT replaces; they must follow the replacement."""
+    from flow_helpers import BackendQuantizer
+
+    class TwoBranches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.c2, self.b2 = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.b1(self.c1(x)) + self.b2(self.c2(x))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    model = randomize_bn(TwoBranches()).train()
+    prepared = prepare_qat_pt2e(export(model, x), BackendQuantizer(derived_bias=False))
+    add = next(n for n in prepared.graph.nodes if n.target == aten.add.Tensor and n.args[0].op == "call_module")
+    assert len({prepared.get_submodule(a.target) for a in add.args[:2]}) == 1  # shared add inputs
+    prepared(x).sum().backward()
+    move_exported_model_to_eval(prepared)
+    q = convert_pt2e(copy.deepcopy(prepared))
+    assert sqnr(prepared(x), q(x)) >= 20
