@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch.ao.quantization.fake_quantize import FusedMovingAvgObsFakeQuantize
+from torch.ao.quantization.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
 from torch.ao.quantization.observer import (
     HistogramObserver,
     MinMaxObserver,
@@ -45,8 +45,11 @@ _EPS = 2**-12
 @functools.lru_cache(maxsize=None)
 def _activation_ctr(is_qat: bool, is_dynamic: bool):
     if is_dynamic:
-        # Dynamic: nothing is calibrated. QAT still tracks a range so training sees fake-quant.
-        return MovingAverageMinMaxObserver.with_args(eps=_EPS) if is_qat else PlaceholderObserver
+        # Dynamic: nothing is calibrated. QAT still fake-quantizes each batch with its own range
+        # (averaging_constant=1: a dynamic observer must not average across batches).
+        if is_qat:
+            return FakeQuantize.with_args(observer=MovingAverageMinMaxObserver.with_args(averaging_constant=1), eps=_EPS)
+        return PlaceholderObserver
     if is_qat:
         return FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, eps=_EPS)
     return HistogramObserver.with_args(eps=_EPS)

@@ -194,3 +194,23 @@ def test_qat_bottleneck_conv_bn_add_relu():
     assert len(layers) == 5 and all(n.args[1].target == qd.dequantize_per_channel.default for n in layers)
     with torch.no_grad():
         assert torch.isfinite(converted(x)).all()
+
+
+def test_dynamic_qat_config_prepares_trains_and_converts():
+    """QAT + dynamic: fake-quant per batch during training, choose_qparams after convert."""
+    import torch
+
+    from inductor_quant import convert_pt2e, prepare_qat_pt2e
+    from inductor_quant.quantizer import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    x = torch.randn(4, 16)
+    gm = torch.export.export(model, (x,)).module()
+    q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True, is_dynamic=True))
+    prepared = prepare_qat_pt2e(gm, q)
+    prepared(x).sum().backward()
+    converted = convert_pt2e(prepared)
+    targets = {n.target for n in converted.graph.nodes if n.op == "call_function"}
+    assert torch.ops.quantized_decomposed.choose_qparams.tensor in targets
+    assert torch.allclose(converted(x), model(x), atol=0.1)
