@@ -206,3 +206,16 @@ def test_plot_without_matplotlib_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(ImportError, match=r"inductor-quant\[plot\]"):
         NumericReport().plot(str(tmp_path / "x.png"))
+
+
+def test_compiled_model_end_to_end(mlp_case):
+    """The one torch.compile here: compiled vs eager converted vs float, on the final outputs."""
+    model, batches, converted = mlp_case
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(freezing=True):
+        report = compare(model, converted, batches, compiled_model=torch.compile(converted))
+    e2e = report.end_to_end
+    assert set(e2e) == {"converted vs float", "compiled vs float", "compiled vs converted"}
+    assert e2e["compiled vs converted"]["sqnr"] > 35  # same int8 math; fused kernels round differently
+    assert e2e["compiled vs float"]["sqnr"] == pytest.approx(e2e["converted vs float"]["sqnr"], abs=3)
+    assert "compiled vs converted" in report.table()
