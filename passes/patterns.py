@@ -101,8 +101,9 @@ def conv_example(per_channel: bool, bias: bool):
     return args + ([torch.randn(6)] if bias else [])
 
 
-def linear_example(rank: int, per_channel: bool, bias: bool):
-    args = [_u8(*([2] * (rank - 2)), 4, 8), _s8(6, 8)]
+def linear_example(rank: int, per_channel: bool, bias: bool, rows: int = 4):
+    """rows=1: Inductor decomposes a 1-row addmm/mm into mul + sum (+ mul by alpha/beta + add)."""
+    args = [_u8(*([2] * (rank - 2)), rows, 8), _s8(6, 8)]
     if per_channel:
         args += [torch.rand(6), torch.zeros(6, dtype=torch.int64)]
     return args + ([torch.randn(6)] if bias else [])

@@ -56,10 +56,12 @@ def _prepack_fusions():
                              (P.conv_example, per_channel, bias), R.check_dq_conv, R.prepack_qconv)
             for bias in (True, False):  # linear: addmm vs mm
                 nb = "" if bias else ".nobias"
-                for rank, dims in ((3, ".nd"), (2, ".2d")):  # N-D first: it contains the 2-D form
+                # N-D first: it contains the 2-D form; .m1: one row, decomposed to mul + sum
+                for rank, rows, dims in ((3, 4, ".nd"), (2, 4, ".2d"), (2, 1, ".m1")):
                     yield Fusion(f"qlinear.prepack{dims}{weight}{dt}{nb}", "prepack",
-                                 P.dq_linear(per_channel, bias, bf16), (P.linear_example, rank, per_channel, bias),
-                                 R.check_dq_linear, R.prepack_qlinear)
+                                 P.dq_linear(per_channel, bias, bf16),
+                                 (P.linear_example, rank, per_channel, bias, rows), R.check_dq_linear,
+                                 R.prepack_qlinear)
 
 
 def _post_op_fusions():
@@ -115,10 +117,12 @@ def phase_passes() -> dict:
 
 
 DEQUANTS = (qd.dequantize_per_tensor.default, qd.dequantize_per_channel.default)
-QUANTIZED_COMPUTE = {
+CONSUMER_KIND = {
     aten.convolution.default: "conv", aten.addmm.default: "linear", aten.mm.default: "linear",
-    aten.bmm.default: "bmm",
+    aten.bmm.default: "bmm", aten.mul.Tensor: "linear",
 }
+PASS_THROUGH = (aten.permute.default, aten.view.default, aten.clone.default, aten.expand.default,
+                torch.ops.prims.convert_element_type.default)
 
 
 def promote_dequant(graph: torch.fx.Graph) -> None:
@@ -132,30 +136,32 @@ def promote_dequant(graph: torch.fx.Graph) -> None:
                 S.count("dequant.promote")
 
 
-def _reaches_dequant(node: torch.fx.Node, depth: int = 3) -> bool:
-    if node.target in DEQUANTS:
-        return True
-    return depth > 0 and any(_reaches_dequant(a, depth - 1) for a in node.all_input_nodes)
+def _is_weight_dq(node: torch.fx.Node) -> bool:
+    src = node.args[0] if node.args else None
+    return (node.target in DEQUANTS and isinstance(src, torch.fx.Node) and src.op in ("placeholder", "get_attr")
+            and R.args_of(node)["dtype"] == torch.int8)
+
+
+def _consumer(node: torch.fx.Node) -> Optional[torch.fx.Node]:
+    while len(node.users) == 1 and next(iter(node.users)).target in PASS_THROUGH:
+        node = next(iter(node.users))
+    return next(iter(node.users), None)
 
 
 def quantized_compute(graph: torch.fx.Graph) -> list:
-    """conv / mm nodes whose weight operand comes from a dequantize: quantized layers not fused."""
-    out = []
-    for node in graph.nodes:
-        if node.target in QUANTIZED_COMPUTE:
-            w = node.args[1] if node.target is not aten.addmm.default else node.args[2]
-            if isinstance(w, torch.fx.Node) and _reaches_dequant(w):
-                out.append(node)
-    return out
+    """Consumers of int8-weight dequantizes still in the graph: quantized layers not fused."""
+    return [c for c in (_consumer(n) for n in graph.nodes if _is_weight_dq(n)) if c is not None]
 
 
 def report_unfused(graph: torch.fx.Graph, reason: Optional[str] = None) -> None:
     for node in quantized_compute(graph):
-        S.unfused(QUANTIZED_COMPUTE[node.target], node.name, reason or _why(node))
+        S.unfused(CONSUMER_KIND.get(node.target, str(node.target)), node.name, reason or _why(node))
 
 
 def _why(node: torch.fx.Node) -> str:
     """Name the first prepack check a leftover quantized layer fails."""
+    if node.target not in (aten.convolution.default, aten.addmm.default, aten.mm.default):
+        return f"no pattern matched this form (weight consumed by {node.target})"
     x = node.args[1] if node.target is aten.addmm.default else node.args[0]
     while isinstance(x, torch.fx.Node) and x.target is aten.view.default:
         x = x.args[0]

@@ -154,9 +154,14 @@ def prepack_qconv(match: Match) -> None:
 
 
 def check_dq_linear(match: Match) -> Optional[str]:
-    permute = node_of(match, aten.permute.default)
-    if list(args_of(permute)["dims"]) != [1, 0]:
+    if any(list(args_of(p)["dims"]) != [1, 0] for p in match.nodes if p.target is aten.permute.default):
         return "weight permute is not a transpose"
+    # one-row form: mul(sum(..), alpha), mul(b, beta), sum over dim 0 -- all must be the identity
+    for n in match.nodes:
+        if n.target is aten.mul.Tensor and not isinstance(n.args[1], torch.fx.Node) and n.args[1] != 1:
+            return "addmm with alpha/beta != 1"
+        if n.target is aten.sum.dim_IntList and list(n.args[1]) != [0]:
+            return "one-row linear summed over an unexpected dim"
     views = [n for n in match.nodes if n.target is aten.view.default]
     if views:  # N-D input flattened to 2-D and back: leading dims must round-trip
         x_shape, out_shape = _static_shape(match.kwargs["x"]), _static_shape(match.output_node())

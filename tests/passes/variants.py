@@ -48,6 +48,10 @@ VARIANTS = [
     linear("qlinear.3d", x_shape=(2, 3, 16), fusions=("qlinear.prepack.nd",)),
     linear("qlinear.3d.nobias", x_shape=(2, 3, 16), bias=False, fusions=("qlinear.prepack.nd.nobias",)),
     linear("qlinear.wpt", per_channel=False, fusions=("qlinear.prepack.2d.wpt",)),
+    # one row: Inductor decomposes addmm into mul + sum before our stage
+    linear("qlinear.m1", x_shape=(1, 16), fusions=("qlinear.prepack.m1",)),
+    linear("qlinear.m1.wpt.relu", x_shape=(1, 16), per_channel=False, post="relu",
+           fusions=("qlinear.prepack.m1.wpt", "post.relu")),
     linear("qlinear.s8", act_dtype=torch.int8),
     conv("qconv2d.wpt.nobias", per_channel=False, bias=False, fusions=("qconv.prepack.wpt",)),
     linear("qlinear.wpt.nobias", per_channel=False, bias=False, fusions=("qlinear.prepack.2d.wpt.nobias",)),
