@@ -1,0 +1,99 @@
+"""The real flow on small models: every quantized conv/linear runs as a oneDNN int8 op.
+
+Small stand-ins for the acceptance models (ResNet-style CNN with residual blocks, BERT-style
+encoder block); the full-size ones are in test_acceptance.py (slow).
+"""
+
+import re
+
+import pytest
+import torch
+from torch import nn
+from torch._inductor.utils import run_and_get_code
+
+import inductor_quant as iq
+import inductor_quant.passes as iq_passes
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.c2, self.b2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU()  # reused, as in torchvision's BasicBlock
+
+    def forward(self, x):
+        y = self.relu(self.b1(self.c1(x)))
+        return self.relu(self.b2(self.c2(y)) + x)
+
+
+class SmallResNet(nn.Module):
+    convs, linears = 5, 1
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2))
+        self.blocks = nn.Sequential(Block(16), Block(16))
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+    @staticmethod
+    def example():
+        return torch.randn(1, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+
+
+class SmallEncoder(nn.Module):
+    convs, linears = 0, 4
+
+    def __init__(self, d=32):
+        super().__init__()
+        self.qkv, self.o, self.f1, self.f2 = nn.Linear(d, 3 * d), nn.Linear(d, d), nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, -1)
+        a = torch.softmax(q @ k.transpose(-1, -2) / 5.66, -1) @ v
+        x = self.n1(x + self.o(a))
+        return self.n2(x + self.f2(nn.functional.gelu(self.f1(x))))
+
+    @staticmethod
+    def example():
+        return torch.randn(2, 8, 32)
+
+
+def onednn_calls(code, op):
+    return len(re.findall(rf"torch\.ops\.onednn\.{op}\.\w+\(|aoti_torch_cpu__?{op}\w*\(", code))
+
+
+@pytest.fixture(scope="module", params=[SmallResNet, SmallEncoder], ids=["resnet", "encoder"])
+def converted(request):
+    torch.manual_seed(0)
+    cls = request.param
+    x = cls.example()
+    calib = [(cls.example(),) for _ in range(4)]
+    return cls, iq.quantize(cls().eval(), (x,), calib), x
+
+
+MATRIX = {"py-fp32": (False, False), "py-bf16": (False, True), "cpp-fp32": (True, False)}
+
+
+@pytest.mark.parametrize("mode", MATRIX)
+def test_fully_fused(converted, mode):
+    cls, model, x = converted
+    cpp_wrapper, bf16 = MATRIX[mode]
+    torch._dynamo.reset()
+    iq_passes.reset_stats()
+    with torch.no_grad(), torch._inductor.config.patch(cpp_wrapper=cpp_wrapper), \
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        ref = model(x)
+        out, codes = run_and_get_code(torch.compile(model), x)
+    code, stats = "\n".join(codes), iq_passes.stats()
+    assert stats["unfused"] == []
+    prepacks = lambda kind: sum(c for k, c in stats["fused"].items() if k.startswith(f"{kind}.prepack"))  # noqa: E731
+    assert prepacks("qconv") == cls.convs and prepacks("qlinear") == cls.linears, stats
+    assert onednn_calls(code, "qconv_pointwise") + onednn_calls(code, "qconv2d_pointwise") == cls.convs
+    assert onednn_calls(code, "qlinear_pointwise") == cls.linears
+    tol = 0.05 if bf16 else 1e-4  # compiled vs eager converted model
+    torch.testing.assert_close(out.float(), ref.float(), atol=tol * ref.abs().max().item(), rtol=0)
