@@ -90,6 +90,10 @@ class Result:
     throughput: Optional[float] = None   # samples / s
     compile_s: Optional[float] = None
     vs_inductor_fp32: Optional[float] = None  # speed-up (>1 is faster)
+    sqnr_db: Optional[float] = None       # output vs eager fp32, same inputs
+    cosine: Optional[float] = None
+    fused: Optional[dict] = None          # passes.stats()["fused"] of this mode's compile
+    unfused: Optional[list] = None
     error: Optional[str] = None
     machine: dict = field(default_factory=dict)
 
@@ -108,6 +112,14 @@ def machine_info(threads: int) -> dict:
     return {"cpu": cpu, "isa": isa, "threads": threads, "torch": torch.__version__}
 
 
+def agreement(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
+    """(SQNR in dB, cosine) of `out` against `ref`."""
+    ref, out = ref.detach().float().flatten(), out.detach().float().flatten()
+    noise = (ref - out).pow(2).sum()
+    sqnr = float("inf") if noise == 0 else float(10 * torch.log10(ref.pow(2).sum() / noise))
+    return sqnr, float(torch.nn.functional.cosine_similarity(ref, out, dim=0))
+
+
 def _call(fn: Callable, inputs: tuple, bf16: bool):
     with torch.no_grad(), _autocast(bf16):
         return fn(*inputs)
@@ -118,6 +130,9 @@ def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmu
     """Build all modes (timing the compile), then time them interleaved."""
     entry = zoo.ZOO[name]
     model, inputs = zoo.build(name, batch)
+    from inductor_quant import passes
+
+    reference = _call(model, inputs, False)
     built: dict[str, tuple[Callable, Mode]] = {}
     results: dict[str, Result] = {}
     for mode_name in modes:
@@ -131,14 +146,21 @@ def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmu
             continue
         progress(f"{name} bs{batch}: building {mode_name}")
         start = time.perf_counter()
+        passes.reset_stats()
         try:
             with torch._inductor.config.patch(freezing=True):
                 fn = mode.prepare(model, inputs)
-                _call(fn, inputs, mode.bf16)  # compiles
+                out = _call(fn, inputs, mode.bf16)  # compiles
         except Exception as e:  # a failing mode is reported, not fatal for the table
             res.error = f"{type(e).__name__}: {e}"[:300]
             continue
+        finally:
+            if not passes.is_installed():
+                passes.install()  # the built-in mode uninstalls ours for its compile only
         res.compile_s = time.perf_counter() - start
+        res.sqnr_db, res.cosine = agreement(reference, out)
+        if mode_name.startswith("int8"):
+            res.fused, res.unfused = passes.stats()["fused"], passes.stats()["unfused"]
         built[mode_name] = (fn, mode)
     times: dict[str, list[float]] = {m: [] for m in built}
     for i in range(warmup + runs):

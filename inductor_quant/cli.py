@@ -54,10 +54,62 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from inductor_quant import demo
+
+    return demo.run(model=args.model, batch=args.batch, threads=args.threads, runs=args.runs,
+                    progress=_progress(args.quiet))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import torch
+
+    from inductor_quant.benchmarks import zoo
+    from inductor_quant.report import fusion_report
+
+    torch.set_num_threads(args.threads)
+    if ":" in args.model:
+        model, example_inputs = _load_factory(args.model)()
+        example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    elif args.model in zoo.ZOO:
+        model, example_inputs = zoo.build(args.model, args.batch)
+    else:
+        raise SystemExit(f"unknown model {args.model!r}: give a zoo name ({', '.join(zoo.ZOO)}) or module:factory")
+    report = fusion_report(model.eval(), example_inputs, cpp_wrapper=args.cpp_wrapper, bf16=args.bf16)
+    if args.json:
+        import json
+
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        print(report.text())
+    failures = report.strict_failures()
+    if args.strict and failures:
+        print("\nstrict: quantized layers that did not fuse:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inductor-quant", description=__doc__)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     sub = p.add_subparsers(dest="command")
+
+    d = sub.add_parser("demo", help="the main job: quantize, compile, fusion report, speed and accuracy")
+    d.add_argument("--model", default="resnet50", help="zoo model")
+    d.add_argument("--batch", type=int, default=1)
+    d.add_argument("--threads", type=int, default=2)
+    d.add_argument("--runs", type=int, default=20)
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("report", help="fusion report of a model: what fused into which oneDNN op, what stayed fp32")
+    r.add_argument("model", help="zoo model name or module:factory returning (model, example_inputs)")
+    r.add_argument("--batch", type=int, default=1, help="batch size for zoo models")
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--cpp-wrapper", action="store_true")
+    r.add_argument("--bf16", action="store_true", help="compile under bf16 autocast (int8-mixed-bf16)")
+    r.add_argument("--json", action="store_true")
+    r.add_argument("--strict", action="store_true", help="exit 1 if a quantized conv/linear did not fuse")
+    r.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="side-by-side speed of fp32 / bf16 / int8 modes in one process")
     b.add_argument("--models", nargs="*", help="zoo models (default: all)")

@@ -1,0 +1,139 @@
+"""Fusion report: what each quantized layer became after torch.compile, and what stayed fp32.
+
+Three sources, one report: the quantizer's coverage (layers present vs annotated), our passes'
+stats (rewrites per fusion id, unfused layers with the reason) and the generated code itself
+(which oneDNN int8 ops it calls, and whether any fp32 conv/GEMM is left). `strict_failures()`
+lists what makes `inductor-quant report --strict` exit non-zero.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+__all__ = ["FusionReport", "fusion_report", "onednn_op_calls", "fp32_compute_calls"]
+
+# oneDNN int8 ops as they appear in Python-wrapper code (torch.ops.onednn.<op>.<overload>(...))
+# and C++-wrapper code (aoti_torch_cpu_<op>... shims, or the boxed dispatcher naming the op).
+_ONEDNN_OP = re.compile(r"torch\.ops\.onednn\.(q\w+?)\.\w+\(|aoti_torch_cpu__?(q(?:conv|linear)\w*?pointwise)")
+_FP32_COMPUTE = re.compile(
+    r"extern_kernels\.(convolution|mm|addmm|bmm)\(|aten\.convolution|_convolution_pointwise|_linear_pointwise|"
+    r"mkl_linear|aoti_torch_cpu_(convolution|mm_out|addmm_out|bmm_out)"
+)
+
+
+def onednn_op_calls(code: str) -> collections.Counter:
+    """{"qconv_pointwise": n, "qlinear_pointwise": m, ...} counted in generated wrapper code."""
+    found = collections.Counter()
+    for py, cpp in _ONEDNN_OP.findall(code):
+        op = py or cpp
+        if "prepack" not in op:
+            found[op] += 1
+    return found
+
+
+def fp32_compute_calls(code: str) -> collections.Counter:
+    """fp32 convolution / GEMM calls left in generated code (float layers, or unfused int8 ones)."""
+    return collections.Counter(next(g for g in m if g) for m in _FP32_COMPUTE.findall(code))
+
+
+@dataclass
+class FusionReport:
+    present: dict = field(default_factory=dict)      # layer kind -> count in the float graph
+    annotated: dict = field(default_factory=dict)    # layer kind -> quantized by the quantizer
+    float_layers: dict = field(default_factory=dict)  # node -> why the quantizer left it float
+    fused: dict = field(default_factory=dict)        # fusion id -> rewrites (passes.stats)
+    unfused: list = field(default_factory=list)      # [(op, node, reason)] from the passes
+    onednn_ops: dict = field(default_factory=dict)   # op -> calls in the generated code
+    fp32_ops: dict = field(default_factory=dict)     # fp32 conv/GEMM calls left in the code
+    wrapper: str = "python"
+
+    @property
+    def int8_layers(self) -> int:
+        return sum(n for op, n in self.onednn_ops.items() if "conv" in op or "linear" in op)
+
+    def strict_failures(self) -> list[str]:
+        """Quantized conv/linear layers that did not become a oneDNN int8 op."""
+        problems = [f"{node} ({op}): {reason}" for op, node, reason in self.unfused]
+        quantized = sum(self.annotated.values())
+        if not problems and self.int8_layers < quantized:
+            problems.append(f"{quantized} layers quantized but only {self.int8_layers} oneDNN int8 calls generated")
+        return problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__, int8_layers=self.int8_layers, strict_failures=self.strict_failures())
+
+    def text(self) -> str:
+        lines = ["Fusion report (" + self.wrapper + " wrapper)"]
+        for kind in sorted(self.present):
+            lines.append(f"  {kind + 's':8} {self.annotated.get(kind, 0):4d} / {self.present[kind]:<4d} quantized")
+        lines.append("  generated code calls: " + (", ".join(f"{op} x{n}" for op, n in sorted(self.onednn_ops.items()))
+                                                    or "no oneDNN int8 op"))
+        if self.fp32_ops:
+            lines.append("  fp32 conv/GEMM left: " + ", ".join(f"{op} x{n}" for op, n in sorted(self.fp32_ops.items())))
+        if self.fused:
+            lines.append("  rewrites: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.fused.items())))
+        for node, reason in sorted(self.float_layers.items()):
+            lines.append(f"  float (quantizer): {node}: {reason}")
+        for op, node, reason in self.unfused:
+            lines.append(f"  UNFUSED {op} {node}: {reason}")
+        return "\n".join(lines)
+
+    def snapshot(self) -> str:
+        """Stable text for golden-file / expecttest comparisons (no timings, no node names)."""
+        lines = [f"{k}: {self.annotated.get(k, 0)}/{v} quantized" for k, v in sorted(self.present.items())]
+        lines += [f"onednn.{op}: {n}" for op, n in sorted(self.onednn_ops.items())]
+        lines += [f"fp32.{op}: {n}" for op, n in sorted(self.fp32_ops.items())]
+        lines += [f"unfused: {op}: {reason}" for op, _, reason in sorted(self.unfused)]
+        return "\n".join(lines) + "\n"
+
+
+def _is_dequantized(node) -> bool:
+    return isinstance(node, torch.fx.Node) and node.op == "call_function" and "dequantize" in str(node.target)
+
+
+def fusion_report(model: torch.nn.Module, example_inputs: tuple, calibration=None, quantizer=None,
+                  converted: Optional[torch.fx.GraphModule] = None, cpp_wrapper: bool = False,
+                  bf16: bool = False) -> FusionReport:
+    """Quantize `model` (unless `converted` is given), compile it with freezing, and report.
+
+    Quantized layers are counted on the converted graph (a conv/linear whose weight is
+    dequantized), so the report works for models from any PT2E quantizer.
+
+    `calibration` defaults to `[example_inputs]`; `quantizer` to the default X86 static one.
+    """
+    from torch._inductor.utils import run_and_get_code
+
+    from . import passes
+    from .api import _default_quantizer, quantize
+    from .quantizer.report import layer_kind
+
+    report = FusionReport(wrapper="cpp" if cpp_wrapper else "python")
+    if converted is None:
+        quantizer = quantizer or _default_quantizer()
+        converted = quantize(model, example_inputs, calibration or [example_inputs], quantizer=quantizer)
+        coverage = getattr(quantizer, "last_report", None)
+        report.float_layers = dict(coverage.skipped) if coverage is not None else {}
+    present, quantized = collections.Counter(), collections.Counter()
+    for node in converted.graph.nodes:
+        kind = layer_kind(node)
+        if kind:
+            present[kind] += 1
+            quantized[kind] += _is_dequantized(node.args[1] if len(node.args) > 1 else None)
+    report.present, report.annotated = dict(present), dict(quantized)
+    passes.install()
+    passes.reset_stats()
+    torch._dynamo.reset()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.no_grad(), autocast, torch._inductor.config.patch(freezing=True, cpp_wrapper=cpp_wrapper):
+        _, codes = run_and_get_code(torch.compile(converted), *example_inputs)
+    code = "\n".join(codes)
+    stats = passes.stats()
+    report.fused, report.unfused = dict(stats["fused"]), list(stats["unfused"])
+    report.onednn_ops, report.fp32_ops = dict(onednn_op_calls(code)), dict(fp32_compute_calls(code))
+    return report
