@@ -25,6 +25,11 @@ def dq(x):
     return qd.dequantize_per_tensor.default(x, 0.05, 10, 0, 255, torch.uint8)
 
 
+def dq_tensor(x, x_scale, x_zp):
+    """Dynamic quantization: scale / zero point are tensors computed at run time (choose_qparams)."""
+    return qd.dequantize_per_tensor.tensor(x, x_scale, x_zp, 0, 255, torch.uint8)
+
+
 def dq_weight_per_channel(w, w_scale, w_zp):
     return qd.dequantize_per_channel.default(w, w_scale, w_zp, 0, -128, 127, torch.int8)
 
@@ -68,10 +73,21 @@ def dq_conv(per_channel: bool, bias: bool, bf16: bool):
     return dq_conv
 
 
+def _linear_dyn(x, x_scale, x_zp, w, b, bf16):
+    return F.linear(_cast(dq_tensor(x, x_scale, x_zp), bf16), _cast(w, bf16), _cast(b, bf16))
+
+
 @functools.cache
-def dq_linear(per_channel: bool, bias: bool, bf16: bool):
-    """linear(dq(x), dq(w), b), traced: [view] -> addmm|mm(.., permute(w)) -> [view]."""
-    if per_channel and bias:
+def dq_linear(per_channel: bool, bias: bool, bf16: bool, dynamic: bool = False):
+    """linear(dq(x), dq(w), b), traced: [view] -> addmm|mm(.., permute(w)) -> [view].
+    dynamic: dq(x) takes tensor qparams (per-channel weights, as dynamic quantizers produce)."""
+    if dynamic and bias:
+        def dq_linear(x, x_scale, x_zp, w, w_scale, w_zp, b):
+            return _linear_dyn(x, x_scale, x_zp, dq_weight_per_channel(w, w_scale, w_zp), b, bf16)
+    elif dynamic:
+        def dq_linear(x, x_scale, x_zp, w, w_scale, w_zp):
+            return _linear_dyn(x, x_scale, x_zp, dq_weight_per_channel(w, w_scale, w_zp), None, bf16)
+    elif per_channel and bias:
         def dq_linear(x, w, w_scale, w_zp, b):
             return _linear(x, dq_weight_per_channel(w, w_scale, w_zp), b, bf16)
     elif per_channel:
@@ -101,9 +117,12 @@ def conv_example(per_channel: bool, bias: bool):
     return args + ([torch.randn(6)] if bias else [])
 
 
-def linear_example(rank: int, per_channel: bool, bias: bool, rows: int = 4):
+def linear_example(rank: int, per_channel: bool, bias: bool, rows: int = 4, dynamic: bool = False):
     """rows=1: Inductor decomposes a 1-row addmm/mm into mul + sum (+ mul by alpha/beta + add)."""
-    args = [_u8(*([2] * (rank - 2)), rows, 8), _s8(6, 8)]
+    args = [_u8(*([2] * (rank - 2)), rows, 8)]
+    if dynamic:
+        args += [torch.tensor(0.05, dtype=torch.float64), torch.tensor(3, dtype=torch.int64)]
+    args += [_s8(6, 8)]
     if per_channel:
         args += [torch.rand(6), torch.zeros(6, dtype=torch.int64)]
     return args + ([torch.randn(6)] if bias else [])

@@ -62,6 +62,11 @@ def _prepack_fusions():
                                  P.dq_linear(per_channel, bias, bf16),
                                  (P.linear_example, rank, per_channel, bias, rows), R.check_dq_linear,
                                  R.prepack_qlinear)
+                    if per_channel:  # dynamic quantization: runtime activation qparams
+                        yield Fusion(f"qlinear.dynamic{dims}{dt}{nb}", "prepack",
+                                     P.dq_linear(True, bias, bf16, True),
+                                     (P.linear_example, rank, True, bias, rows, True), R.check_dq_linear,
+                                     R.prepack_qlinear)
 
 
 def _post_op_fusions():

@@ -56,10 +56,18 @@ def _static_shape(node) -> Optional[list]:
 # --- activation / weight dequantize --------------------------------------------------------
 
 
+ACT_DQ = (qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor)
+
+
 def check_act_dq(dq_node: torch.fx.Node, kind: str) -> Optional[str]:
     a = args_of(dq_node)
-    if dq_node.target is not qd.dequantize_per_tensor.default:
-        return "activation dequantize is not per-tensor with scalar qparams"
+    if dq_node.target not in ACT_DQ:
+        return "activation dequantize is not per-tensor"
+    if dq_node.target is qd.dequantize_per_tensor.tensor:
+        if kind != "qlinear":
+            return "dynamic (tensor-qparam) activation: fused for linear only"
+        if any(val(t) is None or val(t).numel() != 1 for t in (a["scale"], a["zero_point"])):
+            return "dynamic activation qparams are not one-element tensors"
     if a["dtype"] not in ACT_RANGE or (a["quant_min"], a["quant_max"]) != ACT_RANGE[a["dtype"]]:
         return f"activation quant range {a['dtype']} [{a['quant_min']}, {a['quant_max']}] is not full-range u8/s8"
     if kind == "qconv" and a["dtype"] != torch.uint8:
@@ -103,6 +111,8 @@ def _weight_qparams(match: Match, w_dq: torch.fx.Node, anchor: torch.fx.Node):
 
 def _x_qparams(dq_node) -> K.QParams:
     a = args_of(dq_node)
+    if dq_node.target is qd.dequantize_per_tensor.tensor:  # run-time qparams: the .tensor overloads
+        return K.QParams(a["scale"], a["zero_point"])
     return K.QParams(float(a["scale"]), int(a["zero_point"]))
 
 
@@ -113,7 +123,7 @@ def _weight_dq(match):
 
 
 def _act_dq(match):
-    return next(n for n in match.nodes if n.target is qd.dequantize_per_tensor.default and n.args[0] is match.kwargs["x"])
+    return next(n for n in match.nodes if n.target in ACT_DQ and n.args[0] is match.kwargs["x"])
 
 
 def _float_out(anchor) -> K.Output:

@@ -28,6 +28,12 @@ def q_dq(x, scale, zp, dtype=torch.uint8):
                                             scale, zp, lo, hi, dtype)
 
 
+def dynamic_q_dq(x):
+    scale, zp = qd.choose_qparams.tensor(x, 0, 255, torch.finfo(torch.float32).eps, torch.uint8)
+    q = qd.quantize_per_tensor.tensor(x, scale, zp, 0, 255, torch.uint8)
+    return qd.dequantize_per_tensor.tensor(q, scale, zp, 0, 255, torch.uint8)
+
+
 POST = {
     None: lambda y: y,
     "relu": torch.relu,
@@ -59,6 +65,7 @@ class Variant:
     binary: Optional[str] = None  # add | add_swapped | add_relu | add_dq (residual from dq(u8))
     out_q: bool = False
     act_dtype: torch.dtype = torch.uint8
+    dynamic: bool = False  # choose_qparams -> q/dq .tensor (run-time activation qparams)
     fusions: tuple = ()  # fusion ids that must fire
     ops: tuple = ()  # (onednn op name, count) expected in the generated code
     bf16_fusions: Optional[tuple] = None  # where bf16 differs (None: same as fp32)
@@ -93,6 +100,8 @@ class QDQLayer(nn.Module):
 
     def forward(self, x, residual=None):
         v = self.v
+        if v.dynamic:
+            return self.tail(dynamic_q_dq(x), residual)
         return self.tail(q_dq(x, X_SCALE, X_ZP if v.act_dtype == torch.uint8 else 0, v.act_dtype), residual)
 
     def tail(self, x, residual=None):

@@ -15,7 +15,7 @@ import inductor_quant.passes as iq_passes
 
 ALL_ONEDNN = ("qconv_pointwise", "qconv2d_pointwise", "qlinear_pointwise")
 CPP_SUBSET = ["qconv2d.relu.q", "qconv2d.add.relu", "qconv1d", "qconv3d", "qconv2d.hardswish",
-              "qlinear.3d.add", "qlinear.gelu.q", "qlinear.wpt"]
+              "qlinear.3d.add", "qlinear.gelu.q", "qlinear.wpt", "qlinear.dynamic.3d.relu"]
 DTYPES = {"fp32": False, "bf16": True}
 
 
