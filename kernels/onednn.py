@@ -31,6 +31,16 @@ QLINEAR_PREPACK = onednn.qlinear_prepack.default
 
 Call = Callable[[Any, tuple], Any]
 
+# What the kernels accept (probed by calling the ops on torch 2.13; tests/kernels pins it).
+# Unary post-op attribute names by conv spatial rank; qlinear's list; binary post-ops.
+QCONV_UNARY = {1: {"relu"}, 2: {"relu", "hardtanh", "hardswish", "swish"}, 3: set()}
+QLINEAR_UNARY = {"relu", "hardtanh", "hardswish", "swish", "gelu", "leaky_relu", "tanh"}
+QCONV_BINARY_RANKS = {2}  # qconv2d_pointwise.binary only
+
+
+def accepts_unary(kind: str, conv_rank: int, attr: str) -> bool:
+    return attr in (QLINEAR_UNARY if kind == "qlinear" else QCONV_UNARY.get(conv_rank, set()))
+
 
 def eager(op, args: tuple):
     """`call` for running a builder directly."""

@@ -22,8 +22,6 @@ aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
 prims = torch.ops.prims
 
-QCONV_UNARY = {"relu", "hardtanh", "hardswish", "silu"}
-QLINEAR_UNARY = QCONV_UNARY | {"gelu", "gelu_tanh", "leaky_relu", "tanh"}
 ACT_RANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
 
 
@@ -231,19 +229,18 @@ def _check_fold_target(match: Match, f: Optional[Fused]) -> Optional[str]:
 
 
 def check_unary(name: str, after_binary: bool):
-    allowed = QCONV_UNARY if not after_binary else {"relu"}
-
     def check(match: Match) -> Optional[str]:
         f = record(match.kwargs["y"])
         reason = _check_fold_target(match, f)
         if reason:
             return reason
-        kinds = QLINEAR_UNARY if f.kind == "qlinear" and not after_binary else allowed
-        if name not in kinds:
-            return f"{f.kind} does not take post-op {name}" + (" after a binary op" if after_binary else "")
-        if (f.binary is not None) != after_binary or f.unary.name != "none":
-            return "post-op slot taken"
-        if after_binary and f.binary.unary.name != "none":
+        attr = UNARY_ATTR[name](match.kwargs)
+        rank = len(f.geom.stride) if f.geom else 0
+        if after_binary and name != "relu" or not K.accepts_unary(f.kind, rank, attr.name):
+            where = f"{f.kind}{'%dd' % rank if rank else ''}" + (" after a binary op" if after_binary else "")
+            return f"oneDNN {where} does not take post-op {name}"
+        taken = f.binary.unary.name if after_binary else f.unary.name
+        if (f.binary is not None) != after_binary or taken != "none":
             return "post-op slot taken"
         for k, v in UNARY_CONSTANTS.get(name, {}).items():
             if match.kwargs.get(k) != v:
@@ -282,7 +279,7 @@ def check_binary(match: Match) -> Optional[str]:
     vy, vo = val(match.kwargs["y"]), val(other)
     if vo.dtype != vy.dtype or list(vo.shape) != list(vy.shape):
         return "extra input differs in dtype or shape (broadcast add)"
-    if f.kind == "qconv" and vy.dim() != 4:
+    if f.kind == "qconv" and len(f.geom.stride) not in K.QCONV_BINARY_RANKS:
         return "binary post-op: qconv2d only"
     return None
 

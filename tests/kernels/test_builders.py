@@ -130,3 +130,21 @@ def test_qlinear_binary(name, relu, out):
     expected = R.qlinear_binary(x, XQ, w, w_scale, w_zp, other, b, out, binary)
     packed = K.qlinear_prepack(E, w, x.shape)
     _close(K.qlinear_binary(E, x, XQ, packed, w_scale, w_zp, other.clone(), b, out, binary), expected, out)
+
+
+CONV_ATTRS = [K.Unary("relu"), K.Unary("hardtanh", (0.0, 6.0)), K.Unary("hardswish"), K.Unary("swish")]
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("unary", CONV_ATTRS, ids=_ids(CONV_ATTRS))
+def test_qconv_capability_table(rank, unary):
+    """K.QCONV_UNARY (what the passes consult) matches what the kernel accepts, per conv rank."""
+    xs, ws, g = CONV_GEOMETRIES[{1: "conv1d", 2: "conv2d", 3: "conv3d"}[rank]]
+    x, (w, w_scale, w_zp, b) = _u8(xs), _weights(ws)
+    packed = K.qconv_prepack(E, w, w_scale, XQ, g, None)
+    if K.accepts_unary("qconv", rank, unary.name):
+        y = K.qconv(E, x, XQ, packed, w_scale, w_zp, b, g, K.Output(), unary)
+        _close(y, R.qconv(x, XQ, w, w_scale, w_zp, b, g, K.Output(), unary), K.Output())
+    else:
+        with pytest.raises(RuntimeError, match="Unsupported post op"):
+            K.qconv(E, x, XQ, packed, w_scale, w_zp, b, g, K.Output(), unary)

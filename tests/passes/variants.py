@@ -30,6 +30,10 @@ VARIANTS = [
     conv("qconv2d.depthwise", groups=8, out_features=8),
     conv("qconv1d", X1D, "conv1d", stride=2),
     conv("qconv3d", X3D, "conv3d"),
+    # oneDNN takes no post-op on conv3d and only relu on conv1d: those stay separate, correct ops
+    conv("qconv3d.relu", X3D, "conv3d", post="relu"),
+    conv("qconv1d.relu", X1D, "conv1d", post="relu", fusions=("qconv.prepack", "post.relu")),
+    conv("qconv1d.silu", X1D, "conv1d", post="silu"),
     conv("qconv2d.wpt", per_channel=False, fusions=("qconv.prepack.wpt",)),
     *[conv(f"qconv2d.{p}", post=p, fusions=("qconv.prepack", f"post.{_attr.get(p, p)}")) for p in CONV_UNARY],
     conv("qconv2d.q", out_q=True, fusions=("qconv.prepack", "post.output.quant")),

@@ -1,0 +1,105 @@
+"""The fusion report, the CLI around it, and inductor_quant.testing — as users call them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import inductor_quant.passes as iq_passes
+from inductor_quant.report import fp32_compute_calls, fusion_report, onednn_op_calls
+from inductor_quant.testing import UPDATE_ENV, assert_fused, assert_fusion_snapshot
+
+from . import models
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def small_report():
+    model, inputs = models.small_cnn()
+    with iq_passes.builtin_fusions(False):
+        return fusion_report(model, inputs)
+
+
+def test_generated_code_parsing():
+    code = (
+        "buf1 = torch.ops.onednn.qconv_pointwise.tensor(buf0, x_scale)\n"
+        "torch.ops.onednn.qconv2d_pointwise.binary_tensor(buf3)\n"
+        "buf9 = torch.ops.onednn.qlinear_pointwise.default(buf8)\n"
+        "w = torch.ops.onednn.qconv_prepack.default(w)\n"
+        "extern_kernels.convolution(buf2, w)\nextern_kernels.mm(a, b, out=c)\n"
+        "aoti_torch_cpu__qlinear_pointwise_tensor(h1, h2);\n"
+    )
+    assert onednn_op_calls(code) == {"qconv_pointwise": 1, "qconv2d_pointwise": 1, "qlinear_pointwise": 2}
+    assert fp32_compute_calls(code) == {"convolution": 1, "mm": 1}
+
+
+def test_report_counts_every_quantized_layer(small_report):
+    assert small_report.annotated == {"conv": 2, "linear": 1}
+    assert small_report.onednn_ops == {"qconv_pointwise": 2, "qlinear_pointwise": 1}
+    assert small_report.fp32_ops == {}
+    assert small_report.strict_failures() == []
+    assert "qconv_pointwise x2" in small_report.text()
+
+
+def test_assert_fused_passes_and_fails_readably(small_report, monkeypatch):
+    import inductor_quant.testing as T
+
+    monkeypatch.setattr(T, "fusion_report", lambda *a, **k: small_report)
+    assert assert_fused(None, (), qconv=2, qlinear=1) is small_report
+    with pytest.raises(AssertionError, match="expected 3 oneDNN int8 conv calls, generated code has 2"):
+        assert_fused(None, (), qconv=3)
+
+
+def test_fusion_snapshot_missing_changed_and_updated(small_report, tmp_path, monkeypatch):
+    golden = tmp_path / "small.fusion.txt"
+    monkeypatch.delenv(UPDATE_ENV, raising=False)
+    with pytest.raises(AssertionError, match="no fusion snapshot"):
+        assert_fusion_snapshot(small_report, golden)
+    monkeypatch.setenv(UPDATE_ENV, "1")
+    assert_fusion_snapshot(small_report, golden)
+    monkeypatch.delenv(UPDATE_ENV)
+    assert_fusion_snapshot(small_report, golden)
+    golden.write_text(golden.read_text().replace("qconv_pointwise: 2", "qconv_pointwise: 3"))
+    with pytest.raises(AssertionError, match=r"(?s)-onednn.qconv_pointwise: 3.*\+onednn.qconv_pointwise: 2"):
+        assert_fusion_snapshot(small_report, golden)
+
+
+def _cli(*args):
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "inductor_quant", "--quiet", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_report_strict_fails_on_an_unfusable_quantized_layer():
+    proc = _cli("report", "tests.cli.models:unfusable_cnn", "--strict")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "strict: quantized layers that did not fuse" in proc.stderr
+    assert "UNFUSED conv" in proc.stdout
+
+
+def test_report_json_for_a_fusable_model():
+    proc = _cli("report", "tests.cli.models:small_cnn", "--strict", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["onednn_ops"] == {"qconv_pointwise": 2, "qlinear_pointwise": 1}
+    assert data["strict_failures"] == []
+
+
+def test_bench_quick_smoke(tmp_path):
+    """`bench --quick` as CI runs it: every mode builds and is timed; no timing assertions."""
+    proc = _cli("bench", "--quick", "--runs", "2", "--out", str(tmp_path / "bench"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in rows} == {"resnet_tiny", "bert_tiny"}
+    for r in rows:
+        skipped = (r["error"] or "").startswith("skipped")
+        assert skipped or (r["error"] is None and r["median_ms"] > 0), r
+        if r["mode"] in ("int8", "int8_bf16", "int8_dynamic") and not skipped:
+            assert r["fused"] and not r["unfused"], r
+            assert r["cosine"] > 0.98, r
+    assert "| resnet_tiny | 2 |" in (tmp_path / "bench.md").read_text()
