@@ -1,0 +1,9 @@
+#!/bin/sh
+# Everything the accuracy benchmarks need beyond `pip install -e .[test]` (run as root for apt).
+#   sh benchmarks/accuracy/install.sh [path/to/venv/bin/python]
+# Fashion-MNIST: IDX .gz files under /usr/share/datasets/fashion-mnist.
+# (The MiniLM/WordNet evaluation of issue 5 will add wordnet-base and its pip packages here.)
+set -eu
+PY="${1:-.venv/bin/python}"
+apt-get install -y dataset-fashion-mnist
+"$PY" -m pip install -q matplotlib   # the `plot` extra: debugger PNGs
