@@ -97,7 +97,7 @@ def fusions() -> tuple:
 
 
 def fusion_ids() -> list:
-    return [f.id for f in fusions()] + ["dequant.promote"]
+    return [f.id for f in fusions()] + ["dequant.promote", "qconv.s8_to_u8"]
 
 
 def _entry(fusion: Fusion) -> GraphPatternEntry:

@@ -16,6 +16,7 @@ from torch.fx.experimental.symbolic_shapes import free_symbols
 
 from inductor_quant.kernels import onednn as K
 
+from . import stats as S
 from .fused import Fused, call, record, replace_with
 
 aten = torch.ops.aten
@@ -66,17 +67,20 @@ def check_act_dq(dq_node: torch.fx.Node, kind: str) -> Optional[str]:
             return "dynamic (tensor-qparam) activation: fused for linear only"
         if any(val(t) is None or val(t).numel() != 1 for t in (a["scale"], a["zero_point"])):
             return "dynamic activation qparams are not one-element tensors"
-    if a["dtype"] not in ACT_RANGE or (a["quant_min"], a["quant_max"]) != ACT_RANGE[a["dtype"]]:
-        return f"activation quant range {a['dtype']} [{a['quant_min']}, {a['quant_max']}] is not full-range u8/s8"
-    if kind == "qconv" and a["dtype"] != torch.uint8:
-        return "qconv takes uint8 activations only (int8 activation)"
+    # dequantize does not clamp: a narrower range (e.g. [-127, 127]) dequantizes the same way
+    if a["dtype"] not in ACT_RANGE or not _within(a, ACT_RANGE[a["dtype"]]):
+        return f"activation is not uint8/int8 (dtype {a['dtype']} [{a['quant_min']}, {a['quant_max']}])"
     return None
+
+
+def _within(a: dict, bounds: tuple) -> bool:
+    return bounds[0] <= a["quant_min"] <= a["quant_max"] <= bounds[1]
 
 
 def check_weight_dq(w_dq: torch.fx.Node) -> Optional[str]:
     a = args_of(w_dq)
-    if a["dtype"] != torch.int8 or (a["quant_min"], a["quant_max"]) != (-128, 127):
-        return "weight is not int8 [-128, 127]"
+    if a["dtype"] != torch.int8 or not _within(a, (-128, 127)):
+        return "weight is not int8"
     if w_dq.target is qd.dequantize_per_channel.default and a["axis"] != 0:
         return "per-channel weight quantized on an axis other than 0"
     if w_dq.target is qd.dequantize_per_tensor.default and a["zero_point"] != 0:
@@ -147,12 +151,24 @@ def check_dq_conv(match: Match) -> Optional[str]:
             or check_weight_dq(_weight_dq(match)))
 
 
+def shift_s8_to_u8(x, xq: K.QParams, anchor):
+    # s * (x_s8 - z) == s * ((x_s8 + 128) - (z + 128)): exact; qconv takes uint8 only
+    g = anchor.graph
+    wide = call(g, anchor, prims.convert_element_type.default, x, torch.int16)
+    shifted = call(g, anchor, aten.add.Tensor, wide, 128)
+    x_u8 = call(g, anchor, prims.convert_element_type.default, shifted, torch.uint8)
+    S.count("qconv.s8_to_u8")
+    return x_u8, K.QParams(xq.scale, xq.zero_point + 128)
+
+
 def prepack_qconv(match: Match) -> None:
     # conv(dq(x), dq(w), b) -> onednn.qconv_pointwise(x, prepack(w), b)   (fp32 out)
     conv = node_of(match, aten.convolution.default)
     a = args_of(conv)
     geom = K.ConvGeometry(tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
     xq, x = _x_qparams(_act_dq(match)), match.kwargs["x"]
+    if args_of(_act_dq(match))["dtype"] == torch.int8:
+        x, xq = shift_s8_to_u8(x, xq, conv)
     w_scale, w_zp = _weight_qparams(match, _weight_dq(match), conv)
     packed = K.qconv_prepack(lambda op, args: call(conv.graph, conv, op, *args), match.kwargs["w"], w_scale, xq,
                              geom, _static_shape(x))

@@ -74,13 +74,13 @@ def test_dequant_promotion():
         torch.testing.assert_close(gm(*flat), model(*flat[-1:]), atol=2e-3, rtol=1e-3)
 
 
-def test_int8_activation_conv_stays_unfused_with_reason():
-    from variants import conv
-    model = QDQLayer(conv("qconv2d.s8", act_dtype=torch.int8)).eval()
+def test_int8_activation_conv_is_shifted_to_uint8():
+    from variants import BY_ID
+    model = QDQLayer(BY_ID["qconv2d.s8"]).eval()
     gm, flat, stats = rewrite(model, model.example_inputs())
-    assert stats["unfused"] and "uint8" in stats["unfused"][0][2], stats
+    assert stats["fused"].get("qconv.s8_to_u8") == 1 and stats["unfused"] == []
     with torch.no_grad():
-        torch.testing.assert_close(gm(*flat), model(*flat[-1:]))
+        torch.testing.assert_close(gm(*flat), model(*flat[-1:]), atol=2e-3, rtol=1e-3)
 
 
 def test_every_fusion_id_fired():
@@ -92,5 +92,6 @@ def test_every_fusion_id_fired():
                 model = QDQLayer(v).eval()
                 rewrite(model, model.example_inputs(bf16), bf16)
         rewrite(TwoBranch().eval(), (torch.randn(2, 8, 7, 7),))
+        test_int8_activation_conv_is_shifted_to_uint8()
     missing = set(iq_passes.fusion_ids()) - set(FIRED)
     assert not missing, f"registered but never fired in the unit layer: {sorted(missing)}"
