@@ -286,10 +286,11 @@ class _QuantRun(torch.fx.Interpreter):
         name = self.keep.get(n)
         if name is not None and name in self.floats:
             x_f, y_f, w_f = self.floats.pop(name)
+            first_batch = name not in self.stats
             act, local, weight = self.stats.setdefault(name, (Agreement(), Agreement(), Agreement()))
             act.add(y_f, out)
             local.add(y_f, self._replay(n, _activation_source(n.args[0]), x_f))
-            if _is_dq(n.args[1]) and weight.signal == 0.0:  # weights are the same every batch
+            if first_batch and _is_dq(n.args[1]):  # weights are the same every batch
                 weight.add(w_f, self.env[n.args[1]])
         return out
 
@@ -354,7 +355,7 @@ def compare(
         if name not in stats:
             continue
         act, local, weight = stats[name]
-        has_w = weight.signal > 0.0 or weight.noise > 0.0
+        has_w = _is_dq(n.args[1])
         layers.append(LayerNumerics(
             name=name, module=name.split("#")[0], node=n.name, op=n.target.__name__.split(".")[0],
             act_sqnr=act.sqnr, act_cosine=act.cosine, act_max_abs=act.max_abs,

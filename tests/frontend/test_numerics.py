@@ -161,6 +161,24 @@ def test_skipped_layer_is_not_reported():
     assert [l.name for l in report.layers] == ["fc1", "fc3", "head"]
 
 
+def test_dynamic_quantization_on_an_encoder():
+    """Dynamic linears: the layer-alone replay re-runs choose_qparams on the float input."""
+    from inductor_quant.benchmarks.zoo import BertEncoder
+    from inductor_quant.quantizer import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+
+    torch.manual_seed(0)
+    model = BertEncoder(layers=1, hidden=32, heads=2, mlp=64, vocab=50).eval()
+    batches = [torch.randint(0, 50, (2, 8)) for _ in range(2)]
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_dynamic=True))
+    report = compare(model, quantize(model, (batches[0],), batches, quantizer=quantizer), batches)
+    assert len(report.layers) == 6  # query, key, value, out, intermediate, output
+    by_name = {l.name: l for l in report.layers}
+    # query/key/value read the same float input: their first-in-chain numbers are their own
+    for name in ("layers.0.attention.query", "layers.0.attention.key", "layers.0.attention.value"):
+        assert by_name[name].act_sqnr == pytest.approx(by_name[name].local_sqnr), name
+    assert all(l.local_sqnr > 25 and l.weight_sqnr > 35 for l in report.layers), report.table()
+
+
 # ---------------------------------------------------------------------------- output formats
 def test_table_lists_worst_first(mlp_case):
     import copy
