@@ -7,7 +7,7 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-from .errors import export_failed
+from .errors import CalibrationError, export_failed
 from .quantize_pt2e import convert_pt2e, prepare_pt2e
 
 __all__ = ["quantize"]
@@ -47,7 +47,16 @@ def quantize(
         from tqdm import tqdm
 
         batches = tqdm(calibration, desc="calibrating", unit="batch")
+    seen = 0
     with torch.no_grad():
         for batch in batches:
             prepared(*_as_args(batch))
+            seen += 1
+    if seen == 0:
+        raise CalibrationError(
+            "quantize(): the calibration iterable yielded no batches (an empty list or DataLoader, or "
+            "a generator/iterator that was already consumed), so no activation ranges are known. "
+            "Fix: pass a non-empty, re-iterable collection of batches, e.g. [x for x, _ in "
+            "itertools.islice(loader, 32)]; calibration=[*example_inputs] works for a smoke test."
+        )
     return convert_pt2e(prepared)

@@ -18,7 +18,7 @@ class AnnotationError(QuantizationFlowError, ValueError):
 
 
 class CalibrationError(QuantizationFlowError, ValueError):
-    """Observers saw no data, or non-finite data."""
+    """Observers saw no data, or non-finite data, or the calibration iterable was empty."""
 
 
 class ExportFailedError(QuantizationFlowError):
@@ -41,3 +41,11 @@ def export_failed(exc: BaseException) -> ExportFailedError:
         "with torch.cond or move it out of forward; pass dynamic_shapes=... for varying batch "
         "sizes; see the torch.export docs (ExportDB) for supported constructs."
     )
+
+
+class UnsupportedModelError(QuantizationFlowError, ValueError):
+    """The model cannot be quantized as it is (dtype, device, weights not materialized)."""
+
+
+class InputMismatchError(QuantizationFlowError, ValueError):
+    """A prepared/converted model got inputs unlike the ones it was exported for."""

@@ -11,9 +11,13 @@ prepare_* and convert_pt2e also route the model's own .train()/.eval() here (all
 from __future__ import annotations
 
 import types
+import warnings
+from typing import Any, Optional, Union
 
 import torch
 from torch.fx import GraphModule
+
+from .errors import InputMismatchError
 
 aten = torch.ops.aten
 
@@ -28,7 +32,10 @@ _TRAINING_ARG = {
     aten.cudnn_batch_norm.default: 5,
 }
 
-__all__ = ["move_exported_model_to_eval", "move_exported_model_to_train", "allow_train_eval"]
+__all__ = [
+    "move_exported_model_to_eval", "move_exported_model_to_train", "allow_train_eval",
+    "InputCheck", "PreparedCompileWarning",
+]
 
 
 def _set_training(model: GraphModule, training: bool) -> GraphModule:
@@ -78,3 +85,136 @@ def allow_train_eval(model: GraphModule) -> GraphModule:
     model.train = types.MethodType(_train_method, model)  # type: ignore[method-assign]
     model.eval = types.MethodType(_eval_method, model)  # type: ignore[method-assign]
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks of prepared / converted models
+# ---------------------------------------------------------------------------------------------
+# The exported module guards its inputs itself, but its failures read "Guard failed:
+# x.size()[0] == 2" (eager) or a Dynamo TorchRuntimeError around the same text (compiled), and
+# it checks neither dtype nor device (float64 data fails deep inside a matmul). This pre-hook runs
+# first and names the input, what the export expects and the fix. It is plain Python over
+# shapes, so Dynamo traces it (no graph break) and it costs nothing in a compiled model.
+
+_HALF_OR_FLOAT = (torch.float32, torch.bfloat16, torch.float16)
+_DYNAMIC_FIX = (
+    "export with a dynamic dimension, e.g. torch.export.export(model, args, "
+    "dynamic_shapes={{'{name}': {{{dim}: torch.export.Dim('d{dim}', min=1, max=1024)}}}}), "
+    "then prepare/calibrate/convert again (a calibrated state_dict loads into the new prepared model)"
+)
+
+
+def _dim_spec(size: Any) -> Union[int, tuple]:
+    """An int for a static dim, (min, max or None) for a symbolic one."""
+    if not isinstance(size, torch.SymInt):
+        return int(size)
+    node = size.node
+    try:
+        vr = node.shape_env.bound_sympy(node.expr)
+    except Exception:  # no shape env: accept anything
+        return (0, None)
+
+    def as_int(v: Any) -> Optional[int]:
+        try:
+            return int(v)
+        except Exception:  # sympy oo / int_oo: unbounded
+            return None
+
+    return (as_int(vr.lower) or 0, as_int(vr.upper))
+
+
+class InputCheck:
+    """Forward pre-hook: inputs must have the exported rank, static sizes, dynamic ranges, dtype
+    family and device; otherwise InputMismatchError naming the input and the fix."""
+
+    def __init__(self, specs: list[tuple]):
+        self.specs = specs  # (name, dtype, device, [int | (lo, hi|None)])
+
+    @staticmethod
+    def attach(gm: GraphModule) -> None:
+        specs = []
+        for node in gm.graph.nodes:
+            if node.op != "placeholder":
+                continue
+            val = node.meta.get("val")
+            if not isinstance(val, torch.Tensor):
+                specs.append((node.name, None, None, None))
+                continue
+            specs.append((node.name, val.dtype, val.device, [_dim_spec(s) for s in val.shape]))
+        if not any(s[1] is not None for s in specs):
+            return
+        gm.register_forward_pre_hook(InputCheck(specs), prepend=True, with_kwargs=True)
+
+    def __call__(self, mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if kwargs or len(args) != len(self.specs):
+            return  # let the exported module's own argument handling report it
+        for x, (name, dtype, device, dims) in zip(args, self.specs):
+            if dtype is None or not isinstance(x, torch.Tensor):
+                continue
+            self._check(x, name, dtype, device, dims)
+
+    @staticmethod
+    def _check(x: torch.Tensor, name: str, dtype, device, dims: list) -> None:
+        exported = "(" + ", ".join(str(d) if isinstance(d, int) else f"{d[0]}..{d[1] if d[1] is not None else 'inf'}"
+                                   for d in dims) + ")"
+        if x.device != device:
+            raise InputMismatchError(
+                f"input '{name}' is on device {x.device}, but the model was exported and quantized on "
+                f"{device} (its weights live there). Fix: pass {device} tensors, e.g. {name}.to('{device}'); "
+                "the int8 oneDNN kernels run on CPU."
+            )
+        if x.dtype != dtype and not (x.dtype in _HALF_OR_FLOAT and dtype in _HALF_OR_FLOAT):
+            raise InputMismatchError(
+                f"input '{name}' is {x.dtype}, but the model was exported with {dtype}. Fix: "
+                f"{name}.to({dtype}) (for bf16 compute keep float32 inputs and use torch.autocast)."
+            )
+        if x.dim() != len(dims):
+            raise InputMismatchError(
+                f"input '{name}' has shape {tuple(x.shape)} ({x.dim()}-D), but the model was exported for "
+                f"{len(dims)}-D inputs of shape {exported}. Fix: pass inputs shaped like the export's example inputs."
+            )
+        for i, (size, want) in enumerate(zip(x.shape, dims)):
+            if isinstance(want, int):
+                if size != want:
+                    raise InputMismatchError(
+                        f"input '{name}' has shape {tuple(x.shape)}, but the model was exported for shape "
+                        f"{exported}: dim {i} is static ({want}). Fix: use inputs of the exported shape "
+                        "(for calibration too), or " + _DYNAMIC_FIX.format(name=name, dim=i) + "."
+                    )
+            elif size < want[0] or (want[1] is not None and size > want[1]):
+                raise InputMismatchError(
+                    f"input '{name}' has size {size} in dim {i}, outside the dynamic range "
+                    f"[{want[0]}, {want[1] if want[1] is not None else 'inf'}] it was exported with "
+                    f"(shape {exported}). Fix: keep inputs inside the range, or re-export with a wider "
+                    f"torch.export.Dim(min=..., max=...) and prepare/calibrate/convert again (a calibrated "
+                    "state_dict loads into the new prepared model)."
+                )
+
+
+class PreparedCompileWarning:
+    """Forward pre-hook of prepared (observed) models: torch.compile of one warns once that it
+    runs in float with observers (a correct fp32 result, no int8) and how to get the int8 model.
+    Removed by convert_pt2e."""
+
+    MESSAGE = (
+        "inductor_quant: torch.compile of a *prepared* model: it runs in float32 with observers "
+        "(calibration), not int8. Fix: calibrate, then compile convert_pt2e(prepared) instead."
+    )
+
+    def __init__(self) -> None:
+        self.warned = False
+
+    def __call__(self, mod: torch.nn.Module, args: tuple) -> None:
+        if torch.compiler.is_compiling() and not self.warned:
+            self.warned = True
+            warnings.warn(self.MESSAGE, UserWarning, stacklevel=2)
+
+    @staticmethod
+    def attach(gm: GraphModule) -> None:
+        gm.register_forward_pre_hook(PreparedCompileWarning())
+
+    @staticmethod
+    def detach(gm: GraphModule) -> None:
+        for key, hook in list(gm._forward_pre_hooks.items()):
+            if isinstance(hook, PreparedCompileWarning):
+                del gm._forward_pre_hooks[key]

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch.fx import GraphModule, Node
 
-from .errors import AnnotationError
+from .errors import AnnotationError, UnsupportedModelError
 from .graph_utils import copy_meta, layer_name
 from .observers import DerivedQParams, FiniteInputCheck, make_observer
 from .quantizer.quantizer import (
@@ -101,6 +102,32 @@ def _describe_ref(ref: Any, in_graph: set) -> str:
     return text + (f" (node(s) {[getattr(n, 'name', n) for n in missing]} not in the graph)" if missing else "")
 
 
+# What quantize_per_tensor/per_channel accept (bf16/fp16 are cast to float32 first).
+QUANTIZABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_dtypes(specs: dict[Any, Any]) -> None:
+    """Every value an integer spec would quantize must be float32 (or bf16/fp16): a float64 model
+    would otherwise fail at convert with "Expecting input to have dtype torch.float32"."""
+    bad: dict[str, torch.dtype] = {}
+    for key, spec in specs.items():
+        dtype = getattr(spec, "dtype", None)
+        if dtype is None or dtype.is_floating_point:
+            continue
+        node = key[0] if isinstance(key, tuple) else key
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.dtype not in QUANTIZABLE_DTYPES:
+            bad.setdefault(layer_name(key[1] if isinstance(key, tuple) else key), val.dtype)
+    if bad:
+        dtypes = sorted({str(d) for d in bad.values()})
+        raise UnsupportedModelError(
+            f"the quantizer annotated {len(bad)} layer(s) computing in {', '.join(dtypes)}: "
+            f"{', '.join(sorted(bad))}. int8 quantization starts from float32 values. Fix: "
+            "model = model.float() and export with float32 example inputs (for bf16 compute, keep "
+            "the model float32 and compile under torch.autocast('cpu', dtype=torch.bfloat16))."
+        )
+
+
 def _shareable(spec: Any) -> bool:
     return isinstance(spec, (QuantizationSpec, FixedQParamsQuantizationSpec))
 
@@ -145,6 +172,7 @@ def group_keys(specs: dict[Any, Any]) -> tuple[_UnionFind, dict[Any, Any]]:
 def insert_observers(gm: GraphModule, is_qat: bool) -> dict[Any, Any]:
     """Insert one call_module per observed edge/output; returns key -> observer instance."""
     specs = collect_specs(gm)
+    check_dtypes(specs)
     uf, group_spec = group_keys(specs)
     observers: dict[Any, Any] = {}
     names: dict[Any, str] = {}

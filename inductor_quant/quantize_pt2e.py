@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from typing import Union
 
+import torch
 from torch import nn
 from torch.export import ExportedProgram
 from torch.fx import GraphModule
 
 from .bn_folding import fold_bn_into_conv
 from .convert import convert_observed
-from .errors import QuantizationFlowError, not_exported
-from .export_utils import allow_train_eval
+from .errors import QuantizationFlowError, UnsupportedModelError, not_exported
+from .export_utils import InputCheck, PreparedCompileWarning, allow_train_eval
 from .prepare import insert_observers
 from .qat import simulate_conv_bn_fold
 from .quantizer.quantizer import Quantizer
@@ -35,6 +36,36 @@ def _graph_module(model: Union[GraphModule, ExportedProgram, nn.Module], fn: str
     return model
 
 
+def _has_qdq(gm: GraphModule) -> bool:
+    """The graph already holds quantize/dequantize ops (a converted model that lost its stage
+    marker, e.g. through torch.export.save/load)."""
+    qd = torch.ops.quantized_decomposed
+    qdq = {qd.quantize_per_tensor, qd.dequantize_per_tensor, qd.quantize_per_channel, qd.dequantize_per_channel}
+    return any(n.op == "call_function" and getattr(n.target, "overloadpacket", None) in qdq for n in gm.graph.nodes)
+
+
+def _check_weights(gm: GraphModule, fn: str) -> None:
+    """Weights must be real tensors on one device: `meta` parameters (a model built under
+    torch.device("meta") whose weights were never loaded) or a model split across devices would
+    calibrate garbage or fail deep inside an observer."""
+    tensors = list(gm.named_parameters()) + list(gm.named_buffers())
+    meta = [name for name, t in tensors if t.device.type == "meta"]
+    if meta:
+        raise UnsupportedModelError(
+            f"{fn}: {len(meta)} parameter(s)/buffer(s) are on the meta device (they hold no data), e.g. "
+            f"{', '.join(repr(m) for m in meta[:3])}. Fix: materialize and load the weights before "
+            "export, e.g. model.to_empty(device='cpu'); model.load_state_dict(state_dict)."
+        )
+    devices = sorted({str(t.device) for _, t in tensors})
+    if len(devices) > 1:
+        first = {d: next(n for n, t in tensors if str(t.device) == d) for d in devices}
+        raise UnsupportedModelError(
+            f"{fn}: the model's weights are on several devices ({', '.join(f'{n!r} on {d}' for d, n in first.items())}). "
+            "Fix: move the whole model to one device before export (model.to('cpu')); the int8 "
+            "oneDNN kernels run on CPU."
+        )
+
+
 def _prepare(model, quantizer: Quantizer, is_qat: bool, fn: str) -> GraphModule:
     gm = _graph_module(model, fn)
     if not isinstance(quantizer, Quantizer):
@@ -50,6 +81,14 @@ def _prepare(model, quantizer: Quantizer, is_qat: bool, fn: str) -> GraphModule:
             f"{fn}: this model was already {stage}. Fix: prepare a freshly exported model "
             "(torch.export.export(float_model, example_inputs).module())."
         )
+    if _has_qdq(gm):
+        raise QuantizationFlowError(
+            f"{fn}: this model already contains quantize/dequantize ops (it is a converted model, "
+            "e.g. loaded with torch.export.load); quantizing it again would quantize twice. Fix: "
+            "compile/run it as it is, or prepare the float model: "
+            "torch.export.export(float_model, example_inputs).module()."
+        )
+    _check_weights(gm, fn)
     gm = quantizer.transform_for_annotation(gm)
     if not is_qat:
         fold_bn_into_conv(gm)
@@ -60,6 +99,8 @@ def _prepare(model, quantizer: Quantizer, is_qat: bool, fn: str) -> GraphModule:
     edge_or_node_to_obs = insert_observers(gm, is_qat)
     quantizer.prepare_obs_or_fq_callback(gm, edge_or_node_to_obs)
     gm.meta[STAGE] = "prepared for QAT" if is_qat else "prepared"
+    InputCheck.attach(gm)
+    PreparedCompileWarning.attach(gm)
     return allow_train_eval(gm)
 
 
@@ -94,12 +135,19 @@ def convert_pt2e(
             "convert_pt2e: this model is already converted (convert_pt2e was called twice). "
             "Fix: use the first result, or convert a copy: convert_pt2e(copy.deepcopy(prepared))."
         )
+    if stage is None and _has_qdq(gm):
+        raise QuantizationFlowError(
+            "convert_pt2e: this model already contains quantize/dequantize ops and no observers: it "
+            "is already converted (e.g. loaded with torch.export.load). Fix: use it as it is "
+            "(inductor_quant.passes.install() before torch.compile of a loaded model)."
+        )
     if stage is None:
         raise QuantizationFlowError(
             "convert_pt2e: this model has no observers (it was not prepared). Fix: "
             "prepared = prepare_pt2e(exported_model, quantizer); calibrate; convert_pt2e(prepared)."
         )
     convert_observed(gm, fold_quantize)
+    PreparedCompileWarning.detach(gm)
     gm.meta[STAGE] = "converted"
     allow_train_eval(gm)
     from . import passes
