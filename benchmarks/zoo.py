@@ -235,8 +235,14 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("mobilenet_v2", MobileNetV2, _images(), (1, 16), channels_last=True, convs=52, linears=1),
         ZooEntry("vit_b16", ViT, _images(), (1, 16), convs=1, linears=12 * 6 + 1),
         ZooEntry("bert_base", BertEncoder, _tokens(), (1, 8), linears=72),
+        # tiny variants for smoke runs (`bench --quick`) and tests: same code paths, seconds to compile
+        ZooEntry("resnet_tiny", lambda: ResNet((1, 1, 1, 1), num_classes=10, width=8), _images(32), (2,),
+                 channels_last=True, convs=17, linears=1),
+        ZooEntry("bert_tiny", lambda: BertEncoder(layers=2, hidden=64, heads=4, mlp=128, vocab=100, max_len=64),
+                 _tokens(16, 100), (2,), linears=12),
     )
 }
+QUICK = ("resnet_tiny", "bert_tiny")
 
 
 def build(name: str, batch_size: int, seed: int = 0) -> tuple[nn.Module, tuple]:

@@ -29,7 +29,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from inductor_quant.benchmarks import runner, zoo
 
     torch.set_num_threads(args.threads)
-    models = args.models or (["resnet50"] if args.quick else list(zoo.ZOO))
+    models = args.models or list(zoo.QUICK if args.quick else (n for n in zoo.ZOO if n not in zoo.QUICK))
     modes = args.modes or list(runner.MODES)
     runs, warmup = (3, 1) if args.quick else (args.runs, args.warmup)
     progress = _progress(args.quiet)
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--runs", type=int, default=20)
     b.add_argument("--warmup", type=int, default=3)
-    b.add_argument("--quick", action="store_true", help="smoke run: one small config, 3 runs")
+    b.add_argument("--quick", action="store_true", help="smoke run: tiny models, one batch size, 3 runs")
     b.add_argument("--chart", action="store_true", help="also write a PNG bar chart (needs matplotlib)")
     b.add_argument("--out", default="results/bench", help="output prefix for .jsonl/.md/.png")
     b.set_defaults(func=cmd_bench)

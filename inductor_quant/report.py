@@ -22,8 +22,8 @@ __all__ = ["FusionReport", "fusion_report", "onednn_op_calls", "fp32_compute_cal
 # and C++-wrapper code (aoti_torch_cpu_<op>... shims, or the boxed dispatcher naming the op).
 _ONEDNN_OP = re.compile(r"torch\.ops\.onednn\.(q\w+?)\.\w+\(|aoti_torch_cpu__?(q(?:conv|linear)\w*?pointwise)")
 _FP32_COMPUTE = re.compile(
-    r"extern_kernels\.(convolution|mm|addmm|bmm)\(|aten\.convolution|_convolution_pointwise|_linear_pointwise|"
-    r"mkl_linear|aoti_torch_cpu_(convolution|mm_out|addmm_out|bmm_out)"
+    r"extern_kernels\.(?:convolution|mm|addmm|bmm)\b|aten\.convolution|_convolution_pointwise|_linear_pointwise|"
+    r"mkl_linear|aoti_torch_cpu_(?:convolution|mm_out|addmm_out|bmm_out)"
 )
 
 
@@ -39,7 +39,7 @@ def onednn_op_calls(code: str) -> collections.Counter:
 
 def fp32_compute_calls(code: str) -> collections.Counter:
     """fp32 convolution / GEMM calls left in generated code (float layers, or unfused int8 ones)."""
-    return collections.Counter(next(g for g in m if g) for m in _FP32_COMPUTE.findall(code))
+    return collections.Counter(m.split(".")[-1] for m in _FP32_COMPUTE.findall(code))
 
 
 @dataclass
@@ -100,7 +100,8 @@ def _is_dequantized(node) -> bool:
 def fusion_report(model: torch.nn.Module, example_inputs: tuple, calibration=None, quantizer=None,
                   converted: Optional[torch.fx.GraphModule] = None, cpp_wrapper: bool = False,
                   bf16: bool = False) -> FusionReport:
-    """Quantize `model` (unless `converted` is given), compile it with freezing, and report.
+    """Quantize `model` (unless it, or `converted`, is already a Q/DQ model), compile it with
+    freezing, and report.
 
     Quantized layers are counted on the converted graph (a conv/linear whose weight is
     dequantized), so the report works for models from any PT2E quantizer.
@@ -113,7 +114,11 @@ def fusion_report(model: torch.nn.Module, example_inputs: tuple, calibration=Non
     from .api import _default_quantizer, quantize
     from .quantizer.report import layer_kind
 
+    from .quantize_pt2e import _has_qdq
+
     report = FusionReport(wrapper="cpp" if cpp_wrapper else "python")
+    if converted is None and isinstance(model, torch.fx.GraphModule) and _has_qdq(model):
+        converted = model  # already a Q/DQ model (converted, or loaded with torch.export.load)
     if converted is None:
         quantizer = quantizer or _default_quantizer()
         converted = quantize(model, example_inputs, calibration or [example_inputs], quantizer=quantizer)
