@@ -144,6 +144,40 @@ UNARY = {
 }
 
 
+# --- int8 propagation: q(op(dq(x))) with one set of qparams ------------------------------
+
+
+def dq_maxpool_q(x):
+    return quantize(F.max_pool2d(dq(x), 3, 2, 1))
+
+
+def dq_view_q(x):
+    return quantize(torch.flatten(dq(x), 1))
+
+
+def dq_reshape_q(x):
+    """reshape of a non-contiguous tensor: clone to contiguous, then view."""
+    return quantize(aten.view(aten.clone(dq(x), memory_format=torch.contiguous_format), [1, 144]))
+
+
+def dq_permute_q(x):
+    return quantize(dq(x).permute(0, 2, 3, 1))
+
+
+def dq_cat2_q(a, b):
+    return quantize(torch.cat([dq(a), dq(b)], 1))
+
+
+def dq_cat3_q(a, b, c):
+    return quantize(torch.cat([dq(a), dq(b), dq(c)], 1))
+
+
+def u8_example(n: int, channels_last: bool = False):
+    """channels_last: so a clone to contiguous is not traced away as a no-op."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return [_u8(1, 4, 6, 6).contiguous(memory_format=fmt) for _ in range(n)]
+
+
 def add(y, other):
     return y + other
 

@@ -2,6 +2,7 @@
 
 Phases (Inductor's freezing stage, before torch's own freezing patterns; see install.py):
   promote   a dequantize with several users is duplicated so each chain can fuse
+  propagate q(maxpool|view|permute|cat(dq(x))) with one set of qparams runs on int8 directly
   prepack   dq(x) -> conv / linear(dq(w)) -> onednn.qconv_pointwise / qlinear_pointwise, fp32 out
   unary     fold one unary post-op into the fused op's attributes
   binary    fold add (both operand orders) as a binary post-op
@@ -27,7 +28,7 @@ from . import stats as S
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
 
-PHASES = ("promote", "prepack", "unary", "binary", "binary_unary", "output")
+PHASES = ("promote", "propagate", "prepack", "unary", "binary", "binary_unary", "output")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,12 +84,21 @@ def _post_op_fusions():
         yield Fusion(f"post.output.quant{dt}", "output", P.quantize, ex, R.check_output_quant, R.fold_output_quant)
 
 
+def _propagation_fusions():
+    for name, fn, example in (
+        ("maxpool2d", P.dq_maxpool_q, (P.u8_example, 1)), ("reshape", P.dq_reshape_q, (P.u8_example, 1, True)),
+        ("view", P.dq_view_q, (P.u8_example, 1)), ("permute", P.dq_permute_q, (P.u8_example, 1)),
+        ("cat3", P.dq_cat3_q, (P.u8_example, 3)), ("cat2", P.dq_cat2_q, (P.u8_example, 2)),
+    ):
+        yield Fusion(f"int8.{name}", "propagate", fn, example, R.check_same_qparams, R.propagate_int8)
+
+
 @functools.cache
 def fusions() -> tuple:
     """The table. A dtype variant whose traced pattern equals an earlier one in the same phase
     (no casts in its decomposition) is dropped: the earlier id covers both dtypes."""
     seen, table = set(), []
-    for f in (*_prepack_fusions(), *_post_op_fusions()):
+    for f in (*_propagation_fusions(), *_prepack_fusions(), *_post_op_fusions()):
         key = (f.phase, str(f.pattern()))
         if key not in seen:
             seen.add(key)

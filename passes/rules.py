@@ -17,7 +17,7 @@ from torch.fx.experimental.symbolic_shapes import free_symbols
 from inductor_quant.kernels import onednn as K
 
 from . import stats as S
-from .fused import Fused, call, record, replace_with
+from .fused import Fused, call, propagate_fake, record, replace_with
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
@@ -138,6 +138,36 @@ def check_float_compute(anchor) -> Optional[str]:
     if v is None or v.dtype not in (torch.float32, torch.bfloat16):
         return "conv/linear computes in a dtype other than fp32/bf16"
     return None
+
+
+# --- int8 propagation ----------------------------------------------------------------------
+
+_QPARAM_KEYS = ("scale", "zero_point", "quant_min", "quant_max", "dtype")
+
+
+def check_same_qparams(match: Match) -> Optional[str]:
+    q = match.output_node()
+    dqs = [n for n in match.nodes if n.target in ACT_DQ]
+    if q.target is not qd.quantize_per_tensor.default or any(d.target is not ACT_DQ[0] for d in dqs):
+        return "int8 propagation needs scalar qparams"
+    want = tuple(args_of(q)[k] for k in _QPARAM_KEYS)
+    if want[4] not in ACT_RANGE or any(tuple(args_of(d)[k] for k in _QPARAM_KEYS) != want for d in dqs):
+        return "inputs and output quantized differently"
+    return None
+
+
+def propagate_int8(match: Match) -> None:
+    # q(op(dq(x))) -> op(x)   exact: max, views and cat commute with a shared affine dequantize
+    q, dqs = match.output_node(), [n for n in match.nodes if n.target in ACT_DQ]
+    for d in dqs:
+        d.replace_all_uses_with(d.args[0])
+        d.graph.erase_node(d)
+    inner = q.args[0]
+    q.replace_all_uses_with(inner)
+    q.graph.erase_node(q)
+    for n in match.graph.nodes:  # graph order: re-derive the int8 fake values
+        if n in match.nodes and not n._erased:
+            propagate_fake(n)
 
 
 # --- prepack -------------------------------------------------------------------------------

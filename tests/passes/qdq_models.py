@@ -136,3 +136,34 @@ class QDQLayer(nn.Module):
             residual = residual.contiguous(memory_format=torch.channels_last)
         # under autocast a residual from another bf16 layer is bf16 (a dq residual stays fp32)
         return x, residual.to(torch.bfloat16) if bf16 and self.v.binary != "add_dq" else residual
+
+
+class Int8Ops(nn.Module):
+    """maxpool, cat, flatten and permute between q/dq pairs sharing qparams, then a linear.
+    form 2: cat of three, then a plain (contiguous) flatten."""
+
+    def __init__(self, form: int = 1):
+        super().__init__()
+        self.form = form
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("w", torch.randint(-127, 128, (6, 8 * 4 * 4), dtype=torch.int8, generator=g))
+        self.register_buffer("w_scale", torch.rand(6, generator=g) / 400)
+        self.register_buffer("w_zp", torch.zeros(6, dtype=torch.int64))
+
+    def forward(self, x, x2):
+        if self.form == 2:
+            parts = [q_dq(t, X_SCALE, X_ZP) for t in (x[:, :3, ::2, ::2], x2[:, :3], x2[:, 3:] * 2)]
+            f = q_dq(torch.flatten(q_dq(torch.cat(parts, 1), X_SCALE, X_ZP), 1), X_SCALE, X_ZP)
+            w = qd.dequantize_per_channel.default(self.w, self.w_scale, self.w_zp, 0, -128, 127, torch.int8)
+            return F.linear(f, w[:, :112])
+        a = q_dq(F.max_pool2d(q_dq(x, X_SCALE, X_ZP), 3, 2, 1), X_SCALE, X_ZP)
+        c = q_dq(torch.cat([a, q_dq(x2, X_SCALE, X_ZP)], 1), X_SCALE, X_ZP)
+        c = q_dq(c.permute(0, 2, 3, 1), X_SCALE, X_ZP)
+        f = q_dq(torch.flatten(c, 1), X_SCALE, X_ZP)
+        w = qd.dequantize_per_channel.default(self.w, self.w_scale, self.w_zp, 0, -128, 127, torch.int8)
+        return F.linear(f, w)
+
+    @staticmethod
+    def example_inputs():
+        g = torch.Generator().manual_seed(1)
+        return torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 4, 4, generator=g)

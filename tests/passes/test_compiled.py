@@ -63,3 +63,14 @@ def test_cpp_wrapper(vid, dtype):
     model = QDQLayer(variant).eval()
     check(variant, DTYPES[dtype],
           *compile_and_run(model, model.example_inputs(DTYPES[dtype]), cpp_wrapper=True, bf16=DTYPES[dtype]))
+
+
+@pytest.mark.parametrize("cpp_wrapper", [False, True], ids=["py", "cpp"])
+def test_int8_propagation_compiled(cpp_wrapper):
+    from qdq_models import Int8Ops
+    model = Int8Ops().eval()
+    ref, out, code, stats = compile_and_run(model, Int8Ops.example_inputs(), cpp_wrapper=cpp_wrapper)
+    assert all(stats["fused"].get(i) == 1 for i in ("int8.maxpool2d", "int8.cat2", "int8.permute", "int8.reshape"))
+    assert onednn_calls(code, "qlinear_pointwise") == 1 and not FP32_COMPUTE.search(code)
+    assert "aoti_torch_call_dispatcher" not in code  # no boxed-dispatcher fallback in the C++ wrapper
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

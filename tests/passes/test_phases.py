@@ -83,6 +83,31 @@ def test_int8_activation_conv_is_shifted_to_uint8():
         torch.testing.assert_close(gm(*flat), model(*flat[-1:]), atol=2e-3, rtol=1e-3)
 
 
+INT8_IDS = ("int8.maxpool2d", "int8.cat2", "int8.permute", "int8.reshape")
+
+
+def test_int8_propagation():
+    from qdq_models import Int8Ops
+    model = Int8Ops().eval()
+    gm, flat, stats = rewrite(model, model.example_inputs())
+    assert all(stats["fused"].get(i) == 1 for i in INT8_IDS), stats
+    t = targets(gm)
+    # only the two input quantizes remain; no dequantize of an activation
+    assert t["quantized_decomposed.quantize_per_tensor.default"] == 2, gm.code
+    assert t["quantized_decomposed.dequantize_per_tensor.default"] == 0, gm.code
+    with torch.no_grad():
+        torch.testing.assert_close(gm(*flat), model(*flat[-2:]), atol=1e-5, rtol=1e-5)
+
+
+def test_int8_propagation_cat3_view():
+    from qdq_models import Int8Ops
+    model = Int8Ops(form=2).eval()
+    gm, flat, stats = rewrite(model, model.example_inputs())
+    assert stats["fused"].get("int8.cat3") == 1 and stats["fused"].get("int8.view") == 1, stats
+    with torch.no_grad():
+        torch.testing.assert_close(gm(*flat), model(*flat[-2:]), atol=1e-5, rtol=1e-5)
+
+
 def test_every_fusion_id_fired():
     """Layer d: every registered id fires on some variant (re-runs the cheap rewrites if the
     parametrized tests above were deselected)."""
@@ -93,5 +118,7 @@ def test_every_fusion_id_fired():
                 rewrite(model, model.example_inputs(bf16), bf16)
         rewrite(TwoBranch().eval(), (torch.randn(2, 8, 7, 7),))
         test_int8_activation_conv_is_shifted_to_uint8()
+        test_int8_propagation()
+        test_int8_propagation_cat3_view()
     missing = set(iq_passes.fusion_ids()) - set(FIRED)
     assert not missing, f"registered but never fired in the unit layer: {sorted(missing)}"
