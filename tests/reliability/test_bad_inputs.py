@@ -325,6 +325,28 @@ def test_in_place_ops(catalogue):
         _close(c, e, q)
 
 
+def test_in_place_op_on_the_model_input_is_kept():
+    """x.relu_() on the input mutates the caller's tensor in float; the converted model does the same."""
+
+    class MutatesInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x.relu_()
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    model, x = MutatesInput().eval(), torch.randn(2, 8)
+    q = ptq(model, (x.clone(),))
+    a, b = x.clone(), x.clone()
+    with torch.no_grad():
+        float_out, q_out = model(a), q(b)
+    assert torch.equal(a, b) and torch.equal(b, x.relu())
+    assert sqnr(float_out, q_out) >= 25
+
+
 def test_constant_activation(catalogue):
     q = catalogue["q"]
     for n in q.graph.nodes:
