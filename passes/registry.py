@@ -115,8 +115,13 @@ def _entry(fusion: Fusion) -> GraphPatternEntry:
         fusion.rewrite(match)
         S.count(fusion.id)
 
-    return GraphPatternEntry(pattern=fusion.pattern(), extra_check=lambda m: fusion.check(m) is None,
-                             handler=handler)
+    def check(match: Match) -> bool:
+        reason = fusion.check(match)
+        if reason:  # kept on the anchor so the unfused report can say why
+            match.output_node().meta["inductor_quant_reason"] = f"{fusion.id}: {reason}"
+        return reason is None
+
+    return GraphPatternEntry(pattern=fusion.pattern(), extra_check=check, handler=handler)
 
 
 @functools.cache
@@ -174,7 +179,10 @@ def report_unfused(graph: torch.fx.Graph, reason: Optional[str] = None) -> None:
 
 
 def _why(node: torch.fx.Node) -> str:
-    """Name the first prepack check a leftover quantized layer fails."""
+    """Name the check a leftover quantized layer failed (or the first prepack check it fails)."""
+    for n in [node, *node.users]:
+        if "inductor_quant_reason" in n.meta:
+            return n.meta["inductor_quant_reason"]
     if node.target not in (aten.convolution.default, aten.addmm.default, aten.mm.default):
         return f"no pattern matched this form (weight consumed by {node.target})"
     x = node.args[1] if node.target is aten.addmm.default else node.args[0]

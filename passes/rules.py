@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.fx
 from torch._inductor.pattern_matcher import Match
-from torch.fx.experimental.symbolic_shapes import free_symbols
+from torch.fx.experimental.symbolic_shapes import free_symbols, statically_known_true
 
 from inductor_quant.kernels import onednn as K
 
@@ -45,6 +45,10 @@ def node_of(match: Match, *targets) -> Optional[torch.fx.Node]:
 
 def val(node):
     return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+
+
+def _same_dims(a, b) -> bool:
+    return len(a) == len(b) and all(statically_known_true(x == y) for x, y in zip(a, b))
 
 
 def _static_shape(node) -> Optional[list]:
@@ -217,9 +221,9 @@ def check_dq_linear(match: Match) -> Optional[str]:
         if n.target is aten.sum.dim_IntList and list(n.args[1]) != [0]:
             return "one-row linear summed over an unexpected dim"
     views = [n for n in match.nodes if n.target is aten.view.default]
-    if views:  # N-D input flattened to 2-D and back: leading dims must round-trip
-        x_shape, out_shape = _static_shape(match.kwargs["x"]), _static_shape(match.output_node())
-        if x_shape is None or out_shape is None or x_shape[:-1] != out_shape[:-1]:
+    if views:  # N-D input flattened to 2-D and back: leading dims must round-trip (symbolic ok)
+        vx, vo = val(match.kwargs["x"]), val(match.output_node())
+        if vx is None or vo is None or not _same_dims(vx.shape[:-1], vo.shape[:-1]):
             return "N-D linear whose output view does not restore the input's leading dims"
     return (check_float_compute(match.output_node()) or check_act_dq(_act_dq(match), "qlinear")
             or check_weight_dq(_weight_dq(match)))
@@ -356,8 +360,21 @@ def check_output_quant(match: Match) -> Optional[str]:
     if val(match.kwargs["y"]).dtype not in (torch.float32, torch.bfloat16):
         return "fused result is not fp32/bf16"
     if f.binary is not None:
-        return "binary post-op with requantized output needs a uint8 extra input"
+        extra = _quantized_extra(f)
+        if extra is None or extra[1] != a["dtype"]:
+            return "binary post-op with requantized output: extra input is not dq(int8) of the output dtype"
     return None
+
+
+def _quantized_extra(f: Fused):
+    """(int8 tensor, its dtype, its QParams) when the binary extra input is dq(int8), else None."""
+    o = f.other
+    if o.target is aten.clone.default:
+        o = o.args[0]
+    if o.target is not qd.dequantize_per_tensor.default:
+        return None
+    a = args_of(o)
+    return o.args[0], a["dtype"], K.QParams(float(a["scale"]), int(a["zero_point"]))
 
 
 def fold_output_quant(match: Match) -> None:
@@ -365,5 +382,12 @@ def fold_output_quant(match: Match) -> None:
     q = match.output_node()
     a = args_of(q)
     out = K.Output(a["dtype"], float(a["scale"]), int(a["zero_point"]))
-    replace_with(q, dataclasses.replace(record(match.kwargs["y"]), out=out))
+    f = dataclasses.replace(record(match.kwargs["y"]), out=out)
+    if f.binary is not None:
+        # q(post(y + dq(r))) -> fused(..., sum with r int8 at its own qparams)   `sum` writes into its copy
+        r, _, rq = _quantized_extra(f)
+        fmt = torch.channels_last if f.kind == "qconv" else torch.contiguous_format
+        f = dataclasses.replace(f, other=call(q.graph, q, aten.clone.default, r, memory_format=fmt),
+                                binary=dataclasses.replace(f.binary, name="sum", other=rq))
+    replace_with(q, f)
     _erase_matched(match)

@@ -114,9 +114,9 @@ class QDQLayer(nn.Module):
             y = F.linear(x, self.weight(), self.b)
         y = POST[v.post](y)
         if v.binary:
-            r = q_dq(residual, R_SCALE, R_ZP) if v.binary == "add_dq" else residual
+            r = q_dq(residual, R_SCALE, R_ZP) if v.binary.startswith("add_dq") else residual
             y = r + y if v.binary == "add_swapped" else y + r
-            if v.binary == "add_relu":
+            if v.binary.endswith("relu"):
                 y = torch.relu(y)
         if v.out_q:
             y = q_dq(y, O_SCALE, O_ZP)
@@ -135,7 +135,7 @@ class QDQLayer(nn.Module):
         if self.v.layer == "conv2d":
             residual = residual.contiguous(memory_format=torch.channels_last)
         # under autocast a residual from another bf16 layer is bf16 (a dq residual stays fp32)
-        return x, residual.to(torch.bfloat16) if bf16 and self.v.binary != "add_dq" else residual
+        return x, residual.to(torch.bfloat16) if bf16 and not self.v.binary.startswith("add_dq") else residual
 
 
 class Int8Ops(nn.Module):

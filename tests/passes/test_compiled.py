@@ -14,7 +14,7 @@ from variants import BY_ID, VARIANTS
 import inductor_quant.passes as iq_passes
 
 ALL_ONEDNN = ("qconv_pointwise", "qconv2d_pointwise", "qlinear_pointwise")
-CPP_SUBSET = ["qconv2d.relu.q", "qconv2d.add.relu", "qconv1d", "qconv3d", "qconv2d.hardswish",
+CPP_SUBSET = ["qconv2d.relu.q", "qconv2d.add.relu", "qconv2d.add.dq.relu.q", "qconv1d", "qconv3d", "qconv2d.hardswish",
               "qlinear.3d.add", "qlinear.gelu.q", "qlinear.wpt", "qlinear.dynamic.3d.relu"]
 DTYPES = {"fp32": False, "bf16": True}
 
@@ -74,3 +74,21 @@ def test_int8_propagation_compiled(cpp_wrapper):
     assert onednn_calls(code, "qlinear_pointwise") == 1 and not FP32_COMPUTE.search(code)
     assert "aoti_torch_call_dispatcher" not in code  # no boxed-dispatcher fallback in the C++ wrapper
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("vid", ["qconv2d.relu.q", "qlinear.3d.add", "qlinear.m1", "qlinear.dynamic"])
+def test_dynamic_batch(vid):
+    """torch.compile(dynamic=True): packed without a fixed input shape; batch 1 included."""
+    v = BY_ID[vid]
+    model = QDQLayer(v).eval()
+    torch._dynamo.reset()
+    iq_passes.reset_stats()
+    compiled = torch.compile(model, dynamic=True)
+    with torch.no_grad():
+        for batch in (3, 1, 2):
+            inputs = [t[:1].expand(batch, *t.shape[1:]).contiguous() + 0.01 * batch for t in model.example_inputs()]
+            torch.testing.assert_close(compiled(*inputs).float(), model(*inputs).float(),
+                                       atol=O_SCALE * 1.01 if v.out_q else 2e-3, rtol=1e-3)
+    stats = iq_passes.stats()
+    kind = "qconv" if v.is_conv else "qlinear"
+    assert stats["unfused"] == [] and any(k.startswith(kind) for k in stats["fused"]), stats

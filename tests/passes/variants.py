@@ -73,6 +73,13 @@ VARIANTS = [
     linear("qlinear.dynamic.3d.nobias", x_shape=(2, 3, 16), dynamic=True, bias=False,
            fusions=("qlinear.dynamic.nd.nobias",)),
     linear("qlinear.dynamic.m1", x_shape=(1, 16), dynamic=True, fusions=("qlinear.dynamic.m1",)),
+    # residual from dq(uint8) and a requantized output: the extra input stays uint8 (sum)
+    conv("qconv2d.add.dq.relu.q", binary="add_dq_relu", out_q=True,
+         fusions=("qconv.prepack", "post.binary.add", "post.binary.relu", "post.output.quant"),
+         ops=((QCONV_BINARY, 1),), bf16_fusions=("qconv.prepack",), bf16_ops=((QCONV, 1),)),
+    linear("qlinear.add.dq.q", binary="add_dq", out_q=True,
+           fusions=("qlinear.prepack.2d", "post.binary.add", "post.output.quant"),
+           bf16_fusions=("qlinear.prepack.2d",)),
     linear("qlinear.q", out_q=True, fusions=("qlinear.prepack.2d", "post.output.quant")),
     linear("qlinear.gelu.q", post="gelu", out_q=True, fusions=("qlinear.prepack.2d", "post.gelu", "post.output.quant")),
     linear("qlinear.3d.add", x_shape=(2, 3, 16), binary="add", fusions=("qlinear.prepack.nd", "post.binary.add")),
