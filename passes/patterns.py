@@ -1,7 +1,7 @@
 """Search functions: plain Python, traced with Inductor's decompositions (`fwd_only`).
 
 Literals in a traced pattern become wildcards, so every dtype / quant range / constant a rule
-depends on is checked in its `check_*` (rules.py). Constants a rule needs by value are bound by
+depends on is checked in its `check_*` (prepack.py, post_ops.py). Constants a rule needs by value are bound by
 name through `scalar_workaround` (each table row lists them with the tracing value).
 """
 

@@ -22,7 +22,8 @@ import torch.fx
 from torch._inductor.pattern_matcher import GraphPatternEntry, Match, PatternMatcherPass
 
 from . import patterns as P
-from . import rules as R
+from . import post_ops as O
+from . import prepack as R
 from . import stats as S
 
 aten = torch.ops.aten
@@ -75,13 +76,13 @@ def _post_op_fusions():
         ex = (P.float_example, 1, torch.bfloat16 if bf16 else torch.float32)
         ex2 = (P.float_example, 2, torch.bfloat16 if bf16 else torch.float32)
         for name, (fn, scalars) in P.UNARY.items():
-            yield Fusion(f"post.{name}{dt}", "unary", fn, ex, R.check_unary(name, False), R.fold_unary(name),
+            yield Fusion(f"post.{name}{dt}", "unary", fn, ex, O.check_unary(name, False), O.fold_unary(name),
                          tuple(scalars.items()))
-        yield Fusion(f"post.binary.add{dt}", "binary", P.add, ex2, R.check_binary, R.fold_binary)
-        yield Fusion(f"post.binary.add.swapped{dt}", "binary", P.add_swapped, ex2, R.check_binary, R.fold_binary)
+        yield Fusion(f"post.binary.add{dt}", "binary", P.add, ex2, O.check_binary, O.fold_binary)
+        yield Fusion(f"post.binary.add.swapped{dt}", "binary", P.add_swapped, ex2, O.check_binary, O.fold_binary)
         yield Fusion(f"post.binary.relu{dt}", "binary_unary", P.UNARY["relu"][0], ex,
-                     R.check_unary("relu", True), R.fold_unary("relu"))
-        yield Fusion(f"post.output.quant{dt}", "output", P.quantize, ex, R.check_output_quant, R.fold_output_quant)
+                     O.check_unary("relu", True), O.fold_unary("relu"))
+        yield Fusion(f"post.output.quant{dt}", "output", P.quantize, ex, O.check_output_quant, O.fold_output_quant)
 
 
 def _propagation_fusions():

@@ -133,6 +133,7 @@ CACHE_CHILD = """
 """
 
 
+@pytest.mark.slow  # three fresh processes (~30 s idle, ~100 s on a loaded machine)
 def test_cache_never_serves_stale_artifact_two_processes(tmp_path):
     env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1"}
     here = os.path.dirname(__file__)

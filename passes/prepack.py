@@ -1,4 +1,6 @@
-"""Checks and rewrites. A `check_*` returns None when the rule may fire, else the reason it may not.
+"""Prepack and int8-propagation rules, and the helpers every rule shares.
+
+A `check_*` returns None when the rule may fire, else the reason it may not.
 
 Handlers read named bindings (`match.kwargs[...]`) and schema-named node arguments (`args_of`),
 never positions.
@@ -6,7 +8,6 @@ never positions.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import torch
@@ -17,7 +18,7 @@ from torch.fx.experimental.symbolic_shapes import free_symbols, statically_known
 from inductor_quant.kernels import onednn as K
 
 from . import stats as S
-from .fused import Fused, call, propagate_fake, record, replace_with
+from .fused import Fused, call, propagate_fake, replace_with
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
@@ -92,7 +93,7 @@ def check_weight_dq(w_dq: torch.fx.Node) -> Optional[str]:
     return None
 
 
-def _users_inside(match: Match, node: torch.fx.Node) -> bool:
+def users_inside(match: Match, node: torch.fx.Node) -> bool:
     inside = set(match.nodes)
     return all(u in inside for u in node.users)
 
@@ -237,157 +238,3 @@ def prepack_qlinear(match: Match) -> None:
     packed = K.qlinear_prepack(lambda op, args: call(out.graph, out, op, *args), match.kwargs["w"], _static_shape(x))
     replace_with(out, Fused("qlinear", x, xq, packed, w_scale, w_zp, match.kwargs.get("b"), out=_float_out(out)))
     match.erase_nodes()
-
-
-def _erase_matched(match: Match) -> None:
-    """Erase the matched post-op nodes and the fused op they consumed (now unused)."""
-    match.erase_nodes()
-    y = match.kwargs["y"]
-    if not y.users:
-        y.graph.erase_node(y)
-
-
-# --- post-op folds -------------------------------------------------------------------------
-
-UNARY_ATTR = {
-    "relu": lambda kw: K.Unary("relu"),
-    "hardtanh": lambda kw: K.Unary("hardtanh", (float(kw["min_val"]), float(kw["max_val"]))),
-    "hardswish": lambda kw: K.Unary("hardswish"),
-    "silu": lambda kw: K.Unary("swish"),
-    "gelu": lambda kw: K.Unary("gelu", (), "none"),
-    "gelu_tanh": lambda kw: K.Unary("gelu", (), "tanh"),
-    "leaky_relu": lambda kw: K.Unary("leaky_relu", (float(kw["slope"]),)),
-    "tanh": lambda kw: K.Unary("tanh"),
-}
-# constants the decomposed forms must have (bound by name in patterns.UNARY)
-UNARY_CONSTANTS = {
-    "hardswish": {"three": 3, "six": 6},
-    "silu": {"one": 1},
-    "gelu": {"half": 0.5, "sqrt1_2": 0.7071067811865476, "one": 1},
-    "gelu_tanh": {"half": 0.5, "k": 0.7978845608028654, "c": 0.044715, "one": 1},
-}
-
-
-def _check_fold_target(match: Match, f: Optional[Fused]) -> Optional[str]:
-    if f is None:
-        return "input is not a fused oneDNN op"
-    if not _users_inside(match, match.kwargs["y"]):
-        return "fused result has other users"
-    if f.out.quantized:
-        return "output already requantized"
-    return None
-
-
-def check_unary(name: str, after_binary: bool):
-    def check(match: Match) -> Optional[str]:
-        f = record(match.kwargs["y"])
-        reason = _check_fold_target(match, f)
-        if reason:
-            return reason
-        attr = UNARY_ATTR[name](match.kwargs)
-        rank = len(f.geom.stride) if f.geom else 0
-        if after_binary and name != "relu" or not K.accepts_unary(f.kind, rank, attr.name):
-            where = f"{f.kind}{'%dd' % rank if rank else ''}" + (" after a binary op" if after_binary else "")
-            return f"oneDNN {where} does not take post-op {name}"
-        taken = f.binary.unary.name if after_binary else f.unary.name
-        if (f.binary is not None) != after_binary or taken != "none":
-            return "post-op slot taken"
-        for k, v in UNARY_CONSTANTS.get(name, {}).items():
-            if match.kwargs.get(k) != v:
-                return f"{name}: constant {k}={match.kwargs.get(k)} is not {v}"
-        return None
-
-    return check
-
-
-def fold_unary(name: str):
-    def rewrite(match: Match) -> None:
-        # post(fused(...)) -> fused(..., attr=post)
-        f = record(match.kwargs["y"])
-        u = UNARY_ATTR[name](match.kwargs)
-        if f.binary is None:
-            f = dataclasses.replace(f, unary=u)
-        else:
-            f = dataclasses.replace(f, binary=dataclasses.replace(f.binary, unary=u))
-        replace_with(match.output_node(), f)
-        _erase_matched(match)
-
-    return rewrite
-
-
-def check_binary(match: Match) -> Optional[str]:
-    f, other = record(match.kwargs["y"]), match.kwargs["other"]
-    reason = _check_fold_target(match, f)
-    if reason:
-        return reason
-    if f.binary is not None or f.unary.name != "none":
-        return "post-op slot taken"
-    if not isinstance(other, torch.fx.Node) or val(other) is None:
-        return "extra input is not a tensor"
-    if record(other) is not None and other in match.nodes:
-        return "extra input is inside the match"
-    vy, vo = val(match.kwargs["y"]), val(other)
-    if vo.dtype != vy.dtype or list(vo.shape) != list(vy.shape):
-        return "extra input differs in dtype or shape (broadcast add)"
-    if f.kind == "qconv" and len(f.geom.stride) not in K.QCONV_BINARY_RANKS:
-        return "binary post-op: qconv2d only"
-    return None
-
-
-def fold_binary(match: Match) -> None:
-    # add(fused(...), other) -> fused(..., binary=sum|add, other)   conv `sum` writes into its copy of other
-    f, other, out = record(match.kwargs["y"]), match.kwargs["other"], match.output_node()
-    if f.kind == "qconv":
-        other = call(out.graph, out, aten.clone.default, other, memory_format=torch.channels_last)
-        binary = K.Binary("sum")
-    else:
-        binary = K.Binary("add")
-    replace_with(out, dataclasses.replace(f, binary=binary, other=other))
-    _erase_matched(match)
-
-
-def check_output_quant(match: Match) -> Optional[str]:
-    f = record(match.kwargs["y"])
-    reason = _check_fold_target(match, f)
-    if reason:
-        return reason
-    q = match.output_node()
-    a = args_of(q)
-    if q.target is not qd.quantize_per_tensor.default or not isinstance(a["scale"], (int, float)):
-        return "output quantize is not per-tensor with scalar qparams"
-    if a["dtype"] not in ACT_RANGE or (a["quant_min"], a["quant_max"]) != ACT_RANGE[a["dtype"]]:
-        return "output quant range is not full-range u8/s8"
-    if val(match.kwargs["y"]).dtype not in (torch.float32, torch.bfloat16):
-        return "fused result is not fp32/bf16"
-    if f.binary is not None:
-        extra = _quantized_extra(f)
-        if extra is None or extra[1] != a["dtype"]:
-            return "binary post-op with requantized output: extra input is not dq(int8) of the output dtype"
-    return None
-
-
-def _quantized_extra(f: Fused):
-    """(int8 tensor, its dtype, its QParams) when the binary extra input is dq(int8), else None."""
-    o = f.other
-    if o.target is aten.clone.default:
-        o = o.args[0]
-    if o.target is not qd.dequantize_per_tensor.default:
-        return None
-    a = args_of(o)
-    return o.args[0], a["dtype"], K.QParams(float(a["scale"]), int(a["zero_point"]))
-
-
-def fold_output_quant(match: Match) -> None:
-    # q(fused(...)) -> fused(..., out=(dtype, scale, zp))
-    q = match.output_node()
-    a = args_of(q)
-    out = K.Output(a["dtype"], float(a["scale"]), int(a["zero_point"]))
-    f = dataclasses.replace(record(match.kwargs["y"]), out=out)
-    if f.binary is not None:
-        # q(post(y + dq(r))) -> fused(..., sum with r int8 at its own qparams)   `sum` writes into its copy
-        r, _, rq = _quantized_extra(f)
-        fmt = torch.channels_last if f.kind == "qconv" else torch.contiguous_format
-        f = dataclasses.replace(f, other=call(q.graph, q, aten.clone.default, r, memory_format=fmt),
-                                binary=dataclasses.replace(f.binary, name="sum", other=rq))
-    replace_with(q, f)
-    _erase_matched(match)
