@@ -326,7 +326,8 @@ def compare(
     """Run float and converted models on `inputs` and report per-layer and end-to-end numerics.
 
     `float_model`: the eval-mode nn.Module (exported here on the first batch) or its exported
-    GraphModule / ExportedProgram. `inputs`: one batch (tensor or tuple) or a list of batches.
+    GraphModule / ExportedProgram (export it with dynamic_shapes if batch shapes differ).
+    `inputs`: one batch (tensor or tuple of positional inputs) or a list of batches.
     With `compiled_model` (e.g. torch.compile(converted_model)), its outputs are compared too.
     """
     batches = _batches(inputs)
