@@ -38,6 +38,12 @@ QLINEAR_UNARY = {"relu", "hardtanh", "hardswish", "swish", "gelu", "leaky_relu",
 QCONV_BINARY_RANKS = {2}  # qconv2d_pointwise.binary only
 
 
+def lowering_accepts_output(x_dtype: torch.dtype, out_dtype: torch.dtype) -> bool:
+    """Inductor 2.13's IR for these ops (mkldnn_ir.py) gives a requantized output the activation's
+    dtype; only fp32/bf16 outputs get their own. So u8 in -> s8 out (or s8 -> u8) would be mislabeled."""
+    return out_dtype in (torch.float32, torch.bfloat16) or out_dtype == x_dtype
+
+
 def accepts_unary(kind: str, conv_rank: int, attr: str) -> bool:
     return attr in (QLINEAR_UNARY if kind == "qlinear" else QCONV_UNARY.get(conv_rank, set()))
 

@@ -142,6 +142,8 @@ def check_output_quant(match: Match) -> Optional[str]:
         return "output quant range is not full-range u8/s8"
     if val(match.kwargs["y"]).dtype not in (torch.float32, torch.bfloat16):
         return "fused result is not fp32/bf16"
+    if val(f.x) is None or not K.lowering_accepts_output(val(f.x).dtype, a["dtype"]):
+        return f"output dtype {a['dtype']} differs from the activation's (Inductor lowering limit)"
     if f.binary is not None:
         extra = _quantized_extra(f)
         if extra is None or extra[1] != a["dtype"]:

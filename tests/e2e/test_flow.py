@@ -97,3 +97,35 @@ def test_fully_fused(converted, mode):
     assert onednn_calls(code, "qlinear_pointwise") == cls.linears
     tol = 0.05 if bf16 else 1e-4  # compiled vs eager converted model
     torch.testing.assert_close(out.float(), ref.float(), atol=tol * ref.abs().max().item(), rtol=0)
+
+
+def _quantizer(kind):
+    from inductor_quant.quantizer import configs
+    from inductor_quant.quantizer.x86_inductor_quantizer import X86InductorQuantizer
+    from inductor_quant.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+    if kind == "dynamic":
+        return X86InductorQuantizer().set_global(configs.get_default_x86_inductor_quantization_config(is_dynamic=True))
+    return XNNPACKQuantizer().set_global(configs.get_symmetric_quantization_config())
+
+
+@pytest.mark.parametrize("kind, cls", [("dynamic", SmallEncoder), ("symmetric", SmallResNet),
+                                       ("symmetric", SmallEncoder)], ids=["dynamic-encoder", "s8-resnet", "s8-encoder"])
+def test_other_quantizers_fully_fused(kind, cls):
+    """Dynamic quantization (runtime activation qparams) and int8-symmetric activations (the
+    XNNPACK-style config: convs get an exact s8->u8 shift) reach our passes too."""
+    torch.manual_seed(0)
+    x = cls.example()
+    model = iq.quantize(cls().eval(), (x,), [(cls.example(),) for _ in range(2)], quantizer=_quantizer(kind))
+    torch._dynamo.reset()
+    iq_passes.reset_stats()
+    with torch.no_grad():
+        ref = model(x)
+        out, codes = run_and_get_code(torch.compile(model), x)
+    code, stats = "\n".join(codes), iq_passes.stats()
+    assert stats["unfused"] == [], stats
+    fused = lambda kind_: sum(c for k, c in stats["fused"].items() if k.startswith(kind_))  # noqa: E731
+    assert fused("qconv.prepack") == cls.convs and fused(("qlinear.prepack", "qlinear.dynamic")) == cls.linears, stats
+    assert onednn_calls(code, "qconv_pointwise") + onednn_calls(code, "qconv2d_pointwise") == cls.convs
+    assert onednn_calls(code, "qlinear_pointwise") == cls.linears
+    torch.testing.assert_close(out, ref, atol=1e-4 * ref.abs().max().item(), rtol=0)
