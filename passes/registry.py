@@ -137,7 +137,7 @@ def phase_passes() -> dict:
     return passes
 
 
-DEQUANTS = (qd.dequantize_per_tensor.default, qd.dequantize_per_channel.default)
+DEQUANTS = (qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor, qd.dequantize_per_channel.default)
 CONSUMER_KIND = {
     aten.convolution.default: "conv", aten.addmm.default: "linear", aten.mm.default: "linear",
     aten.bmm.default: "bmm", aten.mul.Tensor: "linear",

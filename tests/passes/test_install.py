@@ -83,6 +83,19 @@ def test_builtin_switch_removes_and_restores_torch_quantization_patterns():
     assert count() == 0
 
 
+@pytest.mark.parametrize("vid", ["qconv2d.add.dq.relu.q", "qlinear.gelu.q"])
+def test_ours_take_precedence_with_builtins_on(vid):
+    """The default user state (convert_pt2e installs; built-ins untouched): our rules fire first."""
+    v = BY_ID[vid]
+    model = QDQLayer(v).eval()
+    with iq_passes.builtin_fusions(True):
+        ref, out, code, stats = compile_and_run(model, model.example_inputs())
+    assert all(stats["fused"].get(fid) == 1 for fid in v.fusions), stats
+    for op, n in v.ops:
+        assert onednn_calls(code, op) == n
+    torch.testing.assert_close(out.float(), ref.float(), atol=0.051, rtol=1e-3)
+
+
 def test_uuid_tracks_switches():
     p = ours(config.joint_custom_pre_pass)[0]
     base = p.uuid()

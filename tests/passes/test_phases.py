@@ -108,6 +108,16 @@ def test_int8_propagation_cat3_view():
         torch.testing.assert_close(gm(*flat), model(*flat[-2:]), atol=1e-5, rtol=1e-5)
 
 
+def test_unfused_layers_are_reported_with_reason():
+    from variants import conv
+    model = QDQLayer(conv("qconv2d.dynamic", dynamic=True)).eval()
+    gm, flat, stats = rewrite(model, model.example_inputs())
+    assert [(k, r) for k, _, r in stats["unfused"]] == [
+        ("conv", "dynamic (tensor-qparam) activation: fused for linear only")], stats
+    with torch.no_grad():
+        torch.testing.assert_close(gm(*flat), model(*flat[-1:]))
+
+
 def test_every_fusion_id_fired():
     """Layer d: every registered id fires on some variant (re-runs the cheap rewrites if the
     parametrized tests above were deselected)."""
