@@ -47,7 +47,7 @@ def test_int8_qat_within_target(data):
     import copy
 
     model, test_x, test_y, train_x, train_y, _ = data
-    tuned = fm.fit(copy.deepcopy(model).train(), train_x, train_y, steps=100, lr=1e-3).eval()
+    tuned = fm.fit(copy.deepcopy(model).train(), train_x, train_y, steps=50, lr=1e-3).eval()
     fp32 = fm.top1(tuned, test_x, test_y)
-    acc = fm.top1(fm.qat(model, train_x, train_y, steps=100), test_x, test_y)
+    acc = fm.top1(fm.qat(model, train_x, train_y, steps=50), test_x, test_y)
     assert acc >= fp32 - 0.8, (acc, fp32)
