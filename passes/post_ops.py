@@ -109,9 +109,13 @@ def check_binary(match: Match) -> Optional[str]:
         return "extra input is not a tensor"
     if record(other) is not None and other in match.nodes:
         return "extra input is inside the match"
-    vy, vo = val(match.kwargs["y"]), val(other)
-    if vo.dtype != vy.dtype or list(vo.shape) != list(vy.shape):
-        return "extra input differs in dtype or shape (broadcast add)"
+    vy, vo, vout = val(match.kwargs["y"]), val(other), val(match.output_node())
+    if list(vo.shape) != list(vy.shape):
+        return "extra input differs in shape (broadcast add)"
+    # bf16 result + fp32 extra (a dq residual under autocast) promotes to fp32: the fused op
+    # then emits fp32 (its bf16 rounding of y is skipped: within bf16 tolerance, dtype kept)
+    if vo.dtype != vy.dtype and not (vy.dtype == torch.bfloat16 and vo.dtype == vout.dtype == torch.float32):
+        return "extra input differs in dtype"
     if f.kind == "qconv" and len(f.geom.stride) not in K.QCONV_BINARY_RANKS:
         return "binary post-op: qconv2d only"
     return None
@@ -125,7 +129,8 @@ def fold_binary(match: Match) -> None:
         binary = K.Binary("sum")
     else:
         binary = K.Binary("add")
-    replace_with(out, dataclasses.replace(f, binary=binary, other=other))
+    result = K.Output(val(out).dtype) if not f.out.quantized else f.out
+    replace_with(out, dataclasses.replace(f, binary=binary, other=other, out=result))
     _erase_matched(match)
 
 

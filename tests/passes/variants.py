@@ -46,10 +46,8 @@ VARIANTS = [
          ops=((QCONV_BINARY, 1),)),
     conv("qconv2d.add.relu", binary="add_relu", fusions=("qconv.prepack", "post.binary.add", "post.binary.relu"),
          ops=((QCONV_BINARY, 1),)),
-    # bf16: the dq residual is fp32, bf16 + fp32 promotes to fp32; folding would change the
-    # output dtype, so the add stays a separate (correct) op
-    conv("qconv2d.add.dq", binary="add_dq", fusions=("qconv.prepack", "post.binary.add"), ops=((QCONV_BINARY, 1),),
-         bf16_fusions=("qconv.prepack",), bf16_ops=((QCONV, 1),)),
+    # bf16: the dq residual is fp32, bf16 + fp32 promotes to fp32: fused with an fp32 output
+    conv("qconv2d.add.dq", binary="add_dq", fusions=("qconv.prepack", "post.binary.add"), ops=((QCONV_BINARY, 1),)),
     linear("qlinear.2d"),
     linear("qlinear.2d.nobias", bias=False, fusions=("qlinear.prepack.2d.nobias",)),
     linear("qlinear.3d", x_shape=(2, 3, 16), fusions=("qlinear.prepack.nd",)),
@@ -76,10 +74,9 @@ VARIANTS = [
     # residual from dq(uint8) and a requantized output: the extra input stays uint8 (sum)
     conv("qconv2d.add.dq.relu.q", binary="add_dq_relu", out_q=True,
          fusions=("qconv.prepack", "post.binary.add", "post.binary.relu", "post.output.quant"),
-         ops=((QCONV_BINARY, 1),), bf16_fusions=("qconv.prepack",), bf16_ops=((QCONV, 1),)),
+         ops=((QCONV_BINARY, 1),)),
     linear("qlinear.add.dq.q", binary="add_dq", out_q=True,
-           fusions=("qlinear.prepack.2d", "post.binary.add", "post.output.quant"),
-           bf16_fusions=("qlinear.prepack.2d",)),
+           fusions=("qlinear.prepack.2d", "post.binary.add", "post.output.quant")),
     linear("qlinear.q", out_q=True, fusions=("qlinear.prepack.2d", "post.output.quant")),
     linear("qlinear.gelu.q", post="gelu", out_q=True, fusions=("qlinear.prepack.2d", "post.gelu", "post.output.quant")),
     linear("qlinear.3d.add", x_shape=(2, 3, 16), binary="add", fusions=("qlinear.prepack.nd", "post.binary.add")),
