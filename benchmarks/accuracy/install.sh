@@ -5,5 +5,9 @@
 # (The MiniLM/WordNet evaluation of issue 5 will add wordnet-base and its pip packages here.)
 set -eu
 PY="${1:-.venv/bin/python}"
-apt-get install -y dataset-fashion-mnist
-"$PY" -m pip install -q matplotlib   # the `plot` extra: debugger PNGs
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+    apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }
+fi
+if [ -x "$PY" ]; then
+    "$PY" -m pip install -q matplotlib   # the `plot` extra: debugger PNGs
+fi
