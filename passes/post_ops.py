@@ -15,6 +15,7 @@ from torch._inductor.pattern_matcher import Match
 
 from inductor_quant.kernels import onednn as K
 
+from . import patterns as P
 from .fused import Fused, call, record, replace_with
 from .prepack import ACT_RANGE, users_inside, args_of, val
 
@@ -42,13 +43,9 @@ UNARY_ATTR = {
     "leaky_relu": lambda kw: K.Unary("leaky_relu", (float(kw["slope"]),)),
     "tanh": lambda kw: K.Unary("tanh"),
 }
-# constants the decomposed forms must have (bound by name in patterns.UNARY)
-UNARY_CONSTANTS = {
-    "hardswish": {"three": 3, "six": 6},
-    "silu": {"one": 1},
-    "gelu": {"half": 0.5, "sqrt1_2": 0.7071067811865476, "one": 1},
-    "gelu_tanh": {"half": 0.5, "k": 0.7978845608028654, "c": 0.044715, "one": 1},
-}
+# constants bound in patterns.UNARY that are the post-op's arguments; every other bound
+# constant must equal its tracing value (the decomposed form's fixed numbers)
+UNARY_ARGUMENTS = {"hardtanh": {"min_val", "max_val"}, "leaky_relu": {"slope"}}
 
 
 def _check_fold_target(match: Match, f: Optional[Fused]) -> Optional[str]:
@@ -72,11 +69,12 @@ def check_unary(name: str, after_binary: bool):
         if after_binary and name != "relu" or not K.accepts_unary(f.kind, rank, attr.name):
             where = f"{f.kind}{'%dd' % rank if rank else ''}" + (" after a binary op" if after_binary else "")
             return f"oneDNN {where} does not take post-op {name}"
-        taken = f.binary.unary.name if after_binary else f.unary.name
-        if (f.binary is not None) != after_binary or taken != "none":
+        if (f.binary is not None) != after_binary:
             return "post-op slot taken"
-        for k, v in UNARY_CONSTANTS.get(name, {}).items():
-            if match.kwargs.get(k) != v:
+        if (f.binary.unary.name if after_binary else f.unary.name) != "none":
+            return "post-op slot taken"
+        for k, v in P.UNARY[name][1].items():
+            if k not in UNARY_ARGUMENTS.get(name, ()) and match.kwargs.get(k) != v:
                 return f"{name}: constant {k}={match.kwargs.get(k)} is not {v}"
         return None
 

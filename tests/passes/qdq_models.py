@@ -45,6 +45,7 @@ POST = {
     "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
     "leaky_relu": lambda y: F.leaky_relu(y, 0.2),
     "tanh": torch.tanh,
+    "not_hardswish": lambda y: y * (y + 2).clamp(0, 6) / 6,  # hardswish's shape, other constant
 }
 
 

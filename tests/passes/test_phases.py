@@ -108,6 +108,15 @@ def test_int8_propagation_cat3_view():
         torch.testing.assert_close(gm(*flat), model(*flat[-2:]), atol=1e-5, rtol=1e-5)
 
 
+def test_lookalike_post_op_is_not_folded():
+    from variants import conv
+    model = QDQLayer(conv("qconv2d.not_hardswish", post="not_hardswish")).eval()
+    gm, flat, stats = rewrite(model, model.example_inputs())
+    assert set(stats["fused"]) == {"qconv.prepack"} and stats["unfused"] == [], stats
+    with torch.no_grad():
+        torch.testing.assert_close(gm(*flat), model(*flat[-1:]), atol=2e-3, rtol=1e-3)
+
+
 def test_unfused_layers_are_reported_with_reason():
     from variants import conv
     model = QDQLayer(conv("qconv2d.dynamic", dynamic=True)).eval()
