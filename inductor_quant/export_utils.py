@@ -125,10 +125,14 @@ def _dim_spec(size: Any) -> Union[int, tuple]:
 
 class InputCheck:
     """Forward pre-hook: inputs must have the exported rank, static sizes, dynamic ranges, dtype
-    family and device; otherwise InputMismatchError naming the input and the fix."""
+    family and device; otherwise InputMismatchError naming the input and the fix.
+
+    Under Dynamo the stored sizes may be traced as SymInts, and str() of a SymInt does not trace;
+    so every message is made of text prepared at attach time (plus the actual shape only when
+    running eagerly)."""
 
     def __init__(self, specs: list[tuple]):
-        self.specs = specs  # (name, dtype, device, [int | (lo, hi|None)])
+        self.specs = specs  # (name, dtype, device, [int | (lo, hi|None)], [text per dim], shape text)
 
     @staticmethod
     def attach(gm: GraphModule) -> None:
@@ -138,9 +142,13 @@ class InputCheck:
                 continue
             val = node.meta.get("val")
             if not isinstance(val, torch.Tensor):
-                specs.append((node.name, None, None, None))
+                specs.append((node.name, None, None, None, None, None))
                 continue
-            specs.append((node.name, val.dtype, val.device, [_dim_spec(s) for s in val.shape]))
+            dims = [_dim_spec(s) for s in val.shape]
+            texts = [str(d) if isinstance(d, int) else f"[{d[0]}, {'inf' if d[1] is None else d[1]}]" for d in dims]
+            shape = "(" + ", ".join(t if isinstance(d, int) else f"{d[0]}..{'inf' if d[1] is None else d[1]}"
+                                    for d, t in zip(dims, texts)) + ")"
+            specs.append((node.name, val.dtype, val.device, dims, texts, shape))
         if not any(s[1] is not None for s in specs):
             return
         gm.register_forward_pre_hook(InputCheck(specs), prepend=True, with_kwargs=True)
@@ -148,15 +156,12 @@ class InputCheck:
     def __call__(self, mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if kwargs or len(args) != len(self.specs):
             return  # let the exported module's own argument handling report it
-        for x, (name, dtype, device, dims) in zip(args, self.specs):
-            if dtype is None or not isinstance(x, torch.Tensor):
-                continue
-            self._check(x, name, dtype, device, dims)
+        for x, spec in zip(args, self.specs):
+            if spec[1] is not None and isinstance(x, torch.Tensor):
+                self._check(x, *spec)
 
     @staticmethod
-    def _check(x: torch.Tensor, name: str, dtype, device, dims: list) -> None:
-        exported = "(" + ", ".join(str(d) if isinstance(d, int) else f"{d[0]}..{d[1] if d[1] is not None else 'inf'}"
-                                   for d in dims) + ")"
+    def _check(x: torch.Tensor, name: str, dtype, device, dims: list, texts: list, shape: str) -> None:
         if x.device != device:
             raise InputMismatchError(
                 f"input '{name}' is on device {x.device}, but the model was exported and quantized on "
@@ -170,25 +175,32 @@ class InputCheck:
             )
         if x.dim() != len(dims):
             raise InputMismatchError(
-                f"input '{name}' has shape {tuple(x.shape)} ({x.dim()}-D), but the model was exported for "
-                f"{len(dims)}-D inputs of shape {exported}. Fix: pass inputs shaped like the export's example inputs."
+                f"input '{name}' has shape {_actual(x)} ({x.dim()}-D), but the model was exported for "
+                f"{len(dims)}-D inputs of shape {shape}. Fix: pass inputs shaped like the export's "
+                "example inputs."
             )
         for i, (size, want) in enumerate(zip(x.shape, dims)):
             if isinstance(want, int):
                 if size != want:
                     raise InputMismatchError(
-                        f"input '{name}' has shape {tuple(x.shape)}, but the model was exported for shape "
-                        f"{exported}: dim {i} is static ({want}). Fix: use inputs of the exported shape "
+                        f"input '{name}' has shape {_actual(x)}, but the model was exported for shape "
+                        f"{shape}: dim {i} is static ({texts[i]}). Fix: use inputs of the exported shape "
                         "(for calibration too), or " + _DYNAMIC_FIX.format(name=name, dim=i) + "."
                     )
             elif size < want[0] or (want[1] is not None and size > want[1]):
                 raise InputMismatchError(
-                    f"input '{name}' has size {size} in dim {i}, outside the dynamic range "
-                    f"[{want[0]}, {want[1] if want[1] is not None else 'inf'}] it was exported with "
-                    f"(shape {exported}). Fix: keep inputs inside the range, or re-export with a wider "
-                    f"torch.export.Dim(min=..., max=...) and prepare/calibrate/convert again (a calibrated "
-                    "state_dict loads into the new prepared model)."
+                    f"input '{name}' has shape {_actual(x)}: dim {i} is outside the dynamic range "
+                    f"{texts[i]} it was exported with (shape {shape}). Fix: keep inputs inside the "
+                    "range, or re-export with a wider torch.export.Dim(min=..., max=...) and "
+                    "prepare/calibrate/convert again (a calibrated state_dict loads into the new "
+                    "prepared model)."
                 )
+
+
+def _actual(x: torch.Tensor) -> str:
+    if torch.compiler.is_compiling():
+        return "unlike the export"  # sizes are symbolic while tracing
+    return str(tuple(x.shape))
 
 
 class PreparedCompileWarning:
