@@ -3,6 +3,17 @@
 Imported as `inductor_quant.passes`. Importing changes no compiler state; `install()` does.
 See install.py for where the passes run, their precedence over torch's built-in quantization
 fusions, the built-in switch and the cache key; registry.py for the fusion table and order.
+
+    import inductor_quant.passes as iq_passes
+    iq_passes.install()                    # convert_pt2e does this; idempotent
+    iq_passes.set_builtin_fusions(False)   # torch's own quantization fusions off (tests do this)
+    iq_passes.reset_stats()
+    ... torch.compile(model)(x) under torch.no_grad() with torch._inductor.config.freezing = True
+    iq_passes.stats()
+    # {"fused": {"qconv.prepack": 53, "post.relu": 33, ..., "qlinear.prepack.m1": 1},
+    #  "unfused": [("conv" | "linear" | "pool", node name, reason), ...]}
+
+Counts are per fusion id (`fusion_ids()` lists them), per compile since the last reset.
 """
 
 from .builtins import builtin_fusions, builtin_fusions_enabled, set_builtin_fusions

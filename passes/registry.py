@@ -174,9 +174,26 @@ def quantized_compute(graph: torch.fx.Graph) -> list:
     return [c for c in (_consumer(n) for n in graph.nodes if _is_weight_dq(n)) if c is not None]
 
 
+POOLS = {
+    torch.ops.prims._low_memory_max_pool_with_offsets.default: "int8 max pooling needs equal input/output qparams",
+    aten.max_pool2d_with_indices.default: "int8 max pooling needs equal input/output qparams",
+    aten.avg_pool2d.default: "average pooling is not exact on int8 (rounding): left in fp32",
+    aten._adaptive_avg_pool2d.default: "average pooling is not exact on int8 (rounding): left in fp32",
+    aten.mean.dim: "average pooling is not exact on int8 (rounding): left in fp32",
+}
+
+
+def quantized_pools(graph: torch.fx.Graph) -> list:
+    """Pooling ops between a dequantize and a quantize: they run in fp32."""
+    return [n for n in graph.nodes if n.target in POOLS and isinstance(n.args[0], torch.fx.Node)
+            and n.args[0].target in DEQUANTS]
+
+
 def report_unfused(graph: torch.fx.Graph, reason: Optional[str] = None) -> None:
     for node in quantized_compute(graph):
         S.unfused(CONSUMER_KIND.get(node.target, str(node.target)), node.name, reason or _why(node))
+    for node in quantized_pools(graph):
+        S.unfused("pool", node.name, reason or POOLS[node.target])
 
 
 def _why(node: torch.fx.Node) -> str:

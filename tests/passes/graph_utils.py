@@ -12,7 +12,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 def stage_graph(model, inputs, bf16=False):
     """(graph module, its flat real inputs): buffers become placeholders, like the joint stage."""
-    names, bufs = zip(*[(n, b) for n, b in model.named_buffers()])
+    names = [n for n, _ in model.named_buffers()]
+    bufs = [b for _, b in model.named_buffers()]
 
     def fn(*args):
         return torch.func.functional_call(model, dict(zip(names, args[: len(names)])), args[len(names):])

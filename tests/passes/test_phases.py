@@ -127,6 +127,17 @@ def test_unfused_layers_are_reported_with_reason():
         torch.testing.assert_close(gm(*flat), model(*flat[-1:]))
 
 
+class AvgPool(torch.nn.Module):
+    def forward(self, x):
+        return q_dq(torch.nn.functional.avg_pool2d(q_dq(x, X_SCALE, X_ZP), 2), X_SCALE, X_ZP)
+
+
+def test_pools_left_in_fp32_are_reported():
+    gm, flat, stats = rewrite(AvgPool(), (torch.randn(1, 4, 6, 6),))
+    assert [(k, r) for k, _, r in stats["unfused"]] == [
+        ("pool", "average pooling is not exact on int8 (rounding): left in fp32")], stats
+
+
 def test_every_fusion_id_fired():
     """Layer d: every registered id fires on some variant (re-runs the cheap rewrites if the
     parametrized tests above were deselected)."""
