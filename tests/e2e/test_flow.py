@@ -135,3 +135,25 @@ def test_other_quantizers_fully_fused(kind, cls):
     assert onednn_calls(code, "qconv_pointwise") + onednn_calls(code, "qconv2d_pointwise") == cls.convs
     assert onednn_calls(code, "qlinear_pointwise") == cls.linears
     assert sqnr(ref, out) > 30, sqnr(ref, out)
+
+
+@pytest.mark.parametrize("cls", [SmallResNet, SmallEncoder], ids=["resnet", "encoder"])
+def test_dynamic_batch_export(cls):
+    """torch.export.Dim on the batch, then torch.compile(dynamic=True): fused, batch 1 included."""
+    torch.manual_seed(0)
+    x = torch.cat([cls.example()] * 2)
+    batch = torch.export.Dim("batch", min=1, max=16)
+    model = iq.quantize(cls().eval(), (x,), [(x,)], dynamic_shapes=({0: batch},))
+    torch._dynamo.reset()
+    iq_passes.reset_stats()
+    compiled = torch.compile(model, dynamic=True)
+    with torch.no_grad():
+        # the CNN exports with batch >= 2 (export narrows the Dim for it); the encoder takes 1
+        for n in ((4, 2, 3) if cls is SmallResNet else (4, 1, 3)):
+            xn = torch.cat([cls.example() for _ in range(n)])
+            if cls is SmallResNet:
+                xn = xn.contiguous(memory_format=torch.channels_last)
+            assert sqnr(model(xn), compiled(xn)) > 30
+    stats = iq_passes.stats()
+    assert [u for u in stats["unfused"] if u[0] != "pool"] == [], stats
+    assert sum(c for k, c in stats["fused"].items() if ".prepack" in k) >= cls.convs + cls.linears
