@@ -10,7 +10,9 @@ Decision (torch 2.13):
   then turns the weights into constants and its constant folding evaluates the prepack node,
   so the packed weight is a frozen constant (prepacked once, at compile time). The graph is
   the one the freezing patterns would see (same decompositions), so patterns are traced with
-  `fwd_only` like Inductor's own.
+  `fwd_only` like Inductor's own. torch 2.13 has no fake kernels for `onednn.q*_prepack`, and
+  `freeze()` fake-propagates before it folds: install() registers fake kernels for the two
+  prepack ops (kernels/onednn.py), which changes no numerics.
 * Precedence: we run before `freezing_passes`, so torch's built-in freezing-time quantization
   patterns find no dq -> conv/linear left to match. Nothing of torch's is patched.
 * Built-ins off: `builtins.set_builtin_fusions(False)` removes the entries whose handlers live
@@ -43,7 +45,6 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from inductor_quant.kernels import onednn as K
 
 from . import registry
-from . import stats as S
 
 NO_FREEZING = (
     "inductor_quant: quantized conv/linear layers were left unfused (dequantize -> fp32 -> quantize) "
@@ -142,4 +143,4 @@ def reset_warning() -> None:
     _state["warned"] = False
 
 
-__all__ = ["install", "uninstall", "installed", "is_installed", "freezing_active", "S"]
+__all__ = ["install", "uninstall", "installed", "is_installed", "freezing_active"]
