@@ -27,6 +27,9 @@ _FP32_COMPUTE = re.compile(
 )
 
 
+LAYER_OPS = ("conv", "linear")  # unfused entries of these kinds fail --strict; pools etc. are informational
+
+
 def onednn_op_calls(code: str) -> collections.Counter:
     """{"qconv_pointwise": n, "qlinear_pointwise": m, ...} counted in generated wrapper code."""
     found = collections.Counter()
@@ -59,7 +62,7 @@ class FusionReport:
 
     def strict_failures(self) -> list[str]:
         """Quantized conv/linear layers that did not become a oneDNN int8 op."""
-        problems = [f"{node} ({op}): {reason}" for op, node, reason in self.unfused]
+        problems = [f"{node} ({op}): {reason}" for op, node, reason in self.unfused if op in LAYER_OPS]
         quantized = sum(self.annotated.values())
         if not problems and self.int8_layers < quantized:
             problems.append(f"{quantized} layers quantized but only {self.int8_layers} oneDNN int8 calls generated")
@@ -81,7 +84,7 @@ class FusionReport:
         for node, reason in sorted(self.float_layers.items()):
             lines.append(f"  float (quantizer): {node}: {reason}")
         for op, node, reason in self.unfused:
-            lines.append(f"  UNFUSED {op} {node}: {reason}")
+            lines.append(f"  {'UNFUSED' if op in LAYER_OPS else 'fp32'} {op} {node}: {reason}")
         return "\n".join(lines)
 
     def snapshot(self) -> str:

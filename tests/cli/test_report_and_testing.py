@@ -100,6 +100,6 @@ def test_bench_quick_smoke(tmp_path):
         skipped = (r["error"] or "").startswith("skipped")
         assert skipped or (r["error"] is None and r["median_ms"] > 0), r
         if r["mode"] in ("int8", "int8_bf16", "int8_dynamic") and not skipped:
-            assert r["fused"] and not r["unfused"], r
+            assert r["fused"] and not [u for u in r["unfused"] if u[0] in ("conv", "linear")], r
             assert r["cosine"] > 0.98, r
     assert "| resnet_tiny | 2 |" in (tmp_path / "bench.md").read_text()
