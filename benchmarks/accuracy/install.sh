@@ -12,6 +12,11 @@ apt_install() {  # apt_install PACKAGE FILE: install PACKAGE unless FILE is alre
 }
 apt_install dataset-fashion-mnist /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 apt_install wordnet-base /usr/share/wordnet/data.noun
+# CI (.ci/run) calls this in a fresh clone before `make test` has made .venv: make it here
+# (same recipe, torch pinned first), so the pip packages below land in the venv the tests use.
+if [ ! -x "$PY" ] && [ -z "${1:-}" ] && [ -f Makefile ]; then
+    make venv
+fi
 if [ -x "$PY" ]; then
     "$PY" -m pip install -q matplotlib   # the `plot` extra: debugger PNGs
     # Pin the installed torch so no dependency can swap it (e.g. for a CUDA build).
