@@ -49,6 +49,16 @@ def test_sampling_is_seeded_and_disjoint():
     assert len(words) == N + minilm.CALIBRATION and all(d and '"' not in d for _, d in picked)
 
 
+def test_retrieval_ranks_and_fixed_batches():
+    words = torch.nn.functional.normalize(torch.eye(4) + 0.1, dim=-1)
+    definitions = words[[0, 1, 3, 2]]  # definitions 2 and 3 point at each other's word
+    assert minilm.retrieval(definitions, words, ks=(1, 2)) == {"top1": 50.0, "top2": 100.0}
+    ids = torch.ones(minilm.BATCH + 1, minilm.SEQ, dtype=torch.long)
+    inputs = minilm.batches(ids, torch.ones_like(ids))
+    assert [tuple(i.shape) for i, _ in inputs] == [(minilm.BATCH, minilm.SEQ)] * 2
+    assert int(inputs[1][1][1:].sum()) == 2 * (minilm.BATCH - 1)  # pad rows: two real tokens each
+
+
 def test_fp32_retrieves_words(setup):
     _, _, _, fp32 = setup
     scores = minilm.retrieval(fp32[:N], fp32[N:])
