@@ -1,4 +1,5 @@
-"""How our passes get into Inductor: where they run, precedence, the built-in switch, the cache key.
+"""How our passes get into Inductor: where they run, which compiles they rewrite, precedence,
+the built-in switch, the cache key.
 
 Decision (torch 2.13):
 
@@ -13,6 +14,12 @@ Decision (torch 2.13):
   `fwd_only` like Inductor's own. torch 2.13 has no fake kernels for `onednn.q*_prepack`, and
   `freeze()` fake-propagates before it folds: install() registers fake kernels for the two
   prepack ops (kernels/onednn.py), which changes no numerics.
+* Only the freezing compile is rewritten. The same slot also runs inside `partition_fn` when
+  grad is enabled and a parameter (e.g. an fp32 bias) requires grad; grad is disabled there
+  too, so `freezing_active()` alone would accept that graph. It is the joint forward+backward
+  graph (inputs `primals_*` / `tangents_*`, `is_autograd_joint`), never frozen, and the fused
+  ops cannot be lowered in it: we leave it as dq -> fp32 -> q and report it like a
+  non-freezing compile (below).
 * Precedence: we run before `freezing_passes`, so torch's built-in freezing-time quantization
   patterns find no dq -> conv/linear left to match. Nothing of torch's is patched.
 * Built-ins off: `builtins.set_builtin_fusions(False)` removes the entries whose handlers live
@@ -65,15 +72,26 @@ def _source_hash() -> str:
 
 
 def freezing_active() -> bool:
-    """Inductor takes the freezing path exactly when this holds (compile_fx)."""
+    """compile_fx's test for the freezing path, as seen from inside a joint-graph pass. Necessary,
+    not sufficient: the autograd partitioner also runs the joint passes with grad disabled."""
     return bool(config.freezing) and not torch.is_grad_enabled()
+
+
+JOINT_INPUTS = ("primals", "tangents")  # AOTAutograd's names for the joint graph's inputs
+
+
+def is_autograd_joint(graph: torch.fx.Graph) -> bool:
+    """The forward+backward graph `partition_fn` runs the joint passes on (grad-enabled compile of
+    a model with parameters that require grad): inputs `primals_*` / `tangents_*`. The inference
+    graph `fw_compiler_freezing` passes has `arg*_*` inputs. (Trained graphs are never frozen.)"""
+    return any(n.name.startswith(JOINT_INPUTS) for n in graph.find_nodes(op="placeholder"))
 
 
 class QuantFusionPass(CustomGraphPass):
     def __call__(self, graph: torch.fx.Graph) -> None:
         if not _state["installed"]:
             return
-        if freezing_active():
+        if freezing_active() and not is_autograd_joint(graph):
             registry.run(graph)
         elif registry.quantized_compute(graph):
             registry.report_unfused(graph, "freezing off (config.freezing / torch.no_grad())")

@@ -180,14 +180,32 @@ def test_without_freezing_one_warning_and_correct_results():
     assert stats["unfused"] and "freezing off" in stats["unfused"][0][2]
 
 
-def test_grad_enabled_compile_warns_and_is_correct():
+@pytest.mark.parametrize("builtins", [False, True], ids=["builtins-off", "builtins-on"])
+@pytest.mark.parametrize("bias_requires_grad", [False, True], ids=["inference-graph", "autograd-graph"])
+def test_grad_enabled_compile_warns_and_is_correct(bias_requires_grad, builtins):
+    """Grad enabled + freezing: a parameter that requires grad sends Inductor through the autograd
+    path, whose partitioner runs our pass on the joint graph with grad disabled; that graph is
+    not frozen and must be left alone (not rewritten into onednn ops that cannot lower there)."""
     model = QDQLayer(BY_ID["qlinear.relu"]).eval()
+    if bias_requires_grad:  # as in a converted model: the fp32 bias is a parameter
+        b = model.b
+        del model.b
+        model.b = torch.nn.Parameter(b)
     (x,) = model.example_inputs()
+    with iq_passes.builtin_fusions(builtins):
+        _grad_enabled_compile(model, x)
+
+
+def _grad_enabled_compile(model, x):
     reset_warning()
     torch._dynamo.reset()
     with config.patch(**NO_CACHES), torch._functorch.config.patch(enable_autograd_cache=False), \
             warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        iq_passes.reset_stats()
+        assert torch.is_grad_enabled()
         out = torch.compile(model)(x)
     assert sum(NO_FREEZING in str(w.message) for w in caught) == 1
+    assert [u[:1] + u[2:] for u in iq_passes.stats()["unfused"]] == [
+        ("linear", "freezing off (config.freezing / torch.no_grad())")], iq_passes.stats()
     torch.testing.assert_close(out, model(x))

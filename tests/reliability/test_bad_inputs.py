@@ -438,11 +438,6 @@ def test_grad_enabled_compile_inference_model_warns_once_and_is_correct(our_pass
         torch.testing.assert_close(out, q(inp))
 
 
-@pytest.mark.xfail(strict=True, raises=torch._inductor.exc.InductorError, reason=(
-    "pass bug (reported): with config.freezing=True and grad enabled, a converted model whose fp32 "
-    "bias requires grad compiles through the autograd path; joint_custom_pre_pass then runs inside "
-    "the partitioner with grad disabled, so install.freezing_active() is True, the pass rewrites the "
-    "joint graph to onednn ops with a runtime prepack, and lowering fails (LoweringException)."))
 def test_grad_enabled_compile_default_converted_model(our_passes_only, grad_model):
     q, x = grad_model
     outs, ours = _grad_enabled_compile(q, x)
