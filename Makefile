@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.inductor-quant-installed
 
-.PHONY: venv demo test test-slow clean
+.PHONY: venv demo test test-slow accuracy clean
 
 venv: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,accuracy]" "$(TORCH)"
 	touch $(STAMP)
 
 demo: venv
@@ -23,6 +23,9 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q -m "not slow" tests
+
+accuracy: venv   # both real-model accuracy tables (data: sh benchmarks/accuracy/install.sh)
+	$(PY) -m inductor_quant.benchmarks.accuracy
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow tests
