@@ -1,12 +1,14 @@
 """Inductor pattern passes that rewrite the Q/DQ graph into fused oneDNN int8 ops.
 
 Imported as `inductor_quant.passes`. Importing changes no compiler state; `install()` does.
-See install.py for where the passes run, their precedence over torch's built-in quantization
-fusions, the built-in switch and the cache key; registry.py for the fusion table and order.
+See install.py for where the passes run, which compiles they rewrite (freezing only), why
+installing switches torch's built-in quantization fusions off (`set_builtin_fusions(True)`
+turns them back on, at a risk documented there) and the cache key; registry.py for the
+fusion table and order.
 
     import inductor_quant.passes as iq_passes
-    iq_passes.install()                    # convert_pt2e does this; idempotent
-    iq_passes.set_builtin_fusions(False)   # torch's own quantization fusions off (tests do this)
+    iq_passes.install()      # convert_pt2e does this; idempotent; torch's own quantization
+                             # fusions off until uninstall() (which restores their state)
     iq_passes.reset_stats()
     ... torch.compile(model)(x) under torch.no_grad() with torch._inductor.config.freezing = True
     iq_passes.stats()

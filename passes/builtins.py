@@ -7,7 +7,8 @@ and weight-only-int8 into the post-grad passes (`post_grad.pass_patterns`).
 
 `set_builtin_fusions(False)` runs those lazy registrations now and takes every pattern entry whose
 handler is defined in `quantization.py` out of those passes; `set_builtin_fusions(True)` puts the
-same entries back where they were. The state is part of our FX-graph-cache key (install.py).
+same entries back where they were. `install()` switches them off, `uninstall()` restores the
+state found at install (install.py). The state is part of our FX-graph-cache key.
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ def builtin_fusions_enabled() -> bool:
 
 
 def set_builtin_fusions(enabled: bool) -> None:
-    """Switch torch's built-in quantization fusions on or off (idempotent)."""
+    """Switch torch's built-in quantization fusions on or off (idempotent).
+
+    `install()` switches them off and `uninstall()` restores the state found at install.
+    Switching them on while our passes are installed is allowed, at a risk: they run after ours
+    and fuse what we left unfused, including forms we refuse because oneDNN computes them
+    wrongly (e.g. per-channel weights on axis 1: wrong outputs, no error), and such layers
+    are still reported unfused by `stats()`.
+    """
     from .install import sync_config
 
     if enabled:

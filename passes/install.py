@@ -1,5 +1,5 @@
-"""How our passes get into Inductor: where they run, which compiles they rewrite, precedence,
-the built-in switch, the cache key.
+"""How our passes get into Inductor: where they run, which compiles they rewrite, the built-in
+switch, the cache key.
 
 Decision (torch 2.13):
 
@@ -20,11 +20,14 @@ Decision (torch 2.13):
   graph (inputs `primals_*` / `tangents_*`, `is_autograd_joint`), never frozen, and the fused
   ops cannot be lowered in it: we leave it as dq -> fp32 -> q and report it like a
   non-freezing compile (below).
-* Precedence: we run before `freezing_passes`, so torch's built-in freezing-time quantization
-  patterns find no dq -> conv/linear left to match. Nothing of torch's is patched.
-* Built-ins off: `builtins.set_builtin_fusions(False)` removes the entries whose handlers live
-  in `fx_passes/quantization.py` from the global freezing and post-grad pattern passes (and
-  restores them on `True`); tests run with them off.
+* Built-ins off while installed: torch's own quantization fusions run after ours and would
+  see what we leave unfused -- including forms we refuse for correctness (e.g. weights
+  quantized per channel on axis 1, which they fuse with wrong numbers). So `install()` takes
+  them out (`builtins.set_builtin_fusions(False)`: the entries whose handlers live in
+  `fx_passes/quantization.py`, from the global freezing and post-grad pattern passes) and
+  `uninstall()` restores the state found at `install()`. `set_builtin_fusions(True)` after
+  install is allowed (our rules still run first, at the joint stage) at the risk described
+  in its docstring. Nothing of torch's is patched; entries are removed and put back.
 * Cache key: the FX graph cache key includes each custom pass's `uuid()`. Ours hashes the
   source of passes/ and kernels/ plus the switch states (installed, built-ins on/off), so a
   changed pass or switch never serves a stale artifact. (AOTAutogradCache bypasses freezing
@@ -52,6 +55,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from inductor_quant.kernels import onednn as K
 
 from . import registry
+from .builtins import builtin_fusions_enabled, set_builtin_fusions
 
 NO_FREEZING = (
     "inductor_quant: quantized conv/linear layers were left unfused (dequantize -> fp32 -> quantize) "
@@ -100,8 +104,6 @@ class QuantFusionPass(CustomGraphPass):
                 warnings.warn(NO_FREEZING, UserWarning, stacklevel=2)
 
     def uuid(self) -> str:
-        from .builtins import builtin_fusions_enabled
-
         return f"inductor_quant:{_source_hash()}:installed={_state['installed']}:builtins={builtin_fusions_enabled()}"
 
 
@@ -110,8 +112,6 @@ _PASS = QuantFusionPass()
 
 def sync_config() -> None:
     """Put our pass into the slot iff installed or built-ins off; leave the user's passes alone."""
-    from .builtins import builtin_fusions_enabled
-
     current = config.joint_custom_pre_pass
     want = _state["installed"] or not builtin_fusions_enabled()
     if want and _PASS not in _as_list(current):
@@ -128,16 +128,23 @@ def _as_list(value) -> list:
 
 
 def install() -> None:
-    """Install our passes into Inductor (idempotent)."""
-    _state["installed"] = True
+    """Install our passes into Inductor and switch torch's built-in quantization fusions off
+    (idempotent). `uninstall()` restores the built-in state found here."""
     K.register_fake_prepacks()
     registry.phase_passes()  # trace the patterns now, not inside the first compile
+    if not _state["installed"]:
+        _state["builtins_before"] = builtin_fusions_enabled()
+        _state["installed"] = True
+        set_builtin_fusions(False)
     sync_config()
 
 
 def uninstall() -> None:
-    """Remove our passes from Inductor (idempotent)."""
-    _state["installed"] = False
+    """Remove our passes from Inductor and put torch's built-in fusions back to their state
+    before `install()` (idempotent)."""
+    if _state["installed"]:
+        _state["installed"] = False
+        set_builtin_fusions(_state.pop("builtins_before", True))
     sync_config()
 
 

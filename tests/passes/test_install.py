@@ -56,7 +56,8 @@ def test_install_is_idempotent_and_keeps_user_passes():
         assert slot[0] is user_pass and len(ours(slot)) == 1
         iq_passes.uninstall()
         iq_passes.uninstall()
-        # built-ins are off in this session, so our pass stays in the slot to key the cache
+        # built-ins were off before install in this session: uninstall leaves them off, so our
+        # pass stays in the slot to key the cache
         assert config.joint_custom_pre_pass[0] is user_pass and len(ours(config.joint_custom_pre_pass)) == 1
         with iq_passes.builtin_fusions(True):
             assert config.joint_custom_pre_pass is user_pass  # restored exactly
@@ -83,9 +84,40 @@ def test_builtin_switch_removes_and_restores_torch_quantization_patterns():
     assert count() == 0
 
 
+@pytest.fixture
+def builtins_on_before_install():
+    """torch's default: built-ins on, our passes not installed; the session state comes back after."""
+    iq_passes.uninstall()
+    iq_passes.set_builtin_fusions(True)
+    try:
+        yield
+    finally:
+        iq_passes.uninstall()
+        iq_passes.set_builtin_fusions(False)
+        iq_passes.install()
+
+
+@pytest.mark.parametrize("on_before", [True, False])
+def test_install_switches_builtins_off_and_uninstall_restores(builtins_on_before_install, on_before):
+    iq_passes.set_builtin_fusions(on_before)
+    iq_passes.install()
+    assert not iq_passes.builtin_fusions_enabled() and len(ours(config.joint_custom_pre_pass)) == 1
+    iq_passes.install()  # idempotent: the state to restore is the one before the first install
+    iq_passes.set_builtin_fusions(True)  # allowed while installed (the user insists)
+    assert iq_passes.builtin_fusions_enabled() and iq_passes.is_installed()
+    iq_passes.set_builtin_fusions(False)
+    iq_passes.uninstall()
+    assert iq_passes.builtin_fusions_enabled() is on_before and not iq_passes.is_installed()
+    # our pass keys the cache while built-ins are off; with them on (torch's default) it leaves
+    assert len(ours(config.joint_custom_pre_pass)) == (0 if on_before else 1)
+    with iq_passes.installed():
+        assert not iq_passes.builtin_fusions_enabled()
+    assert iq_passes.builtin_fusions_enabled() is on_before
+
+
 @pytest.mark.parametrize("vid", ["qconv2d.add.dq.relu.q", "qlinear.gelu.q"])
 def test_ours_take_precedence_with_builtins_on(vid):
-    """The default user state (convert_pt2e installs; built-ins untouched): our rules fire first."""
+    """Built-ins switched back on after install (allowed, not the default): our rules fire first."""
     v = BY_ID[vid]
     model = QDQLayer(v).eval()
     with iq_passes.builtin_fusions(True):
