@@ -137,6 +137,9 @@ def phase_passes() -> dict:
     return passes
 
 
+# every dequantize form a shared chain can end in, and so what `promote` duplicates: static
+# activation (.default), dynamic activation (.tensor: choose_qparams -> q/dq feeding q, k, v),
+# per-channel weight (tied layers)
 DEQUANTS = (qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor, qd.dequantize_per_channel.default)
 CONSUMER_KIND = {
     aten.convolution.default: "conv", aten.addmm.default: "linear", aten.mm.default: "linear",

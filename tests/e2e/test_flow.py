@@ -63,6 +63,23 @@ class SmallEncoder(nn.Module):
         return torch.randn(2, 8, 32)
 
 
+class SplitQKVEncoder(SmallEncoder):
+    """Separate q, k, v linears (as in BERT): under dynamic quantization one choose_qparams ->
+    quantize.tensor -> dequantize.tensor chain feeds all three; promotion gives each its own dq."""
+    linears = 6
+
+    def __init__(self, d=32):
+        super().__init__(d)
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        del self.qkv
+
+    def forward(self, x):
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        a = torch.softmax(q @ k.transpose(-1, -2) / 5.66, -1) @ v
+        x = self.n1(x + self.o(a))
+        return self.n2(x + self.f2(nn.functional.gelu(self.f1(x))))
+
+
 def sqnr(ref, out):
     ref, out = ref.float(), out.float()
     return float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum().clamp_min(1e-20)))
@@ -115,8 +132,9 @@ def _quantizer(kind):
     return XNNPACKQuantizer().set_global(configs.get_symmetric_quantization_config())
 
 
-@pytest.mark.parametrize("kind, cls", [("dynamic", SmallEncoder), ("symmetric", SmallResNet),
-                                       ("symmetric", SmallEncoder)], ids=["dynamic-encoder", "s8-resnet", "s8-encoder"])
+@pytest.mark.parametrize("kind, cls", [("dynamic", SmallEncoder), ("dynamic", SplitQKVEncoder),
+                                       ("symmetric", SmallResNet), ("symmetric", SmallEncoder)],
+                         ids=["dynamic-encoder", "dynamic-split-qkv", "s8-resnet", "s8-encoder"])
 def test_other_quantizers_fully_fused(kind, cls):
     """Dynamic quantization (runtime activation qparams) and int8-symmetric activations (the
     XNNPACK-style config: convs get an exact s8->u8 shift) reach our passes too."""

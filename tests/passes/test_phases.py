@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from graph_utils import stage_graph, targets
-from qdq_models import O_SCALE, QDQLayer, q_dq, X_SCALE, X_ZP
+from qdq_models import dynamic_q_dq, O_SCALE, QDQLayer, q_dq, X_SCALE, X_ZP
 from variants import VARIANTS
 
 import inductor_quant.passes as iq_passes
@@ -70,6 +70,29 @@ def test_dequant_promotion():
     gm, flat, stats = rewrite(model, (torch.randn(2, 8, 7, 7),))
     assert stats["fused"]["dequant.promote"] >= 1
     assert targets(gm)["onednn.qconv_pointwise.default"] + targets(gm)["onednn.qconv2d_pointwise.binary"] == 2
+    with torch.no_grad():
+        torch.testing.assert_close(gm(*flat), model(*flat[-1:]), atol=2e-3, rtol=1e-3)
+
+
+class SharedDynamicDQ(torch.nn.Module):
+    """Dynamic quantization: one choose_qparams -> q.tensor -> dq.tensor feeding three linears (q/k/v)."""
+
+    def __init__(self):
+        super().__init__()
+        from variants import linear
+        self.q, self.k, self.v = (QDQLayer(linear(n, x_shape=(2, 3, 16))) for n in "qkv")
+
+    def forward(self, x):
+        x = dynamic_q_dq(x)
+        return self.q.tail(x) + self.k.tail(x) * self.v.tail(x)
+
+
+def test_dequant_promotion_dynamic_activation():
+    model = SharedDynamicDQ().eval()
+    gm, flat, stats = rewrite(model, (torch.randn(2, 3, 16),))
+    assert stats["fused"]["dequant.promote"] >= 1 and stats["fused"]["qlinear.dynamic.nd"] == 3, stats
+    fused = [n for n in gm.graph.nodes if record(n) is not None]
+    assert stats["unfused"] == [] and [n.target._opname for n in fused] == ["qlinear_pointwise"] * 3, gm.code
     with torch.no_grad():
         torch.testing.assert_close(gm(*flat), model(*flat[-1:]), atol=2e-3, rtol=1e-3)
 
