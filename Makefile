@@ -7,7 +7,12 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.inductor-quant-installed
 
-.PHONY: venv demo test test-slow accuracy clean
+# torch 2.14 (a CUDA build that runs on the CPU, several GB) lives in a venv outside the clone,
+# created once and reused by later runs and clones.
+VENV214 ?= $(HOME)/.cache/inductor-quant/venv-torch2.14
+PY214   := $(VENV214)/bin/python
+
+.PHONY: venv demo test test-slow test-torch214 accuracy clean
 
 venv: $(STAMP)
 
@@ -29,6 +34,13 @@ accuracy: venv   # both real-model accuracy tables (data: sh benchmarks/accuracy
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow tests
+
+# The pass and end-to-end tests again on torch 2.14 (no built-in quantization fusions there).
+test-torch214:
+	test -x $(PY214) || $(PYTHON) -m venv $(VENV214)
+	$(PY214) -m pip install -q "torch==2.14.1"
+	$(PY214) -m pip install -q -e ".[test]" "torch==2.14.1"
+	$(PY214) -m pytest -q -m "not slow" tests/passes tests/kernels tests/e2e --ignore-glob="tests/e2e/test_accuracy_*" -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

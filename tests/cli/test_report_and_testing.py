@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import inductor_quant.passes as iq_passes
 from inductor_quant.report import fp32_compute_calls, fusion_report, onednn_op_calls
 from inductor_quant.testing import UPDATE_ENV, assert_fused, assert_fusion_snapshot
 
@@ -21,8 +20,7 @@ HERE = Path(__file__).parent
 @pytest.fixture(scope="module")
 def small_report():
     model, inputs = models.small_cnn()
-    with iq_passes.builtin_fusions(False):
-        return fusion_report(model, inputs)
+    return fusion_report(model, inputs)  # installs our passes, which switches torch's built-ins off
 
 
 def test_generated_code_parsing():

@@ -69,6 +69,12 @@ def test_install_is_idempotent_and_keeps_user_passes():
         iq_passes.install()
 
 
+def torch_has_weight_pack_fusions() -> bool:
+    from torch._inductor.fx_passes import quantization
+
+    return hasattr(quantization, "_register_quantization_weight_pack_pass")
+
+
 def test_builtin_switch_removes_and_restores_torch_quantization_patterns():
     from torch._inductor.fx_passes import freezing_patterns, post_grad
 
@@ -80,7 +86,9 @@ def test_builtin_switch_removes_and_restores_torch_quantization_patterns():
 
     assert not iq_passes.builtin_fusions_enabled() and count() == 0
     with iq_passes.builtin_fusions(True):
-        assert count() > 100  # torch 2.13 registers a few hundred
+        # torch 2.13 registers a few hundred; 2.14 dropped the freezing-time prepack/post-op
+        # fusions and keeps only the post-grad lowerings of already-fused int8 ops.
+        assert count() > (100 if torch_has_weight_pack_fusions() else 0)
     assert count() == 0
 
 
