@@ -2,16 +2,8 @@
 with torch's built-in quantization fusions OFF."""
 
 import pytest
-import torch
-
-import inductor_quant.passes as iq_passes
 
 
 @pytest.fixture(scope="session", autouse=True)
-def our_passes_only():
-    iq_passes.set_builtin_fusions(False)
-    iq_passes.install()
-    with torch._inductor.config.patch(freezing=True):
-        yield
-    iq_passes.uninstall()
-    iq_passes.set_builtin_fusions(True)
+def _our_passes_only(our_passes_only):
+    """Every test here: our passes only, freezing on (tests/conftest.py)."""

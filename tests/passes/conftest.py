@@ -4,18 +4,10 @@ import os
 import sys
 
 import pytest
-import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import inductor_quant.passes as iq_passes  # noqa: E402
+sys.path.insert(0, os.path.dirname(__file__))  # test helper modules (variants, qdq_models, ...)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def our_passes_only():
-    iq_passes.set_builtin_fusions(False)
-    iq_passes.install()
-    with torch._inductor.config.patch(freezing=True):
-        yield
-    iq_passes.uninstall()
-    iq_passes.set_builtin_fusions(True)
+def _our_passes_only(our_passes_only):
+    """Every test here: our passes only, freezing on (tests/conftest.py)."""
