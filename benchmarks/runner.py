@@ -26,7 +26,8 @@ from . import zoo
 
 @dataclass(frozen=True)
 class Mode:
-    """How one benchmark column is built: `prepare(model, inputs) -> callable`, run under `context`."""
+    """How one benchmark column is built: `prepare(model, inputs) -> callable` (for int8 modes the
+    quantization happens here, timed apart from the compile), run under bf16 autocast if `bf16`."""
 
     name: str
     prepare: Callable[[torch.nn.Module, tuple], Callable]
@@ -51,10 +52,15 @@ def _quantized(model, inputs, *, dynamic: bool = False, ours: bool = True):
     )
 
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
+    start = time.perf_counter()
     converted = quantize(copy.deepcopy(model), inputs, [inputs], quantizer=quantizer)
+    _last_quantize_s[0] = time.perf_counter() - start
     if not ours:
         passes.uninstall()
     return _compile(converted)
+
+
+_last_quantize_s = [0.0]  # seconds the last _quantized() spent in export/prepare/calibrate/convert
 
 
 def builtin_fusions_available() -> bool:
@@ -88,7 +94,8 @@ class Result:
     mode: str
     median_ms: Optional[float] = None
     throughput: Optional[float] = None   # samples / s
-    compile_s: Optional[float] = None
+    compile_s: Optional[float] = None      # torch.compile + first call (freezing, codegen, C++ build)
+    quantize_s: Optional[float] = None     # int8 modes: export + prepare + calibrate + convert
     vs_inductor_fp32: Optional[float] = None  # speed-up (>1 is faster)
     sqnr_db: Optional[float] = None       # output vs eager fp32, same inputs
     cosine: Optional[float] = None
@@ -145,6 +152,7 @@ def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmu
             res.error = f"skipped: torch {torch.__version__} has no built-in quantization fusions"
             continue
         progress(f"{name} bs{batch}: building {mode_name}")
+        _last_quantize_s[0] = 0.0
         start = time.perf_counter()
         passes.reset_stats()
         try:
@@ -157,7 +165,8 @@ def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmu
         finally:
             if not passes.is_installed():
                 passes.install()  # the built-in mode uninstalls ours for its compile only
-        res.compile_s = time.perf_counter() - start
+        res.quantize_s = _last_quantize_s[0] or None
+        res.compile_s = time.perf_counter() - start - _last_quantize_s[0]
         res.sqnr_db, res.cosine = agreement(reference, out)
         if mode_name.startswith("int8"):
             res.fused, res.unfused = passes.stats()["fused"], passes.stats()["unfused"]
@@ -200,13 +209,37 @@ def markdown_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def compile_table(results: list[Result]) -> str:
+    """Compile seconds per mode (int8: + quantization seconds), ratio to Inductor fp32's compile."""
+    modes = [m for m in dict.fromkeys(r.mode for r in results) if m != "eager_fp32"]
+    lines = ["| model | batch | " + " | ".join(modes) + " |", "|" + "---|" * (len(modes) + 2)]
+    for key in dict.fromkeys((r.model, r.batch) for r in results):
+        row = {r.mode: r for r in results if (r.model, r.batch) == key}
+        base = row.get(BASELINE)
+        cells = []
+        for m in modes:
+            r = row.get(m)
+            if r is None or r.compile_s is None:
+                cells.append("—")
+                continue
+            cell = f"{r.compile_s:.1f} s"
+            if base and base.compile_s:
+                cell += f" ({r.compile_s / base.compile_s:.2f}×)"
+            if r.quantize_s:
+                cell += f" + {r.quantize_s:.1f} s quantize"
+            cells.append(cell)
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_outputs(results: list[Result], out_prefix: str, chart: bool = False) -> list[str]:
     written = [out_prefix + ".jsonl", out_prefix + ".md"]
     with open(written[0], "w") as f:
         for r in results:
             f.write(json.dumps(asdict(r)) + "\n")
     with open(written[1], "w") as f:
-        f.write(markdown_table(results) + "\n")
+        f.write(markdown_table(results) + "\n\nCompile time (× = vs Inductor fp32's compile)\n\n")
+        f.write(compile_table(results) + "\n")
     if chart:
         written.append(_bar_chart(results, out_prefix + ".png"))
     return written

@@ -45,6 +45,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     print(f"{info['cpu']} | ISA: {', '.join(info['isa']) or 'none'} | threads: {info['threads']} | torch {info['torch']}")
     print(runner.markdown_table(results))
+    print("\nCompile time (× = vs Inductor fp32's compile)")
+    print(runner.compile_table(results))
     for r in results:
         if r.error:
             print(f"  {r.model} bs{r.batch} {r.mode}: {r.error}")
