@@ -34,9 +34,13 @@ def run(model: str = DEFAULT_MODEL, batch: int = 1, threads: int = 2, runs: int 
     else:
         for fusion_id, n in sorted(int8.fused.items()):
             print(f"  {fusion_id:32} {n:4d}", file=out)
-        print(f"  unfused quantized layers: {len(int8.unfused or [])}", file=out)
-        for op, node, reason in int8.unfused or []:
-            print(f"    {op} {node}: {reason}", file=out)
+        from inductor_quant.report import LAYER_OPS
+
+        unfused = int8.unfused or []
+        layers = [u for u in unfused if u[0] in LAYER_OPS]
+        print(f"  quantized conv/linear left unfused: {len(layers)}", file=out)
+        for op, node, reason in unfused:
+            print(f"    {'UNFUSED' if op in LAYER_OPS else 'fp32'} {op} {node}: {reason}", file=out)
     print("\n== Speed (median of {} runs; × = speed-up vs Inductor fp32) ==".format(runs), file=out)
     print(runner.markdown_table(results), file=out)
     print("\n== Accuracy vs eager fp32 (same input) ==", file=out)
