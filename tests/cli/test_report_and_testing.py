@@ -101,3 +101,14 @@ def test_bench_quick_smoke(tmp_path):
             assert r["fused"] and not [u for u in r["unfused"] if u[0] in ("conv", "linear")], r
             assert r["cosine"] > 0.98, r
     assert "| resnet_tiny | 2 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_demo_prints_fusion_speed_and_accuracy():
+    """The main job's three sections, on a tiny zoo model (the default is ResNet-50)."""
+    proc = _cli("demo", "--model", "resnet_tiny", "--batch", "2", "--runs", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "qconv.prepack                      17" in out and "quantized conv/linear left unfused: 0" in out
+    assert "| resnet_tiny | 2 |" in out and "int8" in out.split("== Speed")[1]
+    accuracy = out.split("== Accuracy")[1]
+    assert "int8" in accuracy and "cosine 0.99" in accuracy
