@@ -18,3 +18,17 @@ def our_passes_only():
     if not was_installed:
         iq_passes.uninstall()
     iq_passes.set_builtin_fusions(builtins_were_on)
+
+
+@pytest.fixture
+def torch_default_state():
+    """torch's default state (a fresh process): built-ins on, our passes not installed.
+    Afterwards the suite's state (our passes only) comes back."""
+    iq_passes.uninstall()
+    iq_passes.set_builtin_fusions(True)
+    try:
+        yield
+    finally:
+        iq_passes.uninstall()
+        iq_passes.set_builtin_fusions(False)
+        iq_passes.install()

@@ -18,19 +18,6 @@ import inductor_quant.passes as iq_passes
 qd = torch.ops.quantized_decomposed
 
 
-@pytest.fixture
-def torch_default_state():
-    """Built-ins on, ours not installed (a fresh process); the e2e session state comes back after."""
-    iq_passes.uninstall()
-    iq_passes.set_builtin_fusions(True)
-    try:
-        yield
-    finally:
-        iq_passes.uninstall()
-        iq_passes.set_builtin_fusions(False)
-        iq_passes.install()
-
-
 def _axis1_quantizer():
     from inductor_quant.quantizer import X86InductorQuantizer, get_default_x86_inductor_quantization_config
 

@@ -92,21 +92,8 @@ def test_builtin_switch_removes_and_restores_torch_quantization_patterns():
     assert count() == 0
 
 
-@pytest.fixture
-def builtins_on_before_install():
-    """torch's default: built-ins on, our passes not installed; the session state comes back after."""
-    iq_passes.uninstall()
-    iq_passes.set_builtin_fusions(True)
-    try:
-        yield
-    finally:
-        iq_passes.uninstall()
-        iq_passes.set_builtin_fusions(False)
-        iq_passes.install()
-
-
 @pytest.mark.parametrize("on_before", [True, False])
-def test_install_switches_builtins_off_and_uninstall_restores(builtins_on_before_install, on_before):
+def test_install_switches_builtins_off_and_uninstall_restores(torch_default_state, on_before):
     iq_passes.set_builtin_fusions(on_before)
     iq_passes.install()
     assert not iq_passes.builtin_fusions_enabled() and len(ours(config.joint_custom_pre_pass)) == 1
