@@ -31,6 +31,27 @@ def _erase_matched(match: Match) -> None:
         y.graph.erase_node(y)
 
 
+# --- no-op copies --------------------------------------------------------------------------
+
+NOOP_FORMATS = (None, torch.preserve_format)
+
+
+def check_noop(match: Match) -> Optional[str]:
+    if record(match.kwargs["y"]) is None:
+        return "input is not a fused oneDNN op"
+    if match.output_node().kwargs.get("memory_format") not in NOOP_FORMATS:
+        return "copy changes the memory format"
+    return None
+
+
+def drop_noop(match: Match) -> None:
+    # clone(fused(...)) -> fused(...)   the graph is functional here; every in-place post-op
+    # (`sum`) takes its own copy of its extra input (fold_binary, fold_output_quant)
+    copy = match.output_node()
+    copy.replace_all_uses_with(match.kwargs["y"])
+    copy.graph.erase_node(copy)
+
+
 # --- post-op folds -------------------------------------------------------------------------
 
 UNARY_ATTR = {

@@ -4,6 +4,7 @@ Phases (Inductor's freezing stage, before torch's own freezing patterns; see ins
   promote   a dequantize with several users is duplicated so each chain can fuse
   propagate q(maxpool|view|permute|cat(dq(x))) with one set of qparams runs on int8 directly
   prepack   dq(x) -> conv / linear(dq(w)) -> onednn.qconv_pointwise / qlinear_pointwise, fp32 out
+  noop      drop a copy of a fused result (eval-mode dropout) so the post-ops after it can fold
   unary     fold one unary post-op into the fused op's attributes
   binary    fold add (both operand orders) as a binary post-op
   binary_unary   fold relu after the binary post-op
@@ -29,7 +30,7 @@ from . import stats as S
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
 
-PHASES = ("promote", "propagate", "prepack", "unary", "binary", "binary_unary", "output")
+PHASES = ("promote", "propagate", "prepack", "noop", "unary", "binary", "binary_unary", "output")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,7 @@ def _prepack_fusions():
 
 
 def _post_op_fusions():
+    yield Fusion("post.noop.clone", "noop", P.clone, (P.float_example, 1), O.check_noop, O.drop_noop)
     for dt, bf16 in DTYPES:  # bf16 decompositions upcast some post-ops: traced per dtype
         ex = (P.float_example, 1, torch.bfloat16 if bf16 else torch.float32)
         ex2 = (P.float_example, 2, torch.bfloat16 if bf16 else torch.float32)

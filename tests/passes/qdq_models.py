@@ -46,6 +46,7 @@ POST = {
     "leaky_relu": lambda y: F.leaky_relu(y, 0.2),
     "tanh": torch.tanh,
     "not_hardswish": lambda y: y * (y + 2).clamp(0, 6) / 6,  # hardswish's shape, other constant
+    "dropout": lambda y: y.clone(),  # eval-mode dropout as torch.export writes it: a copy
 }
 
 

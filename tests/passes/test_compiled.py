@@ -22,7 +22,7 @@ DTYPES = {"fp32": False, "bf16": True}
 BF16_SUBSET = {"qconv2d", "qconv2d.nobias", "qconv2d.wpt", "qconv1d", "qconv3d", "qconv2d.silu", "qconv2d.relu.q",
                "qconv2d.add.relu", "qconv2d.add.dq.relu.q", "qconv2d.s8.relu.q", "qlinear.2d", "qlinear.3d.nobias",
                "qlinear.m1", "qlinear.gelu.q", "qlinear.gelu_tanh", "qlinear.hardswish", "qlinear.dynamic",
-               "qlinear.3d.add", "qlinear.add.dq.q"}
+               "qlinear.3d.add", "qlinear.3d.dropout.add", "qlinear.add.dq.q"}
 PY_MATRIX = [pytest.param(v, d, id=f"{v.id}-{d}",
                           marks=[pytest.mark.slow] if d == "bf16" and v.id not in BF16_SUBSET else [])
              for v in VARIANTS for d in DTYPES]

@@ -80,6 +80,9 @@ VARIANTS = [
     linear("qlinear.q", out_q=True, fusions=("qlinear.prepack.2d", "post.output.quant")),
     linear("qlinear.gelu.q", post="gelu", out_q=True, fusions=("qlinear.prepack.2d", "post.gelu", "post.output.quant")),
     linear("qlinear.3d.add", x_shape=(2, 3, 16), binary="add", fusions=("qlinear.prepack.nd", "post.binary.add")),
+    # BERT's residual: linear -> dropout (a copy once exported) -> add
+    linear("qlinear.3d.dropout.add", x_shape=(2, 3, 16), post="dropout", binary="add",
+           fusions=("qlinear.prepack.nd", "post.noop.clone", "post.binary.add")),
     linear("qlinear.add.swapped", binary="add_swapped", fusions=("qlinear.prepack.2d", "post.binary.add.swapped")),
     linear("qlinear.add.relu", binary="add_relu",
            fusions=("qlinear.prepack.2d", "post.binary.add", "post.binary.relu")),
