@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.inductor-quant-installed
 VENV214 ?= $(HOME)/.cache/inductor-quant/venv-torch2.14
 PY214   := $(VENV214)/bin/python
 
-.PHONY: venv demo test test-slow test-torch214 accuracy clean
+.PHONY: venv demo test test-slow test-torch214 accuracy fuzz clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,13 @@ test: venv
 
 accuracy: venv   # both real-model accuracy tables (data: sh benchmarks/accuracy/install.sh)
 	$(PY) -m inductor_quant.benchmarks.accuracy
+
+# The differential fuzzer's full sweep (500 graphs x 8 configs; two shards use both cores).
+FUZZ_GRAPHS ?= 500
+fuzz: venv
+	$(PY) tests/fuzz/fuzz.py --graphs $$(( $(FUZZ_GRAPHS) / 2 )) --shard 0/2 --out fuzz-out > fuzz-out-0.log 2>&1 & \
+	$(PY) tests/fuzz/fuzz.py --graphs $$(( $(FUZZ_GRAPHS) / 2 )) --shard 1/2 --out fuzz-out > fuzz-out-1.log 2>&1; wait
+	$(PY) tests/fuzz/fuzz.py --summary fuzz-out
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow tests

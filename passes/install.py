@@ -33,6 +33,8 @@ Decision (torch 2.13):
   changed pass or switch never serves a stale artifact. (AOTAutogradCache bypasses freezing
   compiles in 2.13; the frozen graph itself already contains our fused ops.) Our pass object
   is in the config while installed *or* while the built-ins are off, so both states key.
+* Decompositions: while installed, Inductor's decomposition of choose_qparams.tensor is
+  replaced by one that computes what eager computes (decompositions.py); uninstall restores it.
 * The user's config is composed with, never overwritten: install appends to whatever the slot
   holds (None, one pass or a list); uninstall removes only our object.
 * Without freezing (config.freezing off, or grad enabled) the pass rewrites nothing: the
@@ -54,7 +56,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from inductor_quant.kernels import onednn as K
 
-from . import registry
+from . import decompositions, registry
 from .builtins import builtin_fusions_enabled, set_builtin_fusions
 
 NO_FREEZING = (
@@ -136,6 +138,7 @@ def install() -> None:
         _state["builtins_before"] = builtin_fusions_enabled()
         _state["installed"] = True
         set_builtin_fusions(False)
+        decompositions.install()
     sync_config()
 
 
@@ -145,6 +148,7 @@ def uninstall() -> None:
     if _state["installed"]:
         _state["installed"] = False
         set_builtin_fusions(_state.pop("builtins_before", True))
+        decompositions.uninstall()
     sync_config()
 
 

@@ -182,8 +182,23 @@ def check_dq_conv(match: Match) -> Optional[str]:
     conv = node_of(match, aten.convolution.default)
     if args_of(conv)["transposed"]:
         return "transposed convolution"
-    return (check_float_compute(conv) or check_act_dq(_act_dq(match), "qconv")
+    return (check_float_compute(conv) or _check_dynamic_layout(conv) or check_act_dq(_act_dq(match), "qconv")
             or check_weight_dq(_weight_dq(match)))
+
+
+def _check_dynamic_layout(conv: torch.fx.Node) -> Optional[str]:
+    """Under dynamic shapes Inductor's conv lowering expects a contiguous output when the input is
+    both contiguous and channels-last (1 channel, or 1 pixel), assuming an unpacked weight; the
+    prepacked int8 kernel writes channels-last, so the compiled code would fail its stride check."""
+    x, out = conv.args[0].meta.get("val"), conv.meta.get("val")
+    if x is None or out is None or all(isinstance(d, int) for d in out.shape):
+        return None
+    spatial = 1
+    for d in x.shape[2:]:
+        spatial *= d
+    if any(isinstance(v, int) and v == 1 for v in (x.shape[1], spatial)):
+        return "dynamic shapes with a 1-channel or 1-pixel input (Inductor would mispredict the output layout)"
+    return None
 
 
 def shift_s8_to_u8(x, xq: K.QParams, anchor):

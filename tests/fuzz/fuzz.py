@@ -1,0 +1,141 @@
+"""Differential fuzzer: random quantized graphs, eager converted model vs torch.compile.
+
+    python tests/fuzz/fuzz.py --graphs 500                 # the full sweep (8 configs each)
+    python tests/fuzz/fuzz.py --graphs 250 --shard 1/2     # half of it (run 0/2 and 1/2 at once)
+    python tests/fuzz/fuzz.py --summary fuzz-out           # merge the shards' results
+    python tests/fuzz/fuzz.py --replay fuzz-out/repro-*.json
+
+Per graph: one JSON line in <out>/results.jsonl (resumable: graphs already there are skipped).
+A crash or mismatch is saved as <out>/repro-<seed>-<config>.json (spec + config + error + the
+replay command); the first failure of each kind is minimized (ops dropped while it still fails
+the same way) before saving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import graphs  # noqa: E402
+import harness  # noqa: E402
+from minimize import minimize  # noqa: E402
+
+HERE = os.path.relpath(os.path.abspath(__file__))
+
+
+def save_repro(out_dir: str, spec: dict, outcome: harness.Outcome, minimized_from: int | None = None) -> str:
+    path = os.path.join(out_dir, f"repro-{spec['seed']}-{outcome.config}.json")
+    record = {"replay": f"python {HERE} --replay {path}", "config": outcome.config, "status": outcome.status,
+              "stage": outcome.stage, "error": outcome.error, "graph": graphs.describe(spec), "spec": spec,
+              "ops_before_minimizing": minimized_from, "trace": outcome.trace}
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+    return path
+
+
+def signature(o: harness.Outcome) -> str:
+    return f"{o.status}:{o.stage}:{o.error.split(':')[0] if o.status == 'crash' else ''}"
+
+
+def sweep(args) -> int:
+    os.makedirs(args.out, exist_ok=True)
+    results = os.path.join(args.out, "results.jsonl")
+    done = set()
+    if os.path.exists(results):
+        done = {json.loads(line)["seed"] for line in open(results)}
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    configs = harness.FULL_CONFIGS if args.full_matrix else harness.CONFIGS
+    seeds = [s for s in range(args.seed, args.seed + args.graphs * shards) if s % shards == shard][: args.graphs]
+    harness.install_our_passes()
+    seen_kinds: set[str] = set()
+    failures = 0
+    for i, seed in enumerate(seeds):
+        if seed in done:
+            continue
+        spec = graphs.generate(seed)
+        start = time.perf_counter()
+        outcomes = [harness.check(spec, c) for c in configs]
+        bad = [o for o in outcomes if o.status != "ok"]
+        for o in bad:
+            failures += 1
+            small, n_before = spec, None
+            if args.minimize and signature(o) not in seen_kinds:
+                small = minimize(spec, harness.Config.parse(o.config), o)
+                n_before = len(spec["ops"])
+            seen_kinds.add(signature(o))
+            path = save_repro(args.out, small, harness.check(small, harness.Config.parse(o.config)) if small is not spec else o,
+                              n_before)
+            print(f"  {o.status} [{o.config}] {o.stage}: {o.error[:160]}\n  -> {path}", flush=True)
+        record = {"seed": seed, "graph": graphs.describe(spec), "ops": [op["op"] for op in spec["ops"]],
+                  "seconds": round(time.perf_counter() - start, 1), "outcomes": [o.to_json() for o in outcomes]}
+        with open(results, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        status = "ok" if not bad else ", ".join(f"{o.status}@{o.config}" for o in bad)
+        print(f"[{i + 1}/{len(seeds)}] seed {seed} {record['seconds']}s {status} | {graphs.describe(spec)[:110]}",
+              flush=True)
+    print(summarize(args.out))
+    return 1 if failures else 0
+
+
+def summarize(out_dir: str) -> str:
+    """Markdown summary of every results.jsonl line under out_dir."""
+    rows = [json.loads(line) for path in glob.glob(os.path.join(out_dir, "**", "results.jsonl"), recursive=True)
+            for line in open(path)]
+    rows = list({r["seed"]: r for r in rows}.values())
+    configs = sorted({o["config"] for r in rows for o in r["outcomes"]})
+    status = collections.Counter(o["status"] for r in rows for o in r["outcomes"])
+    fused = collections.Counter()
+    for r in rows:
+        for o in r["outcomes"]:
+            fused.update(o.get("fused", {}))
+    ops = collections.Counter(op for r in rows for op in r["ops"])
+    seconds = sum(r["seconds"] for r in rows)
+    lines = [
+        f"graphs: {len(rows)}; configs: {len(configs)} ({', '.join(configs)})",
+        f"compiles checked: {sum(status.values())}; ok {status['ok']}, crashes {status['crash']}, "
+        f"mismatches {status['mismatch']}",
+        f"time: {seconds / 60:.1f} min of compile + run ({seconds / max(1, sum(status.values())):.1f} s per compile)",
+        "ops drawn: " + ", ".join(f"{k} {v}" for k, v in ops.most_common()),
+        "fusions fired (all configs): " + ", ".join(f"{k} {v}" for k, v in fused.most_common()),
+    ]
+    return "\n".join(lines)
+
+
+def replay(path: str) -> int:
+    record = json.load(open(path))
+    harness.install_our_passes()
+    outcome = harness.check(record["spec"], harness.Config.parse(record["config"]))
+    print(f"{graphs.describe(record['spec'])}\n[{record['config']}] {outcome.status} {outcome.stage} {outcome.error}")
+    if outcome.trace:
+        print(outcome.trace)
+    return 0 if outcome.status == "ok" else 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--graphs", type=int, default=500, help="graphs (per shard)")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--shard", default="0/1", help="i/n: this process takes seeds with seed %% n == i")
+    p.add_argument("--out", default="fuzz-out")
+    p.add_argument("--full-matrix", action="store_true", help="all 16 configs instead of the 8 of the half fraction")
+    p.add_argument("--no-minimize", dest="minimize", action="store_false")
+    p.add_argument("--replay", help="re-run a saved repro (exit 1 while it still fails)")
+    p.add_argument("--summary", help="print the summary of a results directory")
+    args = p.parse_args(argv)
+    if args.replay:
+        return replay(args.replay)
+    if args.summary:
+        print(summarize(args.summary))
+        return 0
+    return sweep(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

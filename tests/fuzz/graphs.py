@@ -1,0 +1,264 @@
+"""Random valid graphs over what the X86 quantizer annotates, as JSON-able specs.
+
+A spec is plain data, so a failing graph can be saved, minimized and replayed:
+
+    {"seed": 7, "input": [2, 4, 9, 9], "quant": "static",
+     "ops": [{"op": "conv", "in": [0], "kw": {...}}, {"op": "relu", "in": [1]}, ...],
+     "outputs": [2]}
+
+Value 0 is the input; op i produces value i + 1. `SpecModel(spec)` builds the nn.Module (weights
+drawn from `seed`); `generate(seed)` draws a spec. Shapes are found by running each op as it is
+drawn, so every spec is valid by construction. Every op keeps the batch dimension symbolic
+(flatten(1), reshape via x.shape[0]), so the same graph also exports with a dynamic batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_NUMEL = 12_000   # per sample; keeps compiles and eager runs small
+MAX_CHANNELS = 24
+
+# ----------------------------------------------------------------------------- ops
+
+UNARY: dict[str, Callable] = {
+    "relu": F.relu,
+    "relu6": lambda x: F.hardtanh(x, 0.0, 6.0),
+    "hardtanh": F.hardtanh,
+    "hardswish": F.hardswish,
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.1),
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+}
+POOL = {
+    "max": (F.max_pool1d, F.max_pool2d, F.max_pool3d),
+    "avg": (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d),
+    "adaptive_avg": (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d),
+}
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _apply(op: dict, mod: nn.Module | None, xs: list[torch.Tensor]) -> torch.Tensor:
+    """Run one op of a spec (`mod` holds its parameters, if any)."""
+    name, kw, x = op["op"], op.get("kw", {}), xs[0]
+    if name in ("conv", "linear", "layer_norm"):
+        return mod(x)
+    if name in UNARY:
+        return UNARY[name](x)
+    if name == "add":
+        return xs[0] + xs[1]
+    if name == "add_relu":
+        return F.relu(xs[0] + xs[1])
+    if name == "cat":
+        return torch.cat(xs, dim=kw["dim"])
+    if name == "pool":
+        fn = POOL[kw["kind"]][x.dim() - 3]
+        if kw["kind"] == "adaptive_avg":
+            return fn(x, kw["size"])
+        return fn(x, kw["kernel"], kw["stride"], kw["padding"])
+    if name == "flatten":
+        return torch.flatten(x, kw["start"])
+    if name == "reshape":  # merge the last two dims, batch kept symbolic
+        return x.reshape(x.shape[0], *x.shape[1:-2], x.shape[-2] * x.shape[-1])
+    if name == "permute":
+        return x.permute(*kw["dims"])
+    if name == "softmax":
+        return torch.softmax(x, dim=-1)
+    raise ValueError(f"unknown op {name!r}")
+
+
+def _module(op: dict, shape: tuple) -> nn.Module | None:
+    kw = op.get("kw", {})
+    if op["op"] == "conv":
+        cls = CONV[len(shape) - 3]
+        return cls(shape[1], kw["out"], kw["kernel"], kw["stride"], kw["padding"], kw["dilation"], kw["groups"],
+                   bias=kw["bias"])
+    if op["op"] == "linear":
+        return nn.Linear(shape[-1], kw["out"], bias=kw["bias"])
+    if op["op"] == "layer_norm":
+        return nn.LayerNorm(shape[-1])
+    return None
+
+
+class SpecModel(nn.Module):
+    """The nn.Module a spec describes; parameters drawn from the spec's seed."""
+
+    def __init__(self, spec: dict):
+        super().__init__()
+        self.spec = copy.deepcopy(spec)
+        torch.manual_seed(spec["seed"])
+        shapes = [tuple(spec["input"])]
+        self.layers = nn.ModuleDict()
+        with torch.no_grad():
+            vals = [torch.zeros(shapes[0])]
+            for i, op in enumerate(spec["ops"]):
+                mod = _module(op, vals[op["in"][0]].shape)
+                if mod is not None:
+                    self._randomize(mod)
+                    self.layers[str(i)] = mod
+                vals.append(_apply(op, mod, [vals[j] for j in op["in"]]))
+
+    @staticmethod
+    def _randomize(mod: nn.Module):
+        """Default init makes tiny biases; draw them (and LayerNorm affine) at a useful scale."""
+        for name, p in mod.named_parameters():
+            if name == "bias" or isinstance(mod, nn.LayerNorm):
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if isinstance(mod, nn.LayerNorm) and name == "weight" else 0))
+
+    def forward(self, x):
+        vals = [x]
+        for i, op in enumerate(self.spec["ops"]):
+            vals.append(_apply(op, self.layers[str(i)] if str(i) in self.layers else None, [vals[j] for j in op["in"]]))
+        outs = tuple(vals[i] for i in self.spec["outputs"])
+        return outs[0] if len(outs) == 1 else outs
+
+
+def inputs(spec: dict, batch: int | None = None, salt: int = 0) -> torch.Tensor:
+    """A reproducible input for `spec` (its batch, or `batch`); salt picks another draw."""
+    g = torch.Generator().manual_seed(spec["seed"] * 1000 + salt)
+    shape = list(spec["input"])
+    if batch is not None:
+        shape[0] = batch
+    return torch.randn(shape, generator=g) * 2 + 0.5
+
+
+# ----------------------------------------------------------------------------- drawing
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _draw_conv(r: random.Random, shape: tuple) -> dict | None:
+    cin, spatial = shape[1], shape[2:]
+    if r.random() < 0.25:  # depthwise (channel multiplier 1 or 2)
+        groups, out = cin, cin * r.choice((1, 2))
+    else:
+        groups = r.choice(_divisors(cin)) if r.random() < 0.3 else 1
+        out = groups * r.randint(1, max(1, MAX_CHANNELS // groups))
+    kernel = r.choice((1, 2, 3, 3, 5))
+    dilation = r.choice((1, 1, 1, 2))
+    kw = {"out": min(out, MAX_CHANNELS * 2), "kernel": kernel, "stride": r.choice((1, 1, 2, 3)),
+          "padding": r.randint(0, (kernel - 1) * dilation // 2 + 1), "dilation": dilation, "groups": groups,
+          "bias": r.random() < 0.8}
+    if kw["out"] % groups:
+        return None
+    return kw
+
+
+def _draw_pool(r: random.Random, shape: tuple) -> dict:
+    kind = r.choice(("max", "max", "avg", "adaptive_avg"))
+    if kind == "adaptive_avg":
+        return {"kind": kind, "size": r.choice((1, 1, 2))}
+    kernel = r.choice((2, 3))
+    return {"kind": kind, "kernel": kernel, "stride": r.choice((1, 2)), "padding": r.randint(0, kernel // 2)}
+
+
+def _candidates(r: random.Random, vals: list[tuple]) -> list[tuple[str, list[int], dict]]:
+    """Ops that could come next: (op, input value ids, kwargs). Mostly extends the newest value,
+    sometimes an older one (branches, tensors with several users)."""
+    src = len(vals) - 1 if r.random() < 0.7 else r.randrange(len(vals))
+    shape = vals[src]
+    rank = len(shape)
+    out: list[tuple[str, list[int], dict]] = []
+    if rank in (3, 4, 5):
+        for _ in range(3):  # the quantizer's main target: weight it up
+            kw = _draw_conv(r, shape)
+            if kw:
+                out.append(("conv", [src], kw))
+        out.append(("pool", [src], _draw_pool(r, shape)))
+        out.append(("flatten", [src], {"start": r.choice((1, 2)) if rank > 3 else 1}))
+        out.append(("reshape", [src], {}))
+    if rank >= 2:
+        for _ in range(2):
+            out.append(("linear", [src], {"out": r.choice((1, 3, 8, 16, 32)), "bias": r.random() < 0.8}))
+    out.append((r.choice(sorted(UNARY)), [src], {}))
+    if r.random() < 0.3:
+        out.append((r.choice(("layer_norm", "softmax")), [src], {}))
+    if rank in (3, 4):
+        dims = (0, 2, 1) if rank == 3 else r.choice(((0, 2, 3, 1), (0, 3, 1, 2)))
+        out.append(("permute", [src], {"dims": list(dims)}))
+    twins = [i for i, s in enumerate(vals) if s == shape]
+    if twins:
+        other = r.choice(twins)
+        out.append((r.choice(("add", "add", "add_relu")), [src, other], {}))
+    mates = [i for i, s in enumerate(vals) if len(s) == rank and rank >= 2 and s[:1] + s[2:] == shape[:1] + shape[2:]]
+    if mates:
+        out.append(("cat", [src, r.choice(mates)], {"dim": 1}))
+    return out
+
+
+def _fits(shape: tuple) -> bool:
+    numel = 1
+    for s in shape[1:]:
+        numel *= s
+    return 0 < numel <= MAX_NUMEL and all(s >= 1 for s in shape)
+
+
+def _input_shape(r: random.Random) -> list[int]:
+    batch = r.choice((1, 2, 3))
+    rank = r.choices((2, 3, 4, 5), weights=(2, 2, 5, 1))[0]
+    if rank == 2:
+        return [batch, r.choice((4, 8, 17, 32))]
+    channels = r.choice((1, 3, 4, 8, 16))
+    if rank == 3:
+        return [batch, channels, r.randint(3, 24)]
+    if rank == 4:
+        return [batch, channels, r.randint(1, 12), r.randint(1, 12)]
+    return [batch, r.choice((1, 3, 4)), r.randint(2, 6), r.randint(2, 6), r.randint(2, 6)]
+
+
+def generate(seed: int, max_ops: int = 7) -> dict:
+    """Draw a valid spec: 2..max_ops ops, at least one conv or linear."""
+    r = random.Random(seed)
+    spec = {"seed": seed, "input": _input_shape(r), "quant": "static", "ops": [], "outputs": []}
+    vals = [tuple(spec["input"])]
+    probe = [torch.zeros(vals[0])]
+    n_ops = r.randint(2, max_ops)
+    tries = 0
+    while len(spec["ops"]) < n_ops and tries < 200:
+        tries += 1
+        name, src, kw = r.choice(_candidates(r, vals))
+        op = {"op": name, "in": src, "kw": kw}
+        try:
+            mod = _module(op, probe[src[0]].shape)
+            with torch.no_grad():
+                out = _apply(op, mod, [probe[j] for j in src])
+        except (RuntimeError, ValueError, IndexError):
+            continue  # e.g. a conv whose window does not fit: draw again
+        if not _fits(tuple(out.shape)):
+            continue
+        spec["ops"].append(op)
+        vals.append(tuple(out.shape))
+        probe.append(out)
+        if name in ("conv", "linear") and r.random() < 0.5:  # the fusion targets: conv/linear + post-op
+            follow = r.choice(sorted(UNARY) + ["add", "add_relu"])
+            twins = [i for i, s in enumerate(vals[:-1]) if s == vals[-1]]
+            if follow in UNARY or twins:
+                spec["ops"].append({"op": follow, "in": [len(vals) - 1] + ([r.choice(twins)] if follow not in UNARY else []),
+                                    "kw": {}})
+                probe.append(_apply(spec["ops"][-1], None, [probe[j] for j in spec["ops"][-1]["in"]]))
+                vals.append(tuple(probe[-1].shape))
+    if not any(op["op"] in ("conv", "linear") for op in spec["ops"]):
+        return generate(seed + 10_000_019, max_ops)  # deterministic redraw
+    spec["outputs"] = [len(vals) - 1]
+    if len(vals) > 3 and r.random() < 0.3:  # a second output from inside the graph
+        spec["outputs"].insert(0, r.randrange(1, len(vals) - 1))
+    has_linear = any(op["op"] == "linear" for op in spec["ops"])
+    spec["quant"] = "dynamic" if has_linear and r.random() < 0.25 else "static"
+    return spec
+
+
+def describe(spec: dict) -> str:
+    """One line: input shape and op chain, e.g. `[2, 4, 9, 9] conv(0) relu(1) add(2,0) | out 3`."""
+    ops = " ".join(f"{op['op']}({','.join(map(str, op['in']))})" for op in spec["ops"])
+    return f"{spec['quant']} {spec['input']} {ops} | out {','.join(map(str, spec['outputs']))}"

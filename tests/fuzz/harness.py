@@ -1,0 +1,159 @@
+"""Differential check of one spec: eager converted model vs torch.compile in a config matrix.
+
+Configs cover {freezing on/off} x {Python/C++ wrapper} x {fp32, bf16 autocast} x {static, dynamic
+batch}. `CONFIGS` is the half fraction of that 2^4 grid in which the four switches xor to zero: 8
+compiles per graph that still meet every pair of switch settings (`FULL_CONFIGS` has all 16).
+
+Verdict per config: "ok", "crash" (an exception in quantize, compile or run) or "mismatch": an
+output farther from the eager converted model than one quantization step (the largest activation
+scale of the graph; for dynamic quantization the runtime step of the widest tensor), plus, under
+bf16 autocast, torch.testing's bf16 tolerance (rtol 1.6e-2) of the reference magnitude.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+import inductor_quant.passes as iq_passes
+from inductor_quant import quantize
+from inductor_quant.quantizer import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+
+from graphs import SpecModel, inputs
+
+qd = torch.ops.quantized_decomposed
+BF16_RTOL = 1.6e-2
+
+
+@dataclass(frozen=True)
+class Config:
+    freezing: bool
+    cpp_wrapper: bool
+    bf16: bool
+    dynamic_batch: bool
+
+    @property
+    def name(self) -> str:
+        return "-".join((("freeze" if self.freezing else "nofreeze"), ("cpp" if self.cpp_wrapper else "py"),
+                         ("bf16" if self.bf16 else "fp32"), ("dynbatch" if self.dynamic_batch else "static")))
+
+    @classmethod
+    def parse(cls, name: str) -> "Config":
+        for c in FULL_CONFIGS:
+            if c.name == name:
+                return c
+        raise ValueError(f"unknown config {name!r}; one of {[c.name for c in FULL_CONFIGS]}")
+
+
+FULL_CONFIGS = [Config(*bits) for bits in itertools.product((True, False), repeat=4)]
+CONFIGS = [c for c in FULL_CONFIGS if (c.freezing ^ c.cpp_wrapper ^ c.bf16 ^ c.dynamic_batch) == 0]
+
+
+@dataclass
+class Outcome:
+    config: str
+    status: str                 # ok | crash | mismatch
+    stage: str = ""             # quantize | compile (incl. first run) | run
+    error: str = ""             # exception line, or the mismatch figures
+    err_steps: float = 0.0      # worst |compiled - eager| in units of the allowed error
+    fused: dict = field(default_factory=dict)
+    trace: str = ""
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in ("", {}, 0.0) or k == "status"}
+
+
+def install_our_passes():
+    """The product's state: our passes installed, torch's built-in quantization fusions off."""
+    iq_passes.set_builtin_fusions(False)
+    iq_passes.install()
+
+
+def _quantizer(spec: dict):
+    config = get_default_x86_inductor_quantization_config(is_dynamic=spec["quant"] == "dynamic")
+    return X86InductorQuantizer().set_global(config)
+
+
+def quantized(spec: dict, dynamic_batch: bool) -> torch.fx.GraphModule:
+    """export -> prepare -> calibrate on two draws -> convert (batch dynamic if asked)."""
+    model = SpecModel(spec).eval()
+    example = inputs(spec, batch=max(2, spec["input"][0]) if dynamic_batch else None)
+    shapes = ({"x": {0: torch.export.Dim("batch", min=1, max=64)}},) if dynamic_batch else None
+    calibration = [inputs(spec, batch=example.shape[0], salt=s) for s in (1, 2)]
+    return quantize(model, (example,), calibration, quantizer=_quantizer(spec), dynamic_shapes=shapes and shapes[0])
+
+
+def run_batches(spec: dict, config: Config) -> list[int]:
+    """Batch sizes to run: the spec's; with a dynamic batch, two sizes through one compile."""
+    return [3, 5] if config.dynamic_batch else [spec["input"][0]]
+
+
+def allowed_error(converted: torch.fx.GraphModule, ref: torch.Tensor, x: torch.Tensor) -> float:
+    """One quantization step: the largest static activation scale; with dynamic quantization the
+    step of the widest runtime range (input or output), (max - min) / 255."""
+    scales = [float(n.args[1]) for n in converted.graph.nodes if n.target is qd.quantize_per_tensor.default]
+    if scales:
+        return max(scales)
+    widest = max(float(t.max() - t.min()) for t in (x, ref))
+    return max(widest / 255, 1e-6)
+
+
+def _as_tuple(out) -> tuple:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def check(spec: dict, config: Config, compile_fn=torch.compile) -> Outcome:
+    """Quantize, compile under `config` (`compile_fn`, replaceable in tests), run, compare with
+    the eager converted model."""
+    stage = "quantize"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converted = quantized(spec, config.dynamic_batch)
+            stage = "compile"
+            torch._dynamo.reset()
+            iq_passes.reset_stats()
+            compiled = compile_fn(converted)
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext()
+            worst, detail = 0.0, ""
+            patch = torch._inductor.config.patch(freezing=config.freezing, cpp_wrapper=config.cpp_wrapper)
+            for i, batch in enumerate(run_batches(spec, config)):
+                x = inputs(spec, batch=batch, salt=3 + i)
+                if config.dynamic_batch and i == 0:
+                    torch._dynamo.mark_dynamic(x, 0)
+                with torch.no_grad():
+                    refs = _as_tuple(converted(x))
+                    with patch, autocast:
+                        outs = _as_tuple(compiled(x))
+                stage = "run"
+                for k, (ref, out) in enumerate(zip(refs, outs)):
+                    if out.shape != ref.shape:
+                        return Outcome(config.name, "mismatch", stage, f"output {k}: shape {tuple(out.shape)} != {tuple(ref.shape)}")
+                    step = allowed_error(converted, ref, x)
+                    err = (out.float() - ref).abs()
+                    allowed = step + (BF16_RTOL * ref.abs() if config.bf16 else 0.0)
+                    if not torch.isfinite(out.float()).all() and torch.isfinite(ref).all():
+                        return Outcome(config.name, "mismatch", stage, f"output {k}: non-finite values")
+                    ratio = float((err / allowed).max()) if err.numel() else 0.0
+                    if ratio > worst:
+                        worst = ratio
+                        detail = (f"output {k} batch {batch}: max |compiled - eager| {float(err.max()):.4g}, "
+                                  f"allowed {step:.4g}{' + bf16 rtol' if config.bf16 else ''}")
+    except Exception as exc:  # noqa: BLE001 - every failure is a finding
+        line = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        return Outcome(config.name, "crash", stage, line[:500], trace=traceback.format_exc()[-4000:])
+    fused = dict(iq_passes.stats().get("fused", {}))
+    status = "mismatch" if worst > 1.0 else "ok"
+    return Outcome(config.name, status, "run", detail if status == "mismatch" else "", round(worst, 4), fused)
+
+
+def same_failure(a: Outcome, b: Outcome) -> bool:
+    """Minimization keeps a smaller graph only if it fails the same way."""
+    if a.status != b.status:
+        return False
+    return a.status == "mismatch" or a.error.split(":")[0] == b.error.split(":")[0]

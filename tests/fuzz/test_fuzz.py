@@ -1,0 +1,113 @@
+"""The differential fuzzer in CI: a fixed-seed slice of the sweep, every past finding replayed,
+and the fuzzer's own parts (generator, verdicts, minimizer) checked so a broken fuzzer cannot
+pass silently. The full sweep: `python tests/fuzz/fuzz.py --graphs 500` (README)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+import graphs
+import harness
+import minimize
+
+CORPUS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "corpus", "*.json")))
+SLICE = range(1000, 1012)  # fixed seeds, x 8 configs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _our_passes(our_passes_only):
+    yield
+
+
+# ----------------------------------------------------------------------------- the generator
+
+
+def test_specs_are_deterministic_and_valid():
+    for seed in range(40):
+        spec = graphs.generate(seed)
+        assert spec == graphs.generate(seed)
+        assert any(op["op"] in ("conv", "linear") for op in spec["ops"])
+        assert json.loads(json.dumps(spec)) == spec  # replayable from a file
+        with torch.no_grad():
+            out = graphs.SpecModel(spec)(graphs.inputs(spec))
+        assert all(torch.isfinite(t).all() for t in (out if isinstance(out, tuple) else (out,)))
+
+
+def test_generator_covers_the_quantizer_vocabulary():
+    drawn = {op["op"] for seed in range(300) for op in graphs.generate(seed)["ops"]}
+    expected = {"conv", "linear", "add", "add_relu", "cat", "pool", "flatten", "reshape", "permute", "layer_norm",
+                "softmax"} | set(graphs.UNARY)
+    assert expected <= drawn, expected - drawn
+    ranks = {len(graphs.generate(seed)["input"]) for seed in range(300)}
+    assert ranks == {2, 3, 4, 5}  # linear 2-D, conv1d/2d/3d
+
+
+def test_configs_are_a_half_fraction_meeting_every_pair():
+    assert len(harness.CONFIGS) == 8 and len(harness.FULL_CONFIGS) == 16
+    fields = ("freezing", "cpp_wrapper", "bf16", "dynamic_batch")
+    for i, a in enumerate(fields):
+        for b in fields[i + 1:]:
+            assert {(getattr(c, a), getattr(c, b)) for c in harness.CONFIGS} == {(x, y) for x in (0, 1) for y in (0, 1)}
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+SMALL = {"seed": 5, "input": [2, 3, 6, 6], "quant": "static",
+         "ops": [{"op": "conv", "in": [0], "kw": {"out": 4, "kernel": 3, "stride": 1, "padding": 1, "dilation": 1,
+                                                  "groups": 1, "bias": True}},
+                 {"op": "relu", "in": [1]}], "outputs": [2]}
+EAGER = harness.Config(False, False, False, False)
+
+
+def test_a_wrong_compiled_result_is_a_mismatch():
+    off_by_two_steps = lambda m: (lambda x: m(x) + 2 * harness.allowed_error(m, m(x), x))  # noqa: E731
+    outcome = harness.check(SMALL, EAGER, compile_fn=off_by_two_steps)
+    assert outcome.status == "mismatch" and 1.9 < outcome.err_steps < 2.1, outcome
+
+
+def test_a_crash_is_reported_with_its_stage():
+    def broken(m):
+        def run(x):
+            raise RuntimeError("kernel exploded")
+        return run
+    outcome = harness.check(SMALL, EAGER, compile_fn=broken)
+    assert (outcome.status, outcome.error) == ("crash", "RuntimeError: kernel exploded")
+
+
+def test_minimizer_keeps_the_failing_part(monkeypatch):
+    """A fake failure 'any sigmoid after a linear' must shrink to linear -> sigmoid."""
+    spec = {"seed": 1, "input": [2, 8], "quant": "static", "outputs": [5],
+            "ops": [{"op": "linear", "in": [0], "kw": {"out": 8, "bias": True}}, {"op": "relu", "in": [1]},
+                    {"op": "linear", "in": [2], "kw": {"out": 8, "bias": False}}, {"op": "sigmoid", "in": [3]},
+                    {"op": "add", "in": [4, 2]}]}
+
+    def fake_check(s, config):
+        names = [op["op"] for op in s["ops"]]
+        bad = "sigmoid" in names and "linear" in names[: names.index("sigmoid")]
+        return harness.Outcome(config.name, "mismatch" if bad else "ok")
+
+    monkeypatch.setattr(harness, "check", fake_check)
+    small = minimize.minimize(spec, EAGER, fake_check(spec, EAGER))
+    assert [op["op"] for op in small["ops"]] == ["linear", "sigmoid"], small
+
+
+# ----------------------------------------------------------------------------- the slice
+
+
+@pytest.mark.parametrize("seed", SLICE)
+def test_fixed_seed_slice(seed):
+    spec = graphs.generate(seed)
+    failures = [o for o in (harness.check(spec, c) for c in harness.CONFIGS) if o.status != "ok"]
+    assert not failures, (graphs.describe(spec), [(o.config, o.status, o.stage, o.error) for o in failures])
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[os.path.basename(p) for p in CORPUS])
+def test_past_findings_stay_fixed(path):
+    record = json.load(open(path))
+    outcome = harness.check(record["spec"], harness.Config.parse(record["config"]))
+    assert outcome.status == "ok", (record["graph"], record["error"], outcome.error)
