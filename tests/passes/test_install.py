@@ -236,3 +236,32 @@ def _grad_enabled_compile(model, x):
     assert [u[:1] + u[2:] for u in iq_passes.stats()["unfused"]] == [
         ("linear", "freezing off (config.freezing / torch.no_grad())")], iq_passes.stats()
     torch.testing.assert_close(out, model(x))
+
+
+ALL_POSITIVE = torch.tensor([[0.1149, 0.0851, 0.6287, 0.1713]])  # e.g. a softmax output
+
+
+def _choose_qparams(x):
+    return torch.ops.quantized_decomposed.choose_qparams.tensor(x, 0, 255, 1.1920928955078125e-07, torch.uint8)
+
+
+@pytest.mark.parametrize("x", [ALL_POSITIVE, -ALL_POSITIVE, torch.linspace(-1, 3, 10), torch.zeros(4)],
+                         ids=["positive", "negative", "mixed", "zeros"])
+def test_installed_choose_qparams_compiles_to_eager_values(x):
+    """torch 2.13's decomposition drops zero from the range (all-positive input: scale 0.0021 and
+    saturation instead of eager's 0.0025); ours, installed, gives eager's exact qparams."""
+    torch._dynamo.reset()
+    compiled = torch.compile(_choose_qparams)(x)
+    for got, want in zip(compiled, _choose_qparams(x)):
+        assert torch.equal(got, want), (compiled, _choose_qparams(x))
+
+
+def test_uninstall_restores_torch_choose_qparams_decomposition(torch_default_state):
+    from torch._inductor.decomposition import decompositions, fast_random_decomps
+
+    op = torch.ops.quantized_decomposed.choose_qparams.tensor
+    torch_entry = decompositions[op]
+    iq_passes.install()
+    assert decompositions[op] is not torch_entry and fast_random_decomps()[op] is decompositions[op]
+    iq_passes.uninstall()
+    assert decompositions[op] is torch_entry and fast_random_decomps()[op] is torch_entry
