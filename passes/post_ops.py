@@ -141,16 +141,47 @@ def check_binary(match: Match) -> Optional[str]:
 
 
 def fold_binary(match: Match) -> None:
-    # add(fused(...), other) -> fused(..., binary=sum|add, other)   conv `sum` writes into its copy of other
+    # add(fused(...), other) -> fused(..., binary=sum|add, other)   `sum` accumulates into other in place:
+    # conv into its copy of other; linear into other itself when that is safe, else `add` (new output)
     f, other, out = record(match.kwargs["y"]), match.kwargs["other"], match.output_node()
     if f.kind == "qconv":
         other = call(out.graph, out, aten.clone.default, other, memory_format=torch.channels_last)
         binary = K.Binary("sum")
     else:
-        binary = K.Binary("add")
+        binary = K.Binary("sum" if writable_in_place(other, match) else "add")
     result = K.Output(val(out).dtype) if not f.out.quantized else f.out
     replace_with(out, dataclasses.replace(f, binary=binary, other=other, out=result))
     _erase_matched(match)
+
+
+def writable_in_place(other: torch.fx.Node, match: Match) -> bool:
+    """May a linear `sum` overwrite `other`? Inductor's lowering writes into it although the op's
+    schema does not declare the write, so every schedule must run all of other's readers first:
+    other is a fresh tensor computed here (not an input, constant or view) and each of its other
+    readers feeds the fused op's inputs (a data dependency no reordering can break)."""
+    schema = getattr(other.target, "_schema", None)
+    v = val(other)
+    if other.op != "call_function" or schema is None or any(r.alias_info for r in schema.returns):
+        return False
+    if v is None or not v.is_contiguous():
+        return False
+    y = match.kwargs["y"]
+    return all(u in match.nodes or _feeds(u, y) for u in other.users)
+
+
+def _feeds(node: torch.fx.Node, y: torch.fx.Node) -> bool:
+    """node computes (part of) an input of y: searched forward, in graph order up to y. y itself
+    reading other is not enough (it would read and write other in one call)."""
+    todo, seen = [node], set()
+    while todo:
+        n = todo.pop()
+        for u in n.users:
+            if u is y and node is not y:
+                return True
+            if u not in seen and u < y:
+                seen.add(u)
+                todo.append(u)
+    return False
 
 
 def check_output_quant(match: Match) -> Optional[str]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compile_utils import FP32_COMPUTE, PREPACK_AT_RUNTIME, compile_and_run, onednn_calls
-from qdq_models import O_SCALE, QDQLayer
+from qdq_models import O_SCALE, QDQLayer, X_SCALE, X_ZP, q_dq
 from variants import BY_ID, VARIANTS
 
 import inductor_quant.passes as iq_passes
@@ -100,3 +100,33 @@ def test_dynamic_batch(vid):
     stats = iq_passes.stats()
     kind = "qconv" if v.is_conv else "qlinear"
     assert stats["unfused"] == [] and any(k.startswith(kind) for k in stats["fused"]), stats
+
+
+class Residual(torch.nn.Module):
+    """BERT's residual: r is computed in the graph (LayerNorm there) and feeds both the linear
+    (through q/dq) and the add. `later_reader`: r is read again after the add (by an op that
+    needs the sum, so no schedule can read r before the in-place write)."""
+
+    def __init__(self, later_reader: bool):
+        super().__init__()
+        from variants import linear
+        self.layer, self.later_reader = QDQLayer(linear("residual", x_shape=(6, 16), out_features=16)), later_reader
+        self.register_buffer("m", torch.randn(16, 16, generator=torch.Generator().manual_seed(2)) / 4)
+
+    def forward(self, x):
+        r = x @ self.m  # an extern kernel's buffer (mm): later readers read it, cannot recompute it
+        y = self.layer.tail(q_dq(r, X_SCALE, X_ZP)) + r
+        return y * r if self.later_reader else y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("later_reader", [False, True], ids=["in_place", "later_reader"])
+def test_linear_residual_sum_in_place_only_when_safe(later_reader, dtype):
+    """The linear `sum` post-op overwrites its extra input (an undeclared write in Inductor's
+    lowering): only when every other reader of it feeds the linear; else `add`, a new output."""
+    model = Residual(later_reader).eval()
+    ref, out, code, stats = compile_and_run(model, (torch.randn(6, 16),), bf16=DTYPES[dtype])
+    assert stats["unfused"] == [] and onednn_calls(code, "qlinear_pointwise") == 1
+    assert ("'add', 1.0" if later_reader else "'sum', 1.0") in code, code
+    tol = dict(atol=3e-2, rtol=2e-2) if DTYPES[dtype] else dict(atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(out.float(), ref.float(), **tol)
