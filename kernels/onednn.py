@@ -17,6 +17,7 @@ Schemas: `torch.ops.onednn.<op>.<overload>._schema`.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -208,3 +209,41 @@ def register_fake_prepacks() -> None:
 
         torch.library.register_fake(op, fake, lib=lib)
     _FAKE_LIB.append(lib)
+
+
+_META_FIX = []
+
+
+def register_conv1d_meta_fix() -> None:
+    """A correct meta for 1-D onednn.qconv_pointwise (idempotent).
+
+    The packed 1-D weight is [O, I, 1, k] (the kernel runs 1-D as 2-D over height 1); torch's meta
+    reads that as a 2-D kernel over the 1-D input and derives the length from the wrong kernel
+    size, e.g. 22 instead of 21 for k=2, p=1 over 20. Any shape check downstream (a residual add,
+    cat, a linear over the length, a permuted conv) then fails the compile. Ours computes the 1-D
+    case the way the kernel does and defers everything else to torch's meta.
+    """
+    if _META_FIX:
+        return
+    from torch._meta_registrations import meta_table
+
+    lib = torch.library.Library("onednn", "IMPL", "Meta")  # noqa: TOR901
+    for overload in ("default", "tensor"):
+        op = getattr(QCONV, overload)
+        torch_meta = meta_table[op]
+
+        def meta(x, x_scale, x_zp, w, w_scale, w_zp, bias, stride, padding, dilation, *rest, _torch_meta=torch_meta):
+            if x.dim() == 3 and w.dim() == 4:  # 1-D: as 2-D over height 1
+                out = _torch_meta(x.unsqueeze(2), x_scale, x_zp, w, w_scale, w_zp, bias, [1, *stride], [0, *padding],
+                                  [1, *dilation], *rest)
+                return out.squeeze(2)
+            return _torch_meta(x, x_scale, x_zp, w, w_scale, w_zp, bias, stride, padding, dilation, *rest)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "overriding a previously registered kernel": intended
+            lib.impl(op, meta)
+        # torch also keeps its meta as the op's Python-dispatcher kernel (used while tracing)
+        if torch._C.DispatchKey.Meta in op.py_kernels:
+            op.py_kernels[torch._C.DispatchKey.Meta] = meta
+            op._dispatch_cache.clear()
+    _META_FIX.append(lib)

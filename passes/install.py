@@ -133,6 +133,7 @@ def install() -> None:
     """Install our passes into Inductor and switch torch's built-in quantization fusions off
     (idempotent). `uninstall()` restores the built-in state found here."""
     K.register_fake_prepacks()
+    K.register_conv1d_meta_fix()
     registry.phase_passes()  # trace the patterns now, not inside the first compile
     if not _state["installed"]:
         _state["builtins_before"] = builtin_fusions_enabled()

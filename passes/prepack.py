@@ -182,8 +182,8 @@ def check_dq_conv(match: Match) -> Optional[str]:
     conv = node_of(match, aten.convolution.default)
     if args_of(conv)["transposed"]:
         return "transposed convolution"
-    return (check_float_compute(conv) or _check_dynamic_layout(conv) or _check_depth_one_conv3d(conv) or check_act_dq(_act_dq(match), "qconv")
-            or check_weight_dq(_weight_dq(match)))
+    return (check_float_compute(conv) or _check_dynamic_layout(conv) or _check_depth_one_conv3d(conv)
+            or check_act_dq(_act_dq(match), "qconv") or check_weight_dq(_weight_dq(match)))
 
 
 def _check_dynamic_layout(conv: torch.fx.Node) -> Optional[str]:

@@ -6,8 +6,10 @@ compiles per graph that still meet every pair of switch settings (`FULL_CONFIGS`
 
 Verdict per config: "ok", "crash" (an exception in quantize, compile or run) or "mismatch": an
 output farther from the eager converted model than one quantization step (the largest activation
-scale of the graph; for dynamic quantization the runtime step of the widest tensor), plus, under
-bf16 autocast, torch.testing's bf16 tolerance (rtol 1.6e-2) of the reference magnitude.
+scale of the graph; for dynamic quantization the runtime step of the widest tensor). Under bf16
+autocast add torch.testing's bf16 tolerance (rtol 1.6e-2) of the reference magnitude and twice
+the largest change bf16 autocast makes to that output in eager mode: float islands after a bf16
+op (layer_norm over a few values) amplify bf16 rounding far beyond 1.6 %, in eager as well.
 """
 
 from __future__ import annotations
@@ -128,15 +130,19 @@ def check(spec: dict, config: Config, compile_fn=torch.compile) -> Outcome:
                     torch._dynamo.mark_dynamic(x, 0)
                 with torch.no_grad():
                     refs = _as_tuple(converted(x))
+                    with autocast:
+                        eager_autocast = _as_tuple(converted(x)) if config.bf16 else refs
                     with patch, autocast:
                         outs = _as_tuple(compiled(x))
                 stage = "run"
-                for k, (ref, out) in enumerate(zip(refs, outs)):
+                for k, (ref, out, ref_autocast) in enumerate(zip(refs, outs, eager_autocast)):
                     if out.shape != ref.shape:
                         return Outcome(config.name, "mismatch", stage, f"output {k}: shape {tuple(out.shape)} != {tuple(ref.shape)}")
                     step = allowed_error(converted, ref, x)
                     err = (out.float() - ref).abs()
-                    allowed = step + (BF16_RTOL * ref.abs() if config.bf16 else 0.0)
+                    allowed = step
+                    if config.bf16:
+                        allowed = allowed + BF16_RTOL * ref.abs() + 2 * float((ref_autocast.float() - ref).abs().max())
                     if not torch.isfinite(out.float()).all() and torch.isfinite(ref).all():
                         return Outcome(config.name, "mismatch", stage, f"output {k}: non-finite values")
                     ratio = float((err / allowed).max()) if err.numel() else 0.0
@@ -145,11 +151,20 @@ def check(spec: dict, config: Config, compile_fn=torch.compile) -> Outcome:
                         detail = (f"output {k} batch {batch}: max |compiled - eager| {float(err.max()):.4g}, "
                                   f"allowed {step:.4g}{' + bf16 rtol' if config.bf16 else ''}")
     except Exception as exc:  # noqa: BLE001 - every failure is a finding
-        line = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        line = _error_line(exc)
         return Outcome(config.name, "crash", stage, line[:500], trace=traceback.format_exc()[-4000:])
     fused = dict(iq_passes.stats().get("fused", {}))
     status = "mismatch" if worst > 1.0 else "ok"
     return Outcome(config.name, status, "run", detail if status == "mismatch" else "", round(worst, 4), fused)
+
+
+def _error_line(exc: BaseException) -> str:
+    """`Type: first line`, of the inner error when Dynamo wraps it (BackendCompilerFailed)."""
+    inner = getattr(exc, "inner_exception", None) or exc.__cause__
+    if type(exc).__name__ == "BackendCompilerFailed" and inner is not None:
+        exc = inner
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def same_failure(a: Outcome, b: Outcome) -> bool:

@@ -148,3 +148,20 @@ def test_qconv_capability_table(rank, unary):
     else:
         with pytest.raises(RuntimeError, match="Unsupported post op"):
             K.qconv(E, x, XQ, packed, w_scale, w_zp, b, g, K.Output(), unary)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [(2, 1, 1, 1), (3, 3, 2, 1), (3, 1, 0, 2), (1, 1, 0, 1)])
+def test_conv1d_meta_gives_the_kernels_output_shape(kernel, stride, padding, dilation):
+    """torch's meta reads the packed 1-D weight [O, I, 1, k] as a 2-D kernel (wrong length);
+    register_conv1d_meta_fix (installed with our passes) must agree with the real op."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    K.register_conv1d_meta_fix()
+    x, xq = torch.randint(0, 255, (2, 16, 20), dtype=torch.uint8), K.QParams(0.02, 10)
+    w, w_scale, w_zp = torch.randint(-100, 100, (8, 16, kernel), dtype=torch.int8), torch.rand(8) * 0.01, torch.zeros(8, dtype=torch.int64)
+    geom = K.ConvGeometry((stride,), (padding,), (dilation,), 1)
+    packed = K.qconv_prepack(K.eager, w, w_scale, xq, geom, list(x.shape))
+    real = K.qconv(K.eager, x, xq, packed, w_scale, w_zp, None, geom)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = K.qconv(K.eager, mode.from_tensor(x), xq, mode.from_tensor(packed), w_scale, w_zp, None, geom)
+    assert fake.shape == real.shape
