@@ -182,7 +182,7 @@ def check_dq_conv(match: Match) -> Optional[str]:
     conv = node_of(match, aten.convolution.default)
     if args_of(conv)["transposed"]:
         return "transposed convolution"
-    return (check_float_compute(conv) or _check_dynamic_layout(conv) or _check_depth_one_conv3d(conv)
+    return (check_float_compute(conv) or _check_dynamic_layout(conv) or _check_known_wrong_results(conv)
             or check_act_dq(_act_dq(match), "qconv") or check_weight_dq(_weight_dq(match)))
 
 
@@ -201,15 +201,22 @@ def _check_dynamic_layout(conv: torch.fx.Node) -> Optional[str]:
     return None
 
 
-def _check_depth_one_conv3d(conv: torch.fx.Node) -> Optional[str]:
-    """torch 2.13's int8 oneDNN conv3d computes wrong values when the input depth is 1 and the
-    kernel depth is larger (found by the differential fuzzer; 2-D/1-D convs are not affected)."""
-    x, w = conv.args[0].meta.get("val"), conv.args[1].meta.get("val")
-    if x is None or w is None or x.dim() != 5:
+def _check_known_wrong_results(conv: torch.fx.Node) -> Optional[str]:
+    """Shapes for which torch 2.13's int8 oneDNN conv returns wrong values (found by the
+    differential fuzzer; each has a corpus repro in tests/fuzz/corpus): left unfused."""
+    x, w, out = (n.meta.get("val") for n in (conv.args[0], conv.args[1], conv))
+    if x is None or w is None or out is None:
         return None
-    if isinstance(x.shape[2], int) and x.shape[2] == 1 and w.shape[2] > 1:
+    stride = args_of(conv)["stride"]
+    if x.dim() == 5 and _is(x.shape[2], 1) and w.shape[2] > 1:
         return "conv3d over depth 1 with kernel depth > 1 (the int8 oneDNN kernel computes it wrong)"
+    if _is(out.shape[-1], 1) and any(s > 1 for s in stride):
+        return "strided conv with output width 1 (the int8 oneDNN kernel computes it wrong)"
     return None
+
+
+def _is(dim, value: int) -> bool:
+    return isinstance(dim, int) and dim == value
 
 
 def shift_s8_to_u8(x, xq: K.QParams, anchor):

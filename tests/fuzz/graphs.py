@@ -122,6 +122,16 @@ class SpecModel(nn.Module):
         return outs[0] if len(outs) == 1 else outs
 
 
+def value_shapes(spec: dict) -> list[tuple]:
+    """Shape of every value of a spec (value 0 is the input)."""
+    model = SpecModel(spec)
+    vals = [torch.zeros(spec["input"])]
+    with torch.no_grad():
+        for i, op in enumerate(spec["ops"]):
+            vals.append(_apply(op, model.layers[str(i)] if str(i) in model.layers else None, [vals[j] for j in op["in"]]))
+    return [tuple(v.shape) for v in vals]
+
+
 def inputs(spec: dict, batch: int | None = None, salt: int = 0) -> torch.Tensor:
     """A reproducible input for `spec` (its batch, or `batch`); salt picks another draw."""
     g = torch.Generator().manual_seed(spec["seed"] * 1000 + salt)
