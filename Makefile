@@ -42,12 +42,12 @@ fuzz: venv
 test-slow: venv
 	$(PY) -m pytest -q -m slow tests
 
-# The pass and end-to-end tests again on torch 2.14 (no built-in quantization fusions there).
+# The whole default suite again on torch 2.14 (no built-in quantization fusions there).
 test-torch214:
 	test -x $(PY214) || $(PYTHON) -m venv $(VENV214)
 	$(PY214) -m pip install -q "torch==2.14.1"
-	$(PY214) -m pip install -q -e ".[test]" "torch==2.14.1"
-	$(PY214) -m pytest -q -m "not slow" tests/passes tests/kernels tests/e2e --ignore-glob="tests/e2e/test_accuracy_*" -p no:cacheprovider
+	$(PY214) -m pip install -q -e ".[test,accuracy]" "torch==2.14.1"
+	$(PY214) -m pytest -q -m "not slow" tests -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
