@@ -202,16 +202,24 @@ def _check_dynamic_layout(conv: torch.fx.Node) -> Optional[str]:
 
 
 def _check_known_wrong_results(conv: torch.fx.Node) -> Optional[str]:
-    """Shapes for which torch 2.13's int8 oneDNN conv returns wrong values (found by the
-    differential fuzzer; each has a corpus repro in tests/fuzz/corpus): left unfused."""
+    """torch 2.13's int8 oneDNN conv returns wrong values for some strided convs with output width
+    1 and for conv3d over depth 1 with a deeper kernel (differential fuzzer findings, corpus repros
+    in tests/fuzz/corpus). Convs of those classes are fused only if the kernel, run once on this
+    geometry, matches the reference (kernels.onednn.qconv_is_exact)."""
     x, w, out = (n.meta.get("val") for n in (conv.args[0], conv.args[1], conv))
     if x is None or w is None or out is None:
         return None
-    stride = args_of(conv)["stride"]
-    if x.dim() == 5 and _is(x.shape[2], 1) and w.shape[2] > 1:
-        return "conv3d over depth 1 with kernel depth > 1 (the int8 oneDNN kernel computes it wrong)"
-    if _is(out.shape[-1], 1) and any(s > 1 for s in stride):
-        return "strided conv with output width 1 (the int8 oneDNN kernel computes it wrong)"
+    a = args_of(conv)
+    suspect = (_is(out.shape[-1], 1) and any(s > 1 for s in a["stride"])) or (
+        x.dim() == 5 and _is(x.shape[2], 1) and w.shape[2] > 1)
+    if not suspect:
+        return None
+    shape = tuple(x.shape)
+    if free_symbols(shape[1:]):
+        return "suspect geometry with symbolic sizes (cannot probe the int8 kernel)"
+    geom = K.ConvGeometry(tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
+    if not K.qconv_is_exact(shape, tuple(w.shape), geom):
+        return "the int8 oneDNN kernel computes this geometry wrong (probed; torch 2.13)"
     return None
 
 

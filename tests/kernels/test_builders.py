@@ -165,3 +165,20 @@ def test_conv1d_meta_gives_the_kernels_output_shape(kernel, stride, padding, dil
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fake = K.qconv(K.eager, mode.from_tensor(x), xq, mode.from_tensor(packed), w_scale, w_zp, None, geom)
     assert fake.shape == real.shape
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride", [
+    ((1, 12, 14, 3), (12, 12, 3, 3), (2, 2)),   # strided, output width 1: wrong on torch 2.13
+    ((1, 12, 14, 9), (12, 12, 3, 3), (2, 2)),   # output width 4
+    ((1, 12, 14, 3), (12, 12, 3, 3), (1, 1)),   # unstrided
+])
+def test_qconv_probe_agrees_with_the_kernel_on_a_real_batch(x_shape, w_shape, stride):
+    """The compile-time probe (batch 1) must give the verdict a real batch of 2 gets."""
+    geom = K.ConvGeometry(stride, (0, 0), (1, 1), 1)
+    x = torch.randint(0, 255, (2, *x_shape[1:]), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    w, w_scale, w_zp = torch.randint(-100, 100, w_shape, dtype=torch.int8), torch.rand(12) * 0.01, torch.zeros(12, dtype=torch.int64)
+    xq = K.QParams(0.02, 10)
+    got = K.qconv(K.eager, x, xq, K.qconv_prepack(K.eager, w, w_scale, xq, geom, list(x.shape)), w_scale, w_zp, None, geom)
+    want = R.qconv(x, xq, w, w_scale, w_zp, None, geom)
+    exact = bool((got - want).abs().max() <= 1e-3 * want.abs().max() + 1e-4)
+    assert K.qconv_is_exact(x_shape, w_shape, geom) == exact
