@@ -210,6 +210,9 @@ def _check_known_wrong_results(conv: torch.fx.Node) -> Optional[str]:
     if x is None or w is None or out is None:
         return None
     a = args_of(conv)
+    if any(_window_misses_input(*dim) for dim in zip(x.shape[2:], w.shape[2:], a["stride"], a["padding"], a["dilation"])):
+        # e.g. input height 1, padding 3, dilation 2: the oneDNN conv (int8, bf16) segfaults; never probed
+        return "an output window lies entirely in the padding (the oneDNN conv crashes on such geometries)"
     suspect = (_is(out.shape[-1], 1) and any(s > 1 for s in a["stride"])) or (
         x.dim() == 5 and _is(x.shape[2], 1) and w.shape[2] > 1)
     if not suspect:
@@ -221,6 +224,14 @@ def _check_known_wrong_results(conv: torch.fx.Node) -> Optional[str]:
     if not K.qconv_is_exact(shape, tuple(w.shape), geom):
         return "the int8 oneDNN kernel computes this geometry wrong (probed; torch 2.13)"
     return None
+
+
+def _window_misses_input(size, kernel: int, stride: int, pad: int, dilation: int) -> bool:
+    """Along one dim: does some output position read only padding?"""
+    if not pad or not isinstance(size, int):
+        return False
+    n_out = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+    return any(all(not 0 <= o * stride - pad + j * dilation < size for j in range(kernel)) for o in range(n_out))
 
 
 def _is(dim, value: int) -> bool:
