@@ -217,9 +217,9 @@ def _check_known_wrong_results(conv: torch.fx.Node) -> Optional[str]:
         x.dim() == 5 and _is(x.shape[2], 1) and w.shape[2] > 1)
     if not suspect:
         return None
-    shape = tuple(x.shape)
-    if free_symbols(shape[1:]):
+    if free_symbols(tuple(x.shape[1:])):
         return "suspect geometry with symbolic sizes (cannot probe the int8 kernel)"
+    shape = (1, *(int(d) for d in x.shape[1:]))  # the probe runs batch 1; the batch may be symbolic
     geom = K.ConvGeometry(tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
     if not K.qconv_is_exact(shape, tuple(w.shape), geom):
         return "the int8 oneDNN kernel computes this geometry wrong (probed; torch 2.13)"
