@@ -114,22 +114,23 @@ class SpecModel(nn.Module):
             if name == "bias" or isinstance(mod, nn.LayerNorm):
                 p.copy_(torch.randn_like(p) * 0.5 + (1.0 if isinstance(mod, nn.LayerNorm) and name == "weight" else 0))
 
-    def forward(self, x):
+    def values(self, x) -> list:
+        """Every value of the graph for input x (value 0 is x)."""
         vals = [x]
         for i, op in enumerate(self.spec["ops"]):
             vals.append(_apply(op, self.layers[str(i)] if str(i) in self.layers else None, [vals[j] for j in op["in"]]))
+        return vals
+
+    def forward(self, x):
+        vals = self.values(x)
         outs = tuple(vals[i] for i in self.spec["outputs"])
         return outs[0] if len(outs) == 1 else outs
 
 
 def value_shapes(spec: dict) -> list[tuple]:
     """Shape of every value of a spec (value 0 is the input)."""
-    model = SpecModel(spec)
-    vals = [torch.zeros(spec["input"])]
     with torch.no_grad():
-        for i, op in enumerate(spec["ops"]):
-            vals.append(_apply(op, model.layers[str(i)] if str(i) in model.layers else None, [vals[j] for j in op["in"]]))
-    return [tuple(v.shape) for v in vals]
+        return [tuple(v.shape) for v in SpecModel(spec).values(torch.zeros(spec["input"]))]
 
 
 def inputs(spec: dict, batch: int | None = None, salt: int = 0) -> torch.Tensor:
