@@ -6,6 +6,9 @@
     python tests/fuzz/fuzz.py --replay fuzz-out/repro-*.json
 
 Per graph: one JSON line in <out>/results.jsonl (resumable: graphs already there are skipped).
+The sweep runs in a child process that notes the graph and config in flight; if the child dies
+(a segfault inside a kernel) the parent records that compile as a crash and starts a new child,
+which goes on with the next graph.
 A crash or mismatch is saved as <out>/repro-<seed>-<config>.json (spec + config + error + the
 replay command); the first failure of each kind is minimized (ops dropped while it still fails
 the same way) before saving. A failure the unquantized model shows too is torch's ("upstream"):
@@ -19,6 +22,8 @@ import collections
 import glob
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -62,7 +67,10 @@ def sweep(args) -> int:
             continue
         spec = graphs.generate(seed)
         start = time.perf_counter()
-        outcomes = [harness.check(spec, c) for c in configs]
+        outcomes = []
+        for c in configs:
+            _write_json(in_flight_path(args), {"seed": seed, "config": c.name})
+            outcomes.append(check(spec, c))
         bad = [o for o in outcomes if o.status != "ok"]
         for o in bad:
             failures += o.status != "upstream"
@@ -76,13 +84,59 @@ def sweep(args) -> int:
             print(f"  {o.status} [{o.config}] {o.stage}: {o.error[:160]}\n  -> {path}", flush=True)
         record = {"seed": seed, "graph": graphs.describe(spec), "ops": [op["op"] for op in spec["ops"]],
                   "seconds": round(time.perf_counter() - start, 1), "outcomes": [o.to_json() for o in outcomes]}
-        with open(results, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        _append_result(results, record)
+        os.remove(in_flight_path(args))
         status = "ok" if not bad else ", ".join(f"{o.status}@{o.config}" for o in bad)
         print(f"[{i + 1}/{len(seeds)}] seed {seed} {record['seconds']}s {status} | {graphs.describe(spec)[:110]}",
               flush=True)
     print(summarize(args.out))
     return 1 if failures else 0
+
+
+def check(spec: dict, config: harness.Config) -> harness.Outcome:
+    """harness.check; FUZZ_SELFTEST_DIE_AT=<seed> swaps it for a stand-in that passes every graph
+    but kills the process at that seed (the supervisor's own test)."""
+    die_at = os.environ.get("FUZZ_SELFTEST_DIE_AT")
+    if die_at is None:
+        return harness.check(spec, config)
+    if spec["seed"] == int(die_at):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return harness.Outcome(config.name, "ok")
+
+
+def in_flight_path(args) -> str:
+    return os.path.join(args.out, f"in-flight-{args.shard.replace('/', 'of')}.json")
+
+
+def _write_json(path: str, obj: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def _append_result(results: str, record: dict) -> None:
+    with open(results, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def supervise(args, argv: list[str]) -> int:
+    """Run the sweep in child processes; a child that dies mid-compile costs one recorded crash."""
+    os.makedirs(args.out, exist_ok=True)
+    in_flight, worst = in_flight_path(args), 0
+    while True:
+        rc = subprocess.call([sys.executable, os.path.abspath(__file__), *argv, "--worker"])
+        if not os.path.exists(in_flight):
+            return max(worst, rc)
+        died = json.load(open(in_flight))
+        os.remove(in_flight)
+        spec = graphs.generate(died["seed"])
+        cause = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with {rc}"
+        outcome = harness.Outcome(died["config"], "crash", "process", f"the fuzzing process was {cause}")
+        path = save_repro(args.out, spec, outcome)
+        _append_result(os.path.join(args.out, "results.jsonl"),
+                       {"seed": died["seed"], "graph": graphs.describe(spec), "ops": [op["op"] for op in spec["ops"]],
+                        "seconds": 0.0, "outcomes": [outcome.to_json()]})
+        print(f"  crash [{died['config']}] seed {died['seed']}: {outcome.error}\n  -> {path}; continuing", flush=True)
+        worst = 1
 
 
 def summarize(out_dir: str) -> str:
@@ -129,13 +183,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-minimize", dest="minimize", action="store_false")
     p.add_argument("--replay", help="re-run a saved repro (exit 1 while it still fails)")
     p.add_argument("--summary", help="print the summary of a results directory")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     if args.replay:
         return replay(args.replay)
     if args.summary:
         print(summarize(args.summary))
         return 0
-    return sweep(args)
+    return sweep(args) if args.worker else supervise(args, argv)
 
 
 if __name__ == "__main__":

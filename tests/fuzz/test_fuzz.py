@@ -7,6 +7,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,7 +17,8 @@ import graphs
 import harness
 import minimize
 
-CORPUS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "corpus", "*.json")))
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = sorted(glob.glob(os.path.join(HERE, "corpus", "*.json")))
 SLICE = range(1000, 1012)  # fixed seeds, x 8 configs
 
 
@@ -94,6 +97,21 @@ def test_minimizer_keeps_the_failing_part(monkeypatch):
     monkeypatch.setattr(harness, "check", fake_check)
     small = minimize.minimize(spec, EAGER, fake_check(spec, EAGER))
     assert [op["op"] for op in small["ops"]] == ["linear", "sigmoid"], small
+
+
+def test_a_process_that_dies_is_recorded_as_a_crash_and_the_sweep_goes_on(tmp_path):
+    """A segfault inside a kernel once ended a sweep shard silently: the supervisor must record
+    the graph in flight as a crash and finish the remaining graphs in a new process."""
+    env = {**os.environ, "FUZZ_SELFTEST_DIE_AT": "1"}
+    rc = subprocess.call([sys.executable, os.path.join(HERE, "fuzz.py"), "--graphs", "3", "--out", str(tmp_path)],
+                         env=env, stdout=subprocess.DEVNULL)
+    rows = {r["seed"]: r for r in map(json.loads, open(tmp_path / "results.jsonl"))}
+    assert rc == 1 and sorted(rows) == [0, 1, 2]
+    died = rows[1]["outcomes"]
+    assert [(o["status"], o["stage"]) for o in died] == [("crash", "process")]
+    assert "SIGSEGV" in died[0]["error"]
+    assert all(o["status"] == "ok" for seed in (0, 2) for o in rows[seed]["outcomes"])
+    assert (tmp_path / f"repro-1-{died[0]['config']}.json").exists()
 
 
 # ----------------------------------------------------------------------------- the slice
