@@ -129,14 +129,31 @@ def supervise(args, argv: list[str]) -> int:
         died = json.load(open(in_flight))
         os.remove(in_flight)
         spec = graphs.generate(died["seed"])
-        cause = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with {rc}"
-        outcome = harness.Outcome(died["config"], "crash", "process", f"the fuzzing process was {cause}")
+        outcome = harness.Outcome(died["config"], "crash", "process", f"the fuzzing process was {_cause(rc)}")
+        float_rc = subprocess.call([sys.executable, os.path.abspath(__file__), "--float-check",
+                                    str(died["seed"]), died["config"]], env=os.environ)
+        if float_rc < 0:  # the unquantized model kills the process as well: torch's bug
+            outcome.status = "upstream"
+            outcome.error += f" | upstream: the float model's compile was {_cause(float_rc)} too"
         path = save_repro(args.out, spec, outcome)
         _append_result(os.path.join(args.out, "results.jsonl"),
                        {"seed": died["seed"], "graph": graphs.describe(spec), "ops": [op["op"] for op in spec["ops"]],
                         "seconds": 0.0, "outcomes": [outcome.to_json()]})
-        print(f"  crash [{died['config']}] seed {died['seed']}: {outcome.error}\n  -> {path}; continuing", flush=True)
-        worst = 1
+        print(f"  {outcome.status} [{died['config']}] seed {died['seed']}: {outcome.error}\n  -> {path}; continuing",
+              flush=True)
+        worst = max(worst, int(outcome.status == "crash"))
+
+
+def _cause(rc: int) -> str:
+    return f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with {rc}"
+
+
+def float_check(seed: int, config: str) -> int:
+    """Child process of the supervisor: compile and run the unquantized graph (it may die)."""
+    if os.environ.get("FUZZ_SELFTEST_DIE_AT") == str(seed) and os.environ.get("FUZZ_SELFTEST_FLOAT_DIES"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    print(harness.float_model_fails(graphs.generate(seed), harness.Config.parse(config)) or "the float model is fine")
+    return 0
 
 
 def summarize(out_dir: str) -> str:
@@ -184,10 +201,13 @@ def main(argv=None) -> int:
     p.add_argument("--replay", help="re-run a saved repro (exit 1 while it still fails)")
     p.add_argument("--summary", help="print the summary of a results directory")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--float-check", nargs=2, metavar=("SEED", "CONFIG"), help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     if args.replay:
         return replay(args.replay)
+    if args.float_check:
+        return float_check(int(args.float_check[0]), args.float_check[1])
     if args.summary:
         print(summarize(args.summary))
         return 0

@@ -99,19 +99,29 @@ def test_minimizer_keeps_the_failing_part(monkeypatch):
     assert [op["op"] for op in small["ops"]] == ["linear", "sigmoid"], small
 
 
+def _sweep_that_dies_at_seed_1(out, float_dies: bool) -> tuple[int, dict]:
+    env = {**os.environ, "FUZZ_SELFTEST_DIE_AT": "1", "FUZZ_SELFTEST_FLOAT_DIES": "1" if float_dies else ""}
+    rc = subprocess.call([sys.executable, os.path.join(HERE, "fuzz.py"), "--graphs", "3", "--out", str(out)],
+                         env=env, stdout=subprocess.DEVNULL)
+    return rc, {r["seed"]: r for r in map(json.loads, open(out / "results.jsonl"))}
+
+
 def test_a_process_that_dies_is_recorded_as_a_crash_and_the_sweep_goes_on(tmp_path):
     """A segfault inside a kernel once ended a sweep shard silently: the supervisor must record
     the graph in flight as a crash and finish the remaining graphs in a new process."""
-    env = {**os.environ, "FUZZ_SELFTEST_DIE_AT": "1"}
-    rc = subprocess.call([sys.executable, os.path.join(HERE, "fuzz.py"), "--graphs", "3", "--out", str(tmp_path)],
-                         env=env, stdout=subprocess.DEVNULL)
-    rows = {r["seed"]: r for r in map(json.loads, open(tmp_path / "results.jsonl"))}
+    rc, rows = _sweep_that_dies_at_seed_1(tmp_path, float_dies=False)
     assert rc == 1 and sorted(rows) == [0, 1, 2]
     died = rows[1]["outcomes"]
     assert [(o["status"], o["stage"]) for o in died] == [("crash", "process")]
     assert "SIGSEGV" in died[0]["error"]
     assert all(o["status"] == "ok" for seed in (0, 2) for o in rows[seed]["outcomes"])
     assert (tmp_path / f"repro-1-{died[0]['config']}.json").exists()
+
+
+def test_a_death_the_float_model_shares_is_upstream(tmp_path):
+    rc, rows = _sweep_that_dies_at_seed_1(tmp_path, float_dies=True)
+    assert rc == 0 and [o["status"] for o in rows[1]["outcomes"]] == ["upstream"]
+    assert "float model" in rows[1]["outcomes"][0]["error"]
 
 
 # ----------------------------------------------------------------------------- the slice
