@@ -94,10 +94,11 @@ def test_bench_quick_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
     assert {r["model"] for r in rows} == {"resnet_tiny", "bert_tiny"}
+    assert {"int8", "int8_cpp", "int8_bf16", "inductor_fp32", "inductor_bf16"} <= {r["mode"] for r in rows}
     for r in rows:
         skipped = (r["error"] or "").startswith("skipped")
         assert skipped or (r["error"] is None and r["median_ms"] > 0), r
-        if r["mode"] in ("int8", "int8_bf16", "int8_dynamic") and not skipped:
+        if r["mode"] in ("int8", "int8_bf16", "int8_cpp", "int8_dynamic") and not skipped:
             assert r["fused"] and not [u for u in r["unfused"] if u[0] in ("conv", "linear")], r
             assert r["cosine"] > 0.98, r
     assert "| resnet_tiny | 2 |" in (tmp_path / "bench.md").read_text()
