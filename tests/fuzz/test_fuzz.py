@@ -112,16 +112,18 @@ def test_a_process_that_dies_is_recorded_as_a_crash_and_the_sweep_goes_on(tmp_pa
     rc, rows = _sweep_that_dies_at_seed_1(tmp_path, float_dies=False)
     assert rc == 1 and sorted(rows) == [0, 1, 2]
     died = rows[1]["outcomes"]
-    assert [(o["status"], o["stage"]) for o in died] == [("crash", "process")]
-    assert "SIGSEGV" in died[0]["error"]
+    assert [o["config"] for o in died] == [c.name for c in harness.CONFIGS]  # the other configs still ran
+    assert [o["status"] for o in died] == ["ok", "crash"] + ["ok"] * 6
+    assert died[1]["stage"] == "process" and "SIGSEGV" in died[1]["error"]
     assert all(o["status"] == "ok" for seed in (0, 2) for o in rows[seed]["outcomes"])
-    assert (tmp_path / f"repro-1-{died[0]['config']}.json").exists()
+    assert (tmp_path / f"repro-1-{died[1]['config']}.json").exists()
+    assert not list(tmp_path.glob("in-flight-*"))
 
 
 def test_a_death_the_float_model_shares_is_upstream(tmp_path):
     rc, rows = _sweep_that_dies_at_seed_1(tmp_path, float_dies=True)
-    assert rc == 0 and [o["status"] for o in rows[1]["outcomes"]] == ["upstream"]
-    assert "float model" in rows[1]["outcomes"][0]["error"]
+    assert rc == 0 and [o["status"] for o in rows[1]["outcomes"]] == ["ok", "upstream"] + ["ok"] * 6
+    assert "float model" in rows[1]["outcomes"][1]["error"]
 
 
 # ----------------------------------------------------------------------------- the slice
