@@ -6,9 +6,9 @@
     python tests/fuzz/fuzz.py --replay fuzz-out/repro-*.json
 
 Per graph: one JSON line in <out>/results.jsonl (resumable: graphs already there are skipped).
-The sweep runs in a child process that notes the graph and config in flight; if the child dies
-(a segfault inside a kernel) the parent records that compile as a crash and starts a new child,
-which goes on with the next graph.
+The sweep runs in a child process that notes the graph, the config and the outcomes so far in
+<out>/in-flight-<shard>.json; if the child dies (a segfault inside a kernel) the parent records
+that compile as a crash and starts a new child, which goes on with the graph's other configs.
 A crash or mismatch is saved as <out>/repro-<seed>-<config>.json (spec + config + error + the
 replay command); the first failure of each kind is minimized (ops dropped while it still fails
 the same way) before saving. A failure the unquantized model shows too is torch's ("upstream"):
@@ -133,6 +133,9 @@ def supervise(args, argv: list[str]) -> int:
         if not os.path.exists(in_flight):
             return max(worst, rc)
         state = json.load(open(in_flight))
+        if state["config"] is None and state.get("died"):  # died again after its configs had run
+            print(f"  seed {state['seed']}: the worker died twice after checking it; stopping", flush=True)
+            return 1
         if state["config"] is not None:
             outcome = harness.Outcome(state["config"], "crash", "process", f"the fuzzing process was {_cause(rc)}")
             float_rc = subprocess.call([sys.executable, os.path.abspath(__file__), "--float-check",
