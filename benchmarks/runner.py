@@ -20,6 +20,8 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from inductor_quant import cpu_info
+
 from . import zoo
 
 # ----------------------------------------------------------------------------- modes
@@ -106,21 +108,25 @@ class Result:
     fused: Optional[dict] = None          # passes.stats()["fused"] of this mode's compile
     unfused: Optional[list] = None
     error: Optional[str] = None
+    note: Optional[str] = None             # e.g. bf16 emulated on this CPU
     machine: dict = field(default_factory=dict)
 
 
 def machine_info(threads: int) -> dict:
-    flags: set[str] = set()
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    isa = [f for f in ("amx_int8", "amx_bf16", "avx512_vnni", "avx512_bf16", "avx_vnni") if f in flags]
-    return {"cpu": cpu, "isa": isa, "threads": threads, "torch": torch.__version__}
+    """The CPU as oneDNN sees it (inductor_quant.cpu_info()), threads and torch: written into
+    every result and printed above every table."""
+    info = cpu_info()
+    return {"cpu": info.model, "isa": sorted(info.features), "cpu_summary": info.summary(), "vnni": info.vnni,
+            "bf16_native": info.bf16_native, "onednn_cap": info.onednn_cap, "threads": threads,
+            "torch": torch.__version__}
+
+
+BF16_EMULATED = "bf16 is emulated on this CPU (no avx512_bf16 / amx_bf16 for oneDNN): ~10x slower than fp32"
+
+
+def default_modes(modes: Iterable[str]) -> list[str]:
+    """The modes worth running here: bf16 modes only where bf16 is native."""
+    return [m for m in modes if cpu_info().bf16_native or not MODES[m].bf16]
 
 
 def agreement(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
@@ -155,6 +161,8 @@ def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmu
         if mode.needs_builtin and not builtin_fusions_available():
             res.error = f"skipped: torch {torch.__version__} has no built-in quantization fusions"
             continue
+        if mode.bf16 and not cpu_info().bf16_native:
+            res.note = BF16_EMULATED
         progress(f"{name} bs{batch}: building {mode_name}")
         _last_quantize_s[0] = 0.0
         start = time.perf_counter()
@@ -202,7 +210,8 @@ def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmu
 
 def markdown_table(results: list[Result]) -> str:
     modes = list(dict.fromkeys(r.mode for r in results))
-    head = "| model | batch | " + " | ".join(modes) + " |"
+    marked = {r.mode for r in results if r.note}
+    head = "| model | batch | " + " | ".join(m + (" (bf16 emulated)" if m in marked else "") for m in modes) + " |"
     lines = [head, "|" + "---|" * (len(modes) + 2)]
     for key in dict.fromkeys((r.model, r.batch) for r in results):
         row = {r.mode: r for r in results if (r.model, r.batch) == key}

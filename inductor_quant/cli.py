@@ -30,7 +30,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     models = args.models or list(zoo.QUICK if args.quick else (n for n in zoo.ZOO if n not in zoo.QUICK))
-    modes = args.modes or list(runner.MODES)
+    modes = args.modes or runner.default_modes(runner.MODES)  # named modes always run (bf16 ones marked)
     runs, warmup = (3, 1) if args.quick else (args.runs, args.warmup)
     progress = _progress(args.quiet)
     results = []
@@ -43,7 +43,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         r.machine = info
     if not args.quiet:
         print(file=sys.stderr)
-    print(f"{info['cpu']} | ISA: {', '.join(info['isa']) or 'none'} | threads: {info['threads']} | torch {info['torch']}")
+    print(f"CPU: {info['cpu_summary']} | threads: {info['threads']} | torch {info['torch']}")
+    if not args.modes and not info["bf16_native"]:
+        print(f"bf16 modes skipped: {runner.BF16_EMULATED} (name them with --modes to run them anyway)")
     print(runner.markdown_table(results))
     print("\nCompile time (× = vs Inductor fp32's compile)")
     print(runner.compile_table(results))

@@ -23,8 +23,12 @@ def run(model: str = DEFAULT_MODEL, batch: int = 1, threads: int = 2, runs: int 
 
     torch.set_num_threads(threads)
     info = runner.machine_info(threads)
-    print(f"inductor-quant demo: {model}, batch {batch} | {info['cpu']} | ISA: {', '.join(info['isa']) or 'none'}"
-          f" | {threads} threads | torch {info['torch']}", file=out)
+    print(f"inductor-quant demo: {model}, batch {batch} | {threads} threads | torch {info['torch']}", file=out)
+    print(f"CPU: {info['cpu_summary']}", file=out)
+    skipped = [m for m in modes if m not in runner.default_modes(modes)]
+    if skipped:
+        print(f"skipped {', '.join(skipped)}: {runner.BF16_EMULATED}", file=out)
+        modes = tuple(runner.default_modes(modes))
     results = runner.run_model(model, batch, modes, runs=runs, warmup=3, progress=progress)
     progress("")
     int8 = next((r for r in results if r.mode == "int8"), None)

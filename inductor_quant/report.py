@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import torch
 
+from .kernels.cpu import cpu_info
+
 __all__ = ["FusionReport", "fusion_report", "onednn_op_calls", "fp32_compute_calls"]
 
 # oneDNN int8 ops as they appear in Python-wrapper code (torch.ops.onednn.<op>.<overload>(...))
@@ -55,6 +57,7 @@ class FusionReport:
     onednn_ops: dict = field(default_factory=dict)   # op -> calls in the generated code
     fp32_ops: dict = field(default_factory=dict)     # fp32 conv/GEMM calls left in the code
     wrapper: str = "python"
+    cpu: str = field(default_factory=lambda: cpu_info().summary())  # what oneDNN runs on (kernels/cpu.py)
 
     @property
     def int8_layers(self) -> int:
@@ -72,7 +75,7 @@ class FusionReport:
         return dict(self.__dict__, int8_layers=self.int8_layers, strict_failures=self.strict_failures())
 
     def text(self) -> str:
-        lines = ["Fusion report (" + self.wrapper + " wrapper)"]
+        lines = ["Fusion report (" + self.wrapper + " wrapper)", "  CPU: " + self.cpu]
         for kind in sorted(self.present):
             lines.append(f"  {kind + 's':8} {self.annotated.get(kind, 0):4d} / {self.present[kind]:<4d} quantized")
         lines.append("  generated code calls: " + (", ".join(f"{op} x{n}" for op, n in sorted(self.onednn_ops.items()))

@@ -251,8 +251,9 @@ def register_conv1d_meta_fix() -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def qconv_is_exact(x_shape: tuple, w_shape: tuple, geom: ConvGeometry) -> bool:
-    """Does the int8 conv kernel compute this geometry right? Run once on random data (batch 1,
+def qconv_is_exact(x_shape: tuple, w_shape: tuple, geom: ConvGeometry, act_max: int = 255) -> bool:
+    """Does the int8 conv kernel compute this geometry right? Run once on random data up to
+    `act_max` (the activation range the model uses; 7 bits on a CPU without VNNI) (batch 1,
     the layout Inductor feeds it) against the plain-PyTorch reference. torch 2.13's kernel is
     wrong for some strided convs with output width 1 and for conv3d over depth 1 with a deeper
     kernel (differential fuzzer findings); callers probe only those suspect classes."""
@@ -260,16 +261,16 @@ def qconv_is_exact(x_shape: tuple, w_shape: tuple, geom: ConvGeometry) -> bool:
 
     try:
         with unset_fake_temporarily(), torch.no_grad():  # called from inside a compile: real tensors
-            return _run_qconv_probe(x_shape, w_shape, geom)
+            return _run_qconv_probe(x_shape, w_shape, geom, act_max)
     except Exception:  # noqa: BLE001 - a probe that cannot run proves nothing: stay unfused
         return False
 
 
-def _run_qconv_probe(x_shape: tuple, w_shape: tuple, geom: ConvGeometry) -> bool:
+def _run_qconv_probe(x_shape: tuple, w_shape: tuple, geom: ConvGeometry, act_max: int = 255) -> bool:
     from . import reference
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (1, *x_shape[1:]), dtype=torch.uint8, generator=g)
+    x = torch.randint(0, act_max + 1, (1, *x_shape[1:]), dtype=torch.uint8, generator=g)
     if x.dim() in (4, 5):
         x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
     w = torch.randint(-127, 128, w_shape, dtype=torch.int8, generator=g)
@@ -278,3 +279,22 @@ def _run_qconv_probe(x_shape: tuple, w_shape: tuple, geom: ConvGeometry) -> bool
     got = qconv(eager, x, xq, packed, w_scale, w_zp, None, geom)
     want = reference.qconv(x, xq, w, w_scale, w_zp, None, geom)
     return bool((got - want).abs().max() <= 1e-3 * want.abs().max() + 1e-4)
+
+
+@functools.lru_cache(maxsize=None)
+def qlinear_binary_builds(out_dtype: torch.dtype, name: str) -> bool:
+    """Does oneDNN build an int8 matmul with this output dtype and binary post-op here? Without
+    AVX-512 it has no u8 x s8 matmul with bf16 output and a bf16 `add` ("could not create a
+    primitive descriptor"); `sum` and fp32 outputs build everywhere. Asked once per process."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    try:
+        with unset_fake_temporarily(), torch.no_grad():  # called from inside a compile: real tensors
+            x, w = torch.zeros(2, 16, dtype=torch.uint8), torch.ones(16, 16, dtype=torch.int8)
+            scale, zp = torch.ones(16), torch.zeros(16, dtype=torch.int64)
+            packed = qlinear_prepack(eager, w, list(x.shape))
+            qlinear_binary(eager, x, QParams(1.0, 0), packed, scale, zp, torch.zeros(2, 16, dtype=out_dtype), None,
+                           Output(out_dtype), Binary(name))
+        return True
+    except RuntimeError:
+        return False

@@ -137,7 +137,14 @@ def check_binary(match: Match) -> Optional[str]:
         return "extra input differs in dtype"
     if f.kind == "qconv" and len(f.geom.stride) not in K.QCONV_BINARY_RANKS:
         return "binary post-op: qconv2d only"
+    name = _linear_binary(other, match) if f.kind == "qlinear" else "sum"
+    if f.kind == "qlinear" and not f.out.quantized and not K.qlinear_binary_builds(vout.dtype, name):
+        return f"oneDNN on this CPU has no int8 matmul with {vout.dtype} output and `{name}` (needs AVX-512)"
     return None
+
+
+def _linear_binary(other: torch.fx.Node, match: Match) -> str:
+    return "sum" if writable_in_place(other, match) else "add"
 
 
 def fold_binary(match: Match) -> None:
@@ -148,7 +155,7 @@ def fold_binary(match: Match) -> None:
         other = call(out.graph, out, aten.clone.default, other, memory_format=torch.channels_last)
         binary = K.Binary("sum")
     else:
-        binary = K.Binary("sum" if writable_in_place(other, match) else "add")
+        binary = K.Binary(_linear_binary(other, match))
     result = K.Output(val(out).dtype) if not f.out.quantized else f.out
     replace_with(out, dataclasses.replace(f, binary=binary, other=other, out=result))
     _erase_matched(match)
@@ -193,8 +200,8 @@ def check_output_quant(match: Match) -> Optional[str]:
     a = args_of(q)
     if q.target is not qd.quantize_per_tensor.default or not isinstance(a["scale"], (int, float)):
         return "output quantize is not per-tensor with scalar qparams"
-    if a["dtype"] not in ACT_RANGE or (a["quant_min"], a["quant_max"]) != ACT_RANGE[a["dtype"]]:
-        return "output quant range is not full-range u8/s8"
+    if a["dtype"] not in ACT_RANGE or not ACT_RANGE[a["dtype"]][0] <= a["quant_min"] <= a["quant_max"] <= ACT_RANGE[a["dtype"]][1]:
+        return "output quant range is not within u8/s8"
     if val(match.kwargs["y"]).dtype not in (torch.float32, torch.bfloat16):
         return "fused result is not fp32/bf16"
     if val(f.x) is None or not K.lowering_accepts_output(val(f.x).dtype, a["dtype"]):
@@ -217,6 +224,9 @@ def _quantized_extra(f: Fused):
     return o.args[0], a["dtype"], K.QParams(float(a["scale"]), int(a["zero_point"]))
 
 
+CLAMPS = (aten.clamp_min.default, aten.clamp_max.default)
+
+
 def fold_output_quant(match: Match) -> None:
     # q(fused(...)) -> fused(..., out=(dtype, scale, zp))
     q = match.output_node()
@@ -229,5 +239,15 @@ def fold_output_quant(match: Match) -> None:
         fmt = torch.channels_last if f.kind == "qconv" else torch.contiguous_format
         f = dataclasses.replace(f, other=call(q.graph, q, aten.clone.default, r, memory_format=fmt),
                                 binary=dataclasses.replace(f.binary, name="sum", other=rq))
-    replace_with(q, f)
+    fused = replace_with(q, f)
+    lo, hi = a["quant_min"], a["quant_max"]
+    if (lo, hi) != ACT_RANGE[a["dtype"]]:
+        # a narrower range (7-bit activations on a CPU without VNNI): the op saturates to the
+        # dtype's range, quantize clamps to [lo, hi]; the clamp is exact and keeps the next
+        # layer's input within the range it was quantized for
+        clamped = fused
+        for op, bound, limit in ((aten.clamp_min.default, lo, 0), (aten.clamp_max.default, hi, 1)):
+            if bound != ACT_RANGE[a["dtype"]][limit]:  # the forms Inductor lowers (clamp is decomposed)
+                clamped = call(q.graph, q, op, clamped, bound)
+        fused.replace_all_uses_with(clamped, delete_user_cb=lambda user: user.target not in CLAMPS)
     _erase_matched(match)

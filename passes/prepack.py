@@ -8,6 +8,7 @@ never positions.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -15,6 +16,7 @@ import torch.fx
 from torch._inductor.pattern_matcher import Match
 from torch.fx.experimental.symbolic_shapes import free_symbols, statically_known_true
 
+from inductor_quant.kernels import cpu
 from inductor_quant.kernels import onednn as K
 
 from . import stats as S
@@ -91,6 +93,49 @@ def check_weight_dq(w_dq: torch.fx.Node) -> Optional[str]:
     if w_dq.target is qd.dequantize_per_tensor.default and a["zero_point"] != 0:
         return "per-tensor weight with non-zero zero point"
     return None
+
+
+def act_raw_max(dq_node: torch.fx.Node) -> int:
+    """Largest raw uint8 value the kernel multiplies: int8 activations are shifted by +128 first
+    (by us for conv, by oneDNN for linear)."""
+    a = args_of(dq_node)
+    return int(a["quant_max"]) + (128 if a["dtype"] == torch.int8 else 0)
+
+
+def weight_absmax(w_dq: torch.fx.Node) -> int:
+    a = args_of(w_dq)
+    return max(abs(int(a["quant_min"])), abs(int(a["quant_max"])))
+
+
+SATURATION = (
+    "8-bit activations on a CPU without VNNI ({isa}): oneDNN would add pairs of int8 products in "
+    "int16 and saturate, so the layer stays dequantize -> fp32 -> quantize (exact, slower); "
+    "quantize with reduce_range=True (the default on this CPU) to fuse it"
+)
+SATURATION_WARNING = (
+    "inductor_quant: this model's activations use the full 8-bit range, but oneDNN on this CPU ({isa}) "
+    "adds pairs of int8 products in int16 and would saturate (wrong results), so its quantized conv/linear layers "
+    "stay in fp32 (exact, slower; `inductor_quant.passes.stats()` lists them). Fix: quantize with "
+    "get_default_x86_inductor_quantization_config() (reduce_range='auto' picks 7 bits on this CPU) "
+    "or reduce_range=True."
+)
+_saturation_warned = [False]
+
+
+def check_int8_exact(act_dq: torch.fx.Node, w_dq: torch.fx.Node) -> Optional[str]:
+    """The fused kernel must compute what the eager Q/DQ model computes on this CPU
+    (kernels/cpu.py): without VNNI, only activations and weights whose pair sums fit int16."""
+    if cpu.fuses_exactly(act_raw_max(act_dq), weight_absmax(w_dq)):
+        return None
+    isa = cpu.cpu_info().isa()
+    if not _saturation_warned[0]:
+        _saturation_warned[0] = True
+        warnings.warn(SATURATION_WARNING.format(isa=isa), UserWarning, stacklevel=2)
+    return SATURATION.format(isa=isa)
+
+
+def reset_saturation_warning() -> None:
+    _saturation_warned[0] = False
 
 
 def users_inside(match: Match, node: torch.fx.Node) -> bool:
@@ -182,9 +227,10 @@ def check_dq_conv(match: Match) -> Optional[str]:
     conv = node_of(match, aten.convolution.default)
     if args_of(conv)["transposed"]:
         return "transposed convolution"
-    return (check_float_compute(conv) or _check_dynamic_layout(conv) or _check_window_in_padding(conv)
-            or _check_known_wrong_results(conv)  # after the window check: probing such a conv would crash
-            or check_act_dq(_act_dq(match), "qconv") or check_weight_dq(_weight_dq(match)))
+    act_dq, w_dq = _act_dq(match), _weight_dq(match)
+    return (check_float_compute(conv) or check_act_dq(act_dq, "qconv") or check_weight_dq(w_dq)
+            or check_int8_exact(act_dq, w_dq) or _check_dynamic_layout(conv) or _check_window_in_padding(conv)
+            or _check_known_wrong_results(conv, act_raw_max(act_dq)))  # after the window check: probing it would crash
 
 
 def _check_dynamic_layout(conv: torch.fx.Node) -> Optional[str]:
@@ -202,7 +248,7 @@ def _check_dynamic_layout(conv: torch.fx.Node) -> Optional[str]:
     return None
 
 
-def _check_known_wrong_results(conv: torch.fx.Node) -> Optional[str]:
+def _check_known_wrong_results(conv: torch.fx.Node, act_max: int) -> Optional[str]:
     """torch 2.13's int8 oneDNN conv returns wrong values for some strided convs with output width
     1 and for conv3d over depth 1 with a deeper kernel (differential fuzzer findings, corpus repros
     in tests/fuzz/corpus). Convs of those classes are fused only if the kernel, run once on this
@@ -219,7 +265,7 @@ def _check_known_wrong_results(conv: torch.fx.Node) -> Optional[str]:
         return "suspect geometry with symbolic sizes (cannot probe the int8 kernel)"
     shape = (1, *(int(d) for d in x.shape[1:]))  # the probe runs batch 1; the batch may be symbolic
     geom = K.ConvGeometry(tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
-    if not K.qconv_is_exact(shape, tuple(w.shape), geom):
+    if not K.qconv_is_exact(shape, tuple(w.shape), geom, act_max):
         return "the int8 oneDNN kernel computes this geometry wrong (probed; torch 2.13)"
     return None
 
@@ -288,8 +334,9 @@ def check_dq_linear(match: Match) -> Optional[str]:
         vx, vo = val(match.kwargs["x"]), val(match.output_node())
         if vx is None or vo is None or not _same_dims(vx.shape[:-1], vo.shape[:-1]):
             return "N-D linear whose output view does not restore the input's leading dims"
-    return (check_float_compute(match.output_node()) or check_act_dq(_act_dq(match), "qlinear")
-            or check_weight_dq(_weight_dq(match)))
+    act_dq, w_dq = _act_dq(match), _weight_dq(match)
+    return (check_float_compute(match.output_node()) or check_act_dq(act_dq, "qlinear") or check_weight_dq(w_dq)
+            or check_int8_exact(act_dq, w_dq))
 
 
 def prepack_qlinear(match: Match) -> None:

@@ -16,6 +16,7 @@ None: the activation scale is computed at run time and the output stays float.
 from __future__ import annotations
 
 import functools
+from typing import Union
 
 import torch
 from torch.ao.quantization.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
@@ -27,6 +28,8 @@ from torch.ao.quantization.observer import (
     PerChannelMinMaxObserver,
     PlaceholderObserver,
 )
+
+from inductor_quant.kernels.cpu import cpu_info
 
 from .quantizer import QuantizationConfig, QuantizationSpec
 
@@ -69,18 +72,28 @@ def _config(act: QuantizationSpec, weight: QuantizationSpec, is_qat: bool) -> Qu
 
 
 def get_default_x86_inductor_quantization_config(
-    is_qat: bool = False, is_dynamic: bool = False, reduce_range: bool = False
+    is_qat: bool = False, is_dynamic: bool = False, reduce_range: Union[bool, str] = "auto"
 ) -> QuantizationConfig:
     """The X86/oneDNN recipe.
 
-    activations: uint8, per-tensor affine, [0, 255] ([0, 127] with `reduce_range`, for CPUs
-    without VNNI); HistogramObserver (PTQ), FusedMovingAvgObsFakeQuantize (QAT), or
-    `is_dynamic=True` with a PlaceholderObserver (runtime scale via choose_qparams).
+    activations: uint8, per-tensor affine, [0, 255], or [0, 127] with `reduce_range`;
+    HistogramObserver (PTQ), FusedMovingAvgObsFakeQuantize (QAT), or `is_dynamic=True` with a
+    PlaceholderObserver (runtime scale via choose_qparams).
+    `reduce_range="auto"` (the default) picks by this CPU (`inductor_quant.cpu_info()`): 8 bits
+    where oneDNN has VNNI/AMX, 7 bits where it has not (AVX2 / AVX-512 without VNNI: its int8 dot
+    products add pairs of 8-bit products in int16 and saturate, so an 8-bit model's compiled
+    output would differ from its eager one; the passes then keep such layers in fp32).
+    True / False are always honored. A model quantized on one kind of CPU and deployed on the
+    other: pass `reduce_range=True` to get one that fuses exactly on both.
     weights: int8, per-channel symmetric on axis 0, [-128, 127]; PerChannelMinMaxObserver
     (PTQ) or FusedMovingAvgObsFakeQuantize over MovingAveragePerChannelMinMaxObserver (QAT).
     bias: None (stays fp32).
     """
-    return _x86_config(bool(is_qat), bool(is_dynamic), bool(reduce_range))
+    if reduce_range == "auto":
+        reduce_range = not cpu_info().vnni
+    elif not isinstance(reduce_range, bool):
+        raise ValueError(f"reduce_range must be True, False or 'auto', got {reduce_range!r}")
+    return _x86_config(bool(is_qat), bool(is_dynamic), reduce_range)
 
 
 @functools.lru_cache(maxsize=None)  # keyed on normalized positional args: one object per recipe

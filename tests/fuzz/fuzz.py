@@ -30,6 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import graphs  # noqa: E402
+import inductor_quant  # noqa: E402
 import harness  # noqa: E402
 from minimize import minimize  # noqa: E402
 
@@ -38,12 +39,18 @@ HERE = os.path.relpath(os.path.abspath(__file__))
 
 def save_repro(out_dir: str, spec: dict, outcome: harness.Outcome, minimized_from: int | None = None) -> str:
     path = os.path.join(out_dir, f"repro-{spec['seed']}-{outcome.config}.json")
-    record = {"replay": f"python {HERE} --replay {path}", "config": outcome.config, "status": outcome.status,
+    record = {"replay": f"python {HERE} --replay {path}", "cpu": cpu_facts(), "config": outcome.config, "status": outcome.status,
               "stage": outcome.stage, "error": outcome.error, "graph": graphs.describe(spec), "spec": spec,
               "ops_before_minimizing": minimized_from, "trace": outcome.trace}
     with open(path, "w") as f:
         json.dump(record, f, indent=1)
     return path
+
+
+def cpu_facts() -> dict:
+    """What oneDNN ran on (results differ by CPU kind: kernels/cpu.py): kept with every result."""
+    info = inductor_quant.cpu_info()
+    return {"summary": info.summary(), "features": sorted(info.features), "onednn_cap": info.onednn_cap}
 
 
 def signature(o: harness.Outcome) -> str:
@@ -86,7 +93,7 @@ def sweep(args) -> int:
             path = save_repro(args.out, small, harness.check(small, harness.Config.parse(o.config)) if small is not spec else o,
                               n_before)
             print(f"  {o.status} [{o.config}] {o.stage}: {o.error[:160]}\n  -> {path}", flush=True)
-        record = {"seed": seed, "graph": graphs.describe(spec), "ops": [op["op"] for op in spec["ops"]],
+        record = {"seed": seed, "cpu": cpu_facts(), "graph": graphs.describe(spec), "ops": [op["op"] for op in spec["ops"]],
                   "seconds": round(time.perf_counter() - start, 1), "outcomes": [o.to_json() for o in outcomes]}
         _append_result(results, record)
         os.remove(in_flight)

@@ -5,6 +5,11 @@ import torch
 
 from inductor_quant.kernels import onednn as K
 from inductor_quant.kernels import reference as R
+from inductor_quant.kernels.cpu import cpu_info
+
+# activations in the range the kernels take exactly on this CPU (7 bits without VNNI:
+# tests/kernels/test_cpu.py and tests/e2e/test_cpu_kinds.py cover the 8-bit case there)
+ACT_MAX = cpu_info().int8_activation_max
 
 E = K.eager
 XQ = K.QParams(0.02, 7)  # non-zero activation zero point
@@ -26,7 +31,7 @@ def _weights(shape, seed=0):
 
 
 def _u8(shape, seed=1):
-    return torch.randint(0, 255, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, ACT_MAX + 1, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
 def _close(y, r, out):
@@ -157,7 +162,7 @@ def test_conv1d_meta_gives_the_kernels_output_shape(kernel, stride, padding, dil
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     K.register_conv1d_meta_fix()
-    x, xq = torch.randint(0, 255, (2, 16, 20), dtype=torch.uint8), K.QParams(0.02, 10)
+    x, xq = torch.randint(0, ACT_MAX + 1, (2, 16, 20), dtype=torch.uint8), K.QParams(0.02, 10)
     w, w_scale, w_zp = torch.randint(-100, 100, (8, 16, kernel), dtype=torch.int8), torch.rand(8) * 0.01, torch.zeros(8, dtype=torch.int64)
     geom = K.ConvGeometry((stride,), (padding,), (dilation,), 1)
     packed = K.qconv_prepack(K.eager, w, w_scale, xq, geom, list(x.shape))
@@ -175,10 +180,28 @@ def test_conv1d_meta_gives_the_kernels_output_shape(kernel, stride, padding, dil
 def test_qconv_probe_agrees_with_the_kernel_on_a_real_batch(x_shape, w_shape, stride):
     """The compile-time probe (batch 1) must give the verdict a real batch of 2 gets."""
     geom = K.ConvGeometry(stride, (0, 0), (1, 1), 1)
-    x = torch.randint(0, 255, (2, *x_shape[1:]), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    x = torch.randint(0, ACT_MAX + 1, (2, *x_shape[1:]), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     w, w_scale, w_zp = torch.randint(-100, 100, w_shape, dtype=torch.int8), torch.rand(12) * 0.01, torch.zeros(12, dtype=torch.int64)
     xq = K.QParams(0.02, 10)
     got = K.qconv(K.eager, x, xq, K.qconv_prepack(K.eager, w, w_scale, xq, geom, list(x.shape)), w_scale, w_zp, None, geom)
     want = R.qconv(x, xq, w, w_scale, w_zp, None, geom)
     exact = bool((got - want).abs().max() <= 1e-3 * want.abs().max() + 1e-4)
-    assert K.qconv_is_exact(x_shape, w_shape, geom) == exact
+    assert K.qconv_is_exact(x_shape, w_shape, geom, ACT_MAX) == exact
+
+
+@pytest.mark.parametrize("name", ["add", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_qlinear_binary_probe_agrees_with_the_kernel(name, dtype):
+    """The passes fold a float `add`/`sum` into qlinear only where qlinear_binary_builds says the
+    kernel exists (without AVX-512 oneDNN has no bf16 `add`); where it does, it computes right."""
+    x, (w, w_scale, w_zp, b) = _u8((3, 8)), _weights((6, 8))
+    other, out, binary = torch.randn(3, 6).to(dtype), K.Output(dtype), K.Binary(name)
+    packed = K.qlinear_prepack(E, w, x.shape)
+    if K.qlinear_binary_builds(dtype, name):
+        got = K.qlinear_binary(E, x, XQ, packed, w_scale, w_zp, other.clone(), b, out, binary)
+        _close(got, R.qlinear_binary(x, XQ, w, w_scale, w_zp, other, b, out, binary), out)
+    else:
+        with pytest.raises(RuntimeError, match="primitive descriptor"):
+            K.qlinear_binary(E, x, XQ, packed, w_scale, w_zp, other.clone(), b, out, binary)
+    if dtype == torch.float32 or name == "sum" or cpu_info().bf16_native:
+        assert K.qlinear_binary_builds(dtype, name)

@@ -14,24 +14,28 @@ import torch.nn.functional as F
 from torch import nn
 
 import torch.ao.quantization.fx._decomposed  # noqa: F401
+from inductor_quant.kernels.cpu import cpu_info
 
 qd = torch.ops.quantized_decomposed
 
-X_SCALE, X_ZP = 0.02, 128  # non-zero activation zero point
+# uint8 activations over the range the default config picks on this CPU: [0, 255] with VNNI,
+# [0, 127] without (kernels/cpu.py); int8 activations keep [-128, 127] (they fuse only with VNNI)
+U8_MAX = cpu_info().int8_activation_max
+X_SCALE, X_ZP = 0.02, (U8_MAX + 1) // 2  # non-zero activation zero point
 O_SCALE, O_ZP = 0.05, 10
 R_SCALE, R_ZP = 0.03, 100  # residual input
 
 
 def q_dq(x, scale, zp, dtype=torch.uint8):
-    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
+    lo, hi = (0, U8_MAX) if dtype == torch.uint8 else (-128, 127)
     return qd.dequantize_per_tensor.default(qd.quantize_per_tensor.default(x, scale, zp, lo, hi, dtype),
                                             scale, zp, lo, hi, dtype)
 
 
 def dynamic_q_dq(x):
-    scale, zp = qd.choose_qparams.tensor(x, 0, 255, torch.finfo(torch.float32).eps, torch.uint8)
-    q = qd.quantize_per_tensor.tensor(x, scale, zp, 0, 255, torch.uint8)
-    return qd.dequantize_per_tensor.tensor(q, scale, zp, 0, 255, torch.uint8)
+    scale, zp = qd.choose_qparams.tensor(x, 0, U8_MAX, torch.finfo(torch.float32).eps, torch.uint8)
+    q = qd.quantize_per_tensor.tensor(x, scale, zp, 0, U8_MAX, torch.uint8)
+    return qd.dequantize_per_tensor.tensor(q, scale, zp, 0, U8_MAX, torch.uint8)
 
 
 POST = {
@@ -76,6 +80,12 @@ class Variant:
     @property
     def is_conv(self):
         return self.layer.startswith("conv")
+
+    @property
+    def fuses_here(self) -> bool:
+        """int8 activations reach the kernel as uint8 + 128, over the full 8 bits: exact only with
+        VNNI. Elsewhere the layer must stay fp32, reported with the saturation reason."""
+        return self.act_dtype == torch.uint8 or cpu_info().vnni
 
 
 class QDQLayer(nn.Module):

@@ -9,9 +9,10 @@ import torch
 
 from compile_utils import FP32_COMPUTE, PREPACK_AT_RUNTIME, compile_and_run, onednn_calls
 from qdq_models import O_SCALE, QDQLayer, X_SCALE, X_ZP, q_dq
-from variants import BY_ID, VARIANTS
+from variants import BY_ID, VARIANTS, left_fp32_for_saturation
 
 import inductor_quant.passes as iq_passes
+from inductor_quant.kernels import onednn as K
 
 ALL_ONEDNN = ("qconv_pointwise", "qconv2d_pointwise", "qlinear_pointwise")
 CPP_SUBSET = ["qconv2d.relu.q", "qconv2d.add.relu", "qconv2d.add.dq.relu.q", "qconv1d", "qconv3d", "qconv2d.hardswish",
@@ -28,12 +29,21 @@ PY_MATRIX = [pytest.param(v, d, id=f"{v.id}-{d}",
              for v in VARIANTS for d in DTYPES]
 
 
+def float_add_folds(v, bf16) -> bool:
+    """A linear's float residual is folded as `add` (the residual is an input here, not
+    writable in place); oneDNN builds a bf16 `add` only with AVX-512 (kernels/onednn.py)."""
+    return not (bf16 and not v.is_conv and v.binary and not v.binary.startswith("add_dq")
+                and not K.qlinear_binary_builds(torch.bfloat16, "add"))
+
+
 def expected_ids(v, bf16):
     """The variant's fusion ids; under bf16 the `.bf16` id where the pattern has casts."""
     if not bf16:
         return list(v.fusions)
     out = []
     for fid in v.bf16_fusions or v.fusions:
+        if fid.startswith("post.binary") and not float_add_folds(v, bf16):
+            continue  # the add stays a generated kernel after the fused linear
         parts = fid.split(".")
         nobias = parts[-1] == "nobias" or (v.is_conv and not v.bias and parts[1] == "prepack")
         candidate = ".".join([p for p in parts if p != "nobias"] + ["bf16"] + (["nobias"] if nobias else []))
@@ -43,13 +53,16 @@ def expected_ids(v, bf16):
 
 def check(v, bf16, ref, out, code, stats):
     for op in ALL_ONEDNN:
-        expected = dict(v.bf16_ops if bf16 and v.bf16_ops else v.ops).get(op, 0)
+        expected = dict(v.bf16_ops if bf16 and v.bf16_ops else v.ops).get(op, 0) if v.fuses_here else 0
         assert onednn_calls(code, op) == expected, f"{op}: expected {expected} calls\n{code}"
-    assert not FP32_COMPUTE.search(code), f"quantized layer still runs in fp32:\n{code}"
     assert not PREPACK_AT_RUNTIME.search(code), f"weight prepack was not folded into a constant:\n{code}"
-    assert stats["unfused"] == []
-    for fid in expected_ids(v, bf16):
-        assert stats["fused"].get(fid, 0) == 1, (fid, stats)
+    if not v.fuses_here:  # exact fp32 fallback on a CPU without VNNI, reported
+        assert left_fp32_for_saturation(stats), stats
+    else:
+        assert not FP32_COMPUTE.search(code), f"quantized layer still runs in fp32:\n{code}"
+        assert stats["unfused"] == []
+        for fid in expected_ids(v, bf16):
+            assert stats["fused"].get(fid, 0) == 1, (fid, stats)
     assert out.dtype == ref.dtype and out.shape == ref.shape
     if v.out_q:  # within one quantization step
         atol, rtol = O_SCALE * 1.01, 1e-3
@@ -127,6 +140,9 @@ def test_linear_residual_sum_in_place_only_when_safe(later_reader, dtype):
     model = Residual(later_reader).eval()
     ref, out, code, stats = compile_and_run(model, (torch.randn(6, 16),), bf16=DTYPES[dtype])
     assert stats["unfused"] == [] and onednn_calls(code, "qlinear_pointwise") == 1
-    assert ("'add', 1.0" if later_reader else "'sum', 1.0") in code, code
+    if later_reader and DTYPES[dtype] and not K.qlinear_binary_builds(torch.bfloat16, "add"):
+        assert "'add', 1.0" not in code and "post.binary.add" not in stats["fused"], code
+    else:
+        assert ("'add', 1.0" if later_reader else "'sum', 1.0") in code, code
     tol = dict(atol=3e-2, rtol=2e-2) if DTYPES[dtype] else dict(atol=2e-3, rtol=1e-3)
     torch.testing.assert_close(out.float(), ref.float(), **tol)

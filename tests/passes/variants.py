@@ -88,3 +88,10 @@ VARIANTS = [
            fusions=("qlinear.prepack.2d", "post.binary.add", "post.binary.relu")),
 ]
 BY_ID = {v.id: v for v in VARIANTS}
+SATURATION_REASON = "8-bit activations on a CPU without VNNI"
+
+
+def left_fp32_for_saturation(stats) -> bool:
+    """Every quantized layer stayed fp32 for the saturation reason (a variant not `fuses_here`)."""
+    return stats["fused"] == {} and bool(stats["unfused"]) and all(
+        SATURATION_REASON in reason for _, _, reason in stats["unfused"])
