@@ -38,6 +38,7 @@ class Mode:
     linear_only: bool = False   # only meaningful for models made of linears (dynamic quant)
     needs_builtin: bool = False  # needs torch's own quantization fusions (gone in torch 2.14)
     inductor: tuple = ()        # extra torch._inductor.config settings for the compile, as pairs
+    by_default: bool = True     # run when no --modes are named
 
 
 def _autocast(enabled: bool):
@@ -48,14 +49,15 @@ def _compile(model: torch.nn.Module) -> Callable:
     return torch.compile(model, dynamic=False)
 
 
-def _quantized(model, inputs, *, dynamic: bool = False, ours: bool = True):
+def _quantized(model, inputs, *, dynamic: bool = False, ours: bool = True, reduce_range="auto"):
     from inductor_quant import passes, quantize
     from inductor_quant.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
         get_default_x86_inductor_quantization_config,
     )
 
-    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
+    config = get_default_x86_inductor_quantization_config(is_dynamic=dynamic, reduce_range=reduce_range)
+    quantizer = X86InductorQuantizer().set_global(config)
     start = time.perf_counter()
     converted = quantize(copy.deepcopy(model), inputs, [inputs], quantizer=quantizer)
     _last_quantize_s[0] = time.perf_counter() - start
@@ -86,6 +88,9 @@ MODES: dict[str, Mode] = {
         Mode("int8_cpp", lambda model, inputs: _quantized(model, inputs), inductor=(("cpp_wrapper", True),)),
         Mode("int8_dynamic", lambda model, inputs: _quantized(model, inputs, dynamic=True), linear_only=True),
         Mode("int8_builtin", lambda model, inputs: _quantized(model, inputs, ours=False), needs_builtin=True),
+        # 8-bit activations whatever the CPU: without VNNI its layers stay fp32 (the cost of a
+        # model quantized elsewhere with reduce_range=False); with VNNI the same as int8
+        Mode("int8_8bit", lambda model, inputs: _quantized(model, inputs, reduce_range=False), by_default=False),
     )
 }
 BASELINE = "inductor_fp32"
@@ -125,8 +130,8 @@ BF16_EMULATED = "bf16 is emulated on this CPU (no avx512_bf16 / amx_bf16 for one
 
 
 def default_modes(modes: Iterable[str]) -> list[str]:
-    """The modes worth running here: bf16 modes only where bf16 is native."""
-    return [m for m in modes if cpu_info().bf16_native or not MODES[m].bf16]
+    """The modes worth running here by default: bf16 modes only where bf16 is native."""
+    return [m for m in modes if MODES[m].by_default and (cpu_info().bf16_native or not MODES[m].bf16)]
 
 
 def agreement(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:

@@ -5,9 +5,10 @@ Two facts decide numerics and speed:
 - **VNNI** (avx512_vnni, avx_vnni or amx_int8): oneDNN's u8 x s8 dot products accumulate in
   int32. Without it (AVX2 or plain AVX-512: AMD Zen 1-3, Intel before Cascade Lake, many cloud
   VMs) they go through `vpmaddubsw`, which adds each *pair* of u8*s8 products in int16 and
-  saturates at 32767: 255 * 127 * 2 = 64770 overflows, 127 * 128 * 2 = 32512 does not. So on
-  such a CPU int8 activations must stay within 7 bits for the fused kernels to compute what the
-  eager Q/DQ model computes (`int8_activation_max`, `pair_sums_fit`).
+  saturates at 32767: 255 * 127 * 2 = 64770 overflows. A layer fuses exactly there only if
+  2 * activation max * weight max <= 32767 (`pair_sums_fit`): 8-bit activations with 7-bit
+  weights [-64, 63] (what the default config picks on such a CPU: `int8_weight_range`), or
+  7-bit activations with 8-bit weights (`reduce_range=True`).
 - **native bf16** (avx512_bf16 or amx_bf16): otherwise bf16 is emulated (~10x slower than fp32
   in oneDNN), and bf16 modes are not worth running.
 
@@ -66,9 +67,10 @@ class CpuInfo:
         return any(f in self.features for f in BF16_NATIVE)
 
     @property
-    def int8_activation_max(self) -> int:
-        """Largest uint8 activation value the fused kernels take exactly with int8 weights."""
-        return 255 if self.vnni else 127
+    def int8_weight_range(self) -> tuple[int, int]:
+        """The weight range the default config uses here: 8 bits with VNNI, else 7 bits
+        (with 8-bit activations the int16 pair sums then cannot saturate)."""
+        return (-128, 127) if self.vnni else (-64, 63)
 
     def isa(self) -> str:
         """The int8/bf16 instruction sets in a few words, e.g. 'AMX int8/bf16, AVX-512 VNNI'."""
@@ -89,8 +91,8 @@ class CpuInfo:
 
     def summary(self) -> str:
         """One line a user understands: what runs, and what follows for int8 and bf16."""
-        int8 = ("int8 activations use 8 bits" if self.vnni
-                else "int8 activations use 7 bits (8-bit products would saturate)")
+        int8 = ("int8 weights use 8 bits" if self.vnni
+                else "int8 weights use 7 bits (8-bit products would saturate)")
         bf16 = "bf16 native" if self.bf16_native else "bf16 emulated (slow: bf16 modes not recommended)"
         cap = f"; oneDNN capped at {self.onednn_cap}" if self.onednn_cap else ""
         return f"{self.model} | {self.isa()}: {int8}; {bf16} | vector {self.vector}{cap}"

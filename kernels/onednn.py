@@ -251,9 +251,9 @@ def register_conv1d_meta_fix() -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def qconv_is_exact(x_shape: tuple, w_shape: tuple, geom: ConvGeometry, act_max: int = 255) -> bool:
-    """Does the int8 conv kernel compute this geometry right? Run once on random data up to
-    `act_max` (the activation range the model uses; 7 bits on a CPU without VNNI) (batch 1,
+def qconv_is_exact(x_shape: tuple, w_shape: tuple, geom: ConvGeometry, act_max: int = 255, w_max: int = 127) -> bool:
+    """Does the int8 conv kernel compute this geometry right? Run once on random data within
+    the ranges the model uses (activations up to `act_max`, weights up to +-`w_max`) (batch 1,
     the layout Inductor feeds it) against the plain-PyTorch reference. torch 2.13's kernel is
     wrong for some strided convs with output width 1 and for conv3d over depth 1 with a deeper
     kernel (differential fuzzer findings); callers probe only those suspect classes."""
@@ -261,19 +261,19 @@ def qconv_is_exact(x_shape: tuple, w_shape: tuple, geom: ConvGeometry, act_max: 
 
     try:
         with unset_fake_temporarily(), torch.no_grad():  # called from inside a compile: real tensors
-            return _run_qconv_probe(x_shape, w_shape, geom, act_max)
+            return _run_qconv_probe(x_shape, w_shape, geom, act_max, w_max)
     except Exception:  # noqa: BLE001 - a probe that cannot run proves nothing: stay unfused
         return False
 
 
-def _run_qconv_probe(x_shape: tuple, w_shape: tuple, geom: ConvGeometry, act_max: int = 255) -> bool:
+def _run_qconv_probe(x_shape: tuple, w_shape: tuple, geom: ConvGeometry, act_max: int, w_max: int) -> bool:
     from . import reference
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, act_max + 1, (1, *x_shape[1:]), dtype=torch.uint8, generator=g)
     if x.dim() in (4, 5):
         x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
-    w = torch.randint(-127, 128, w_shape, dtype=torch.int8, generator=g)
+    w = torch.randint(-w_max, w_max + 1, w_shape, dtype=torch.int8, generator=g)
     w_scale, w_zp, xq = torch.full((w_shape[0],), 0.01), torch.zeros(w_shape[0], dtype=torch.int64), QParams(0.02, 7)
     packed = qconv_prepack(eager, w, w_scale, xq, geom, list(x.shape))
     got = qconv(eager, x, xq, packed, w_scale, w_zp, None, geom)

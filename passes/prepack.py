@@ -108,16 +108,16 @@ def weight_absmax(w_dq: torch.fx.Node) -> int:
 
 
 SATURATION = (
-    "8-bit activations on a CPU without VNNI ({isa}): oneDNN would add pairs of int8 products in "
-    "int16 and saturate, so the layer stays dequantize -> fp32 -> quantize (exact, slower); "
-    "quantize with reduce_range=True (the default on this CPU) to fuse it"
+    "8-bit activations and 8-bit weights on a CPU without VNNI ({isa}): oneDNN would add pairs of "
+    "int8 products in int16 and saturate, so the layer stays dequantize -> fp32 -> quantize (exact, "
+    "slower); quantize with the default config (reduce_range='auto': 7-bit weights on this CPU) to fuse it"
 )
 SATURATION_WARNING = (
-    "inductor_quant: this model's activations use the full 8-bit range, but oneDNN on this CPU ({isa}) "
-    "adds pairs of int8 products in int16 and would saturate (wrong results), so its quantized conv/linear layers "
-    "stay in fp32 (exact, slower; `inductor_quant.passes.stats()` lists them). Fix: quantize with "
-    "get_default_x86_inductor_quantization_config() (reduce_range='auto' picks 7 bits on this CPU) "
-    "or reduce_range=True."
+    "inductor_quant: this model was quantized with 8-bit activations and 8-bit weights, but oneDNN on "
+    "this CPU ({isa}) adds pairs of int8 products in int16 and would saturate (wrong results), so those "
+    "quantized conv/linear layers stay in fp32 (exact, slower; `inductor_quant.passes.stats()` lists them). "
+    "Fix: quantize with get_default_x86_inductor_quantization_config() (reduce_range='auto' picks 7-bit "
+    "weights on this CPU), or reduce_range=True (7-bit activations)."
 )
 _saturation_warned = [False]
 
@@ -230,7 +230,7 @@ def check_dq_conv(match: Match) -> Optional[str]:
     act_dq, w_dq = _act_dq(match), _weight_dq(match)
     return (check_float_compute(conv) or check_act_dq(act_dq, "qconv") or check_weight_dq(w_dq)
             or check_int8_exact(act_dq, w_dq) or _check_dynamic_layout(conv) or _check_window_in_padding(conv)
-            or _check_known_wrong_results(conv, act_raw_max(act_dq)))  # after the window check: probing it would crash
+            or _check_known_wrong_results(conv, act_dq, w_dq))  # after the window check: probing it would crash
 
 
 def _check_dynamic_layout(conv: torch.fx.Node) -> Optional[str]:
@@ -248,7 +248,7 @@ def _check_dynamic_layout(conv: torch.fx.Node) -> Optional[str]:
     return None
 
 
-def _check_known_wrong_results(conv: torch.fx.Node, act_max: int) -> Optional[str]:
+def _check_known_wrong_results(conv: torch.fx.Node, act_dq: torch.fx.Node, w_dq: torch.fx.Node) -> Optional[str]:
     """torch 2.13's int8 oneDNN conv returns wrong values for some strided convs with output width
     1 and for conv3d over depth 1 with a deeper kernel (differential fuzzer findings, corpus repros
     in tests/fuzz/corpus). Convs of those classes are fused only if the kernel, run once on this
@@ -265,7 +265,7 @@ def _check_known_wrong_results(conv: torch.fx.Node, act_max: int) -> Optional[st
         return "suspect geometry with symbolic sizes (cannot probe the int8 kernel)"
     shape = (1, *(int(d) for d in x.shape[1:]))  # the probe runs batch 1; the batch may be symbolic
     geom = K.ConvGeometry(tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
-    if not K.qconv_is_exact(shape, tuple(w.shape), geom, act_max):
+    if not K.qconv_is_exact(shape, tuple(w.shape), geom, act_raw_max(act_dq), min(127, weight_absmax(w_dq))):
         return "the int8 oneDNN kernel computes this geometry wrong (probed; torch 2.13)"
     return None
 

@@ -120,8 +120,11 @@ def _entry(fusion: Fusion) -> GraphPatternEntry:
 
     def check(match: Match) -> bool:
         reason = fusion.check(match)
-        if reason:  # kept on the anchor so the unfused report can say why
-            match.output_node().meta["inductor_quant_reason"] = f"{fusion.id}: {reason}"
+        meta = match.output_node().meta
+        # kept on the anchor so the unfused report can say why; a later phase's reason (a post-op
+        # that found no fused op there) never hides the prepack's
+        if reason and (fusion.phase == "prepack" or "inductor_quant_reason" not in meta):
+            meta["inductor_quant_reason"] = f"{fusion.id}: {reason}"
         return reason is None
 
     return GraphPatternEntry(pattern=fusion.pattern(), extra_check=check, handler=handler)
@@ -203,7 +206,10 @@ def report_unfused(graph: torch.fx.Graph, reason: Optional[str] = None) -> None:
 
 def _why(node: torch.fx.Node) -> str:
     """Name the check a leftover quantized layer failed (or the first prepack check it fails)."""
-    for n in [node, *node.users]:
+    near = [node]  # the failed match kept its reason on its output node: a few ops downstream
+    for _ in range(3):  # (one-row linear: mul -> sum -> add bias)
+        near += [u for n in near for u in n.users if u not in near]
+    for n in near:
         if "inductor_quant_reason" in n.meta:
             return n.meta["inductor_quant_reason"]
     if node.target not in (aten.convolution.default, aten.addmm.default, aten.mm.default):

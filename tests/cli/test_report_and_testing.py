@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from inductor_quant.kernels.cpu import cpu_info
 from inductor_quant.report import fp32_compute_calls, fusion_report, onednn_op_calls
 from inductor_quant.testing import UPDATE_ENV, assert_fused, assert_fusion_snapshot
 
@@ -67,8 +68,9 @@ def test_fusion_snapshot_missing_changed_and_updated(small_report, tmp_path, mon
         assert_fusion_snapshot(small_report, golden)
 
 
-def _cli(*args):
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def _cli(*args, env=None):
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           **(env or {})}
     return subprocess.run([sys.executable, "-m", "inductor_quant", "--quiet", *args], capture_output=True, text=True,
                           env=env, timeout=600)
 
@@ -94,7 +96,11 @@ def test_bench_quick_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
     assert {r["model"] for r in rows} == {"resnet_tiny", "bert_tiny"}
-    assert {"int8", "int8_cpp", "int8_bf16", "inductor_fp32", "inductor_bf16"} <= {r["mode"] for r in rows}
+    bf16_modes = {"int8_bf16", "inductor_bf16"}  # run by default only where bf16 is native
+    ran = {r["mode"] for r in rows}
+    assert {"int8", "int8_cpp", "inductor_fp32"} <= ran and (bf16_modes <= ran) == cpu_info().bf16_native, ran
+    assert proc.stdout.startswith(f"CPU: {cpu_info().summary()}"), proc.stdout
+    assert all(r["machine"]["cpu_summary"] == cpu_info().summary() for r in rows)
     for r in rows:
         skipped = (r["error"] or "").startswith("skipped")
         assert skipped or (r["error"] is None and r["median_ms"] > 0), r
@@ -109,7 +115,18 @@ def test_demo_prints_fusion_speed_and_accuracy():
     proc = _cli("demo", "--model", "resnet_tiny", "--batch", "2", "--runs", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
+    assert f"CPU: {cpu_info().summary()}" in out
     assert "qconv.prepack                      17" in out and "quantized conv/linear left unfused: 0" in out
     assert "| resnet_tiny | 2 |" in out and "int8" in out.split("== Speed")[1]
     accuracy = out.split("== Accuracy")[1]
     assert "int8" in accuracy and "cosine 0.99" in accuracy
+
+
+def test_demo_on_a_cpu_without_vnni_or_native_bf16():
+    """As on an AVX2 machine (oneDNN capped): the CPU line says so, no bf16 row, every layer fused."""
+    proc = _cli("demo", "--model", "resnet_tiny", "--batch", "2", "--runs", "2", env={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "AVX2, no VNNI: int8 weights use 7 bits" in out and "bf16 emulated" in out, out
+    assert "skipped inductor_bf16: bf16 is emulated" in out and "inductor_bf16" not in out.split("== Speed")[1], out
+    assert "quantized conv/linear left unfused: 0" in out

@@ -17,11 +17,11 @@ import pytest
 from inductor_quant.benchmarks.accuracy import fashion_mnist as fm
 
 SCRIPT = Path(__file__).with_name("saturation_check.py")
-CASES = ["conv:8bit", "linear:8bit", "conv:auto", "linear:auto"]
+CASES = ["conv:8bit", "linear:8bit", "conv:auto", "linear:auto", "conv:7bit"]
 if (fm.DATA_DIR / "t10k-images-idx3-ubyte.gz").exists():  # CI installs it (test_accuracy_fashion_mnist)
     CASES += ["fashion:8bit", "fashion:auto"]
 KINDS = {"this-cpu": None, "avx2": "AVX2"}
-SATURATION_REASON = "8-bit activations on a CPU without VNNI"
+SATURATION_REASON = "8-bit activations and 8-bit weights on a CPU without VNNI"
 
 
 def _run(cap):
@@ -43,7 +43,7 @@ def test_cpu_facts_describe_what_onednn_runs(kind):
     assert out["cpu"]["vnni"] == (not out["saturates"])  # the facts agree with the kernel itself
     if name == "avx2":
         assert out["saturates"] and not out["cpu"]["vnni"] and out["cpu"]["onednn_cap"] == "AVX2"
-        assert "no VNNI: int8 activations use 7 bits" in out["cpu"]["summary"]
+        assert "no VNNI: int8 weights use 7 bits" in out["cpu"]["summary"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -55,11 +55,14 @@ def test_compiled_matches_eager_within_one_step(kind, case):
     assert r["sqnr_compiled_vs_eager"] >= 45, r
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.endswith(":auto")])
-def test_default_config_fuses_every_layer_on_every_kind(kind, case):
+@pytest.mark.parametrize("case", [c for c in CASES if not c.endswith(":8bit")])
+def test_default_and_reduced_range_fuse_every_layer_on_every_kind(kind, case):
     _, out = kind
     r = out["cases"][case]
-    assert r["act_quant_max"] == (255 if out["cpu"]["vnni"] else 127)
+    if case.endswith(":auto"):  # 7-bit weights without VNNI, 8-bit activations everywhere
+        assert r["weight_range"] == ([-128, 127] if out["cpu"]["vnni"] else [-64, 63]) and r["act_quant_max"] == 255
+    else:  # reduce_range=True: 7-bit activations, 8-bit weights
+        assert r["weight_range"] == [-128, 127] and r["act_quant_max"] == 127
     assert r["onednn_int8_calls"] >= 1 and r["unfused"] == [], r
     assert r["warnings"] == []
     assert r["sqnr_compiled_vs_fp32"] >= 30, r
@@ -83,4 +86,4 @@ def test_one_warning_with_the_fix(kind):
     if out["cpu"]["vnni"]:
         assert warned == []
     else:  # once per process, naming the fix
-        assert len(warned) == 1 and "reduce_range=True" in warned[0], warned
+        assert len(warned) == 1 and "get_default_x86_inductor_quantization_config()" in warned[0], warned

@@ -12,6 +12,7 @@ from torch.ao.quantization.fake_quantize import FusedMovingAvgObsFakeQuantize
 from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver, PlaceholderObserver
 
 import inductor_quant.quantizer.x86_inductor_quantizer as xiq
+from inductor_quant.kernels.cpu import cpu_info
 from inductor_quant.quantizer import QuantizationConfig, X86InductorQuantizer
 from quantizer_helpers import DYNAMIC, QAT, STATIC, annotate, assert_anchor, assert_float, edge_spec, nodes_of, one, out_spec
 
@@ -25,7 +26,7 @@ def test_default_config_fields_and_cache():
     assert (act.dtype, act.quant_min, act.quant_max, act.qscheme, act.is_dynamic) == (
         torch.uint8, 0, 255, torch.per_tensor_affine, False)
     assert (w.dtype, w.quant_min, w.quant_max, w.qscheme, w.ch_axis) == (
-        torch.int8, -128, 127, torch.per_channel_symmetric, 0)
+        torch.int8, *cpu_info().int8_weight_range, torch.per_channel_symmetric, 0)  # 7 bits without VNNI
     assert cfg.output_activation is act and cfg.bias is None and not cfg.is_qat
     assert isinstance(act.observer_or_fake_quant_ctr(), HistogramObserver)
     assert isinstance(w.observer_or_fake_quant_ctr(), PerChannelMinMaxObserver)

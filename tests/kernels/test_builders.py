@@ -7,9 +7,9 @@ from inductor_quant.kernels import onednn as K
 from inductor_quant.kernels import reference as R
 from inductor_quant.kernels.cpu import cpu_info
 
-# activations in the range the kernels take exactly on this CPU (7 bits without VNNI:
-# tests/kernels/test_cpu.py and tests/e2e/test_cpu_kinds.py cover the 8-bit case there)
-ACT_MAX = cpu_info().int8_activation_max
+# weights in the range the default config picks on this CPU (7 bits without VNNI, where 8-bit
+# weights times 8-bit activations saturate: tests/kernels/test_cpu.py, tests/e2e/test_cpu_kinds.py)
+W_MAX = min(-cpu_info().int8_weight_range[0], cpu_info().int8_weight_range[1])
 
 E = K.eager
 XQ = K.QParams(0.02, 7)  # non-zero activation zero point
@@ -26,12 +26,12 @@ def _ids(xs):
 
 def _weights(shape, seed=0):
     g = torch.Generator().manual_seed(seed)
-    w = torch.randint(-127, 127, shape, dtype=torch.int8, generator=g)
+    w = torch.randint(-W_MAX, W_MAX + 1, shape, dtype=torch.int8, generator=g)
     return w, torch.rand(shape[0], generator=g) * 0.01 + 0.001, torch.zeros(shape[0], dtype=torch.long), torch.randn(shape[0], generator=g)
 
 
 def _u8(shape, seed=1):
-    return torch.randint(0, ACT_MAX + 1, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
 def _close(y, r, out):
@@ -162,8 +162,8 @@ def test_conv1d_meta_gives_the_kernels_output_shape(kernel, stride, padding, dil
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     K.register_conv1d_meta_fix()
-    x, xq = torch.randint(0, ACT_MAX + 1, (2, 16, 20), dtype=torch.uint8), K.QParams(0.02, 10)
-    w, w_scale, w_zp = torch.randint(-100, 100, (8, 16, kernel), dtype=torch.int8), torch.rand(8) * 0.01, torch.zeros(8, dtype=torch.int64)
+    x, xq = torch.randint(0, 256, (2, 16, 20), dtype=torch.uint8), K.QParams(0.02, 10)
+    w, w_scale, w_zp = torch.randint(-W_MAX, W_MAX + 1, (8, 16, kernel), dtype=torch.int8), torch.rand(8) * 0.01, torch.zeros(8, dtype=torch.int64)
     geom = K.ConvGeometry((stride,), (padding,), (dilation,), 1)
     packed = K.qconv_prepack(K.eager, w, w_scale, xq, geom, list(x.shape))
     real = K.qconv(K.eager, x, xq, packed, w_scale, w_zp, None, geom)
@@ -180,13 +180,13 @@ def test_conv1d_meta_gives_the_kernels_output_shape(kernel, stride, padding, dil
 def test_qconv_probe_agrees_with_the_kernel_on_a_real_batch(x_shape, w_shape, stride):
     """The compile-time probe (batch 1) must give the verdict a real batch of 2 gets."""
     geom = K.ConvGeometry(stride, (0, 0), (1, 1), 1)
-    x = torch.randint(0, ACT_MAX + 1, (2, *x_shape[1:]), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
-    w, w_scale, w_zp = torch.randint(-100, 100, w_shape, dtype=torch.int8), torch.rand(12) * 0.01, torch.zeros(12, dtype=torch.int64)
+    x = torch.randint(0, 256, (2, *x_shape[1:]), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    w, w_scale, w_zp = torch.randint(-W_MAX, W_MAX + 1, w_shape, dtype=torch.int8), torch.rand(12) * 0.01, torch.zeros(12, dtype=torch.int64)
     xq = K.QParams(0.02, 10)
     got = K.qconv(K.eager, x, xq, K.qconv_prepack(K.eager, w, w_scale, xq, geom, list(x.shape)), w_scale, w_zp, None, geom)
     want = R.qconv(x, xq, w, w_scale, w_zp, None, geom)
     exact = bool((got - want).abs().max() <= 1e-3 * want.abs().max() + 1e-4)
-    assert K.qconv_is_exact(x_shape, w_shape, geom, ACT_MAX) == exact
+    assert K.qconv_is_exact(x_shape, w_shape, geom, 255, W_MAX) == exact
 
 
 @pytest.mark.parametrize("name", ["add", "sum"])

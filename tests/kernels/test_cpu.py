@@ -25,7 +25,7 @@ EPYC_ZEN3 = {"avx2"}
 def test_features_are_the_cpus_under_onednns_cap(flags, cap, vnni, bf16):
     info = cpu.CpuInfo("x", cpu.features_under_cap(flags, cap), cap, "AVX2")
     assert (info.vnni, info.bf16_native) == (vnni, bf16)
-    assert info.int8_activation_max == (255 if vnni else 127)
+    assert info.int8_weight_range == ((-128, 127) if vnni else (-64, 63))
 
 
 def test_cap_is_read_like_onednn_reads_it(monkeypatch):
@@ -38,10 +38,10 @@ def test_cap_is_read_like_onednn_reads_it(monkeypatch):
 
 def test_summary_says_what_follows_for_int8_and_bf16():
     epyc = cpu.CpuInfo("AMD EPYC 7B13", frozenset(EPYC_ZEN3), "", "AVX2")
-    assert epyc.summary() == ("AMD EPYC 7B13 | AVX2, no VNNI: int8 activations use 7 bits (8-bit products would "
+    assert epyc.summary() == ("AMD EPYC 7B13 | AVX2, no VNNI: int8 weights use 7 bits (8-bit products would "
                               "saturate); bf16 emulated (slow: bf16 modes not recommended) | vector AVX2")
     xeon = cpu.CpuInfo("Xeon", frozenset(XEON_AMX), "", "AVX512")
-    assert xeon.summary() == "Xeon | AMX int8/bf16, AVX-512 VNNI: int8 activations use 8 bits; bf16 native | vector AVX512"
+    assert xeon.summary() == "Xeon | AMX int8/bf16, AVX-512 VNNI: int8 weights use 8 bits; bf16 native | vector AVX512"
 
 
 def test_public_cpu_info_is_this_process():
@@ -56,14 +56,19 @@ def test_pair_sums_fit_int16_exactly_when_the_bound_holds(act_max, w_absmax, fit
     assert (2 * act_max * w_absmax <= torch.iinfo(torch.int16).max) == fits
 
 
-def test_default_config_picks_activation_bits_by_cpu():
+def test_default_config_picks_weight_bits_by_cpu():
     auto = get_default_x86_inductor_quantization_config()
-    assert auto.input_activation.quant_max == cpu.cpu_info().int8_activation_max
+    w, act = auto.weight, auto.input_activation
+    assert (w.quant_min, w.quant_max) == cpu.cpu_info().int8_weight_range and act.quant_max == 255
+    assert cpu.fuses_exactly(act.quant_max, max(-w.quant_min, w.quant_max))  # exact on this CPU
     assert get_default_x86_inductor_quantization_config(reduce_range="auto") is auto
-    # an explicit argument is always honored
-    assert get_default_x86_inductor_quantization_config(reduce_range=False).input_activation.quant_max == 255
-    assert get_default_x86_inductor_quantization_config(reduce_range=True).input_activation.quant_max == 127
+    # an explicit argument is always honored (8-bit weights)
+    full = get_default_x86_inductor_quantization_config(reduce_range=False)
+    assert (full.input_activation.quant_max, full.weight.quant_min, full.weight.quant_max) == (255, -128, 127)
+    narrow = get_default_x86_inductor_quantization_config(reduce_range=True)
+    assert (narrow.input_activation.quant_max, narrow.weight.quant_min, narrow.weight.quant_max) == (127, -128, 127)
+    assert cpu.pair_sums_fit(127, 128)  # reduce_range=True is exact on every CPU
     for kw in ({"is_qat": True}, {"is_dynamic": True}):
-        assert get_default_x86_inductor_quantization_config(**kw).input_activation.quant_max == auto.input_activation.quant_max
+        assert get_default_x86_inductor_quantization_config(**kw).weight.quant_min == w.quant_min
     with pytest.raises(ValueError, match="reduce_range"):
         get_default_x86_inductor_quantization_config(reduce_range="yes")

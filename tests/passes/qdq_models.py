@@ -14,28 +14,34 @@ import torch.nn.functional as F
 from torch import nn
 
 import torch.ao.quantization.fx._decomposed  # noqa: F401
-from inductor_quant.kernels.cpu import cpu_info
+from inductor_quant.kernels.cpu import cpu_info, fuses_exactly
 
 qd = torch.ops.quantized_decomposed
 
-# uint8 activations over the range the default config picks on this CPU: [0, 255] with VNNI,
-# [0, 127] without (kernels/cpu.py); int8 activations keep [-128, 127] (they fuse only with VNNI)
-U8_MAX = cpu_info().int8_activation_max
-X_SCALE, X_ZP = 0.02, (U8_MAX + 1) // 2  # non-zero activation zero point
+X_SCALE, X_ZP = 0.02, 128  # non-zero activation zero point
 O_SCALE, O_ZP = 0.05, 10
 R_SCALE, R_ZP = 0.03, 100  # residual input
+# int8 weights over the range the default config picks on this CPU: [-128, 127] with VNNI,
+# [-64, 63] without (kernels/cpu.py; a variant with `full_weights` takes 8 bits everywhere)
+W_DEFAULT = cpu_info().int8_weight_range
 
 
-def q_dq(x, scale, zp, dtype=torch.uint8):
-    lo, hi = (0, U8_MAX) if dtype == torch.uint8 else (-128, 127)
+def q_dq(x, scale, zp, dtype=torch.uint8, hi=None):
+    lo, top = (0, 255) if dtype == torch.uint8 else (-128, 127)
+    hi = top if hi is None else hi
     return qd.dequantize_per_tensor.default(qd.quantize_per_tensor.default(x, scale, zp, lo, hi, dtype),
                                             scale, zp, lo, hi, dtype)
 
 
 def dynamic_q_dq(x):
-    scale, zp = qd.choose_qparams.tensor(x, 0, U8_MAX, torch.finfo(torch.float32).eps, torch.uint8)
-    q = qd.quantize_per_tensor.tensor(x, scale, zp, 0, U8_MAX, torch.uint8)
-    return qd.dequantize_per_tensor.tensor(q, scale, zp, 0, U8_MAX, torch.uint8)
+    scale, zp = qd.choose_qparams.tensor(x, 0, 255, torch.finfo(torch.float32).eps, torch.uint8)
+    q = qd.quantize_per_tensor.tensor(x, scale, zp, 0, 255, torch.uint8)
+    return qd.dequantize_per_tensor.tensor(q, scale, zp, 0, 255, torch.uint8)
+
+
+def int8_weight(shape, g, weight_range=W_DEFAULT):
+    bound = min(-weight_range[0], weight_range[1])
+    return torch.randint(-bound, bound + 1, shape, dtype=torch.int8, generator=g)
 
 
 POST = {
@@ -71,6 +77,8 @@ class Variant:
     binary: Optional[str] = None  # add | add_swapped | add_relu | add_dq (residual from dq(u8))
     out_q: bool = False
     act_dtype: torch.dtype = torch.uint8
+    act_max: int = 255  # uint8 activations: 127 for a reduce_range=True model
+    full_weights: bool = False  # weights over [-128, 127] whatever the CPU
     dynamic: bool = False  # choose_qparams -> q/dq .tensor (run-time activation qparams)
     fusions: tuple = ()  # fusion ids that must fire
     ops: tuple = ()  # (onednn op name, count) expected in the generated code
@@ -82,10 +90,15 @@ class Variant:
         return self.layer.startswith("conv")
 
     @property
+    def weight_range(self) -> tuple:
+        return (-128, 127) if self.full_weights else W_DEFAULT
+
+    @property
     def fuses_here(self) -> bool:
-        """int8 activations reach the kernel as uint8 + 128, over the full 8 bits: exact only with
-        VNNI. Elsewhere the layer must stay fp32, reported with the saturation reason."""
-        return self.act_dtype == torch.uint8 or cpu_info().vnni
+        """8-bit activations (int8 ones reach the kernel as uint8 + 128) times 8-bit weights are
+        exact only with VNNI; elsewhere the layer stays fp32, reported with the saturation reason."""
+        act_max = self.act_max if self.act_dtype == torch.uint8 else 255
+        return fuses_exactly(act_max, max(-self.weight_range[0], self.weight_range[1]))
 
 
 class QDQLayer(nn.Module):
@@ -98,7 +111,7 @@ class QDQLayer(nn.Module):
         cin = v.x_shape[1] if v.is_conv else v.x_shape[-1]
         k = (v.kernel,) * (int(v.layer[-2]) if v.is_conv else 0)
         w_shape = (v.out_features, cin // v.groups) + k
-        self.register_buffer("w", torch.randint(-127, 128, w_shape, dtype=torch.int8, generator=g))
+        self.register_buffer("w", int8_weight(w_shape, g, v.weight_range))
         fan_in = cin // v.groups * max(1, v.kernel ** len(k))
         self.register_buffer("w_scale", (torch.rand(v.out_features, generator=g) + 0.5) / (64 * fan_in ** 0.5))
         self.register_buffer("w_zp", torch.zeros(v.out_features, dtype=torch.int64))
@@ -106,15 +119,18 @@ class QDQLayer(nn.Module):
         self.register_buffer("b", torch.randn(v.out_features, generator=g) * 0.1 if v.bias else None)
 
     def weight(self):
+        lo, hi = self.v.weight_range
         if self.v.per_channel:
-            return qd.dequantize_per_channel.default(self.w, self.w_scale, self.w_zp, 0, -128, 127, torch.int8)
-        return qd.dequantize_per_tensor.default(self.w, self.w_scale_t, 0, -128, 127, torch.int8)
+            return qd.dequantize_per_channel.default(self.w, self.w_scale, self.w_zp, 0, lo, hi, torch.int8)
+        return qd.dequantize_per_tensor.default(self.w, self.w_scale_t, 0, lo, hi, torch.int8)
 
     def forward(self, x, residual=None):
         v = self.v
         if v.dynamic:
             return self.tail(dynamic_q_dq(x), residual)
-        return self.tail(q_dq(x, X_SCALE, X_ZP if v.act_dtype == torch.uint8 else 0, v.act_dtype), residual)
+        hi = v.act_max if v.act_dtype == torch.uint8 else None
+        zp = (X_ZP if v.act_max == 255 else 64) if v.act_dtype == torch.uint8 else 0
+        return self.tail(q_dq(x, X_SCALE, zp, v.act_dtype, hi), residual)
 
     def tail(self, x, residual=None):
         """Everything after the input q/dq (so several layers can share one dq)."""
@@ -131,7 +147,7 @@ class QDQLayer(nn.Module):
             if v.binary.endswith("relu"):
                 y = torch.relu(y)
         if v.out_q:
-            y = q_dq(y, O_SCALE, O_ZP)
+            y = q_dq(y, O_SCALE, O_ZP, hi=v.act_max)
         return y
 
     def example_inputs(self, bf16=False):
@@ -158,7 +174,7 @@ class Int8Ops(nn.Module):
         super().__init__()
         self.form = form
         g = torch.Generator().manual_seed(0)
-        self.register_buffer("w", torch.randint(-127, 128, (6, 8 * 4 * 4), dtype=torch.int8, generator=g))
+        self.register_buffer("w", int8_weight((6, 8 * 4 * 4), g))
         self.register_buffer("w_scale", torch.rand(6, generator=g) / 400)
         self.register_buffer("w_zp", torch.zeros(6, dtype=torch.int64))
 
@@ -166,13 +182,13 @@ class Int8Ops(nn.Module):
         if self.form == 2:
             parts = [q_dq(t, X_SCALE, X_ZP) for t in (x[:, :3, ::2, ::2], x2[:, :3], x2[:, 3:] * 2)]
             f = q_dq(torch.flatten(q_dq(torch.cat(parts, 1), X_SCALE, X_ZP), 1), X_SCALE, X_ZP)
-            w = qd.dequantize_per_channel.default(self.w, self.w_scale, self.w_zp, 0, -128, 127, torch.int8)
+            w = qd.dequantize_per_channel.default(self.w, self.w_scale, self.w_zp, 0, *W_DEFAULT, torch.int8)
             return F.linear(f, w[:, :112])
         a = q_dq(F.max_pool2d(q_dq(x, X_SCALE, X_ZP), 3, 2, 1), X_SCALE, X_ZP)
         c = q_dq(torch.cat([a, q_dq(x2, X_SCALE, X_ZP)], 1), X_SCALE, X_ZP)
         c = q_dq(c.permute(0, 2, 3, 1), X_SCALE, X_ZP)
         f = q_dq(torch.flatten(c, 1), X_SCALE, X_ZP)
-        w = qd.dequantize_per_channel.default(self.w, self.w_scale, self.w_zp, 0, -128, 127, torch.int8)
+        w = qd.dequantize_per_channel.default(self.w, self.w_scale, self.w_zp, 0, *W_DEFAULT, torch.int8)
         return F.linear(f, w)
 
     @staticmethod

@@ -114,6 +114,32 @@ def test_int8_activation_conv_is_shifted_to_uint8():
         torch.testing.assert_close(gm(*flat), model(*flat[-1:]), atol=2e-3, rtol=1e-3)
 
 
+class NarrowOutput(torch.nn.Module):
+    """q/dq over [0, 127] -> linear -> q/dq over [0, 127] with a scale the output exceeds."""
+
+    def __init__(self):
+        super().__init__()
+        from variants import BY_ID
+        self.layer = QDQLayer(BY_ID["qlinear.q.act7"])
+
+    def forward(self, x):
+        y = torch.nn.functional.linear(q_dq(x, X_SCALE, 64, hi=127), self.layer.weight(), self.layer.b)
+        return q_dq(y, 0.005, 0, hi=127)
+
+
+def test_narrow_output_range_is_clamped():
+    """A requantized output over [0, 127] (reduce_range=True): the op saturates at 255, so the
+    fold adds clamp_max(127); outputs beyond the range must match the Q/DQ model."""
+    model = NarrowOutput().eval()
+    gm, flat, stats = rewrite(model, (torch.randn(4, 16, generator=torch.Generator().manual_seed(1)),))
+    assert stats["fused"].get("post.output.quant") == 1 and targets(gm)["aten.clamp_max.default"] == 1, gm.code
+    with torch.no_grad():
+        ref, out = model(*flat[-1:]), gm(*flat)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    assert ref.max() == 127 * 0.005  # the clamp is reached
+    torch.testing.assert_close(out, ref, atol=0.005 * 1.01, rtol=1e-3)
+
+
 INT8_IDS = ("int8.maxpool2d", "int8.cat2", "int8.permute", "int8.reshape")
 
 

@@ -86,9 +86,17 @@ VARIANTS = [
     linear("qlinear.add.swapped", binary="add_swapped", fusions=("qlinear.prepack.2d", "post.binary.add.swapped")),
     linear("qlinear.add.relu", binary="add_relu",
            fusions=("qlinear.prepack.2d", "post.binary.add", "post.binary.relu")),
+    # a reduce_range=True model (activations [0, 127]): fuses on every CPU, the requantized
+    # output is clamped to the narrower range
+    conv("qconv2d.relu.q.act7", post="relu", out_q=True, act_max=127,
+         fusions=("qconv.prepack", "post.relu", "post.output.quant")),
+    linear("qlinear.q.act7", out_q=True, act_max=127, fusions=("qlinear.prepack.2d", "post.output.quant")),
+    # 8-bit weights whatever the CPU: fused with VNNI, else exact fp32 with the saturation reason
+    conv("qconv2d.w8", full_weights=True),
+    linear("qlinear.w8", full_weights=True),
 ]
 BY_ID = {v.id: v for v in VARIANTS}
-SATURATION_REASON = "8-bit activations on a CPU without VNNI"
+SATURATION_REASON = "8-bit activations and 8-bit weights on a CPU without VNNI"
 
 
 def left_fp32_for_saturation(stats) -> bool:
