@@ -26,6 +26,7 @@ from . import patterns as P
 from . import post_ops as O
 from . import prepack as R
 from . import stats as S
+from .fused import call
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
@@ -223,6 +224,34 @@ def _why(node: torch.fx.Node) -> str:
     return R.check_act_dq(x, kind) or "no pattern matched this form (see passes/patterns.py)"
 
 
+def decompose_weight_dequants(graph: torch.fx.Graph) -> None:
+    """A layer left unfused keeps `dequantize(w_int8)` in the graph, and constant folding never
+    folds a dequantize (it keeps int8 weights int8 for the prepack): the fp32 fallback would
+    dequantize its weight on every call. The same arithmetic as plain ATen ops folds into a
+    frozen fp32 constant instead: the fallback then costs what an fp32 layer costs."""
+    for node in list(graph.nodes):
+        if not _is_weight_dq(node) or node.target is qd.dequantize_per_tensor.tensor:
+            continue
+        a = R.args_of(node)
+        out_dtype = a.get("out_dtype") or torch.float32
+        g = graph
+        if node.target is qd.dequantize_per_channel.default:
+            # (w - zp) * scale, broadcast along `axis`: what quantized_decomposed computes
+            shape = [1] * R.val(a["input"]).dim()
+            shape[a["axis"]] = -1
+            w = a["input"]
+            if a["zero_points"] is not None:
+                w = call(g, node, aten.sub.Tensor, w, call(g, node, aten.view.default, a["zero_points"], shape))
+            w = call(g, node, aten.mul.Tensor, w, call(g, node, aten.view.default, a["scales"], shape))
+            if out_dtype != torch.float32:
+                w = call(g, node, torch.ops.prims.convert_element_type.default, w, out_dtype)
+        else:  # per tensor: (float(w) - zp) * scale
+            w = call(g, node, torch.ops.prims.convert_element_type.default, a["input"], out_dtype)
+            w = call(g, node, aten.mul.Tensor, call(g, node, aten.sub.Tensor, w, a["zero_point"]), a["scale"])
+        node.replace_all_uses_with(w)
+        graph.erase_node(node)
+
+
 def run(graph: torch.fx.Graph) -> None:
     """All phases, in order, on one graph."""
     promote_dequant(graph)
@@ -230,3 +259,4 @@ def run(graph: torch.fx.Graph) -> None:
         phase_passes()[phase].apply(graph)
     graph.eliminate_dead_code()
     report_unfused(graph)
+    decompose_weight_dequants(graph)

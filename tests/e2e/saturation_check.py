@@ -87,6 +87,7 @@ def run_case(model_name: str, bits: str) -> dict:
         "act_quant_max": config.input_activation.quant_max,
         "weight_range": [config.weight.quant_min, config.weight.quant_max],
         "onednn_int8_calls": len(ONEDNN_INT8.findall("\n".join(codes))),
+        "weight_dequant_per_call": "dequantize_per_channel" in "\n".join(codes),
         "unfused": [list(u) for u in iq_passes.stats()["unfused"]],
         "warnings": [str(w.message) for w in caught if "inductor_quant" in str(w.message)],
     }
