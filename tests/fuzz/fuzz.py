@@ -184,7 +184,9 @@ def summarize(out_dir: str) -> str:
             fused.update(o.get("fused", {}))
     ops = collections.Counter(op for r in rows for op in r["ops"])
     seconds = sum(r["seconds"] for r in rows)
+    cpus = collections.Counter(r.get("cpu", {}).get("summary", "not recorded") for r in rows)
     lines = [
+        "CPU: " + "; ".join(f"{c} ({n} graphs)" for c, n in cpus.most_common()),
         f"graphs: {len(rows)}; configs: {len(configs)} ({', '.join(configs)})",
         f"compiles checked: {sum(status.values())}; ok {status['ok']}, crashes {status['crash']}, "
         f"mismatches {status['mismatch']}, torch bugs the float model shows too {status['upstream']}",

@@ -11,6 +11,8 @@ import subprocess
 import sys
 
 import pytest
+
+import inductor_quant
 import torch
 
 import graphs
@@ -116,8 +118,11 @@ def test_a_process_that_dies_is_recorded_as_a_crash_and_the_sweep_goes_on(tmp_pa
     assert [o["status"] for o in died] == ["ok", "crash"] + ["ok"] * 6
     assert died[1]["stage"] == "process" and "SIGSEGV" in died[1]["error"]
     assert all(o["status"] == "ok" for seed in (0, 2) for o in rows[seed]["outcomes"])
-    assert (tmp_path / f"repro-1-{died[1]['config']}.json").exists()
+    repro = json.load(open(tmp_path / f"repro-1-{died[1]['config']}.json"))
     assert not list(tmp_path.glob("in-flight-*"))
+    # every result and repro says which CPU oneDNN ran on (results differ by kind)
+    summary = inductor_quant.cpu_info().summary()
+    assert repro["cpu"]["summary"] == summary and all(r["cpu"]["summary"] == summary for r in rows.values())
 
 
 def test_a_death_the_float_model_shares_is_upstream(tmp_path):
@@ -140,6 +145,7 @@ def test_fixed_seed_slice(seed):
 @pytest.mark.parametrize("path", CORPUS, ids=[os.path.basename(p) for p in CORPUS])
 def test_past_findings_stay_fixed(path):
     record = json.load(open(path))
+    assert record["cpu"]["features"], "a corpus entry records the CPU it was found on"
     outcome = harness.check(record["spec"], harness.Config.parse(record["config"]))
     assert outcome.status == "ok", (record["graph"], record["error"], outcome.error)
 
