@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import platform
 import random
 import statistics
 import time
@@ -88,8 +87,8 @@ MODES: dict[str, Mode] = {
         Mode("int8_cpp", lambda model, inputs: _quantized(model, inputs), inductor=(("cpp_wrapper", True),)),
         Mode("int8_dynamic", lambda model, inputs: _quantized(model, inputs, dynamic=True), linear_only=True),
         Mode("int8_builtin", lambda model, inputs: _quantized(model, inputs, ours=False), needs_builtin=True),
-        # 8-bit activations whatever the CPU: without VNNI its layers stay fp32 (the cost of a
-        # model quantized elsewhere with reduce_range=False); with VNNI the same as int8
+        # 8-bit activations and weights whatever the CPU: without VNNI its layers stay fp32 (the
+        # cost of a model quantized elsewhere with reduce_range=False); with VNNI the same as int8
         Mode("int8_8bit", lambda model, inputs: _quantized(model, inputs, reduce_range=False), by_default=False),
     )
 }

@@ -17,7 +17,7 @@ from inductor_quant.kernels import onednn as K
 
 from . import patterns as P
 from .fused import Fused, call, record, replace_with
-from .prepack import ACT_RANGE, users_inside, args_of, val
+from .prepack import ACT_RANGE, args_of, users_inside, val, within
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
@@ -200,7 +200,7 @@ def check_output_quant(match: Match) -> Optional[str]:
     a = args_of(q)
     if q.target is not qd.quantize_per_tensor.default or not isinstance(a["scale"], (int, float)):
         return "output quantize is not per-tensor with scalar qparams"
-    if a["dtype"] not in ACT_RANGE or not ACT_RANGE[a["dtype"]][0] <= a["quant_min"] <= a["quant_max"] <= ACT_RANGE[a["dtype"]][1]:
+    if a["dtype"] not in ACT_RANGE or not within(a, ACT_RANGE[a["dtype"]]):
         return "output quant range is not within u8/s8"
     if val(match.kwargs["y"]).dtype not in (torch.float32, torch.bfloat16):
         return "fused result is not fp32/bf16"
@@ -242,9 +242,9 @@ def fold_output_quant(match: Match) -> None:
     fused = replace_with(q, f)
     lo, hi = a["quant_min"], a["quant_max"]
     if (lo, hi) != ACT_RANGE[a["dtype"]]:
-        # a narrower range (7-bit activations on a CPU without VNNI): the op saturates to the
-        # dtype's range, quantize clamps to [lo, hi]; the clamp is exact and keeps the next
-        # layer's input within the range it was quantized for
+        # a narrower range (a reduce_range=True model: [0, 127]): the op saturates to the dtype's
+        # range, quantize clamps to [lo, hi]; the clamp is exact and keeps the next layer's
+        # input within the range its kernel takes exactly (kernels/cpu.py)
         clamped = fused
         for op, bound, limit in ((aten.clamp_min.default, lo, 0), (aten.clamp_max.default, hi, 1)):
             if bound != ACT_RANGE[a["dtype"]][limit]:  # the forms Inductor lowers (clamp is decomposed)

@@ -75,18 +75,19 @@ def check_act_dq(dq_node: torch.fx.Node, kind: str) -> Optional[str]:
         if any(val(t) is None or val(t).numel() != 1 for t in (a["scale"], a["zero_point"])):
             return "dynamic activation qparams are not one-element tensors"
     # dequantize does not clamp: a narrower range (e.g. [-127, 127]) dequantizes the same way
-    if a["dtype"] not in ACT_RANGE or not _within(a, ACT_RANGE[a["dtype"]]):
+    if a["dtype"] not in ACT_RANGE or not within(a, ACT_RANGE[a["dtype"]]):
         return f"activation is not uint8/int8 (dtype {a['dtype']} [{a['quant_min']}, {a['quant_max']}])"
     return None
 
 
-def _within(a: dict, bounds: tuple) -> bool:
+def within(a: dict, bounds: tuple) -> bool:
+    """quant_min / quant_max of a q/dq node within `bounds`."""
     return bounds[0] <= a["quant_min"] <= a["quant_max"] <= bounds[1]
 
 
 def check_weight_dq(w_dq: torch.fx.Node) -> Optional[str]:
     a = args_of(w_dq)
-    if a["dtype"] != torch.int8 or not _within(a, (-128, 127)):
+    if a["dtype"] != torch.int8 or not within(a, (-128, 127)):
         return "weight is not int8"
     if w_dq.target is qd.dequantize_per_channel.default and a["axis"] != 0:
         return "per-channel weight quantized on an axis other than 0"

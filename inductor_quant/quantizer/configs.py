@@ -89,10 +89,10 @@ def get_default_x86_inductor_quantization_config(
     saturate on 8-bit x 8-bit (the compiled output would differ from the eager one; the passes
     keep such layers in fp32 instead); 255 * 64 * 2 fits. 7-bit weights were measured more
     accurate than 7-bit activations on real models (MiniLM embedding cosine to fp32 0.992 vs
-    0.975; Fashion-MNIST CNN SQNR 39.6 vs 36.8 dB) at the same speed (the same kernels). True / False are always honored
-    (True: activations in [0, 127], weights 8 bits: exact everywhere too). A model quantized on
-    one kind of CPU and deployed on the other: pass `reduce_range=True`, or build the config on
-    the target kind.
+    0.975; Fashion-MNIST CNN SQNR 39.6 vs 36.8 dB) at the same speed (the same kernels).
+    True / False are always honored (True: activations in [0, 127], weights 8 bits: exact
+    everywhere too). A model quantized on one kind of CPU and deployed on the other: pass
+    `reduce_range=True`, or build the config on the target kind.
     """
     if reduce_range == "auto":
         return _x86_config(bool(is_qat), bool(is_dynamic), False, cpu_info().int8_weight_range)
