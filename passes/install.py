@@ -55,6 +55,7 @@ from torch._inductor import config
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from inductor_quant.kernels import onednn as K
+from inductor_quant.kernels.cpu import cpu_info
 
 from . import decompositions, registry
 from .builtins import builtin_fusions_enabled, set_builtin_fusions
@@ -106,7 +107,10 @@ class QuantFusionPass(CustomGraphPass):
                 warnings.warn(NO_FREEZING, UserWarning, stacklevel=2)
 
     def uuid(self) -> str:
-        return f"inductor_quant:{_source_hash()}:installed={_state['installed']}:builtins={builtin_fusions_enabled()}"
+        # the CPU facts decide what fuses (kernels/cpu.py): an artifact built under another
+        # ONEDNN_MAX_CPU_ISA cap must not be served here
+        return (f"inductor_quant:{_source_hash()}:installed={_state['installed']}:builtins={builtin_fusions_enabled()}"
+                f":cpu={cpu_info().summary()}")
 
 
 _PASS = QuantFusionPass()

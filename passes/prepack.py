@@ -108,6 +108,7 @@ def weight_absmax(w_dq: torch.fx.Node) -> int:
     return max(abs(int(a["quant_min"])), abs(int(a["quant_max"])))
 
 
+SATURATION_TAG = "8-bit activations and 8-bit weights on a CPU without VNNI"
 SATURATION = (
     "8-bit activations and 8-bit weights on a CPU without VNNI ({isa}): oneDNN would add pairs of "
     "int8 products in int16 and saturate, so the layer stays dequantize -> fp32 -> quantize (exact, "
@@ -229,9 +230,12 @@ def check_dq_conv(match: Match) -> Optional[str]:
     if args_of(conv)["transposed"]:
         return "transposed convolution"
     act_dq, w_dq = _act_dq(match), _weight_dq(match)
+    # saturation last: a layer refused only for it has a geometry oneDNN's fp32 conv takes too
+    # (registry.decompose_weight_dequants hands it one); the probe after the window check,
+    # since probing such a conv would crash
     return (check_float_compute(conv) or check_act_dq(act_dq, "qconv") or check_weight_dq(w_dq)
-            or check_int8_exact(act_dq, w_dq) or _check_dynamic_layout(conv) or _check_window_in_padding(conv)
-            or _check_known_wrong_results(conv, act_dq, w_dq))  # after the window check: probing it would crash
+            or _check_dynamic_layout(conv) or _check_window_in_padding(conv)
+            or _check_known_wrong_results(conv, act_dq, w_dq) or check_int8_exact(act_dq, w_dq))
 
 
 def _check_dynamic_layout(conv: torch.fx.Node) -> Optional[str]:
@@ -266,7 +270,10 @@ def _check_known_wrong_results(conv: torch.fx.Node, act_dq: torch.fx.Node, w_dq:
         return "suspect geometry with symbolic sizes (cannot probe the int8 kernel)"
     shape = (1, *(int(d) for d in x.shape[1:]))  # the probe runs batch 1; the batch may be symbolic
     geom = K.ConvGeometry(tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
-    if not K.qconv_is_exact(shape, tuple(w.shape), geom, act_raw_max(act_dq), min(127, weight_absmax(w_dq))):
+    act_max, w_max = act_raw_max(act_dq), min(127, weight_absmax(w_dq))
+    if not cpu.fuses_exactly(act_max, w_max):  # the probe looks for geometry bugs, not saturation
+        act_max = 127
+    if not K.qconv_is_exact(shape, tuple(w.shape), geom, act_max, w_max):
         return "the int8 oneDNN kernel computes this geometry wrong (probed; torch 2.13)"
     return None
 

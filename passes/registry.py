@@ -227,10 +227,15 @@ def _why(node: torch.fx.Node) -> str:
 def decompose_weight_dequants(graph: torch.fx.Graph) -> None:
     """A layer left unfused keeps `dequantize(w_int8)` in the graph, and constant folding never
     folds a dequantize (it keeps int8 weights int8 for the prepack): the fp32 fallback would
-    dequantize its weight on every call. The same arithmetic as plain ATen ops folds into a
-    frozen fp32 constant instead: the fallback then costs what an fp32 layer costs."""
+    dequantize its weight on every call. For layers refused only because int8 would saturate on
+    this CPU (a whole 8-bit model on a CPU without VNNI), the same arithmetic as plain ATen ops
+    folds into a frozen fp32 constant instead, so the fallback costs what an fp32 layer costs.
+    Other refusals keep the runtime dequantize: some are geometries oneDNN's prepacked fp32
+    conv would crash on too (an output window entirely in the padding)."""
+    refused = {n for n in quantized_compute(graph) if R.SATURATION_TAG in _why(n)}
     for node in list(graph.nodes):
-        if not _is_weight_dq(node) or node.target is qd.dequantize_per_tensor.tensor:
+        if (not _is_weight_dq(node) or node.target is qd.dequantize_per_tensor.tensor
+                or _consumer(node) not in refused):
             continue
         a = R.args_of(node)
         out_dtype = a.get("out_dtype") or torch.float32

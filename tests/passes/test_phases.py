@@ -180,9 +180,26 @@ def test_unfused_layers_are_reported_with_reason():
     gm, flat, stats = rewrite(model, model.example_inputs())
     assert [(k, r) for k, _, r in stats["unfused"]] == [
         ("conv", "dynamic (tensor-qparam) activation: fused for linear only")], stats
-    # its weight dequantize is plain arithmetic now, which freezing folds into an fp32 constant
-    t = targets(gm)
-    assert t["quantized_decomposed.dequantize_per_channel.default"] == 0 and t["aten.mul.Tensor"] >= 1, gm.code
+    # refused for another reason than saturation: the weight dequantize stays as it is
+    assert targets(gm)["quantized_decomposed.dequantize_per_channel.default"] == 1, gm.code
+
+
+def test_layer_refused_for_saturation_gets_a_foldable_fp32_weight(monkeypatch):
+    """As on a CPU without VNNI with an 8-bit model: the layer stays fp32, reported, and its weight
+    dequantize becomes plain arithmetic that freezing folds into an fp32 constant (no per-call
+    dequantize), computing exactly what the Q/DQ model computes."""
+    from inductor_quant.kernels import cpu
+    from variants import BY_ID, SATURATION_REASON
+    monkeypatch.setattr(cpu, "fuses_exactly", lambda *args: False)
+    for vid in ("qconv2d.relu.q", "qlinear.2d", "qlinear.wpt"):
+        model = QDQLayer(BY_ID[vid]).eval()
+        gm, flat, stats = rewrite(model, model.example_inputs())
+        assert stats["fused"] == {} and [SATURATION_REASON in r for *_, r in stats["unfused"]] == [True], stats
+        t = targets(gm)
+        assert t["quantized_decomposed.dequantize_per_channel.default"] == 0, gm.code
+        assert t["quantized_decomposed.dequantize_per_tensor.default"] == 1 + BY_ID[vid].out_q, gm.code  # activations only
+        with torch.no_grad():
+            torch.testing.assert_close(gm(*flat), model(*flat[-1:]), atol=0, rtol=0)
     with torch.no_grad():
         torch.testing.assert_close(gm(*flat), model(*flat[-1:]))
 
