@@ -57,7 +57,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from inductor_quant.kernels import onednn as K
 from inductor_quant.kernels.cpu import cpu_info
 
-from . import decompositions, registry
+from . import decompositions, prepack, registry
 from .builtins import builtin_fusions_enabled, set_builtin_fusions
 
 NO_FREEZING = (
@@ -174,7 +174,9 @@ def installed():
 
 
 def reset_warning() -> None:
+    """Let the once-per-process warnings (no freezing; int8 saturation on this CPU) fire again."""
     _state["warned"] = False
+    prepack.reset_saturation_warning()
 
 
 __all__ = ["install", "uninstall", "installed", "is_installed", "freezing_active"]

@@ -239,20 +239,19 @@ def decompose_weight_dequants(graph: torch.fx.Graph) -> None:
             continue
         a = R.args_of(node)
         out_dtype = a.get("out_dtype") or torch.float32
-        g = graph
         if node.target is qd.dequantize_per_channel.default:
             # (w - zp) * scale, broadcast along `axis`: what quantized_decomposed computes
             shape = [1] * R.val(a["input"]).dim()
             shape[a["axis"]] = -1
             w = a["input"]
             if a["zero_points"] is not None:
-                w = call(g, node, aten.sub.Tensor, w, call(g, node, aten.view.default, a["zero_points"], shape))
-            w = call(g, node, aten.mul.Tensor, w, call(g, node, aten.view.default, a["scales"], shape))
+                w = call(graph, node, aten.sub.Tensor, w, call(graph, node, aten.view.default, a["zero_points"], shape))
+            w = call(graph, node, aten.mul.Tensor, w, call(graph, node, aten.view.default, a["scales"], shape))
             if out_dtype != torch.float32:
-                w = call(g, node, torch.ops.prims.convert_element_type.default, w, out_dtype)
+                w = call(graph, node, torch.ops.prims.convert_element_type.default, w, out_dtype)
         else:  # per tensor: (float(w) - zp) * scale
-            w = call(g, node, torch.ops.prims.convert_element_type.default, a["input"], out_dtype)
-            w = call(g, node, aten.mul.Tensor, call(g, node, aten.sub.Tensor, w, a["zero_point"]), a["scale"])
+            w = call(graph, node, torch.ops.prims.convert_element_type.default, a["input"], out_dtype)
+            w = call(graph, node, aten.mul.Tensor, call(graph, node, aten.sub.Tensor, w, a["zero_point"]), a["scale"])
         node.replace_all_uses_with(w)
         graph.erase_node(node)
 

@@ -231,3 +231,23 @@ def test_every_fusion_id_fired():
     needs_vnni = set() if cpu_info().vnni else {"qconv.s8_to_u8"}
     missing = set(iq_passes.fusion_ids()) - set(FIRED) - needs_vnni
     assert not missing, f"registered but never fired in the unit layer: {sorted(missing)}"
+
+
+def test_saturation_warning_once_per_process_until_reset(monkeypatch):
+    import warnings
+    from inductor_quant.kernels import cpu
+    from inductor_quant.passes.install import reset_warning
+    from variants import BY_ID
+    monkeypatch.setattr(cpu, "fuses_exactly", lambda *args: False)
+    model = QDQLayer(BY_ID["qlinear.2d"]).eval()
+
+    def warned():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rewrite(model, model.example_inputs())
+        return [w for w in caught if "would saturate" in str(w.message)]
+
+    reset_warning()
+    assert len(warned()) == 1 and warned() == []
+    reset_warning()
+    assert len(warned()) == 1
