@@ -5,7 +5,9 @@ Importing this package registers the `quantized_decomposed` ops (so saved Q/DQ m
 and changes no compiler state.
 """
 
-import torch.ao.quantization.fx._decomposed  # noqa: F401  registers quantized_decomposed ops
+from .kernels import compat
+
+compat.load_quantized_decomposed()  # saved Q/DQ models call these ops
 
 __version__ = "0.1.0"
 

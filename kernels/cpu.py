@@ -14,8 +14,8 @@ Two facts decide numerics and speed:
 
 oneDNN reads `ONEDNN_MAX_CPU_ISA` (older name `DNNL_MAX_CPU_ISA`) once at process start and then
 dispatches only up to that ISA, so the CPU flags alone overstate what runs: `cpu_info()` takes the
-flags from /proc/cpuinfo and keeps only those the cap allows. `int8_pair_sums_saturate()` asks the
-kernel itself (tests check that the two agree).
+flags from /proc/cpuinfo and keeps only those the cap allows. `probe.int8_pair_sums_saturate()` asks
+the kernel itself (tests check that the two agree).
 """
 
 from __future__ import annotations
@@ -151,18 +151,4 @@ def fuses_exactly(act_max: int, weight_absmax: int = 128) -> bool:
     return cpu_info().vnni or pair_sums_fit(act_max, weight_absmax)
 
 
-def int8_pair_sums_saturate() -> bool:
-    """Ask the kernel: does a u8 x s8 matmul of 255s and 127s come out saturated here?"""
-    from . import onednn as K
-
-    k = 64
-    x = torch.full((4, k), 255, dtype=torch.uint8)
-    w = torch.full((16, k), 127, dtype=torch.int8)
-    scale, zp = torch.ones(16), torch.zeros(16, dtype=torch.int64)
-    with torch.no_grad():
-        packed = K.qlinear_prepack(K.eager, w, list(x.shape))
-        y = K.qlinear(K.eager, x, K.QParams(1.0, 0), packed, scale, zp, None)
-    return bool((y - 255.0 * 127 * k).abs().max() > 0.5)
-
-
-__all__ = ["CpuInfo", "cpu_info", "fuses_exactly", "int8_pair_sums_saturate", "pair_sums_fit"]
+__all__ = ["CpuInfo", "cpu_info", "fuses_exactly", "pair_sums_fit"]

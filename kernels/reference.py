@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import capabilities
 from .onednn import Binary, ConvGeometry, Output, QParams, Unary
 
 
@@ -26,20 +27,11 @@ def dequant_weight(w: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor) -
     return (w.float() - w_zp.reshape(shape).float()) * w_scale.reshape(shape).float()
 
 
-UNARY = {
-    "none": lambda y, u: y,
-    "relu": lambda y, u: F.relu(y),
-    "hardtanh": lambda y, u: F.hardtanh(y, float(u.scalars[0]), float(u.scalars[1])),
-    "hardswish": lambda y, u: F.hardswish(y),
-    "swish": lambda y, u: F.silu(y),
-    "gelu": lambda y, u: F.gelu(y, approximate=u.algorithm or "none"),
-    "leaky_relu": lambda y, u: F.leaky_relu(y, float(u.scalars[0])),
-    "tanh": lambda y, u: torch.tanh(y),
-}
-
-
 def unary(y: torch.Tensor, u: Unary) -> torch.Tensor:
-    return UNARY[u.name](y, u)
+    """The post-op's math from its capability record (kernels/capabilities.py)."""
+    if u.name == "none":
+        return y
+    return capabilities.by_attr(u.name, u.algorithm).math(y, [float(v) for v in u.scalars])
 
 
 def emit(y: torch.Tensor, out: Output) -> torch.Tensor:

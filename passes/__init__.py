@@ -2,9 +2,9 @@
 
 Imported as `inductor_quant.passes`. Importing changes no compiler state; `install()` does.
 See install.py for where the passes run, which compiles they rewrite (freezing only), why
-installing switches torch's built-in quantization fusions off (`set_builtin_fusions(True)`
+installing switches torch's built-in int8 conv/linear fusions off (`set_builtin_fusions(True)`
 turns them back on, at a risk documented there) and the cache key; registry.py for the
-fusion table and order.
+fusion table and order; docs/ARCHITECTURE.md for the whole picture.
 
     import inductor_quant.passes as iq_passes
     iq_passes.install()      # convert_pt2e does this; idempotent; torch's own quantization
@@ -18,8 +18,8 @@ fusion table and order.
 Counts are per fusion id (`fusion_ids()` lists them), per compile since the last reset.
 """
 
-from .builtins import builtin_fusions, builtin_fusions_enabled, set_builtin_fusions
-from .install import install, installed, is_installed, uninstall
+from .install import (builtin_fusions, builtin_fusions_enabled, install, installed, is_installed,
+                      set_builtin_fusions, uninstall)
 from .registry import fusion_ids
 from .stats import reset_stats, stats
 

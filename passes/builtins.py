@@ -1,73 +1,74 @@
-"""The switch for torch's built-in quantization fusions (torch/_inductor/fx_passes/quantization.py).
+"""Which of torch's built-in quantization fusions ours replace, and how they are taken out and put back.
 
-torch 2.13 registers them lazily, on the first compile, into process-global PatternMatcherPass
-objects: the weight-prepack/post-op patterns into the freezing passes
-(`freezing_patterns.pass_patterns`) and the lowerings of fused int8 ops, int8 pooling/cat/reshape
-and weight-only-int8 into the post-grad passes (`post_grad.pass_patterns`).
+torch (fx_passes/quantization.py) registers its int8 fusions lazily, on the first compile,
+into process-global pattern passes: weight prepack and post-op folds into the freezing passes,
+lowerings of the fused int8 ops and of int8 pooling/cat/reshape into the post-grad passes. Those
+families do what our passes do, and would run after ours on what we leave unfused -- including
+forms we refuse for correctness (weights quantized per channel on axis 1, which they fuse with
+wrong numbers). The same file registers fusions that have nothing to do with Q/DQ conv/linear
+(weight-only int8, SmoothQuant's `_int_mm`, dynamic fp16 linear): those stay, for every model
+in the process.
 
-`set_builtin_fusions(False)` runs those lazy registrations now and takes every pattern entry whose
-handler is defined in `quantization.py` out of those passes; `set_builtin_fusions(True)` puts the
-same entries back where they were. `install()` switches them off, `uninstall()` restores the
-state found at install (install.py). The state is part of our FX-graph-cache key.
+Stateless: the installation object (install.py) keeps what was removed and puts it back.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 
-_QUANT_MODULE = "torch._inductor.fx_passes.quantization"
-_removed: dict = {}  # (id(pass), key) -> (pass, key, original entry list)
+from inductor_quant.kernels import compat
 
-
-def _global_passes() -> list:
-    from torch._inductor.fx_passes import freezing_patterns, post_grad
-
-    freezing_patterns.lazy_init()  # registration happens here on first use; force it now
-    post_grad.lazy_init()
-    return list(freezing_patterns.pass_patterns) + list(post_grad.pass_patterns)
-
-
-def _is_builtin_quant(entry) -> bool:
-    handler = getattr(entry, "handler", None)
-    handler = getattr(handler, "func", handler)
-    return getattr(handler, "__module__", None) == _QUANT_MODULE
+QUANT_MODULE = "torch._inductor.fx_passes.quantization"
+# the registering functions (handler qualname `<register fn>.<locals>.<handler>`) of the
+# families our passes replace
+REPLACED = frozenset({
+    "_register_dequant_promotion_pass",
+    "_register_qconv_weight_prepack_pass", "_register_qlinear_weight_prepack_pass",
+    "_register_qconv_post_op_fusion_pass", "_register_qlinear_post_op_fusion_pass",
+    "_register_quantized_conv_lowering", "_register_quantized_conv_binary_lowering",
+    "_register_quantized_linear_unary_lowering", "_register_quantized_linear_binary_lowering",
+    "_register_quantized_maxpool2d_lowering", "_register_quantized_cat_lowering",
+    "_register_quantized_reshape_lowering",
+})
 
 
-def builtin_fusions_enabled() -> bool:
-    return not _removed
+@dataclasses.dataclass(frozen=True)
+class Removed:
+    """One entry taken out of a pattern pass: where it was, so it goes back there."""
+
+    pattern_pass: object
+    key: object
+    index: int
+    entry: object
 
 
-def set_builtin_fusions(enabled: bool) -> None:
-    """Switch torch's built-in quantization fusions on or off (idempotent).
-
-    `install()` switches them off and `uninstall()` restores the state found at install.
-    Switching them on while our passes are installed is allowed, at a risk: they run after ours
-    and fuse what we left unfused, including forms we refuse because oneDNN computes them
-    wrongly (e.g. per-channel weights on axis 1: wrong outputs, no error), and such layers
-    are still reported unfused by `stats()`.
-    """
-    from .install import sync_config
-
-    if enabled:
-        for p, key, entries in _removed.values():
-            p.patterns[key] = entries
-        _removed.clear()
-    elif not _removed:
-        for p in _global_passes():
-            for key, entries in list(p.patterns.items()):
-                kept = [e for e in entries if not _is_builtin_quant(e)]
-                if len(kept) != len(entries):
-                    _removed[(id(p), key)] = (p, key, entries)
-                    p.patterns[key] = kept
-    sync_config()
+def family(entry) -> str:
+    """The registering function of a built-in quantization entry ('' for anything else)."""
+    handler = compat.entry_handler(entry)
+    if getattr(handler, "__module__", None) != QUANT_MODULE:
+        return ""
+    return getattr(handler, "__qualname__", "").split(".<locals>")[0]
 
 
-@contextlib.contextmanager
-def builtin_fusions(enabled: bool):
-    """Temporarily switch torch's built-in quantization fusions on/off."""
-    before = builtin_fusions_enabled()
-    set_builtin_fusions(enabled)
-    try:
-        yield
-    finally:
-        set_builtin_fusions(before)
+def is_replaced(entry) -> bool:
+    return family(entry) in REPLACED
+
+
+def remove() -> list:
+    """Take every replaced entry out of torch's global passes; returns what was removed."""
+    removed = []
+    for p in compat.builtin_passes():
+        for key, entries in list(p.patterns.items()):
+            kept = [e for e in entries if not is_replaced(e)]
+            if len(kept) != len(entries):
+                removed += [Removed(p, key, i, e) for i, e in enumerate(entries) if is_replaced(e)]
+                p.patterns[key] = kept
+    return removed
+
+
+def reinsert(removed: list) -> None:
+    """Put removed entries back at their positions, keeping whatever was registered meanwhile."""
+    for r in sorted(removed, key=lambda r: r.index):
+        entries = r.pattern_pass.patterns.setdefault(r.key, [])
+        if r.entry not in entries:
+            entries.insert(min(r.index, len(entries)), r.entry)

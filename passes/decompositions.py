@@ -11,7 +11,8 @@ compiled scale is then too small and its zero point clamps, so the largest value
 from __future__ import annotations
 
 import torch
-from torch._inductor import decomposition as inductor_decomp
+
+from inductor_quant.kernels import compat
 
 qd = torch.ops.quantized_decomposed
 
@@ -30,15 +31,10 @@ OURS = {qd.choose_qparams.tensor: choose_qparams_tensor}
 _saved: list = []  # (table, op, torch's entry or None)
 
 
-def _tables() -> tuple:
-    """The table Inductor reads, and the cached copy it hands out when fallback_random is off."""
-    return inductor_decomp.decompositions, inductor_decomp.fast_random_decomps()
-
-
 def install() -> None:
     if _saved:
         return
-    for table in _tables():
+    for table in compat.decomposition_tables():
         for op, fn in OURS.items():
             _saved.append((table, op, table.get(op)))
             table[op] = fn

@@ -12,9 +12,9 @@ from typing import Any, Optional
 
 import torch
 import torch.fx
-from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._pytree import tree_map
 
+from inductor_quant.kernels import compat
 from inductor_quant.kernels import onednn as K
 
 KEY = "inductor_quant"
@@ -54,8 +54,7 @@ def _emit(graph: torch.fx.Graph, f: Fused) -> torch.fx.Node:
 def propagate_fake(node: torch.fx.Node) -> None:
     """Set node.meta['val'] by running the op on its inputs' fake values (later passes read it)."""
     vals = [a.meta.get("val") for a in node.all_input_nodes]
-    fake_mode = next((v.fake_mode for v in vals if isinstance(v, FakeTensor)), None)
-    fake_mode = fake_mode or torch._guards.detect_fake_mode()
+    fake_mode = compat.fake_mode_of(vals)
     if fake_mode is None or any(v is None for v in vals):
         return
     to_val = lambda a: a.meta["val"] if isinstance(a, torch.fx.Node) else a  # noqa: E731

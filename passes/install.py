@@ -1,7 +1,8 @@
-"""How our passes get into Inductor: where they run, which compiles they rewrite, the built-in
-switch, the cache key.
+"""How our passes get into Inductor: one `Installation` object owns everything installing changes
+in the process (our config entry, the built-in switch and what it removed, the decomposition we
+replace, the cache key).
 
-Decision (torch 2.13):
+Decision (torch 2.13-2.14):
 
 * Where: one `CustomGraphPass` appended to `torch._inductor.config.joint_custom_pre_pass`
   (a documented slot that accepts a list). In a freezing compile (`config.freezing` and grad
@@ -9,32 +10,25 @@ Decision (torch 2.13):
   decomposed ATen inference graph, *immediately before* `freeze()`. Our phases rewrite there:
   dq -> conv/linear becomes `onednn.qconv_prepack(w_int8, ...)` + `qconv_pointwise`. `freeze()`
   then turns the weights into constants and its constant folding evaluates the prepack node,
-  so the packed weight is a frozen constant (prepacked once, at compile time). The graph is
-  the one the freezing patterns would see (same decompositions), so patterns are traced with
-  `fwd_only` like Inductor's own. torch 2.13 has no fake kernels for `onednn.q*_prepack`, and
-  `freeze()` fake-propagates before it folds: install() registers fake kernels for the two
-  prepack ops (kernels/onednn.py), which changes no numerics.
+  so the packed weight is a frozen constant (prepacked once, at compile time). torch has no
+  fake kernels for `onednn.q*_prepack`, and `freeze()` fake-propagates before it folds:
+  install() registers them (kernels/registration.py), which changes no numerics.
 * Only the freezing compile is rewritten. The same slot also runs inside `partition_fn` when
-  grad is enabled and a parameter (e.g. an fp32 bias) requires grad; grad is disabled there
-  too, so `freezing_active()` alone would accept that graph. It is the joint forward+backward
-  graph (inputs `primals_*` / `tangents_*`, `is_autograd_joint`), never frozen, and the fused
-  ops cannot be lowered in it: we leave it as dq -> fp32 -> q and report it like a
-  non-freezing compile (below).
-* Built-ins off while installed: torch's own quantization fusions run after ours and would
-  see what we leave unfused -- including forms we refuse for correctness (e.g. weights
-  quantized per channel on axis 1, which they fuse with wrong numbers). So `install()` takes
-  them out (`builtins.set_builtin_fusions(False)`: the entries whose handlers live in
-  `fx_passes/quantization.py`, from the global freezing and post-grad pattern passes) and
-  `uninstall()` restores the state found at `install()`. `set_builtin_fusions(True)` after
-  install is allowed (our rules still run first, at the joint stage) at the risk described
-  in its docstring. Nothing of torch's is patched; entries are removed and put back.
+  grad is enabled and a parameter requires grad; grad is disabled there too, so
+  `freezing_active()` alone would accept that graph. It is the joint forward+backward graph
+  (kernels/compat.py `graph_kind`), never frozen, and the fused ops cannot be lowered in it: we
+  leave it as dq -> fp32 -> q and report it like a non-freezing compile.
+* Built-ins off while installed: torch's own int8 conv/linear fusions would run after ours on
+  what we leave unfused (builtins.py says which families and why). `install()` takes those
+  families out and `uninstall()` puts them back where they were, keeping anything registered
+  meanwhile; torch's other quantization fusions (weight-only int8, `_int_mm`, fp16) stay.
+  `set_builtin_fusions(True)` after install is allowed, at the risk in its docstring.
 * Cache key: the FX graph cache key includes each custom pass's `uuid()`. Ours hashes the
-  source of passes/ and kernels/ plus the switch states (installed, built-ins on/off), so a
-  changed pass or switch never serves a stale artifact. (AOTAutogradCache bypasses freezing
-  compiles in 2.13; the frozen graph itself already contains our fused ops.) Our pass object
-  is in the config while installed *or* while the built-ins are off, so both states key.
+  source of passes/ and kernels/ plus the switch states and the CPU facts, so a changed pass,
+  switch or ISA cap never serves a stale artifact. Our pass is in the config while installed
+  *or* while the built-ins are off, so both states key.
 * Decompositions: while installed, Inductor's decomposition of choose_qparams.tensor is
-  replaced by one that computes what eager computes (decompositions.py); uninstall restores it.
+  replaced by one that computes what eager computes (decompositions.py).
 * The user's config is composed with, never overwritten: install appends to whatever the slot
   holds (None, one pass or a list); uninstall removes only our object.
 * Without freezing (config.freezing off, or grad enabled) the pass rewrites nothing: the
@@ -46,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import pathlib
 import warnings
 
@@ -54,28 +47,26 @@ import torch
 from torch._inductor import config
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from inductor_quant.kernels import onednn as K
+from inductor_quant.kernels import compat, registration
 from inductor_quant.kernels.cpu import cpu_info
 
-from . import decompositions, prepack, registry
-from .builtins import builtin_fusions_enabled, set_builtin_fusions
+from . import builtins, decompositions, kernel_limits, registry
+from .diagnostics import quantized_compute, report_unfused
 
 NO_FREEZING = (
     "inductor_quant: quantized conv/linear layers were left unfused (dequantize -> fp32 -> quantize) "
     "because this compile does not freeze. Enable freezing with TORCHINDUCTOR_FREEZING=1 or "
     "torch._inductor.config.freezing = True, and compile/run under torch.no_grad()."
 )
-_state = {"installed": False, "warned": False}
+FREEZING_OFF = "freezing off (config.freezing / torch.no_grad())"
+UNKNOWN_GRAPH = "graph inputs named in a way this version of inductor_quant does not know (torch version)"
 
 
 @functools.cache
-def _source_hash() -> str:
+def source_hash() -> str:
     root = pathlib.Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for d in (root, root.parent / "kernels"):
-        for f in sorted(d.glob("*.py")):
-            h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()
+    files = sorted(p for d in (root, root.parent / "kernels") for p in d.glob("*.py"))
+    return compat.hash_files(tuple(str(f) for f in files), extra=",".join(f.name for f in files))
 
 
 def freezing_active() -> bool:
@@ -84,87 +75,136 @@ def freezing_active() -> bool:
     return bool(config.freezing) and not torch.is_grad_enabled()
 
 
-JOINT_INPUTS = ("primals", "tangents")  # AOTAutograd's names for the joint graph's inputs
-
-
-def is_autograd_joint(graph: torch.fx.Graph) -> bool:
-    """The forward+backward graph `partition_fn` runs the joint passes on (grad-enabled compile of
-    a model with parameters that require grad): inputs `primals_*` / `tangents_*`. The inference
-    graph `fw_compiler_freezing` passes has `arg*_*` inputs. (Trained graphs are never frozen.)"""
-    return any(n.name.startswith(JOINT_INPUTS) for n in graph.find_nodes(op="placeholder"))
-
-
 class QuantFusionPass(CustomGraphPass):
+    """The object in Inductor's config slot. Stateless (Inductor may copy its config): it reads
+    the process's one `INSTALLATION`."""
+
     def __call__(self, graph: torch.fx.Graph) -> None:
-        if not _state["installed"]:
+        if not INSTALLATION.installed:
             return
-        if freezing_active() and not is_autograd_joint(graph):
+        kind = compat.graph_kind(graph)
+        if freezing_active() and kind == "inference":
             registry.run(graph)
-        elif registry.quantized_compute(graph):
-            registry.report_unfused(graph, "freezing off (config.freezing / torch.no_grad())")
-            if not _state["warned"]:
-                _state["warned"] = True
-                warnings.warn(NO_FREEZING, UserWarning, stacklevel=2)
+        elif quantized_compute(graph):
+            reason = UNKNOWN_GRAPH if kind == "unknown" else FREEZING_OFF
+            report_unfused(graph, reason)
+            INSTALLATION.warn_once(kind, graph)
 
     def uuid(self) -> str:
+        return INSTALLATION.cache_key()
+
+
+class Installation:
+    """Everything installing our passes changes in the process, and how to undo it."""
+
+    def __init__(self):
+        self.installed = False
+        self.builtins_off = False
+        self.removed: list = []          # builtins.Removed entries, put back when switched on
+        self.builtins_before = True      # the switch state found at install, restored at uninstall
+        self.user_value = None           # the config slot as found, restored when we leave
+        self.warned: set = set()
+        self.pass_ = QuantFusionPass()
+
+    # --- the switches ---------------------------------------------------------------------
+
+    def install(self) -> None:
+        if compat.pattern_matcher() is None:
+            if "pattern_matcher" not in self.warned:
+                self.warned.add("pattern_matcher")
+                compat.warn_missing("Inductor's pattern matcher API", "quantized layers stay dequantize -> fp32 -> "
+                                    "quantize (correct, slower). Use torch 2.13-2.14.")
+            return
+        registration.register_fake_prepacks()
+        if not registration.register_conv1d_meta_fix() and "conv1d" not in self.warned:
+            self.warned.add("conv1d")
+            compat.warn_missing("a meta kernel for onednn.qconv_pointwise", "1-D quantized convs stay unfused.")
+        registry.phase_passes()  # trace the patterns now, not inside the first compile
+        if not self.installed:
+            self.builtins_before = not self.builtins_off
+            self.installed = True
+            self.set_builtin_fusions(False)
+            decompositions.install()
+        self.sync_config()
+
+    def uninstall(self) -> None:
+        if self.installed:
+            self.installed = False
+            self.set_builtin_fusions(self.builtins_before)
+            decompositions.uninstall()
+        self.sync_config()
+
+    def set_builtin_fusions(self, enabled: bool) -> None:
+        if enabled and self.builtins_off:
+            builtins.reinsert(self.removed)
+            self.removed, self.builtins_off = [], False
+        elif not enabled and not self.builtins_off:
+            self.removed, self.builtins_off = builtins.remove(), True
+        self.sync_config()
+
+    def sync_config(self) -> None:
+        """Our pass is in the slot iff installed or built-ins off; the user's passes stay."""
+        current = _as_list(config.joint_custom_pre_pass)
+        want = self.installed or self.builtins_off
+        if want and self.pass_ not in current:
+            self.user_value = config.joint_custom_pre_pass
+            config.joint_custom_pre_pass = current + [self.pass_]
+        elif not want and self.pass_ in current:
+            rest = [p for p in current if p is not self.pass_]
+            original, self.user_value = self.user_value, None
+            config.joint_custom_pre_pass = original if rest == _as_list(original) else (rest or None)
+
+    # --- what the pass reads --------------------------------------------------------------
+
+    def cache_key(self) -> str:
         # the CPU facts decide what fuses (kernels/cpu.py): an artifact built under another
         # ONEDNN_MAX_CPU_ISA cap must not be served here
-        return (f"inductor_quant:{_source_hash()}:installed={_state['installed']}:builtins={builtin_fusions_enabled()}"
+        return (f"inductor_quant:{source_hash()}:installed={self.installed}:builtins={not self.builtins_off}"
                 f":cpu={cpu_info().summary()}")
 
+    def warn_once(self, kind: str, graph: torch.fx.Graph) -> None:
+        if kind in self.warned:
+            return
+        self.warned.add(kind)
+        if kind == "unknown":
+            names = ", ".join(n.name for n in graph.find_nodes(op="placeholder"))
+            warnings.warn(compat.UNKNOWN_GRAPH.format(version=torch.__version__, names=names), UserWarning,
+                          stacklevel=3)
+        else:
+            warnings.warn(NO_FREEZING, UserWarning, stacklevel=3)
 
-_PASS = QuantFusionPass()
-
-
-def sync_config() -> None:
-    """Put our pass into the slot iff installed or built-ins off; leave the user's passes alone."""
-    current = config.joint_custom_pre_pass
-    want = _state["installed"] or not builtin_fusions_enabled()
-    if want and _PASS not in _as_list(current):
-        _state["user_value"] = current  # restored as-is when we leave
-        config.joint_custom_pre_pass = _as_list(current) + [_PASS]
-    elif not want and _PASS in _as_list(current):
-        rest = [p for p in _as_list(current) if p is not _PASS]
-        original = _state.pop("user_value", None)
-        config.joint_custom_pre_pass = original if rest == _as_list(original) else (rest or None)
+    def reset_warnings(self) -> None:
+        self.warned.clear()
+        kernel_limits.reset_saturation_warning()
 
 
 def _as_list(value) -> list:
     return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+INSTALLATION = Installation()
+
+
 def install() -> None:
-    """Install our passes into Inductor and switch torch's built-in quantization fusions off
+    """Install our passes into Inductor and switch off torch's built-in int8 conv/linear fusions
     (idempotent). `uninstall()` restores the built-in state found here."""
-    K.register_fake_prepacks()
-    K.register_conv1d_meta_fix()
-    registry.phase_passes()  # trace the patterns now, not inside the first compile
-    if not _state["installed"]:
-        _state["builtins_before"] = builtin_fusions_enabled()
-        _state["installed"] = True
-        set_builtin_fusions(False)
-        decompositions.install()
-    sync_config()
+    INSTALLATION.install()
 
 
 def uninstall() -> None:
     """Remove our passes from Inductor and put torch's built-in fusions back to their state
     before `install()` (idempotent)."""
-    if _state["installed"]:
-        _state["installed"] = False
-        set_builtin_fusions(_state.pop("builtins_before", True))
-        decompositions.uninstall()
-    sync_config()
+    INSTALLATION.uninstall()
 
 
 def is_installed() -> bool:
-    return _state["installed"]
+    return INSTALLATION.installed
 
 
 @contextlib.contextmanager
 def installed():
     """Install for the duration of a block (restores the previous state)."""
-    before = _state["installed"]
+    before = INSTALLATION.installed
     install()
     try:
         yield
@@ -173,10 +213,37 @@ def installed():
             uninstall()
 
 
+def builtin_fusions_enabled() -> bool:
+    return not INSTALLATION.builtins_off
+
+
+def set_builtin_fusions(enabled: bool) -> None:
+    """Switch torch's built-in int8 conv/linear fusions on or off (idempotent).
+
+    `install()` switches them off and `uninstall()` restores the state found at install.
+    Switching them on while our passes are installed is allowed, at a risk: they run after ours
+    and fuse what we left unfused, including forms we refuse because oneDNN computes them
+    wrongly (e.g. per-channel weights on axis 1: wrong outputs, no error), and such layers
+    are still reported unfused by `stats()`.
+    """
+    INSTALLATION.set_builtin_fusions(enabled)
+
+
+@contextlib.contextmanager
+def builtin_fusions(enabled: bool):
+    """Temporarily switch torch's built-in int8 conv/linear fusions on/off."""
+    before = builtin_fusions_enabled()
+    set_builtin_fusions(enabled)
+    try:
+        yield
+    finally:
+        set_builtin_fusions(before)
+
+
 def reset_warning() -> None:
     """Let the once-per-process warnings (no freezing; int8 saturation on this CPU) fire again."""
-    _state["warned"] = False
-    prepack.reset_saturation_warning()
+    INSTALLATION.reset_warnings()
 
 
-__all__ = ["install", "uninstall", "installed", "is_installed", "freezing_active"]
+__all__ = ["install", "uninstall", "installed", "is_installed", "freezing_active", "set_builtin_fusions",
+           "builtin_fusions", "builtin_fusions_enabled", "reset_warning", "INSTALLATION"]

@@ -11,9 +11,9 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from torch._inductor.pattern_matcher import fwd_only, gen_pattern
+from inductor_quant.kernels import compat
 
-import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed)
+compat.load_quantized_decomposed()
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
@@ -129,19 +129,7 @@ def linear_example(rank: int, per_channel: bool, bias: bool, rows: int = 4, dyna
 
 
 # --- post-ops on a fused result `y` --------------------------------------------------------
-# (name, search function, {bound constant: tracing value})
-
-UNARY = {
-    "relu": (lambda y: torch.relu(y), {}),
-    "hardtanh": (lambda y: F.hardtanh(y, -1.25, 2.75), {"min_val": -1.25, "max_val": 2.75}),
-    "hardswish": (lambda y: F.hardswish(y), {"three": 3, "six": 6}),
-    "silu": (lambda y: F.silu(y), {"one": 1}),
-    "gelu": (lambda y: F.gelu(y), {"half": 0.5, "sqrt1_2": 0.7071067811865476, "one": 1}),
-    "gelu_tanh": (lambda y: F.gelu(y, approximate="tanh"),
-                  {"half": 0.5, "k": 0.7978845608028654, "c": 0.044715, "one": 1}),
-    "leaky_relu": (lambda y: F.leaky_relu(y, 0.0625), {"slope": 0.0625}),
-    "tanh": (lambda y: torch.tanh(y), {}),
-}
+# Unary post-ops: each capability record's `search` and `constants` (kernels/capabilities.py).
 
 
 # --- int8 propagation: q(op(dq(x))) with one set of qparams ------------------------------
@@ -199,7 +187,8 @@ def quantize(y):
 def traced(search_fn, example_key: tuple, scalars: tuple = ()):
     """The pattern of `search_fn` traced on example inputs built from `example_key`."""
     maker, *margs = example_key
-    return gen_pattern(search_fn, maker(*margs), fwd_only, scalar_workaround=dict(scalars))
+    pm = compat.pattern_matcher()
+    return pm.gen_pattern(search_fn, maker(*margs), pm.fwd_only, scalar_workaround=dict(scalars))
 
 
 def float_example(n: int, dtype=torch.float32):

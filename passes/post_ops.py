@@ -1,23 +1,27 @@
 """Post-op folds: a unary op, a binary add and the output quantize become attributes of a fused op.
 
 Each rule copies the fused node's record with one attribute changed and re-emits it
-(fused.py); the kernels' capability table decides what a fused op can take.
+(fused.py); the capability records (kernels/capabilities.py) decide what a fused op can take.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import functools
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.fx
-from torch._inductor.pattern_matcher import Match
 
+from inductor_quant.kernels import capabilities as C
 from inductor_quant.kernels import onednn as K
+from inductor_quant.kernels import probe
 
-from . import patterns as P
 from .fused import Fused, call, record, replace_with
-from .prepack import ACT_RANGE, args_of, users_inside, val, within
+from .match import ACT_RANGE, args_of, users_inside, val, within
+
+if TYPE_CHECKING:
+    from torch._inductor.pattern_matcher import Match
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
@@ -54,19 +58,9 @@ def drop_noop(match: Match) -> None:
 
 # --- post-op folds -------------------------------------------------------------------------
 
-UNARY_ATTR = {
-    "relu": lambda kw: K.Unary("relu"),
-    "hardtanh": lambda kw: K.Unary("hardtanh", (float(kw["min_val"]), float(kw["max_val"]))),
-    "hardswish": lambda kw: K.Unary("hardswish"),
-    "silu": lambda kw: K.Unary("swish"),
-    "gelu": lambda kw: K.Unary("gelu", (), "none"),
-    "gelu_tanh": lambda kw: K.Unary("gelu", (), "tanh"),
-    "leaky_relu": lambda kw: K.Unary("leaky_relu", (float(kw["slope"]),)),
-    "tanh": lambda kw: K.Unary("tanh"),
-}
-# constants bound in patterns.UNARY that are the post-op's arguments; every other bound
-# constant must equal its tracing value (the decomposed form's fixed numbers)
-UNARY_ARGUMENTS = {"hardtanh": {"min_val", "max_val"}, "leaky_relu": {"slope"}}
+def unary_attr(post: C.PostOp, bound: dict) -> K.Unary:
+    """The oneDNN attribute for a matched post-op: its arguments from the bound constants."""
+    return K.Unary(post.attr, tuple(float(bound[a]) for a in post.arguments), post.algorithm)
 
 
 def _check_fold_target(match: Match, f: Optional[Fused]) -> Optional[str]:
@@ -79,34 +73,38 @@ def _check_fold_target(match: Match, f: Optional[Fused]) -> Optional[str]:
     return None
 
 
+@functools.cache
 def check_unary(name: str, after_binary: bool):
+    post = C.BY_NAME[name]
+
     def check(match: Match) -> Optional[str]:
         f = record(match.kwargs["y"])
         reason = _check_fold_target(match, f)
         if reason:
             return reason
-        attr = UNARY_ATTR[name](match.kwargs)
-        rank = len(f.geom.stride) if f.geom else 0
-        if after_binary and name != "relu" or not K.accepts_unary(f.kind, rank, attr.name):
-            where = f"{f.kind}{'%dd' % rank if rank else ''}" + (" after a binary op" if after_binary else "")
-            return f"oneDNN {where} does not take post-op {name}"
+        layer = C.layer_name(f.kind, len(f.geom.stride) if f.geom else 0)
+        if after_binary and not post.after_add or not post.fuses_with(layer):
+            return f"oneDNN {layer}" + (" after a binary op" if after_binary else "") + f" does not take post-op {name}"
         if (f.binary is not None) != after_binary:
             return "post-op slot taken"
         if (f.binary.unary.name if after_binary else f.unary.name) != "none":
             return "post-op slot taken"
-        for k, v in P.UNARY[name][1].items():
-            if k not in UNARY_ARGUMENTS.get(name, ()) and match.kwargs.get(k) != v:
+        for k, v in post.constants:
+            if k not in post.arguments and match.kwargs.get(k) != v:
                 return f"{name}: constant {k}={match.kwargs.get(k)} is not {v}"
         return None
 
     return check
 
 
+@functools.cache
 def fold_unary(name: str):
+    post = C.BY_NAME[name]
+
     def rewrite(match: Match) -> None:
         # post(fused(...)) -> fused(..., attr=post)
         f = record(match.kwargs["y"])
-        u = UNARY_ATTR[name](match.kwargs)
+        u = unary_attr(post, match.kwargs)
         if f.binary is None:
             f = dataclasses.replace(f, unary=u)
         else:
@@ -135,10 +133,11 @@ def check_binary(match: Match) -> Optional[str]:
     # then emits fp32 (its bf16 rounding of y is skipped: within bf16 tolerance, dtype kept)
     if vo.dtype != vy.dtype and not (vy.dtype == torch.bfloat16 and vo.dtype == vout.dtype == torch.float32):
         return "extra input differs in dtype"
-    if f.kind == "qconv" and len(f.geom.stride) not in K.QCONV_BINARY_RANKS:
-        return "binary post-op: qconv2d only"
+    layer = C.layer_name(f.kind, len(f.geom.stride) if f.geom else 0)
+    if layer not in C.BINARY_LAYERS:
+        return f"oneDNN {layer} does not take a binary post-op"
     name = _linear_binary(other, match) if f.kind == "qlinear" else "sum"
-    if f.kind == "qlinear" and not f.out.quantized and not K.qlinear_binary_builds(vout.dtype, name):
+    if f.kind == "qlinear" and not f.out.quantized and not probe.qlinear_binary_builds(vout.dtype, name):
         return f"oneDNN on this CPU has no int8 matmul with {vout.dtype} output and `{name}` (needs AVX-512)"
     return None
 
@@ -204,7 +203,7 @@ def check_output_quant(match: Match) -> Optional[str]:
         return "output quant range is not within u8/s8"
     if val(match.kwargs["y"]).dtype not in (torch.float32, torch.bfloat16):
         return "fused result is not fp32/bf16"
-    if val(f.x) is None or not K.lowering_accepts_output(val(f.x).dtype, a["dtype"]):
+    if val(f.x) is None or not C.lowering_accepts_output(val(f.x).dtype, a["dtype"]):
         return f"output dtype {a['dtype']} differs from the activation's (Inductor lowering limit)"
     if f.binary is not None:
         extra = _quantized_extra(f)

@@ -33,9 +33,8 @@ from typing import Callable, Optional
 from torch.fx import GraphModule, Node
 
 from .aten_ops import (
-    ADD_OPS, BATCH_NORM_OPS, CAT_OPS, DROPOUT_OPS, LINEAR_OPS, MATMUL_OPS, MUL_OPS, ONEDNN_BINARY,
-    ONEDNN_UNARY, POOL_OPS, RELU_OPS, SHAPE_OPS, UNARY_OPS, conv_kind, is_constant, is_float_tensor,
-    is_op, only_user, same_shape,
+    ADD_OPS, BATCH_NORM_OPS, CAT_OPS, DROPOUT_OPS, LINEAR_OPS, MATMUL_OPS, MUL_OPS, POOL_OPS, RELU_OPS,
+    SHAPE_OPS, UNARY_OPS, conv_kind, is_constant, is_float_tensor, is_op, onednn_fuses, only_user, same_shape,
 )
 from .configs import is_dynamic_config
 from .quantizer import ANNOTATION_KEY, QuantizationAnnotation, QuantizationConfig, SharedQuantizationSpec
@@ -158,7 +157,7 @@ def _match_chain(ctx: AnnotationContext, anchor: Node, kind: str, tail: tuple[st
             post_op = UNARY_OPS.get(user.target)
             if post_op is None or post_op not in ctx.unary_post_ops or user.args[0] is not cur:
                 return None
-            fusable &= post_op in ONEDNN_UNARY.get(kind, ())
+            fusable &= onednn_fuses(kind, post_op)
             names.append(post_op)
         elif step == "relu":
             if not is_op(user, RELU_OPS) or user.args[0] is not cur:
@@ -168,7 +167,7 @@ def _match_chain(ctx: AnnotationContext, anchor: Node, kind: str, tail: tuple[st
             other = _match_add(cur, user)
             if other is None:
                 return None
-            fusable &= kind in ONEDNN_BINARY
+            fusable &= onednn_fuses(kind, "add")
             names.append("add")
             add = user
         nodes.append(user)

@@ -5,9 +5,10 @@ non-strict), never by `nn.Module` type or `source_fn_stack`: `F.conv2d` calls, `
 subclasses with their own `forward` and "same padding" convs behind `F.pad` all show up as
 `aten.conv2d`, and a `self.relu` called three times is three separate `aten.relu` nodes.
 
-What oneDNN can fuse (DESIGN.md "Kernel capabilities") is tabulated here too; it only
-decides how a pattern is *reported* — the annotation recipe is the same either way: one
-q/dq pair around the whole chain, the output observer after the last post-op.
+Unary post-ops and what oneDNN fuses come from the capability records the passes use too
+(kernels/capabilities.py); they only decide how a pattern is *reported* -- the annotation
+recipe is the same either way: one q/dq pair around the whole chain, the output observer
+after the last post-op.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Optional
 
 import torch
 from torch.fx import Node
+
+from ..kernels import capabilities
 
 aten = torch.ops.aten
 
@@ -46,19 +49,8 @@ MATMUL_OPS = _overloads("matmul.default", "bmm.default")
 BATCH_NORM_OPS = _overloads("batch_norm.default")
 DROPOUT_OPS = _overloads("dropout.default")  # (x, p, train): identity when train is False
 
-# Unary post-ops: aten op -> post-op name (in-place variants included).
-UNARY_OPS: dict = {}
-for _name, _ops in {
-    "relu": ("relu.default", "relu_.default"),
-    "hardtanh": ("hardtanh.default", "hardtanh_.default", "relu6.default", "relu6_.default"),
-    "hardswish": ("hardswish.default", "hardswish_.default"),
-    "silu": ("silu.default", "silu_.default"),
-    "gelu": ("gelu.default", "gelu_.default"),
-    "leaky_relu": ("leaky_relu.default", "leaky_relu_.default"),
-    "tanh": ("tanh.default", "tanh_.default"),
-    "sigmoid": ("sigmoid.default", "sigmoid_.default"),
-}.items():
-    UNARY_OPS.update(dict.fromkeys(_overloads(*_ops), _name))
+# Unary post-ops: aten op -> post-op name (in-place variants included), from the records.
+UNARY_OPS: dict = {op: post.name for post in capabilities.POST_OPS for op in _overloads(*post.aten_ops)}
 RELU_OPS = _overloads("relu.default", "relu_.default")
 ADD_OPS = _overloads("add.Tensor", "add_.Tensor")
 MUL_OPS = _overloads("mul.Tensor", "mul_.Tensor")
@@ -70,14 +62,14 @@ SHAPE_OPS = _overloads(
 )
 CAT_OPS = _overloads("cat.default", "concat.default")
 
-# What oneDNN takes as a fused attribute (probed on torch 2.13; see DESIGN.md).
-ONEDNN_UNARY = {
-    "conv1d": frozenset({"relu", "hardtanh", "hardswish", "silu"}),
-    "conv2d": frozenset({"relu", "hardtanh", "hardswish", "silu"}),
-    "conv3d": frozenset(),
-    "linear": frozenset({"relu", "gelu", "leaky_relu", "tanh", "hardtanh", "hardswish", "silu"}),
-}
-ONEDNN_BINARY = frozenset({"conv2d", "linear"})  # add / add+relu
+
+
+def onednn_fuses(layer: str, post_op: str) -> bool:
+    """Does the int8 op for `layer` ("conv2d", "linear", ...) take this post-op ("add" or a unary)?"""
+    if post_op == "add":
+        return layer in capabilities.BINARY_LAYERS
+    return capabilities.BY_NAME[post_op].fuses_with(layer)
+
 
 # Python callables a user may name in set_function_type_qconfig / set_object_type.
 _F = torch.nn.functional

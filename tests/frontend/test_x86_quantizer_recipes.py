@@ -52,6 +52,15 @@ def test_conv2d_unary_one_qdq_around_chain(post, op, name, conv_ok, _):
     assert q.last_report.not_onednn_fusable == ({} if conv_ok else {f"conv2d.{name}": 1})
 
 
+@pytest.mark.parametrize("post, name, fusable", [(nn.ReLU, "relu", True), (nn.Hardswish, "hardswish", False),
+                                                (nn.SiLU, "silu", False)], ids=["relu", "hardswish", "silu"])
+def test_conv1d_reports_what_its_kernel_takes(post, name, fusable):
+    """oneDNN's 1-D int8 conv takes relu only (kernels/capabilities.py, checked against the kernel)."""
+    gm, q = annotate(Chain(nn.Conv1d(3, 4, 3), post(), nn.Conv1d(4, 4, 1)), torch.randn(1, 3, 16))
+    assert q.last_report.patterns == {f"conv1d.{name}": 1, "conv1d": 1}
+    assert q.last_report.not_onednn_fusable == ({} if fusable else {f"conv1d.{name}": 1})
+
+
 @pytest.mark.parametrize("post, op, name, _, linear_ok", UNARY, ids=UNARY_IDS)
 @pytest.mark.parametrize("shape", [(2, 16), (2, 5, 16)], ids=["2d", "3d"])
 def test_linear_unary(post, op, name, _, linear_ok, shape):

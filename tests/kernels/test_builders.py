@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from inductor_quant.kernels import probe, registration
 from inductor_quant.kernels import onednn as K
 from inductor_quant.kernels import reference as R
 from inductor_quant.kernels.cpu import cpu_info
@@ -137,31 +138,13 @@ def test_qlinear_binary(name, relu, out):
     _close(K.qlinear_binary(E, x, XQ, packed, w_scale, w_zp, other.clone(), b, out, binary), expected, out)
 
 
-CONV_ATTRS = [K.Unary("relu"), K.Unary("hardtanh", (0.0, 6.0)), K.Unary("hardswish"), K.Unary("swish")]
-
-
-@pytest.mark.parametrize("rank", [1, 2, 3])
-@pytest.mark.parametrize("unary", CONV_ATTRS, ids=_ids(CONV_ATTRS))
-def test_qconv_capability_table(rank, unary):
-    """K.QCONV_UNARY (what the passes consult) matches what the kernel accepts, per conv rank."""
-    xs, ws, g = CONV_GEOMETRIES[{1: "conv1d", 2: "conv2d", 3: "conv3d"}[rank]]
-    x, (w, w_scale, w_zp, b) = _u8(xs), _weights(ws)
-    packed = K.qconv_prepack(E, w, w_scale, XQ, g, None)
-    if K.accepts_unary("qconv", rank, unary.name):
-        y = K.qconv(E, x, XQ, packed, w_scale, w_zp, b, g, K.Output(), unary)
-        _close(y, R.qconv(x, XQ, w, w_scale, w_zp, b, g, K.Output(), unary), K.Output())
-    else:
-        with pytest.raises(RuntimeError, match="Unsupported post op"):
-            K.qconv(E, x, XQ, packed, w_scale, w_zp, b, g, K.Output(), unary)
-
-
 @pytest.mark.parametrize("kernel, stride, padding, dilation", [(2, 1, 1, 1), (3, 3, 2, 1), (3, 1, 0, 2), (1, 1, 0, 1)])
 def test_conv1d_meta_gives_the_kernels_output_shape(kernel, stride, padding, dilation):
     """torch's meta reads the packed 1-D weight [O, I, 1, k] as a 2-D kernel (wrong length);
     register_conv1d_meta_fix (installed with our passes) must agree with the real op."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    K.register_conv1d_meta_fix()
+    registration.register_conv1d_meta_fix()
     x, xq = torch.randint(0, 256, (2, 16, 20), dtype=torch.uint8), K.QParams(0.02, 10)
     w, w_scale, w_zp = torch.randint(-W_MAX, W_MAX + 1, (8, 16, kernel), dtype=torch.int8), torch.rand(8) * 0.01, torch.zeros(8, dtype=torch.int64)
     geom = K.ConvGeometry((stride,), (padding,), (dilation,), 1)
@@ -186,7 +169,7 @@ def test_qconv_probe_agrees_with_the_kernel_on_a_real_batch(x_shape, w_shape, st
     got = K.qconv(K.eager, x, xq, K.qconv_prepack(K.eager, w, w_scale, xq, geom, list(x.shape)), w_scale, w_zp, None, geom)
     want = R.qconv(x, xq, w, w_scale, w_zp, None, geom)
     exact = bool((got - want).abs().max() <= 1e-3 * want.abs().max() + 1e-4)
-    assert K.qconv_is_exact(x_shape, w_shape, geom, 255, W_MAX) == exact
+    assert probe.qconv_is_exact(x_shape, w_shape, geom, 255, W_MAX) == exact
 
 
 @pytest.mark.parametrize("name", ["add", "sum"])
@@ -197,11 +180,11 @@ def test_qlinear_binary_probe_agrees_with_the_kernel(name, dtype):
     x, (w, w_scale, w_zp, b) = _u8((3, 8)), _weights((6, 8))
     other, out, binary = torch.randn(3, 6).to(dtype), K.Output(dtype), K.Binary(name)
     packed = K.qlinear_prepack(E, w, x.shape)
-    if K.qlinear_binary_builds(dtype, name):
+    if probe.qlinear_binary_builds(dtype, name):
         got = K.qlinear_binary(E, x, XQ, packed, w_scale, w_zp, other.clone(), b, out, binary)
         _close(got, R.qlinear_binary(x, XQ, w, w_scale, w_zp, other, b, out, binary), out)
     else:
         with pytest.raises(RuntimeError, match="primitive descriptor"):
             K.qlinear_binary(E, x, XQ, packed, w_scale, w_zp, other.clone(), b, out, binary)
     if dtype == torch.float32 or name == "sum" or cpu_info().bf16_native:
-        assert K.qlinear_binary_builds(dtype, name)
+        assert probe.qlinear_binary_builds(dtype, name)

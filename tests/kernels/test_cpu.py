@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import inductor_quant
-from inductor_quant.kernels import cpu
+from inductor_quant.kernels import cpu, probe
 from inductor_quant.quantizer import get_default_x86_inductor_quantization_config
 
 XEON_AMX = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"}
@@ -47,7 +47,7 @@ def test_summary_says_what_follows_for_int8_and_bf16():
 def test_public_cpu_info_is_this_process():
     info = inductor_quant.cpu_info()
     assert info is cpu.cpu_info() and info.vector == torch.backends.cpu.get_cpu_capability()
-    assert info.vnni == (not cpu.int8_pair_sums_saturate())  # the facts agree with the kernel
+    assert info.vnni == (not probe.int8_pair_sums_saturate())  # the facts agree with the kernel
 
 
 @pytest.mark.parametrize("act_max, w_absmax, fits", [(127, 128, True), (255, 64, True), (255, 65, False), (255, 127, False)])

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch._inductor.utils import run_and_get_code
 
 import inductor_quant.passes as iq_passes
-
-# fp32 conv / GEMM calls that must not remain for a quantized layer (python and C++ wrappers)
-FP32_COMPUTE = re.compile(
-    r"extern_kernels\.(convolution|mm|addmm|bmm)\(|aten\.convolution|_convolution_pointwise|"
-    r"_linear_pointwise|mkl_linear|aoti_torch_cpu_(convolution|mm_out|addmm_out|bmm_out)|"
-    r"aoti_torch__?(convolution|mm_out|addmm_out|bmm_out)"
-)
-PREPACK_AT_RUNTIME = re.compile(r"q(conv|linear)_prepack")
-
-
-def onednn_calls(code: str, op: str) -> int:
-    """Calls of onednn.<op> in generated code (python: torch.ops.onednn.op.overload(...);
-    C++: aoti_torch_cpu_<op>... or the boxed-dispatch fallback naming the op)."""
-    py = len(re.findall(rf"torch\.ops\.onednn\.{op}\.\w+\(", code))
-    cpp = len(re.findall(rf"aoti_torch_cpu__?{op}\w*\(", code))
-    return py + cpp
+from inductor_quant.generated_code import count as onednn_calls  # noqa: F401  (re-exported for the tests)
+from inductor_quant.generated_code import float_compute_calls, prepacks_at_runtime  # noqa: F401
 
 
 def compile_and_run(model, inputs, cpp_wrapper=False, bf16=False):

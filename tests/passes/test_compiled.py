@@ -7,12 +7,12 @@ subset x {int8-fp32, int8-mixed-bf16} with the C++ wrapper (its compiles are slo
 import pytest
 import torch
 
-from compile_utils import FP32_COMPUTE, PREPACK_AT_RUNTIME, compile_and_run, onednn_calls
+from compile_utils import compile_and_run, float_compute_calls, onednn_calls, prepacks_at_runtime
 from qdq_models import O_SCALE, QDQLayer, X_SCALE, X_ZP, q_dq
 from variants import BY_ID, VARIANTS, left_fp32_for_saturation
 
 import inductor_quant.passes as iq_passes
-from inductor_quant.kernels import onednn as K
+from inductor_quant.kernels import probe
 
 ALL_ONEDNN = ("qconv_pointwise", "qconv2d_pointwise", "qlinear_pointwise")
 CPP_SUBSET = ["qconv2d.relu.q", "qconv2d.add.relu", "qconv2d.add.dq.relu.q", "qconv1d", "qconv3d", "qconv2d.hardswish",
@@ -33,15 +33,18 @@ def float_add_folds(v, bf16) -> bool:
     """A linear's float residual is folded as `add` (the residual is an input here, not
     writable in place); oneDNN builds a bf16 `add` only with AVX-512 (kernels/onednn.py)."""
     return not (bf16 and not v.is_conv and v.binary and not v.binary.startswith("add_dq")
-                and not K.qlinear_binary_builds(torch.bfloat16, "add"))
+                and not probe.qlinear_binary_builds(torch.bfloat16, "add"))
 
 
 def expected_ids(v, bf16):
-    """The variant's fusion ids; under bf16 the `.bf16` id where the pattern has casts."""
+    """The variant's fusion ids; under bf16 each id's `.bf16` row (or the variant's own
+    `bf16_fusions`, where a step computes in fp32)."""
     if not bf16:
         return list(v.fusions)
+    if v.bf16_fusions:
+        return list(v.bf16_fusions)
     out = []
-    for fid in v.bf16_fusions or v.fusions:
+    for fid in v.fusions:
         if fid.startswith("post.binary") and not float_add_folds(v, bf16):
             continue  # the add stays a generated kernel after the fused linear
         parts = fid.split(".")
@@ -55,11 +58,11 @@ def check(v, bf16, ref, out, code, stats):
     for op in ALL_ONEDNN:
         expected = dict(v.bf16_ops if bf16 and v.bf16_ops else v.ops).get(op, 0) if v.fuses_here else 0
         assert onednn_calls(code, op) == expected, f"{op}: expected {expected} calls\n{code}"
-    assert not PREPACK_AT_RUNTIME.search(code), f"weight prepack was not folded into a constant:\n{code}"
+    assert not prepacks_at_runtime(code), f"weight prepack was not folded into a constant:\n{code}"
     if not v.fuses_here:  # exact fp32 fallback on a CPU without VNNI, reported
         assert left_fp32_for_saturation(stats), stats
     else:
-        assert not FP32_COMPUTE.search(code), f"quantized layer still runs in fp32:\n{code}"
+        assert not float_compute_calls(code), f"quantized layer still runs in fp32:\n{code}"
         assert stats["unfused"] == []
         for fid in expected_ids(v, bf16):
             assert stats["fused"].get(fid, 0) == 1, (fid, stats)
@@ -92,7 +95,7 @@ def test_int8_propagation_compiled(cpp_wrapper):
     model = Int8Ops().eval()
     ref, out, code, stats = compile_and_run(model, Int8Ops.example_inputs(), cpp_wrapper=cpp_wrapper)
     assert all(stats["fused"].get(i) == 1 for i in ("int8.maxpool2d", "int8.cat2", "int8.permute", "int8.reshape"))
-    assert onednn_calls(code, "qlinear_pointwise") == 1 and not FP32_COMPUTE.search(code)
+    assert onednn_calls(code, "qlinear_pointwise") == 1 and not float_compute_calls(code)
     assert "aoti_torch_call_dispatcher" not in code  # no boxed-dispatcher fallback in the C++ wrapper
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
@@ -140,7 +143,7 @@ def test_linear_residual_sum_in_place_only_when_safe(later_reader, dtype):
     model = Residual(later_reader).eval()
     ref, out, code, stats = compile_and_run(model, (torch.randn(6, 16),), bf16=DTYPES[dtype])
     assert stats["unfused"] == [] and onednn_calls(code, "qlinear_pointwise") == 1
-    if later_reader and DTYPES[dtype] and not K.qlinear_binary_builds(torch.bfloat16, "add"):
+    if later_reader and DTYPES[dtype] and not probe.qlinear_binary_builds(torch.bfloat16, "add"):
         assert "'add', 1.0" not in code and "post.binary.add" not in stats["fused"], code
     else:
         assert ("'add', 1.0" if later_reader else "'sum', 1.0") in code, code

@@ -78,11 +78,11 @@ def torch_has_weight_pack_fusions() -> bool:
 def test_builtin_switch_removes_and_restores_torch_quantization_patterns():
     from torch._inductor.fx_passes import freezing_patterns, post_grad
 
-    from inductor_quant.passes.builtins import _is_builtin_quant
+    from inductor_quant.passes.builtins import is_replaced
 
     def count():
         passes = list(freezing_patterns.pass_patterns) + list(post_grad.pass_patterns)
-        return sum(_is_builtin_quant(e) for p in passes for es in p.patterns.values() for e in es)
+        return sum(is_replaced(e) for p in passes for es in p.patterns.values() for e in es)
 
     assert not iq_passes.builtin_fusions_enabled() and count() == 0
     with iq_passes.builtin_fusions(True):
@@ -265,3 +265,101 @@ def test_uninstall_restores_torch_choose_qparams_decomposition(torch_default_sta
     assert decompositions[op] is not torch_entry and fast_random_decomps()[op] is decompositions[op]
     iq_passes.uninstall()
     assert decompositions[op] is torch_entry and fast_random_decomps()[op] is torch_entry
+
+
+# --- the built-in switch touches only the families we replace ---------------------------------
+
+
+def _builtin_entries():
+    """(family, entry) of every built-in quantization entry in torch's global passes."""
+    from inductor_quant.kernels import compat
+    from inductor_quant.passes.builtins import family
+
+    return [(family(e), e) for p in compat.builtin_passes() for es in p.patterns.values() for e in es if family(e)]
+
+
+def test_switch_off_removes_only_the_families_we_replace():
+    from inductor_quant.passes.builtins import REPLACED
+
+    assert not iq_passes.builtin_fusions_enabled()
+    left = {f for f, _ in _builtin_entries()}
+    assert not left & REPLACED, left & REPLACED
+    with iq_passes.builtin_fusions(True):
+        everything = {f for f, _ in _builtin_entries()}
+    # weight-only int8, SmoothQuant _int_mm, dynamic fp16 linear: not ours, never removed
+    assert left == everything - REPLACED
+    if torch_has_weight_pack_fusions():
+        assert {"_register_woq_lowering", "_register_smooth_quant_int_mm_pattern",
+                "_register_linear_dynamic_fp16_weight_prepack_pass"} <= left
+
+
+def test_switch_on_reinserts_without_dropping_entries_registered_meanwhile():
+    from inductor_quant.kernels import compat
+    from inductor_quant.passes.builtins import is_replaced
+
+    with iq_passes.builtin_fusions(True):
+        target = next((p, k) for p in compat.builtin_passes() for k, es in p.patterns.items()
+                      if any(is_replaced(e) for e in es))
+        before = list(target[0].patterns[target[1]])
+    pattern_pass, key = target
+    newcomer = object()  # a pattern someone registered while ours were installed
+    pattern_pass.patterns[key].append(newcomer)
+    try:
+        with iq_passes.builtin_fusions(True):
+            now = pattern_pass.patterns[key]
+            assert newcomer in now and [e for e in now if e is not newcomer] == before
+        assert newcomer in pattern_pass.patterns[key]
+    finally:
+        pattern_pass.patterns[key].remove(newcomer)
+
+
+class WeightOnlyInt8Linear(torch.nn.Module):
+    """bf16 activations, int8 weight converted in the graph, per-channel scale: the form torch's
+    weight-only-int8 lowering turns into `_weight_int8pack_mm`."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("w", torch.randint(-127, 128, (32, 64), dtype=torch.int8, generator=g))
+        self.register_buffer("scales", torch.rand(32, generator=g).to(torch.bfloat16))
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.w.to(x.dtype)) * self.scales
+
+
+@pytest.mark.skipif(not torch_has_weight_pack_fusions(), reason="this torch has no weight-only int8 lowering")
+def test_other_models_keep_their_fusions_after_convert_pt2e():
+    """convert_pt2e installs our passes for the whole process; a weight-only int8 model compiled
+    afterwards must still get torch's fused kernel."""
+    from torch._inductor.utils import run_and_get_code
+
+    from inductor_quant import convert_pt2e, prepare_pt2e
+    from inductor_quant.quantizer import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).eval()
+    example = (torch.randn(1, 3, 8, 8),)
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(torch.export.export(conv, example).module(), quantizer)
+    prepared(*example)
+    convert_pt2e(prepared)
+    assert iq_passes.is_installed()
+
+    model, x = WeightOnlyInt8Linear(), torch.randn(2, 5, 64, dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out, codes = run_and_get_code(torch.compile(model), x)
+    assert "_weight_int8pack_mm" in "\n".join(codes)
+    torch.testing.assert_close(out, model(x), atol=0.1, rtol=0.02)
+
+
+@pytest.mark.parametrize("vid", ["qconv2d.add.relu", "qlinear.gelu.q", "qlinear.dynamic"])
+def test_int8_compile_is_quiet(vid):
+    """No torch noise on a fused compile: the weight zero point reaches the qlinear lowering as
+    the int32 constant it wants (an int64 one made it re-wrap it with torch.tensor(...), which warns)."""
+    model = QDQLayer(BY_ID[vid]).eval()
+    with config.patch(fx_graph_cache=False), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ref, out, code, stats = compile_and_run(model, model.example_inputs())
+    assert stats["fused"] and not stats["unfused"], stats
+    noise = [f"{w.category.__name__}: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
+    assert noise == [], noise

@@ -71,12 +71,15 @@ VARIANTS = [
     linear("qlinear.dynamic.3d.nobias", x_shape=(2, 3, 16), dynamic=True, bias=False,
            fusions=("qlinear.dynamic.nd.nobias",)),
     linear("qlinear.dynamic.m1", x_shape=(1, 16), dynamic=True, fusions=("qlinear.dynamic.m1",)),
-    # residual from dq(uint8) and a requantized output: the extra input stays uint8 (sum)
+    # residual from dq(uint8) and a requantized output: the extra input stays uint8 (sum); under
+    # bf16 the fp32 residual promotes the add, so what follows it computes (and counts) in fp32
     conv("qconv2d.add.dq.relu.q", binary="add_dq_relu", out_q=True,
          fusions=("qconv.prepack", "post.binary.add", "post.binary.relu", "post.output.quant"),
+         bf16_fusions=("qconv.prepack.bf16", "post.binary.add.bf16", "post.binary.relu", "post.output.quant"),
          ops=((QCONV_BINARY, 1),)),
     linear("qlinear.add.dq.q", binary="add_dq", out_q=True,
-           fusions=("qlinear.prepack.2d", "post.binary.add", "post.output.quant")),
+           fusions=("qlinear.prepack.2d", "post.binary.add", "post.output.quant"),
+           bf16_fusions=("qlinear.prepack.2d.bf16", "post.binary.add.bf16", "post.output.quant")),
     linear("qlinear.q", out_q=True, fusions=("qlinear.prepack.2d", "post.output.quant")),
     linear("qlinear.gelu.q", post="gelu", out_q=True, fusions=("qlinear.prepack.2d", "post.gelu", "post.output.quant")),
     linear("qlinear.3d.add", x_shape=(2, 3, 16), binary="add", fusions=("qlinear.prepack.nd", "post.binary.add")),

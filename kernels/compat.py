@@ -1,0 +1,197 @@
+"""Every private torch name inductor_quant relies on, reached through this one file.
+
+torch moves private names between releases. Each entry below is looked up once, behind a
+feature check, so a missing one costs a clear warning and a correct unfused model (the
+layers stay dequantize -> fp32 -> quantize), never a crash in `convert_pt2e` and never a
+misleading reason. `missing()` lists what this torch lacks; the tests assert it is empty on
+every supported torch (2.13, 2.14), so a release that renames one fails CI by name.
+
+What is here, and who uses it:
+  pattern_matcher      Inductor's pattern matcher (gen_pattern, fwd_only, Match, passes)  passes/
+  builtin_passes       torch's global freezing / post-grad pattern passes and their entries  passes/builtins.py
+  decomposition_tables Inductor's decomposition tables                                   passes/decompositions.py
+  meta_kernel          torch's Python meta kernel for an op, and the dispatcher's copy of it  kernels/registration.py
+  real_tensors         leave fake-tensor mode inside a compile (probes run real kernels)    kernels/probe.py
+  fake_mode_of         the active fake mode (propagating values of nodes we create)        passes/fused.py
+  graph_kind           AOTAutograd's names for graph inputs (joint graph or inference)    passes/install.py
+  hash_files           Inductor's file-hash helper for a custom pass's cache key            passes/install.py
+  run_and_get_code     compile-and-run returning Inductor's generated code                inductor_quant/report.py
+  load_quantized_decomposed  registers torch.ops.quantized_decomposed (the Q/DQ ops)     inductor_quant, passes/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import warnings
+
+import torch
+
+# AOTAutograd names the joint forward+backward graph's inputs primals_* / tangents_*, and the
+# inference graph's (the one freezing compiles) arg<i>_<j>
+JOINT_INPUT_PREFIXES = ("primals", "tangents")
+INFERENCE_INPUT = re.compile(r"arg\d+_\d+$")
+
+
+@functools.cache
+def load_quantized_decomposed() -> None:
+    """Register the quantized_decomposed ops (Q/DQ) that converted models call."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401
+
+
+@functools.cache
+def pattern_matcher():
+    """torch._inductor.pattern_matcher, or None when it lacks a name we use."""
+    try:
+        from torch._inductor import pattern_matcher as pm
+    except ImportError:
+        return None
+    names = ("gen_pattern", "fwd_only", "Match", "PatternMatcherPass", "GraphPatternEntry")
+    return pm if all(hasattr(pm, n) for n in names) else None
+
+
+def builtin_passes() -> list:
+    """torch's global pattern passes where its own quantization fusions register: the freezing
+    passes (weight prepack, post-op folds) and the post-grad passes (lowerings). Registration
+    is lazy (on the first compile); this forces it. [] when this torch has no such passes."""
+    try:
+        from torch._inductor.fx_passes import freezing_patterns, post_grad
+    except ImportError:
+        return []
+    passes = []
+    for module in (freezing_patterns, post_grad):
+        if hasattr(module, "lazy_init"):
+            module.lazy_init()
+        passes += [p for p in getattr(module, "pass_patterns", ()) if isinstance(getattr(p, "patterns", None), dict)]
+    return passes
+
+
+def entry_handler(entry):
+    """The function a pattern entry runs (unwrapping functools.partial), or None."""
+    handler = getattr(entry, "handler", None)
+    return getattr(handler, "func", handler)
+
+
+def decomposition_tables() -> tuple:
+    """The decomposition table Inductor reads, and the cached copy it hands out when
+    fallback_random is off. () when this torch keeps them elsewhere."""
+    try:
+        from torch._inductor import decomposition
+    except ImportError:
+        return ()
+    tables = [getattr(decomposition, "decompositions", None)]
+    if hasattr(decomposition, "fast_random_decomps"):
+        tables.append(decomposition.fast_random_decomps())
+    return tuple(t for t in tables if isinstance(t, dict))
+
+
+def meta_kernel(op):
+    """torch's registered Python meta kernel for `op`, or None."""
+    try:
+        from torch._meta_registrations import meta_table
+    except ImportError:
+        return None
+    return meta_table.get(op)
+
+
+def replace_python_meta(op, fn) -> None:
+    """torch also keeps a Python meta kernel as the op's Python-dispatcher kernel (used while
+    tracing); swap it too, and drop the dispatch cache that remembers the old one."""
+    kernels = getattr(op, "py_kernels", None)
+    if kernels is not None and torch._C.DispatchKey.Meta in kernels:
+        kernels[torch._C.DispatchKey.Meta] = fn
+        cache = getattr(op, "_dispatch_cache", None)
+        if cache is not None:
+            cache.clear()
+
+
+def real_tensors():
+    """A context in which tensors are real even inside a compile's fake mode."""
+    try:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+    except ImportError:
+        return contextlib.nullcontext()
+    return unset_fake_temporarily()
+
+
+def fake_mode_of(values):
+    """The fake mode of the first fake tensor in `values`, else the active one, else None."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    mode = next((v.fake_mode for v in values if isinstance(v, FakeTensor)), None)
+    return mode or torch._guards.detect_fake_mode()
+
+
+def hash_files(paths: tuple, extra: str = "") -> str:
+    """A digest of the files' contents and `extra` (torch's helper for custom-pass cache keys)."""
+    try:
+        from torch._inductor.custom_graph_pass import get_hash_for_files
+    except ImportError:
+        import hashlib
+
+        h = hashlib.sha256(extra.encode())
+        for path in paths:
+            with open(path, "rb") as f:
+                h.update(f.read())
+        return h.hexdigest()
+    return get_hash_for_files(tuple(paths), extra).hex()
+
+
+def run_and_get_code(fn, *args):
+    """(fn(*args), [generated wrapper code of every compile it triggered]). Unlike torch's helper
+    of that name, it does not reset dynamo (which would discard every model the user compiled):
+    it listens where Inductor hands each module's code to its debug output."""
+    from unittest import mock
+
+    from torch._inductor.graph import GraphLowering
+
+    if not hasattr(GraphLowering, "save_output_code"):
+        from torch._inductor.utils import run_and_get_code as run_with_reset
+
+        return run_with_reset(fn, *args)
+    codes: list = []
+    with mock.patch.object(GraphLowering, "save_output_code", lambda code: codes.append(code)):
+        result = fn(*args)
+    return result, codes
+
+
+def graph_kind(graph: torch.fx.Graph) -> str:
+    """"joint" (AOTAutograd's forward+backward graph: never frozen), "inference" (what a
+    freezing compile rewrites) or "unknown" (inputs named in a way this code does not know)."""
+    names = [n.name for n in graph.find_nodes(op="placeholder")]
+    if any(n.startswith(JOINT_INPUT_PREFIXES) for n in names):
+        return "joint"
+    return "inference" if all(INFERENCE_INPUT.match(n) for n in names) else "unknown"
+
+
+UNKNOWN_GRAPH = (
+    "inductor_quant: this torch ({version}) names the compiled graph's inputs in a way inductor_quant "
+    "does not know ({names}), so it cannot tell an inference graph from a training one; quantized "
+    "layers stay dequantize -> fp32 -> quantize (correct, slower). Use torch 2.13-2.14."
+)
+
+
+def missing() -> list:
+    """The features above this torch lacks (empty on the supported versions)."""
+    out = []
+    if pattern_matcher() is None:
+        out.append("torch._inductor.pattern_matcher (gen_pattern, fwd_only, Match, PatternMatcherPass)")
+    if not decomposition_tables():
+        out.append("torch._inductor.decomposition.decompositions")
+    if meta_kernel(torch.ops.onednn.qconv_pointwise.default) is None:
+        out.append("torch._meta_registrations.meta_table[onednn.qconv_pointwise]")
+    try:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily  # noqa: F401
+    except ImportError:
+        out.append("torch._subclasses.fake_tensor.unset_fake_temporarily")
+    from torch._inductor.graph import GraphLowering
+
+    if not hasattr(GraphLowering, "save_output_code"):
+        out.append("torch._inductor.graph.GraphLowering.save_output_code")
+    return out
+
+
+def warn_missing(what: str, consequence: str) -> None:
+    warnings.warn(f"inductor_quant: this torch ({torch.__version__}) lacks {what}; {consequence}",
+                  UserWarning, stacklevel=3)

@@ -1,0 +1,71 @@
+"""Ask the kernel itself: run a oneDNN int8 op once, on this CPU, where its behaviour is in doubt.
+
+Each probe is cached per process and runs real tensors even when called from inside a compile.
+A probe that cannot run answers False (stay unfused): it proves nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from . import compat, reference
+from .onednn import Binary, ConvGeometry, Output, QParams, eager, qconv, qconv_prepack, qlinear, qlinear_binary, qlinear_prepack
+
+
+@functools.lru_cache(maxsize=None)
+def qconv_is_exact(x_shape: tuple, w_shape: tuple, geom: ConvGeometry, act_max: int = 255, w_max: int = 127) -> bool:
+    """Does the int8 conv kernel compute this geometry right? Run once on random data within
+    the ranges the model uses (activations up to `act_max`, weights up to +-`w_max`) (batch 1,
+    the layout Inductor feeds it) against the plain-PyTorch reference. torch 2.13's kernel is
+    wrong for some strided convs with output width 1 and for conv3d over depth 1 with a deeper
+    kernel (differential fuzzer findings); callers probe only those suspect classes."""
+    try:
+        with compat.real_tensors(), torch.no_grad():
+            return _run_qconv_probe(x_shape, w_shape, geom, act_max, w_max)
+    except Exception:  # noqa: BLE001 - a probe that cannot run proves nothing: stay unfused
+        return False
+
+
+def _run_qconv_probe(x_shape: tuple, w_shape: tuple, geom: ConvGeometry, act_max: int, w_max: int) -> bool:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, act_max + 1, (1, *x_shape[1:]), dtype=torch.uint8, generator=g)
+    if x.dim() in (4, 5):
+        x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    w = torch.randint(-w_max, w_max + 1, w_shape, dtype=torch.int8, generator=g)
+    w_scale, w_zp, xq = torch.full((w_shape[0],), 0.01), torch.zeros(w_shape[0], dtype=torch.int64), QParams(0.02, 7)
+    packed = qconv_prepack(eager, w, w_scale, xq, geom, list(x.shape))
+    got = qconv(eager, x, xq, packed, w_scale, w_zp, None, geom)
+    want = reference.qconv(x, xq, w, w_scale, w_zp, None, geom)
+    return bool((got - want).abs().max() <= 1e-3 * want.abs().max() + 1e-4)
+
+
+@functools.lru_cache(maxsize=None)
+def qlinear_binary_builds(out_dtype: torch.dtype, name: str) -> bool:
+    """Does oneDNN build an int8 matmul with this output dtype and binary post-op here? Without
+    AVX-512 it has no u8 x s8 matmul with bf16 output and a bf16 `add` ("could not create a
+    primitive descriptor"); `sum` and fp32 outputs build everywhere."""
+    try:
+        with compat.real_tensors(), torch.no_grad():
+            x, w = torch.zeros(2, 16, dtype=torch.uint8), torch.ones(16, 16, dtype=torch.int8)
+            scale, zp = torch.ones(16), torch.zeros(16, dtype=torch.int64)
+            packed = qlinear_prepack(eager, w, list(x.shape))
+            qlinear_binary(eager, x, QParams(1.0, 0), packed, scale, zp, torch.zeros(2, 16, dtype=out_dtype), None,
+                           Output(out_dtype), Binary(name))
+        return True
+    except RuntimeError:
+        return False
+
+
+def int8_pair_sums_saturate() -> bool:
+    """Does a u8 x s8 matmul of 255s and 127s come out saturated here (no VNNI: pairs of
+    products are added in int16)? The facts in kernels/cpu.py must agree with this answer."""
+    k = 64
+    x = torch.full((4, k), 255, dtype=torch.uint8)
+    w = torch.full((16, k), 127, dtype=torch.int8)
+    scale, zp = torch.ones(16), torch.zeros(16, dtype=torch.int64)
+    with compat.real_tensors(), torch.no_grad():
+        packed = qlinear_prepack(eager, w, list(x.shape))
+        y = qlinear(eager, x, QParams(1.0, 0), packed, scale, zp, None)
+    return bool((y - 255.0 * 127 * k).abs().max() > 0.5)

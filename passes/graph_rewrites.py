@@ -1,0 +1,61 @@
+"""The two whole-graph rewrites that are not patterns: before the phases, a shared dequantize is
+duplicated per user; after them, the weights of layers refused for saturation fold to fp32."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from .diagnostics import consumer, is_weight_dq, quantized_compute, why
+from .fused import call
+from .kernel_limits import SATURATION_TAG
+from .match import DEQUANTS, args_of, val
+
+aten = torch.ops.aten
+qd = torch.ops.quantized_decomposed
+prims = torch.ops.prims
+
+
+def promote_dequant(graph: torch.fx.Graph) -> int:
+    """dq(x) -> {a, b}  =>  dq(x) -> a, dq'(x) -> b, so each chain can fuse. Returns the copies made."""
+    copies = 0
+    for node in list(graph.nodes):
+        if node.target in DEQUANTS and len(node.users) > 1:
+            for user in list(node.users)[1:]:
+                with graph.inserting_before(user):
+                    copy = graph.node_copy(node)
+                user.replace_input_with(node, copy)
+                copies += 1
+    return copies
+
+
+def decompose_weight_dequants(graph: torch.fx.Graph) -> None:
+    """A layer left unfused keeps `dequantize(w_int8)` in the graph, and constant folding never
+    folds a dequantize (it keeps int8 weights int8 for the prepack): the fp32 fallback would
+    dequantize its weight on every call. For layers refused only because int8 would saturate on
+    this CPU (a whole 8-bit model on a CPU without VNNI), the same arithmetic as plain ATen ops
+    folds into a frozen fp32 constant instead, so the fallback costs what an fp32 layer costs.
+    Other refusals keep the runtime dequantize: some are geometries oneDNN's prepacked fp32
+    conv would crash on too (an output window entirely in the padding)."""
+    refused = {n for n in quantized_compute(graph) if SATURATION_TAG in why(n)}
+    for node in list(graph.nodes):
+        if (not is_weight_dq(node) or node.target is qd.dequantize_per_tensor.tensor
+                or consumer(node) not in refused):
+            continue
+        a = args_of(node)
+        out_dtype = a.get("out_dtype") or torch.float32
+        if node.target is qd.dequantize_per_channel.default:
+            # (w - zp) * scale, broadcast along `axis`: what quantized_decomposed computes
+            shape = [1] * val(a["input"]).dim()
+            shape[a["axis"]] = -1
+            w = a["input"]
+            if a["zero_points"] is not None:
+                w = call(graph, node, aten.sub.Tensor, w, call(graph, node, aten.view.default, a["zero_points"], shape))
+            w = call(graph, node, aten.mul.Tensor, w, call(graph, node, aten.view.default, a["scales"], shape))
+            if out_dtype != torch.float32:
+                w = call(graph, node, prims.convert_element_type.default, w, out_dtype)
+        else:  # per tensor: (float(w) - zp) * scale
+            w = call(graph, node, prims.convert_element_type.default, a["input"], out_dtype)
+            w = call(graph, node, aten.mul.Tensor, call(graph, node, aten.sub.Tensor, w, a["zero_point"]), a["scale"])
+        node.replace_all_uses_with(w)
+        graph.erase_node(node)

@@ -1,0 +1,71 @@
+"""Reading a matched graph: arguments by schema name, fake values, static shapes, qparam ranges.
+
+Every rule reads nodes through these helpers, never by argument position.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.fx
+from torch.fx.experimental.symbolic_shapes import free_symbols, statically_known_true
+
+qd = torch.ops.quantized_decomposed
+
+ACT_RANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
+ACT_DQ = (qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor)
+# every dequantize form a layer's input can come from: static activation (.default), dynamic
+# activation (.tensor: choose_qparams -> q/dq), per-channel weight
+DEQUANTS = (*ACT_DQ, qd.dequantize_per_channel.default)
+
+
+def args_of(node: torch.fx.Node) -> dict:
+    """The node's arguments by schema name (defaults filled in)."""
+    out = {}
+    for i, a in enumerate(node.target._schema.arguments):
+        if i < len(node.args):
+            out[a.name] = node.args[i]
+        elif a.name in node.kwargs:
+            out[a.name] = node.kwargs[a.name]
+        elif a.has_default_value():
+            out[a.name] = a.default_value
+    return out
+
+
+def node_of(match, *targets) -> Optional[torch.fx.Node]:
+    return next((n for n in match.nodes if n.target in targets), None)
+
+
+def val(node):
+    return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+
+
+def same_dims(a, b) -> bool:
+    return len(a) == len(b) and all(statically_known_true(x == y) for x, y in zip(a, b))
+
+
+def static_shape(node) -> Optional[list]:
+    v = val(node)
+    return None if v is None or free_symbols(v.shape) else list(v.shape)
+
+
+def has_symbolic(shape) -> bool:
+    return bool(free_symbols(tuple(shape)))
+
+
+def within(a: dict, bounds: tuple) -> bool:
+    """quant_min / quant_max of a q/dq node within `bounds`."""
+    return bounds[0] <= a["quant_min"] <= a["quant_max"] <= bounds[1]
+
+
+def users_inside(match, node: torch.fx.Node) -> bool:
+    inside = set(match.nodes)
+    return all(u in inside for u in node.users)
+
+
+def float_dtype(match) -> Optional[torch.dtype]:
+    """The dtype a match computes in: its fused input `y` (post-op rules), else its output."""
+    y = match.kwargs.get("y")
+    v = val(y if isinstance(y, torch.fx.Node) else match.output_node())
+    return None if v is None else v.dtype
