@@ -10,41 +10,28 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
+from . import generated_code
+from .kernels import compat
 from .kernels.cpu import cpu_info
 
 __all__ = ["FusionReport", "fusion_report", "onednn_op_calls", "fp32_compute_calls"]
-
-# oneDNN int8 ops as they appear in Python-wrapper code (torch.ops.onednn.<op>.<overload>(...))
-# and C++-wrapper code (aoti_torch_cpu_<op>... shims, or the boxed dispatcher naming the op).
-_ONEDNN_OP = re.compile(r"torch\.ops\.onednn\.(q\w+?)\.\w+\(|aoti_torch_cpu__?(q(?:conv|linear)\w*?pointwise)")
-_FP32_COMPUTE = re.compile(
-    r"extern_kernels\.(?:convolution|mm|addmm|bmm)\b|aten\.convolution|_convolution_pointwise|_linear_pointwise|"
-    r"mkl_linear|aoti_torch_cpu_(?:convolution|mm_out|addmm_out|bmm_out)"
-)
-
 
 LAYER_OPS = ("conv", "linear")  # unfused entries of these kinds fail --strict; pools etc. are informational
 
 
 def onednn_op_calls(code: str) -> collections.Counter:
     """{"qconv_pointwise": n, "qlinear_pointwise": m, ...} counted in generated wrapper code."""
-    found = collections.Counter()
-    for py, cpp in _ONEDNN_OP.findall(code):
-        op = py or cpp
-        if "prepack" not in op:
-            found[op] += 1
-    return found
+    return generated_code.onednn_int8_calls(code)
 
 
 def fp32_compute_calls(code: str) -> collections.Counter:
     """fp32 convolution / GEMM calls left in generated code (float layers, or unfused int8 ones)."""
-    return collections.Counter(m.split(".")[-1] for m in _FP32_COMPUTE.findall(code))
+    return generated_code.float_compute_calls(code)
 
 
 @dataclass
@@ -114,8 +101,6 @@ def fusion_report(model: torch.nn.Module, example_inputs: tuple, calibration=Non
 
     `calibration` defaults to `[example_inputs]`; `quantizer` to the default X86 static one.
     """
-    from torch._inductor.utils import run_and_get_code
-
     from . import passes
     from .api import _default_quantizer, quantize
     from .quantizer.report import layer_kind
@@ -139,10 +124,13 @@ def fusion_report(model: torch.nn.Module, example_inputs: tuple, calibration=Non
     report.present, report.annotated = dict(present), dict(quantized)
     passes.install()
     passes.reset_stats()
-    torch._dynamo.reset()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with torch.no_grad(), autocast, torch._inductor.config.patch(freezing=True, cpp_wrapper=cpp_wrapper):
-        _, codes = run_and_get_code(torch.compile(converted), *example_inputs)
+    # a fresh module (its own forward code object, so no compiled entry of the user's is reused
+    # or discarded) and no FX graph cache (a hit would skip our passes and their counts)
+    fresh = torch.fx.GraphModule(converted, converted.graph)
+    with torch.no_grad(), autocast, torch._inductor.config.patch(freezing=True, cpp_wrapper=cpp_wrapper,
+                                                                 fx_graph_cache=False):
+        _, codes = compat.run_and_get_code(torch.compile(fresh), *example_inputs)
     code = "\n".join(codes)
     stats = passes.stats()
     report.fused, report.unfused = dict(stats["fused"]), list(stats["unfused"])

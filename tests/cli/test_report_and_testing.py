@@ -37,6 +37,42 @@ def test_generated_code_parsing():
     assert fp32_compute_calls(code) == {"convolution": 1, "mm": 1}
 
 
+@pytest.mark.parametrize("line, op", [
+    ("aoti_torch__convolution(buf0, w, bias, ...);", "convolution"),  # the C++ wrapper's ATen fallback
+    ("aoti_torch_cpu_convolution(buf0, w);", "convolution"),
+    ("aoti_torch_cpu_mkldnn__convolution_pointwise(buf0);", "_convolution_pointwise"),
+    ("aoti_torch_cpu_addmm_out(buf1, b, x, w, 1, 1);", "addmm_out"),
+    ("buf2 = torch.ops.mkldnn._linear_pointwise.default(x, w)", "_linear_pointwise"),
+])
+def test_strict_catches_every_float_compute_form(line, op):
+    """`report --strict`, inductor_quant.testing and the test suites share one detector
+    (inductor_quant/generated_code.py): a form one of them misses, all miss."""
+    from inductor_quant.report import FusionReport
+
+    assert fp32_compute_calls(line) == {op: 1}
+    report = FusionReport(present={"conv": 1}, annotated={"conv": 1},
+                          onednn_ops=dict(onednn_op_calls(line)), fp32_ops=dict(fp32_compute_calls(line)))
+    assert report.strict_failures()  # one quantized layer, no oneDNN int8 call
+
+
+def test_report_keeps_the_users_compiled_models():
+    """fusion_report compiles its own copy: a model the user compiled before is not recompiled."""
+    compiles = []
+
+    def counting_backend(gm, example_inputs):
+        compiles.append(gm)
+        return gm.forward
+
+    user_model = torch.compile(torch.nn.Linear(4, 4), backend=counting_backend)
+    x = torch.randn(2, 4)
+    user_model(x)
+    assert len(compiles) == 1
+    model, inputs = models.small_cnn()
+    fusion_report(model, inputs)
+    user_model(x)
+    assert len(compiles) == 1  # still the compiled entry from before the report
+
+
 def test_report_counts_every_quantized_layer(small_report):
     assert small_report.annotated == {"conv": 2, "linear": 1}
     assert small_report.onednn_ops == {"qconv_pointwise": 2, "qlinear_pointwise": 1}

@@ -11,13 +11,13 @@ int8 calls in the generated code, the layers our passes left unfused and the war
 from __future__ import annotations
 
 import json
-import re
 import sys
 import warnings
 
 import torch
 from torch._inductor.utils import run_and_get_code
 
+from inductor_quant import generated_code
 import inductor_quant
 import inductor_quant.passes as iq_passes
 from inductor_quant.quantizer import X86InductorQuantizer, get_default_x86_inductor_quantization_config
@@ -47,7 +47,6 @@ MODELS = {
     "fashion": _fashion,
 }
 REDUCE_RANGE = {"8bit": False, "7bit": True, "auto": "auto"}
-ONEDNN_INT8 = re.compile(r"torch\.ops\.onednn\.q(conv|linear)\w*\.\w+\(")
 
 
 def _sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
@@ -86,7 +85,7 @@ def run_case(model_name: str, bits: str) -> dict:
         "top1_compiled_vs_fp32": _agree(fp32, compiled),
         "act_quant_max": config.input_activation.quant_max,
         "weight_range": [config.weight.quant_min, config.weight.quant_max],
-        "onednn_int8_calls": len(ONEDNN_INT8.findall("\n".join(codes))),
+        "onednn_int8_calls": sum(generated_code.onednn_int8_calls("\n".join(codes)).values()),
         "weight_dequant_per_call": "dequantize_per_channel" in "\n".join(codes),
         "unfused": [list(u) for u in iq_passes.stats()["unfused"]],
         "warnings": [str(w.message) for w in caught if "inductor_quant" in str(w.message)],
@@ -95,7 +94,7 @@ def run_case(model_name: str, bits: str) -> dict:
 
 def main(cases: list[str]) -> None:
     info = inductor_quant.cpu_info()
-    from inductor_quant.kernels.cpu import int8_pair_sums_saturate
+    from inductor_quant.kernels.probe import int8_pair_sums_saturate
 
     out = {"cpu": info.as_dict(), "saturates": int8_pair_sums_saturate(), "cases": {}}
     for case in cases:

@@ -4,13 +4,13 @@ Small stand-ins for the acceptance models (ResNet-style CNN with residual blocks
 encoder block); the full-size ones are in test_acceptance.py (slow).
 """
 
-import re
 
 import pytest
 import torch
 from torch import nn
 from torch._inductor.utils import run_and_get_code
 
+from inductor_quant import generated_code
 import inductor_quant as iq
 import inductor_quant.passes as iq_passes
 from inductor_quant.kernels.cpu import cpu_info
@@ -87,7 +87,7 @@ def sqnr(ref, out):
 
 
 def onednn_calls(code, op):
-    return len(re.findall(rf"torch\.ops\.onednn\.{op}\.\w+\(|aoti_torch_cpu__?{op}\w*\(", code))
+    return generated_code.count(code, op)
 
 
 @pytest.fixture(scope="module", params=[SmallResNet, SmallEncoder], ids=["resnet", "encoder"])

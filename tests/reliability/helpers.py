@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 
 import torch
 from torch import nn
@@ -13,14 +12,8 @@ from inductor_quant.quantizer import X86InductorQuantizer, get_default_x86_induc
 
 qd = torch.ops.quantized_decomposed
 
-# fp32 conv / GEMM left in generated code (python and C++ wrappers, AOTInductor)
-FP32_CONV = re.compile(r"extern_kernels\.convolution\(|aten\.convolution|_convolution_pointwise|aoti_torch_cpu__?convolution")
-FP32_GEMM = re.compile(r"extern_kernels\.(mm|addmm|bmm)\(|_linear_pointwise|mkl_linear|aoti_torch_cpu__?(mm|addmm|bmm)_out")
-
-
-def onednn_calls(code: str, op: str) -> int:
-    """Calls of onednn.<op> (qconv_pointwise, qlinear_pointwise, qconv2d_pointwise) in generated code."""
-    return len(re.findall(rf"torch\.ops\.onednn\.{op}\.\w+\(", code)) + len(re.findall(rf"aoti_torch_cpu__?{op}\w*\(", code))
+from inductor_quant.generated_code import count as onednn_calls  # noqa: F401  (re-exported for the tests)
+from inductor_quant.generated_code import float_compute_calls  # noqa: F401
 
 
 def x86_quantizer(**config):

@@ -1,0 +1,50 @@
+"""What Inductor's generated code calls: the one detector behind `report --strict`,
+`inductor_quant.testing` and every test suite.
+
+Python-wrapper code calls ops as `torch.ops.<ns>.<op>.<overload>(...)` or
+`extern_kernels.<op>(...)`; C++-wrapper code (and AOTInductor) as `aoti_torch_cpu_<op>...(` shims,
+`aoti_torch__<op>...(` for some ATen fallbacks, or the boxed dispatcher naming the op.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+
+# oneDNN int8 conv/linear (not their prepack, which must have been folded at freezing)
+_ONEDNN_INT8 = re.compile(
+    r"torch\.ops\.onednn\.(q(?:conv|linear)\w*?_pointwise)\.\w+\("
+    r"|aoti_torch_cpu__?(q(?:conv|linear)\w*?_pointwise)\w*\("
+    r"|aoti_torch_call_dispatcher\(\s*\"onednn::(q(?:conv|linear)\w*?_pointwise)\""
+)
+# fp32/bf16 convolution and GEMM: float layers, or quantized ones that did not fuse
+_FLOAT_COMPUTE = re.compile(
+    r"extern_kernels\.(convolution|mm|addmm|bmm)\b"
+    r"|aten\.(convolution)\b"
+    r"|(_convolution_pointwise|_linear_pointwise|mkl_linear)"
+    r"|aoti_torch_(?:cpu_)?_?(convolution|mm_out|addmm_out|bmm_out)\w*\("
+)
+_PREPACK = re.compile(r"q(?:conv|linear)_prepack")
+
+
+def onednn_int8_calls(code: str) -> collections.Counter:
+    """{"qconv_pointwise": n, "qconv2d_pointwise": m, "qlinear_pointwise": k} called in `code`."""
+    return collections.Counter(next(g for g in m.groups() if g) for m in _ONEDNN_INT8.finditer(code))
+
+
+def count(code: str, op: str) -> int:
+    """Calls of one oneDNN int8 op ("qconv_pointwise", "qconv2d_pointwise", "qlinear_pointwise")."""
+    return onednn_int8_calls(code)[op]
+
+
+def float_compute_calls(code: str) -> collections.Counter:
+    """fp32/bf16 convolution / GEMM calls left in `code`, by op name."""
+    return collections.Counter(next(g for g in m.groups() if g) for m in _FLOAT_COMPUTE.finditer(code))
+
+
+def prepacks_at_runtime(code: str) -> bool:
+    """A weight prepack still called at run time (freezing did not fold it into a constant)."""
+    return bool(_PREPACK.search(code))
+
+
+__all__ = ["onednn_int8_calls", "count", "float_compute_calls", "prepacks_at_runtime"]
