@@ -1,4 +1,4 @@
-"""convert_pt2e: observers -> the Q/DQ reference representation (DESIGN.md "Contract").
+"""convert_pt2e: observers -> the Q/DQ reference representation (docs/ARCHITECTURE.md, "Contracts").
 
   static activation : x -> quantize_per_tensor(x, s, zp) -> dequantize_per_tensor(...)   (scalars)
   constant (weight) : int8 constant (get_attr) -> dequantize_per_channel / per_tensor

@@ -39,7 +39,7 @@ from .bn_folding import fold_bn_into_conv
 from .export_utils import move_exported_model_to_eval
 from .graph_utils import CONV_OPS, fetch_attr
 
-__all__ = ["Agreement", "LayerNumerics", "NumericReport", "compare", "skip_sensitive", "SensitivityResult"]
+__all__ = ["Agreement", "LayerNumerics", "NumericReport", "compare"]
 
 SQNR_CAP = 200.0  # dB; an exact match reports +SQNR_CAP
 LAYER_OPS = frozenset(CONV_OPS) | {torch.ops.aten.linear.default}
@@ -366,11 +366,3 @@ def compare(
     return NumericReport(layers=layers, end_to_end={k: a.as_dict() for k, a in e2e.items()},
                          unmatched=[name for name in quantized if name not in matched])
 
-
-def __getattr__(name: str):
-    # skip_sensitive lives in sensitivity.py (its own concern); importable from here too
-    if name in ("skip_sensitive", "SensitivityResult"):
-        from . import sensitivity
-
-        return getattr(sensitivity, name)
-    raise AttributeError(f"module 'inductor_quant.numerics' has no attribute {name!r}")

@@ -9,7 +9,8 @@ import torch
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
 from inductor_quant import convert_pt2e, prepare_pt2e
-from inductor_quant.numerics import SensitivityResult, compare, skip_sensitive
+from inductor_quant.numerics import compare
+from inductor_quant.sensitivity import SensitivityResult, skip_sensitive
 from inductor_quant.quantizer import X86InductorQuantizer, get_default_x86_inductor_quantization_config
 
 from flow_helpers import sqnr

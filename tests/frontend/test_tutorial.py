@@ -1,4 +1,5 @@
-"""The PT2E tutorials (../shared/seed), with only the import / capture lines changed."""
+"""The PyTorch PT2E tutorials users follow (PTQ, QAT, writing a Quantizer, the X86 Inductor backend), with
+only the import / capture lines changed."""
 
 import copy
 
