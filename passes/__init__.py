@@ -7,15 +7,16 @@ turns them back on, at a risk documented there) and the cache key; registry.py f
 fusion table and order; docs/ARCHITECTURE.md for the whole picture.
 
     import inductor_quant.passes as iq_passes
-    iq_passes.install()      # convert_pt2e does this; idempotent; torch's own quantization
-                             # fusions off until uninstall() (which restores their state)
+    iq_passes.install()      # convert_pt2e does this; idempotent; torch's own int8 conv/linear
+                             # fusions off until uninstall() (which puts them back)
     iq_passes.reset_stats()
     ... torch.compile(model)(x) under torch.no_grad() with torch._inductor.config.freezing = True
     iq_passes.stats()
     # {"fused": {"qconv.prepack": 53, "post.relu": 33, ..., "qlinear.prepack.m1": 1},
     #  "unfused": [("conv" | "linear" | "pool", node name, reason), ...]}
 
-Counts are per fusion id (`fusion_ids()` lists them), per compile since the last reset.
+Counts are per fusion id (`fusion_ids()` lists them: fixed by the table, the same on every
+torch release), per compile since the last reset.
 """
 
 from .install import (builtin_fusions, builtin_fusions_enabled, install, installed, is_installed,
