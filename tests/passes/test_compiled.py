@@ -31,7 +31,7 @@ PY_MATRIX = [pytest.param(v, d, id=f"{v.id}-{d}",
 
 def float_add_folds(v, bf16) -> bool:
     """A linear's float residual is folded as `add` (the residual is an input here, not
-    writable in place); oneDNN builds a bf16 `add` only with AVX-512 (kernels/onednn.py)."""
+    writable in place); oneDNN builds a bf16 `add` only with AVX-512 (kernels/probe.py)."""
     return not (bf16 and not v.is_conv and v.binary and not v.binary.startswith("add_dq")
                 and not probe.qlinear_binary_builds(torch.bfloat16, "add"))
 
