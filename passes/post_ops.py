@@ -58,6 +58,7 @@ def drop_noop(match: Match) -> None:
 
 # --- post-op folds -------------------------------------------------------------------------
 
+
 def unary_attr(post: C.PostOp, bound: dict) -> K.Unary:
     """The oneDNN attribute for a matched post-op: its arguments from the bound constants."""
     return K.Unary(post.attr, tuple(float(bound[a]) for a in post.arguments), post.algorithm)
