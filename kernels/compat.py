@@ -17,6 +17,10 @@ What is here, and who uses it:
   hash_files           Inductor's file-hash helper for a custom pass's cache key            passes/install.py
   run_and_get_code     compile-and-run returning Inductor's generated code                inductor_quant/report.py
   load_quantized_decomposed  registers torch.ops.quantized_decomposed (the Q/DQ ops)     inductor_quant, passes/
+
+Used directly, as torch documents them for pass writers: `torch._inductor.config` and its
+`joint_custom_pre_pass` slot, `CustomGraphPass`, the symbolic-shape helpers of
+`torch.fx.experimental.symbolic_shapes`, `torch.utils._pytree.tree_map`.
 """
 
 from __future__ import annotations
