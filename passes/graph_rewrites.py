@@ -1,5 +1,6 @@
-"""The two whole-graph rewrites that are not patterns: before the phases, a shared dequantize is
-duplicated per user; after them, the weights of layers refused for saturation fold to fp32."""
+"""The whole-graph rewrites that are not patterns: before the phases, a shared dequantize is
+duplicated per user; after them, 1-D conv outputs get back the layout the graph was traced
+with, and the weights of layers refused for saturation fold to fp32."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 import torch.fx
 
 from .diagnostics import consumer, is_weight_dq, quantized_compute, why
-from .fused import call
+from .fused import call, record
 from .kernel_limits import SATURATION_TAG
 from .match import DEQUANTS, args_of, val
 
@@ -27,6 +28,24 @@ def promote_dequant(graph: torch.fx.Graph) -> int:
                 user.replace_input_with(node, copy)
                 copies += 1
     return copies
+
+
+def restore_conv1d_layout(graph: torch.fx.Graph) -> None:
+    """The int8 1-D conv writes its output channels-last ([N, C, L] with strides (C*L, 1, C));
+    the fp32 conv it replaced wrote it contiguous, and the graph downstream was traced that way
+    (a `view` after a layer norm, say). Under dynamic shapes Inductor re-derives every value's
+    strides from ours and such a view fails the compile (fuzzer finding, corpus repro), so the
+    output is copied back to the traced layout. Static shapes keep the strides recorded at
+    trace time and need no copy."""
+    for node in list(graph.nodes):
+        f, v = record(node), val(node)
+        if (f is None or f.kind != "qconv" or len(f.geom.stride) != 1 or v is None or v.is_contiguous()
+                or all(isinstance(d, int) for d in v.shape)):
+            continue
+        users = list(node.users)
+        copy = call(graph, node.next, aten.clone.default, node, memory_format=torch.contiguous_format)
+        for user in users:
+            user.replace_input_with(node, copy)
 
 
 def decompose_weight_dequants(graph: torch.fx.Graph) -> None:

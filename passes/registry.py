@@ -36,7 +36,7 @@ from . import post_ops as O
 from . import prepack as R
 from . import propagate as G
 from . import stats as S
-from .graph_rewrites import decompose_weight_dequants, promote_dequant
+from .graph_rewrites import decompose_weight_dequants, promote_dequant, restore_conv1d_layout
 from .match import float_dtype
 
 PHASES = ("promote", "propagate", "prepack", "noop", "unary", "binary", "binary_unary", "output")
@@ -197,5 +197,6 @@ def run(graph: torch.fx.Graph) -> None:
     for phase in PHASES[1:]:
         phase_passes()[phase].apply(graph)
     graph.eliminate_dead_code()
+    restore_conv1d_layout(graph)
     D.report_unfused(graph)
     decompose_weight_dequants(graph)
