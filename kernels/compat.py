@@ -169,7 +169,7 @@ def graph_kind(graph: torch.fx.Graph) -> str:
     return "inference" if all(INFERENCE_INPUT.match(n) for n in names) else "unknown"
 
 
-UNKNOWN_GRAPH = (
+UNKNOWN_GRAPH_WARNING = (
     "inductor_quant: this torch ({version}) names the compiled graph's inputs in a way inductor_quant "
     "does not know ({names}), so it cannot tell an inference graph from a training one; quantized "
     "layers stay dequantize -> fp32 -> quantize (correct, slower). Use torch 2.13-2.14."

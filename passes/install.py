@@ -168,7 +168,7 @@ class Installation:
         self.warned.add(kind)
         if kind == "unknown":
             names = ", ".join(n.name for n in graph.find_nodes(op="placeholder"))
-            warnings.warn(compat.UNKNOWN_GRAPH.format(version=torch.__version__, names=names), UserWarning,
+            warnings.warn(compat.UNKNOWN_GRAPH_WARNING.format(version=torch.__version__, names=names), UserWarning,
                           stacklevel=3)
         else:
             warnings.warn(NO_FREEZING, UserWarning, stacklevel=3)
