@@ -163,10 +163,13 @@ class Installation:
                 f":cpu={cpu_info().summary()}")
 
     def warn_once(self, kind: str, graph: torch.fx.Graph) -> None:
-        if kind in self.warned:
+        """One warning per process and cause: no freezing (inference or joint graph), or input
+        names this code does not know."""
+        cause = "unknown_graph" if kind == "unknown" else "no_freezing"
+        if cause in self.warned:
             return
-        self.warned.add(kind)
-        if kind == "unknown":
+        self.warned.add(cause)
+        if cause == "unknown_graph":
             names = ", ".join(n.name for n in graph.find_nodes(op="placeholder"))
             warnings.warn(compat.UNKNOWN_GRAPH_WARNING.format(version=torch.__version__, names=names), UserWarning,
                           stacklevel=3)
