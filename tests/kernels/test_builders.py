@@ -7,13 +7,10 @@ from inductor_quant.kernels import probe, registration
 from inductor_quant.kernels import onednn as K
 from inductor_quant.kernels import reference as R
 from inductor_quant.kernels.cpu import cpu_info
+from kernel_helpers import W_MAX, XQ, assert_matches_reference
 
-# weights in the range the default config picks on this CPU (7 bits without VNNI, where 8-bit
-# weights times 8-bit activations saturate: tests/kernels/test_cpu.py, tests/e2e/test_cpu_kinds.py)
-W_MAX = min(-cpu_info().int8_weight_range[0], cpu_info().int8_weight_range[1])
 
 E = K.eager
-XQ = K.QParams(0.02, 7)  # non-zero activation zero point
 CONV_UNARY = [K.Unary(), K.Unary("relu"), K.Unary("hardtanh", (0.0, 6.0)), K.Unary("hardswish"), K.Unary("swish")]
 LINEAR_UNARY = CONV_UNARY + [
     K.Unary("gelu", (), "none"), K.Unary("gelu", (), "tanh"), K.Unary("leaky_relu", (0.1,)), K.Unary("tanh"),
@@ -35,15 +32,6 @@ def _u8(shape, seed=1):
     return torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def _close(y, r, out):
-    assert y.dtype == r.dtype == out.dtype and y.shape == r.shape
-    if out.quantized:  # one quantization step
-        assert (y.int() - r.int()).abs().max() <= 1
-    else:
-        tol = 2e-2 if out.dtype == torch.bfloat16 else 1e-4
-        torch.testing.assert_close(y.float(), r.float(), atol=tol, rtol=tol)
-
-
 CONV_GEOMETRIES = {
     "conv2d": ((2, 4, 7, 7), (6, 4, 3, 3), K.ConvGeometry((1, 1), (1, 1), (1, 1), 1)),
     "conv2d-s2d2": ((1, 4, 9, 9), (6, 4, 3, 3), K.ConvGeometry((2, 2), (2, 2), (2, 2), 1)),
@@ -60,7 +48,7 @@ def test_qconv_geometry(geom, out):
     xs, ws, g = CONV_GEOMETRIES[geom]
     x, (w, w_scale, w_zp, b) = _u8(xs), _weights(ws)
     packed = K.qconv_prepack(E, w, w_scale, XQ, g, x.shape)
-    _close(K.qconv(E, x, XQ, packed, w_scale, w_zp, b, g, out), R.qconv(x, XQ, w, w_scale, w_zp, b, g, out), out)
+    assert_matches_reference(K.qconv(E, x, XQ, packed, w_scale, w_zp, b, g, out), R.qconv(x, XQ, w, w_scale, w_zp, b, g, out), out)
 
 
 @pytest.mark.parametrize("unary", CONV_UNARY, ids=_ids(CONV_UNARY))
@@ -70,7 +58,7 @@ def test_qconv_unary(unary, out):
     x, (w, w_scale, w_zp, b) = _u8(xs), _weights(ws)
     packed = K.qconv_prepack(E, w, w_scale, XQ, g, None)
     y = K.qconv(E, x, XQ, packed, w_scale, w_zp, b, g, out, unary)
-    _close(y, R.qconv(x, XQ, w, w_scale, w_zp, b, g, out, unary), out)
+    assert_matches_reference(y, R.qconv(x, XQ, w, w_scale, w_zp, b, g, out, unary), out)
 
 
 def test_qconv_tensor_overload():
@@ -78,7 +66,7 @@ def test_qconv_tensor_overload():
     x, (w, w_scale, w_zp, b) = _u8(xs), _weights(ws)
     tq = K.QParams(torch.tensor(XQ.scale), torch.tensor(XQ.zero_point))
     packed = K.qconv_prepack(E, w, w_scale, XQ, g, None)
-    _close(K.qconv(E, x, tq, packed, w_scale, w_zp, b, g), R.qconv(x, XQ, w, w_scale, w_zp, b, g), K.Output())
+    assert_matches_reference(K.qconv(E, x, tq, packed, w_scale, w_zp, b, g), R.qconv(x, XQ, w, w_scale, w_zp, b, g), K.Output())
 
 
 @pytest.mark.parametrize("relu", [False, True], ids=["sum", "sum-relu"])
@@ -92,7 +80,7 @@ def test_qconv_binary_sum(relu, out):
     binary = K.Binary("sum", 1.0, K.QParams(0.04, 5) if out.quantized else K.QParams(1.0, 0), K.Unary("relu" if relu else "none"))
     expected = R.qconv_binary(x, XQ, w, w_scale, w_zp, accum, b, g, out, binary)
     packed = K.qconv_prepack(E, w, w_scale, XQ, g, None)
-    _close(K.qconv_binary(E, x, XQ, packed, w_scale, w_zp, accum.clone(), b, g, out, binary), expected, out)
+    assert_matches_reference(K.qconv_binary(E, x, XQ, packed, w_scale, w_zp, accum.clone(), b, g, out, binary), expected, out)
 
 
 @pytest.mark.parametrize("x_shape", [(5, 8), (3, 5, 8)], ids=["2d", "3d"])
@@ -102,7 +90,7 @@ def test_qlinear_shapes(x_shape, bias, out):
     x, (w, w_scale, w_zp, b) = _u8(x_shape), _weights((6, 8))
     b = b if bias else None
     packed = K.qlinear_prepack(E, w, x.shape)
-    _close(K.qlinear(E, x, XQ, packed, w_scale, w_zp, b, out), R.qlinear(x, XQ, w, w_scale, w_zp, b, out), out)
+    assert_matches_reference(K.qlinear(E, x, XQ, packed, w_scale, w_zp, b, out), R.qlinear(x, XQ, w, w_scale, w_zp, b, out), out)
 
 
 @pytest.mark.parametrize("unary", LINEAR_UNARY, ids=_ids(LINEAR_UNARY))
@@ -111,7 +99,7 @@ def test_qlinear_unary(unary, out):
     x, (w, w_scale, w_zp, b) = _u8((5, 8)), _weights((6, 8))
     packed = K.qlinear_prepack(E, w, None)
     y = K.qlinear(E, x, XQ, packed, w_scale, w_zp, b, out, unary)
-    _close(y, R.qlinear(x, XQ, w, w_scale, w_zp, b, out, unary), out)
+    assert_matches_reference(y, R.qlinear(x, XQ, w, w_scale, w_zp, b, out, unary), out)
 
 
 def test_qlinear_int8_activation_and_tensor_overload():
@@ -119,9 +107,9 @@ def test_qlinear_int8_activation_and_tensor_overload():
     s8 = (x.int() - 128).to(torch.int8)
     packed = K.qlinear_prepack(E, w, None)
     xq_s8 = K.QParams(0.02, 0)
-    _close(K.qlinear(E, s8, xq_s8, packed, w_scale, w_zp, b), R.qlinear(s8, xq_s8, w, w_scale, w_zp, b), K.Output())
+    assert_matches_reference(K.qlinear(E, s8, xq_s8, packed, w_scale, w_zp, b), R.qlinear(s8, xq_s8, w, w_scale, w_zp, b), K.Output())
     tq = K.QParams(torch.tensor(0.02), torch.tensor(7))
-    _close(K.qlinear(E, x, tq, packed, w_scale, w_zp, b), R.qlinear(x, XQ, w, w_scale, w_zp, b), K.Output())
+    assert_matches_reference(K.qlinear(E, x, tq, packed, w_scale, w_zp, b), R.qlinear(x, XQ, w, w_scale, w_zp, b), K.Output())
 
 
 @pytest.mark.parametrize("name", ["add", "sum"])
@@ -135,7 +123,7 @@ def test_qlinear_binary(name, relu, out):
     binary = K.Binary(name, 1.0, K.QParams(0.04, 5) if out.quantized else K.QParams(1.0, 0), K.Unary("relu" if relu else "none"))
     expected = R.qlinear_binary(x, XQ, w, w_scale, w_zp, other, b, out, binary)
     packed = K.qlinear_prepack(E, w, x.shape)
-    _close(K.qlinear_binary(E, x, XQ, packed, w_scale, w_zp, other.clone(), b, out, binary), expected, out)
+    assert_matches_reference(K.qlinear_binary(E, x, XQ, packed, w_scale, w_zp, other.clone(), b, out, binary), expected, out)
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation", [(2, 1, 1, 1), (3, 3, 2, 1), (3, 1, 0, 2), (1, 1, 0, 1)])
@@ -182,7 +170,7 @@ def test_qlinear_binary_probe_agrees_with_the_kernel(name, dtype):
     packed = K.qlinear_prepack(E, w, x.shape)
     if probe.qlinear_binary_builds(dtype, name):
         got = K.qlinear_binary(E, x, XQ, packed, w_scale, w_zp, other.clone(), b, out, binary)
-        _close(got, R.qlinear_binary(x, XQ, w, w_scale, w_zp, other, b, out, binary), out)
+        assert_matches_reference(got, R.qlinear_binary(x, XQ, w, w_scale, w_zp, other, b, out, binary), out)
     else:
         with pytest.raises(RuntimeError, match="primitive descriptor"):
             K.qlinear_binary(E, x, XQ, packed, w_scale, w_zp, other.clone(), b, out, binary)

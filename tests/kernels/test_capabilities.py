@@ -7,10 +7,7 @@ import torch
 from inductor_quant.kernels import capabilities as C
 from inductor_quant.kernels import onednn as K
 from inductor_quant.kernels import reference as R
-from inductor_quant.kernels.cpu import cpu_info
-
-W_MAX = min(-cpu_info().int8_weight_range[0], cpu_info().int8_weight_range[1])
-XQ = K.QParams(0.02, 7)
+from kernel_helpers import W_MAX, XQ, assert_matches_reference
 LAYERS = {  # layer -> (input shape, weight shape, geometry or None for linear)
     "conv1d": ((2, 4, 9), (6, 4, 3), K.ConvGeometry((1,), (1,), (1,), 1)),
     "conv2d": ((1, 4, 7, 7), (6, 4, 3, 3), K.ConvGeometry((1, 1), (1, 1), (1, 1), 1)),
@@ -56,13 +53,7 @@ def test_record_says_what_the_kernel_takes(post, layer, out):
             _run(layer, _unary(post), out)
         return
     got, reference = _run(layer, _unary(post), out)
-    want = reference()
-    assert got.dtype == want.dtype == out.dtype
-    if out.quantized:  # one quantization step
-        assert (got.int() - want.int()).abs().max() <= 1
-    else:
-        tol = 2e-2 if out.dtype == torch.bfloat16 else 1e-4
-        torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+    assert_matches_reference(got, reference(), out)
 
 
 def test_quantizer_reports_fusability_from_the_records():
