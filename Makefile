@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.inductor-quant-installed
 VENV214 ?= $(HOME)/.cache/inductor-quant/venv-torch2.14
 PY214   := $(VENV214)/bin/python
 
-.PHONY: venv demo test test-slow test-torch214 accuracy fuzz clean
+.PHONY: venv demo test test-slow test-torch214 accuracy fuzz bench-readme clean
 
 venv: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,accuracy]" "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test,accuracy,peers]" "$(TORCH)"
 	touch $(STAMP)
 
 demo: venv
@@ -28,6 +28,13 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q -m "not slow" tests
+
+# The README's speed table against the peers, on this machine's CPU (~40 min on 2 cores).
+BENCH_MODELS ?= resnet50:1,16 bert_base:1,8 mobilenet_v2:1 vit_b16:1
+BENCH_MODES  ?= inductor_fp32 inductor_bf16 int8 int8_bf16 int8_cpp int8_builtin
+bench-readme: venv
+	$(PY) -m inductor_quant --quiet bench --models $(BENCH_MODELS) --modes $(BENCH_MODES) \
+	    --peers openvino onnxruntime --runs 20 --out benchmarks/results/latest --readme README.md
 
 accuracy: venv   # both real-model accuracy tables (data: sh benchmarks/accuracy/install.sh)
 	$(PY) -m inductor_quant.benchmarks.accuracy
@@ -46,7 +53,7 @@ test-slow: venv
 test-torch214:
 	test -x $(PY214) || $(PYTHON) -m venv $(VENV214)
 	$(PY214) -m pip install -q "torch==2.14.1"
-	$(PY214) -m pip install -q -e ".[test,accuracy]" "torch==2.14.1"
+	$(PY214) -m pip install -q -e ".[test,accuracy,peers]" "torch==2.14.1"
 	$(PY214) -m pytest -q -m "not slow" tests -p no:cacheprovider
 
 clean:

@@ -1,8 +1,9 @@
 """Side-by-side benchmark: every mode of one model measured in the same process, interleaved.
 
 For each (model, batch): build every mode first (compile seconds recorded separately), then
-time them round-robin — one call of each mode per round — so drift of the machine (turbo,
-another process) hits all modes alike. Figures are medians; ratios are against Inductor fp32
+time them round-robin — one timed call of each mode per round, after one untimed call that
+lets the previous mode's threads go quiet — so drift of the machine (turbo, another process)
+hits all modes alike. Peer runtimes (benchmarks/peers.py) are timed in the same rounds. Figures are medians; ratios are against Inductor fp32
 of the same run. Results: JSON lines + a markdown table (+ an optional PNG chart).
 """
 
@@ -21,7 +22,7 @@ import torch
 
 from inductor_quant import cpu_info
 
-from . import zoo
+from . import peers, zoo
 
 # ----------------------------------------------------------------------------- modes
 
@@ -38,6 +39,7 @@ class Mode:
     needs_builtin: bool = False  # needs torch's own quantization fusions (gone in torch 2.14)
     inductor: tuple = ()        # extra torch._inductor.config settings for the compile, as pairs
     by_default: bool = True     # run when no --modes are named
+    peer: bool = False          # another runtime (benchmarks/peers.py), built from the same model
 
 
 def _autocast(enabled: bool):
@@ -90,6 +92,8 @@ MODES: dict[str, Mode] = {
         # 8-bit activations and weights whatever the CPU: without VNNI its layers stay fp32 (the
         # cost of a model quantized elsewhere with reduce_range=False); with VNNI the same as int8
         Mode("int8_8bit", lambda model, inputs: _quantized(model, inputs, reduce_range=False), by_default=False),
+        # peers (`bench --peers ...`): prepared by run_model through peers.BUILDERS
+        *(Mode(p.mode, lambda model, inputs: None, by_default=False, peer=True) for p in peers.PEERS.values()),
     )
 }
 BASELINE = "inductor_fp32"
@@ -167,14 +171,23 @@ def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmu
             continue
         if mode.bf16 and not cpu_info().bf16_native:
             res.note = BF16_EMULATED
+        peer = next((p for p in peers.PEERS.values() if p.mode == mode_name), None)
+        if peer and peer.missing():
+            res.error = f"skipped: {', '.join(peer.missing())} not installed ({peers.INSTALL_HINT})"
+            continue
         progress(f"{name} bs{batch}: building {mode_name}")
         _last_quantize_s[0] = 0.0
         start = time.perf_counter()
         passes.reset_stats()
         try:
-            with torch._inductor.config.patch(freezing=True, **dict(mode.inductor)):
-                fn = mode.prepare(model, inputs)
-                out = _call(fn, inputs, mode.bf16)  # compiles
+            if peer:  # same weights, same calibration batches as our int8 modes
+                built_peer = peers.BUILDERS[mode_name](model, inputs, [inputs], entry.transformer)
+                fn, _last_quantize_s[0], res.note = built_peer.run, built_peer.quantize_s, built_peer.note
+                out = _call(fn, inputs, False)
+            else:
+                with torch._inductor.config.patch(freezing=True, **dict(mode.inductor)):
+                    fn = mode.prepare(model, inputs)
+                    out = _call(fn, inputs, mode.bf16)  # compiles
         except Exception as e:  # a failing mode is reported, not fatal for the table
             res.error = f"{type(e).__name__}: {e}"[:300]
             continue
@@ -195,6 +208,10 @@ def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmu
         shuffle(order)
         for mode_name in order:
             fn, mode = built[mode_name]
+            # one untimed call first: the previous mode's worker threads (OpenMP, OpenVINO's TBB,
+            # ONNX Runtime's pool) keep spinning for a while after it returns and took 10-20 %
+            # from whichever runtime came next (ResNet-50 bs1, 2 cores); alone-speed is the figure
+            _call(fn, inputs, mode.bf16)
             start = time.perf_counter()
             _call(fn, inputs, mode.bf16)
             if i >= warmup:
@@ -213,8 +230,10 @@ def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmu
 
 
 def markdown_table(results: list[Result]) -> str:
+    """Median time per mode (× = speed-up over Inductor fp32); int8 and peer cells also give the
+    output's SQNR against eager fp32."""
     modes = list(dict.fromkeys(r.mode for r in results))
-    marked = {r.mode for r in results if r.note}
+    marked = {r.mode for r in results if r.note == BF16_EMULATED}
     head = "| model | batch | " + " | ".join(m + (" (bf16 emulated)" if m in marked else "") for m in modes) + " |"
     lines = [head, "|" + "---|" * (len(modes) + 2)]
     for key in dict.fromkeys((r.model, r.batch) for r in results):
@@ -225,10 +244,51 @@ def markdown_table(results: list[Result]) -> str:
             if r is None or r.median_ms is None:
                 cells.append("—")
             else:
-                cells.append(f"{r.median_ms:.1f} ms ({r.vs_inductor_fp32:.2f}×)" if r.vs_inductor_fp32 else
-                             f"{r.median_ms:.1f} ms")
+                cell = f"{r.median_ms:.1f} ms"
+                extra = [f"{r.vs_inductor_fp32:.2f}×"] if r.vs_inductor_fp32 else []
+                if _quantized_mode(m) and r.sqnr_db is not None:
+                    extra.append(f"{r.sqnr_db:.1f} dB")
+                cells.append(cell + (f" ({', '.join(extra)})" if extra else ""))
         lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _quantized_mode(mode: str) -> bool:
+    return mode.startswith("int8") or MODES[mode].peer
+
+
+def ours_fastest(row: dict[str, Result]) -> Optional[Result]:
+    """Our fastest int8 mode of one (model, batch) row (torch's built-in path is not ours)."""
+    ours = [r for m, r in row.items() if m.startswith("int8") and m != "int8_builtin" and r.median_ms]
+    return min(ours, key=lambda r: r.median_ms, default=None)
+
+
+def peer_table(results: list[Result]) -> str:
+    """Ours against each peer: peer time / our time for our fastest int8 mode (> 1: we are
+    faster), with both outputs' SQNR against eager fp32. Empty without peer results."""
+    peer_modes = [m for m in dict.fromkeys(r.mode for r in results) if MODES[m].peer]
+    if not any(r.median_ms for r in results if r.mode in peer_modes):
+        return ""
+    lines = ["| model | batch | ours (fastest int8 mode) | " + " | ".join(f"{m} | ratio" for m in peer_modes) + " |",
+             "|" + "---|" * (3 + 2 * len(peer_modes))]
+    for key in dict.fromkeys((r.model, r.batch) for r in results):
+        row = {r.mode: r for r in results if (r.model, r.batch) == key}
+        best = ours_fastest(row)
+        cells = [f"{best.median_ms:.1f} ms {best.mode}, {best.sqnr_db:.1f} dB" if best else "—"]
+        for m in peer_modes:
+            r = row.get(m)
+            if r is None or not r.median_ms:
+                cells += ["—", "—"]
+                continue
+            cells.append(f"{r.median_ms:.1f} ms, {r.sqnr_db:.1f} dB")
+            cells.append(f"**{r.median_ms / best.median_ms:.2f}×**" if best else "—")
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def notes(results: list[Result]) -> list[str]:
+    """One line per distinct (mode, note): what a runtime chose or lacked on this CPU."""
+    return [f"{mode}: {note}" for mode, note in dict.fromkeys((r.mode, r.note) for r in results if r.note)]
 
 
 def compile_table(results: list[Result]) -> str:
@@ -254,14 +314,40 @@ def compile_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def report_markdown(results: list[Result]) -> str:
+    """Everything `bench` prints about one run, as markdown: the CPU line first."""
+    machine = next((r.machine for r in results if r.machine), {})
+    parts = [f"CPU: {machine.get('cpu_summary', '?')} | threads: {machine.get('threads', '?')} | "
+             f"torch {machine.get('torch', '?')}", markdown_table(results)]
+    if peer_table(results):
+        parts += ["Against the peers (ratio = peer time / ours; > 1: ours is faster)", peer_table(results)]
+    parts += ["Compile time (× = vs Inductor fp32's compile)", compile_table(results)]
+    parts += ["\n".join(f"- {line}" for line in notes(results))] if notes(results) else []
+    return "\n\n".join(parts) + "\n"
+
+
+README_BEGIN = "<!-- bench table: generated by `make bench-readme`, do not edit by hand -->"
+README_END = "<!-- end of bench table -->"
+
+
+def update_readme(path: str, results: list[Result], command: str) -> None:
+    """Replace the block between README_BEGIN and README_END with this run's report."""
+    text = open(path).read()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{path} has no generated bench block: add the two marker lines\n{README_BEGIN}\n{README_END}")
+    date = time.strftime("%Y-%m-%d")
+    block = f"{README_BEGIN}\n`{command}`, {date}:\n\n{report_markdown(results)}"
+    open(path, "w").write(text[:start] + block + text[end:])
+
+
 def write_outputs(results: list[Result], out_prefix: str, chart: bool = False) -> list[str]:
     written = [out_prefix + ".jsonl", out_prefix + ".md"]
     with open(written[0], "w") as f:
         for r in results:
             f.write(json.dumps(asdict(r)) + "\n")
     with open(written[1], "w") as f:
-        f.write(markdown_table(results) + "\n\nCompile time (× = vs Inductor fp32's compile)\n\n")
-        f.write(compile_table(results) + "\n")
+        f.write(report_markdown(results))
     if chart:
         written.append(_bar_chart(results, out_prefix + ".png"))
     return written

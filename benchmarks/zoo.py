@@ -218,6 +218,7 @@ class ZooEntry:
     channels_last: bool = False
     convs: int = 0      # quantizable conv / linear layers, for fusion checks
     linears: int = 0
+    transformer: bool = False  # peers use their transformer presets
 
 
 def _images(size: int = 224) -> Callable[[int], tuple]:
@@ -233,13 +234,13 @@ ZOO: dict[str, ZooEntry] = {
     for e in (
         ZooEntry("resnet50", resnet50, _images(), (1, 16), channels_last=True, convs=53, linears=1),
         ZooEntry("mobilenet_v2", MobileNetV2, _images(), (1, 16), channels_last=True, convs=52, linears=1),
-        ZooEntry("vit_b16", ViT, _images(), (1, 16), convs=1, linears=12 * 6 + 1),
-        ZooEntry("bert_base", BertEncoder, _tokens(), (1, 8), linears=72),
+        ZooEntry("vit_b16", ViT, _images(), (1, 16), convs=1, linears=12 * 6 + 1, transformer=True),
+        ZooEntry("bert_base", BertEncoder, _tokens(), (1, 8), linears=72, transformer=True),
         # tiny variants for smoke runs (`bench --quick`) and tests: same code paths, seconds to compile
         ZooEntry("resnet_tiny", lambda: ResNet((1, 1, 1, 1), num_classes=10, width=8), _images(32), (2,),
                  channels_last=True, convs=17, linears=1),
         ZooEntry("bert_tiny", lambda: BertEncoder(layers=2, hidden=64, heads=4, mlp=128, vocab=100, max_len=64),
-                 _tokens(16, 100), (2,), linears=12),
+                 _tokens(16, 100), (2,), linears=12, transformer=True),
     )
 }
 QUICK = ("resnet_tiny", "bert_tiny")

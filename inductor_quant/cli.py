@@ -26,16 +26,21 @@ def _load_factory(spec: str):
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from inductor_quant.benchmarks import runner, zoo
+    from inductor_quant.benchmarks import peers, runner, zoo
 
     torch.set_num_threads(args.threads)
     models = args.models or list(zoo.QUICK if args.quick else (n for n in zoo.ZOO if n not in zoo.QUICK))
     modes = args.modes or runner.default_modes(runner.MODES)  # named modes always run (bf16 ones marked)
+    if args.readme:  # the README's table: what runs well on this CPU (no emulated bf16)
+        modes = runner.default_modes(modes)
+    modes += [peers.PEERS[p].mode for p in args.peers if peers.PEERS[p].mode not in modes]
     runs, warmup = (3, 1) if args.quick else (args.runs, args.warmup)
     progress = _progress(args.quiet)
     results = []
-    for name in models:
-        batches = args.batch or ([zoo.ZOO[name].batch_sizes[0]] if args.quick else zoo.ZOO[name].batch_sizes)
+    for spec in models:  # `name` or `name:1,16` (that model's batch sizes)
+        name, _, own = spec.partition(":")
+        batches = [int(b) for b in own.split(",")] if own else \
+            args.batch or ([zoo.ZOO[name].batch_sizes[0]] if args.quick else zoo.ZOO[name].batch_sizes)
         for bs in batches:
             results += runner.run_model(name, bs, modes, runs=runs, warmup=warmup, progress=progress)
     info = runner.machine_info(args.threads)
@@ -43,18 +48,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         r.machine = info
     if not args.quiet:
         print(file=sys.stderr)
-    print(f"CPU: {info['cpu_summary']} | threads: {info['threads']} | torch {info['torch']}")
+    print(runner.report_markdown(results))
     if not args.modes and not info["bf16_native"]:
         print(f"bf16 modes skipped: {runner.BF16_EMULATED} (name them with --modes to run them anyway)")
-    print(runner.markdown_table(results))
-    print("\nCompile time (× = vs Inductor fp32's compile)")
-    print(runner.compile_table(results))
     for r in results:
         if r.error:
             print(f"  {r.model} bs{r.batch} {r.mode}: {r.error}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     for path in runner.write_outputs(results, args.out, chart=args.chart):
         print(f"wrote {path}")
+    if args.readme:
+        command = "inductor-quant bench " + " ".join(sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv
+                                                     else [])
+        runner.update_readme(args.readme, results, command)
+        print(f"updated the speed table in {args.readme}")
     return 0
 
 
@@ -116,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="side-by-side speed of fp32 / bf16 / int8 modes in one process")
-    b.add_argument("--models", nargs="*", help="zoo models (default: all)")
+    b.add_argument("--models", nargs="*", help="zoo models (default: all); `name:1,16` gives that model's batch sizes")
     b.add_argument("--batch", type=int, nargs="*", help="batch sizes (default: the zoo's)")
     b.add_argument("--modes", nargs="*", help="modes (default: all)")
     b.add_argument("--threads", type=int, default=2)
@@ -125,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="smoke run: tiny models, one batch size, 3 runs")
     b.add_argument("--chart", action="store_true", help="also write a PNG bar chart (needs matplotlib)")
     b.add_argument("--out", default="results/bench", help="output prefix for .jsonl/.md/.png")
+    b.add_argument("--peers", nargs="*", default=[], choices=["openvino", "onnxruntime"],
+                   help="also time these runtimes' int8 (optional extra: pip install -e '.[peers]')")
+    b.add_argument("--readme", metavar="PATH", help="rewrite the generated speed table in this README (bf16 modes left out where bf16 is emulated)")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -1,0 +1,58 @@
+"""`bench --peers`: OpenVINO and ONNX Runtime int8 built from the same model and timed beside
+ours, the side-by-side table, and the README block it regenerates."""
+
+import json
+
+from inductor_quant.benchmarks import runner
+from inductor_quant.benchmarks.runner import Result
+from inductor_quant.kernels.cpu import cpu_info
+
+from .test_report_and_testing import _cli
+
+
+def _row(mode, ms, sqnr=40.0):
+    return Result("m", 1, mode, median_ms=ms, sqnr_db=sqnr, vs_inductor_fp32=10.0 / ms,
+                  machine={"cpu_summary": "a CPU", "threads": 2, "torch": "2.x"})
+
+
+def test_peer_table_compares_our_fastest_mode_with_each_peer():
+    results = [_row("inductor_fp32", 10.0), _row("int8", 4.0), _row("int8_cpp", 2.5, 39.0),
+               _row("int8_builtin", 2.0), _row("openvino_int8", 5.0, 35.0), _row("onnxruntime_int8", 2.0, 38.0)]
+    table = runner.peer_table(results)
+    # torch's built-in path is not ours: our fastest is int8_cpp, 5.0 / 2.5 = 2.00, 2.0 / 2.5 = 0.80
+    assert "| m | 1 | 2.5 ms int8_cpp, 39.0 dB | 5.0 ms, 35.0 dB | **2.00×** | 2.0 ms, 38.0 dB | **0.80×** |" in table
+    assert runner.peer_table(results[:3]) == ""  # no peer column, no peer table
+    assert "2.5 ms (4.00×, 39.0 dB)" in runner.markdown_table(results)
+
+
+def test_readme_block_is_replaced_and_a_missing_block_is_named(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{runner.README_BEGIN}\nold table\n{runner.README_END}\noutro\n")
+    runner.update_readme(str(readme), [_row("inductor_fp32", 10.0), _row("openvino_int8", 5.0)], "inductor-quant bench x")
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith(f"{runner.README_END}\noutro\n")
+    assert "`inductor-quant bench x`" in text and "CPU: a CPU | threads: 2" in text
+    readme.write_text("no markers\n")
+    try:
+        runner.update_readme(str(readme), [], "c")
+    except SystemExit as e:
+        assert runner.README_BEGIN in str(e)
+    else:
+        raise AssertionError("a README without the block must be refused")
+
+
+def test_bench_with_peers_builds_times_and_scores_them(tmp_path):
+    """Both peers really run (the test venv has the `peers` extra), from the same model and
+    calibration batch, and are scored against eager fp32 like our modes."""
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{runner.README_BEGIN}\n{runner.README_END}\n")
+    proc = _cli("bench", "--models", "resnet_tiny:2", "--modes", "inductor_fp32", "int8", "--peers", "openvino",
+                "onnxruntime", "--runs", "2", "--warmup", "1", "--out", str(tmp_path / "b"), "--readme", str(readme))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["mode"]: r for r in map(json.loads, (tmp_path / "b.jsonl").read_text().splitlines())}
+    assert set(rows) == {"inductor_fp32", "int8", "openvino_int8", "onnxruntime_int8"}
+    for mode in ("openvino_int8", "onnxruntime_int8"):
+        assert rows[mode]["error"] is None and rows[mode]["median_ms"] > 0, rows[mode]
+        assert 25 < rows[mode]["sqnr_db"] < 60 and rows[mode]["quantize_s"] > 0, rows[mode]  # int8: not a float copy
+    assert "Against the peers" in proc.stdout
+    assert f"CPU: {cpu_info().summary()}" in readme.read_text()
