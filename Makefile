@@ -31,7 +31,7 @@ test: venv
 
 # The README's speed table against the peers, on this machine's CPU (~40 min on 2 cores).
 BENCH_MODELS ?= resnet50:1,16 bert_base:1,8 mobilenet_v2:1 vit_b16:1
-BENCH_MODES  ?= inductor_fp32 inductor_bf16 int8 int8_bf16 int8_cpp int8_builtin
+BENCH_MODES  ?= inductor_fp32 inductor_bf16 int8 int8_bf16 int8_cpp int8_fast int8_bf16_fast int8_builtin
 bench-readme: venv
 	$(PY) -m inductor_quant --quiet bench --models $(BENCH_MODELS) --modes $(BENCH_MODES) \
 	    --peers openvino onnxruntime --runs 20 --out benchmarks/results/latest --readme README.md

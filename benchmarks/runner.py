@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from inductor_quant import cpu_info
+from inductor_quant import cpu_info, fast_options
 
 from . import peers, zoo
 
@@ -77,6 +77,8 @@ def builtin_fusions_available() -> bool:
     return hasattr(quantization, "_register_quantization_weight_pack_pass")
 
 
+_FAST = tuple((k, v) for k, v in fast_options().items() if k != "freezing")
+
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
@@ -88,6 +90,10 @@ MODES: dict[str, Mode] = {
         # the C++ wrapper: no Python between kernels (per-call overhead matters at batch 1)
         Mode("int8_cpp", lambda model, inputs: _quantized(model, inputs), inductor=(("cpp_wrapper", True),)),
         Mode("int8_dynamic", lambda model, inputs: _quantized(model, inputs, dynamic=True), linear_only=True),
+        # inductor_quant.fast_options() for this CPU: C++ wrapper, and Inductor's C++ GEMM
+        # template for the int8 linears where it has int8 micro-kernels (AMX, AVX-512 VNNI)
+        Mode("int8_fast", lambda model, inputs: _quantized(model, inputs), inductor=_FAST),
+        Mode("int8_bf16_fast", lambda model, inputs: _quantized(model, inputs), bf16=True, inductor=_FAST),
         Mode("int8_builtin", lambda model, inputs: _quantized(model, inputs, ours=False), needs_builtin=True),
         # 8-bit activations and weights whatever the CPU: without VNNI its layers stay fp32 (the
         # cost of a model quantized elsewhere with reduce_range=False); with VNNI the same as int8

@@ -12,6 +12,7 @@ compat.load_quantized_decomposed()  # saved Q/DQ models call these ops
 __version__ = "0.1.0"
 
 from .api import quantize  # noqa: E402
+from .compile_options import fast_options  # noqa: E402
 from .kernels.cpu import cpu_info  # noqa: E402
 from .export_utils import move_exported_model_to_eval, move_exported_model_to_train  # noqa: E402
 from .quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e  # noqa: E402
@@ -24,6 +25,7 @@ __all__ = [
     "move_exported_model_to_train",
     "quantize",
     "cpu_info",
+    "fast_options",
     "X86InductorQuantizer",
     "get_default_x86_inductor_quantization_config",
 ]

@@ -25,6 +25,10 @@ _FLOAT_COMPUTE = re.compile(
     r"|aoti_torch_(?:cpu_)?_?(convolution|mm_out|addmm_out|bmm_out)\w*\("
 )
 _PREPACK = re.compile(r"q(?:conv|linear)_prepack")
+# a kernel Inductor generated: Python wrapper `name = async_compile...`, C++ wrapper `void name(`
+_KERNEL_NAME = re.compile(r"^(cpp_fused\w*) = async_compile|^(?:extern \"C\"\s+)?void (cpp_fused\w*)\(", re.M)
+# Inductor's C++ GEMM template with an int8 micro-kernel: AMX / AVX-512 VNNI u8 x s8 dot products
+_INT8_MICRO_GEMM = re.compile(r"_tile_dpbusd|_mm512_dpbusd_epi32")
 
 
 def onednn_int8_calls(code: str) -> collections.Counter:
@@ -42,9 +46,26 @@ def float_compute_calls(code: str) -> collections.Counter:
     return collections.Counter(next(g for g in m.groups() if g) for m in _FLOAT_COMPUTE.finditer(code))
 
 
+def int8_gemm_template_calls(code: str) -> int:
+    """Calls of kernels built from Inductor's C++ GEMM template with an int8 micro-kernel (how an
+    int8 linear runs under max-autotune): int8 compute in generated code, not a oneDNN call.
+    The micro-kernel sits in the kernel's source block (Python wrapper) or in inline functions
+    named after the kernel (C++ wrapper)."""
+    starts = [(m.start(), m.group(1)) for m in _KERNEL_NAME.finditer(code) if m.group(1)]
+    blocks = {name: code[at:starts[i + 1][0] if i + 1 < len(starts) else len(code)]
+              for i, (at, name) in enumerate(starts)}
+    calls = 0
+    for name in {m.group(1) or m.group(2) for m in _KERNEL_NAME.finditer(code)}:
+        micro = "".join(re.findall(rf"inline void {name}_micro_gemm\w*\(.*?\n}}\n", code, re.S))
+        source = blocks.get(name, "") + micro
+        if "micro_gemm" in source and _INT8_MICRO_GEMM.search(source):
+            calls += len(re.findall(rf"(?<!void )\b{name}\(", code))
+    return calls
+
+
 def prepacks_at_runtime(code: str) -> bool:
     """A weight prepack still called at run time (freezing did not fold it into a constant)."""
     return bool(_PREPACK.search(code))
 
 
-__all__ = ["onednn_int8_calls", "count", "float_compute_calls", "prepacks_at_runtime"]
+__all__ = ["onednn_int8_calls", "count", "float_compute_calls", "int8_gemm_template_calls", "prepacks_at_runtime"]

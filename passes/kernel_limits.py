@@ -148,3 +148,17 @@ def _window_misses_input(size, kernel: int, stride: int, pad: int, dilation: int
 
 def _is(dim, value: int) -> bool:
     return isinstance(dim, int) and dim == value
+
+
+# --- Inductor's C++ GEMM template (max-autotune) --------------------------------------------
+
+
+def gemm_template_may_run() -> bool:
+    """Whether Inductor may lower our qlinear through its C++ GEMM template (max-autotune with
+    the CPP backend). That template computes the in-place `sum` post-op wrong on torch 2.13 and
+    2.14 (a post-norm transformer of two layers came out at SQNR -3 dB; tests/passes pin it), so
+    under it a linear's residual add is emitted as `add`, into a new output."""
+    from torch._inductor import config
+
+    backends = {b.strip().upper() for b in str(config.max_autotune_gemm_backends).split(",")}
+    return bool(config.max_autotune or config.max_autotune_gemm) and "CPP" in backends

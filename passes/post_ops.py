@@ -18,6 +18,7 @@ from inductor_quant.kernels import onednn as K
 from inductor_quant.kernels import probe
 
 from .fused import Fused, call, record, replace_with
+from .kernel_limits import gemm_template_may_run
 from .match import ACT_RANGE, args_of, users_inside, val, within
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def check_binary(match: Match) -> Optional[str]:
 
 
 def _linear_binary(other: torch.fx.Node, match: Match) -> str:
-    return "sum" if writable_in_place(other, match) else "add"
+    return "sum" if writable_in_place(other, match) and not gemm_template_may_run() else "add"
 
 
 def fold_binary(match: Match) -> None:

@@ -1,0 +1,65 @@
+"""Our int8 linears under Inductor's C++ GEMM template (max-autotune with the CPP backend, part
+of `inductor_quant.fast_options()` on AMX / AVX-512 VNNI CPUs): generated int8 micro-kernels
+where the CPU has them, oneDNN elsewhere, and right results either way."""
+
+import pytest
+import torch
+from torch import nn
+
+from inductor_quant import fast_options, quantize
+from inductor_quant.benchmarks.runner import agreement
+from inductor_quant.benchmarks.zoo import EncoderLayer
+from inductor_quant.compile_options import GEMM_TEMPLATE_ISA
+from inductor_quant.generated_code import count, float_compute_calls, int8_gemm_template_calls
+from inductor_quant.kernels.cpu import CpuInfo, cpu_info
+
+from compile_utils import compile_and_run
+
+TEMPLATE_HERE = any(f in cpu_info().features for f in GEMM_TEMPLATE_ISA)
+
+
+class TwoPostNormLayers(nn.Module):
+    """Two BERT layers: the second's residual adds read the first's layer-norm output, the form
+    on which the template's in-place `sum` came out at SQNR -3 dB."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(32, 2, 64, pre_norm=False) for _ in range(2))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+@pytest.fixture(scope="module")
+def converted():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 32)
+    return quantize(TwoPostNormLayers().eval(), (x,), [(x,)]), (x,)
+
+
+@pytest.mark.parametrize("cpp_wrapper", [False, True], ids=["python", "cpp"])
+def test_template_linears_are_int8_and_right(converted, cpp_wrapper):
+    model, inputs = converted
+    # the template alone (fast_options() adds ATen, and autotuning may then keep oneDNN for a layer)
+    with torch._inductor.config.patch(max_autotune=True, max_autotune_gemm_backends="CPP"):
+        ref, out, code, stats = compile_and_run(model, inputs, cpp_wrapper=cpp_wrapper)
+    assert stats["unfused"] == [] and not float_compute_calls(code), code
+    linears = 12
+    if TEMPLATE_HERE:
+        assert int8_gemm_template_calls(code) == linears and count(code, "qlinear_pointwise") == 0, code
+    else:  # no int8 micro-kernel for this CPU: Inductor keeps the oneDNN calls
+        assert int8_gemm_template_calls(code) == 0 and count(code, "qlinear_pointwise") == linears, code
+    assert agreement(ref, out)[0] > 40  # the in-place sum under the template gave -3 dB
+
+
+def _cpu(*features):
+    return CpuInfo("test CPU", frozenset(features), "", "AVX512")
+
+
+def test_fast_options_use_the_template_only_where_it_has_int8_micro_kernels():
+    assert fast_options(_cpu("avx2", "avx512f", "avx512_vnni"))["max_autotune_gemm_backends"] == "CPP,ATEN"
+    assert fast_options(_cpu("avx2", "avx512f", "avx512_vnni", "amx_int8"))["max_autotune"] is True
+    for features in (("avx2",), ("avx2", "avx_vnni"), ("avx2", "avx512f")):
+        assert fast_options(_cpu(*features)) == {"freezing": True, "cpp_wrapper": True}
