@@ -13,7 +13,8 @@ Neither peer depends on torch; they come with the optional `peers` extra
   OpenVINO runs the layers left in float in bf16 by default; the note on the result says so.
 - ONNX Runtime: `torch.onnx.export` (TorchScript exporter, opset 17), ORT's recommended
   pre-processing, `quantize_static` in QDQ format, per-channel int8 weights and uint8
-  activations (ORT's x86 recommendation), `reduce_range` on CPUs without VNNI as ORT advises.
+  activations (ORT's x86 recommendation), `reduce_range` on CPUs without VNNI as ORT advises;
+  its workers do not spin between calls (they would take the CPU from the other modes).
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ def onnxruntime_int8(model: torch.nn.Module, inputs: tuple, calibration: list[tu
         quantize_s = time.perf_counter() - start
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+        # ORT's workers spin after each call by default and slowed whatever ran next in the
+        # process 2-3x (MobileNetV2 bs1), beyond one untimed call; ORT's own setting for
+        # sharing the CPU turns that off
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(quantized, options, providers=["CPUExecutionProvider"])
 
     def run(*args: torch.Tensor) -> torch.Tensor:

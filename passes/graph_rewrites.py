@@ -1,16 +1,21 @@
 """The whole-graph rewrites that are not patterns: before the phases, a shared dequantize is
-duplicated per user; after them, 1-D conv outputs get back the layout the graph was traced
-with, and the weights of layers refused for saturation fold to fp32."""
+duplicated per user; after them, sibling linears on one input merge into one GEMM, 1-D conv
+outputs get back the layout the graph was traced with, and the weights of layers refused for
+saturation fold to fp32."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.fx
 
+from inductor_quant.kernels import onednn as K
+
 from .diagnostics import consumer, is_weight_dq, quantized_compute, why
-from .fused import call, record
+from .fused import call, emit_before, record
 from .kernel_limits import SATURATION_TAG
-from .match import DEQUANTS, args_of, val
+from .match import DEQUANTS, args_of, has_symbolic, val
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
@@ -77,4 +82,86 @@ def decompose_weight_dequants(graph: torch.fx.Graph) -> None:
             w = call(graph, node, prims.convert_element_type.default, a["input"], out_dtype)
             w = call(graph, node, aten.mul.Tensor, call(graph, node, aten.sub.Tensor, w, a["zero_point"]), a["scale"])
         node.replace_all_uses_with(w)
+        graph.erase_node(node)
+
+
+def merge_sibling_linears(graph: torch.fx.Graph) -> int:
+    """Fused int8 linears that read the same quantized input with the same quantization and
+    post-ops (a transformer's Q, K and V projections) become one linear over their concatenated
+    weights, scales, zero points and biases, and each former output a slice of its result: one
+    GEMM with N = the sum of theirs instead of several, and one call's fixed cost instead of
+    several. The concatenation is of frozen constants and folds into one prepacked weight.
+    Static shapes only (a slice of a symbolic width would need a guard). Returns groups merged."""
+    groups: dict = {}
+    for node in graph.nodes:
+        f = record(node)
+        if f is None or f.kind != "qlinear" or f.binary is not None or not _mergeable_weight(f, node):
+            continue
+        key = (f.x, _qparams_key(f.xq), f.out, f.unary, f.bias is None)
+        groups.setdefault(key, []).append(node)
+    merged = 0
+    for nodes in groups.values():
+        if len(nodes) > 1 and all(_constant(n) for node in nodes for n in _weight_inputs(record(node))):
+            for node in nodes[1:]:  # their weights' qparams may be computed after the first sibling
+                for n in _weight_inputs(record(node)):
+                    _hoist_before(nodes[0], n)
+            _merge(graph, nodes)
+            merged += 1
+    return merged
+
+
+def _weight_inputs(f) -> list:
+    return [n for n in (f.w.args[0], f.w_scale, f.w_zp, f.bias) if isinstance(n, torch.fx.Node)]
+
+
+def _constant(node: torch.fx.Node) -> bool:
+    """Made of graph inputs and constants only (the weights: parameters are inputs until
+    freezing turns them into constants), through ops that can move up the graph."""
+    return node.op in ("get_attr", "placeholder") or (
+        node.op == "call_function" and all(_constant(n) for n in node.all_input_nodes))
+
+
+def _hoist_before(anchor: torch.fx.Node, node: torch.fx.Node) -> None:
+    """Move a constant-only node (and its inputs) before `anchor` if it comes after it."""
+    if node.op != "call_function":
+        return
+    for n in node.all_input_nodes:
+        _hoist_before(anchor, n)
+    order = {n: i for i, n in enumerate(anchor.graph.nodes)}
+    if order[node] > order[anchor]:
+        anchor.prepend(node)
+
+
+def _mergeable_weight(f, node) -> bool:
+    v, w = val(node), f.w.args[0] if isinstance(f.w, torch.fx.Node) and f.w.args else None
+    vw, vs, vz = (val(n) if isinstance(n, torch.fx.Node) else None for n in (w, f.w_scale, f.w_zp))
+    return (f.w.target is K.QLINEAR_PREPACK and v is not None and not has_symbolic(v.shape)
+            and all(t is not None and t.dim() >= 1 for t in (vw, vs, vz))
+            and vs.numel() == vz.numel() == vw.shape[0])  # per-channel weight qparams
+
+
+def _qparams_key(xq) -> tuple:
+    return (xq.scale, xq.zero_point)  # Python scalars (static), or the same nodes (dynamic)
+
+
+def _merge(graph: torch.fx.Graph, nodes: list) -> None:
+    first = nodes[0]
+    records = [record(n) for n in nodes]
+    f = records[0]
+
+    def cat(parts):
+        return call(graph, first, aten.cat.default, list(parts), 0)
+
+    weights = [r.w.args[0] for r in records]
+    packed = K.qlinear_prepack(lambda op, args: call(graph, first, op, *args), cat(weights), f.w.args[1])
+    bias = None if f.bias is None else cat(r.bias for r in records)
+    merged = emit_before(first, dataclasses.replace(
+        f, w=packed, w_scale=cat(r.w_scale for r in records), w_zp=cat(r.w_zp for r in records), bias=bias))
+    last_dim, start, parts = val(first).dim() - 1, 0, []
+    for w in weights:
+        width = val(w).shape[0]
+        parts.append(call(graph, first, aten.slice.Tensor, merged, last_dim, start, start + width))
+        start += width
+    for node, part in zip(nodes, parts):
+        node.replace_all_uses_with(part)
         graph.erase_node(node)

@@ -36,7 +36,7 @@ from . import post_ops as O
 from . import prepack as R
 from . import propagate as G
 from . import stats as S
-from .graph_rewrites import decompose_weight_dequants, promote_dequant, restore_conv1d_layout
+from .graph_rewrites import decompose_weight_dequants, merge_sibling_linears, promote_dequant, restore_conv1d_layout
 from .match import float_dtype
 
 PHASES = ("promote", "propagate", "prepack", "noop", "unary", "binary", "binary_unary", "output")
@@ -71,6 +71,7 @@ class Step:
 STEPS = (
     Step("dequant.promote", "promote", "a shared dequantize duplicated for one of its users"),
     Step(R.S8_TO_U8, "prepack", "an int8 conv activation shifted to uint8 (qconv takes uint8 only)"),
+    Step("merge.sibling_linears", "output", "fused linears on one input (Q, K, V) merged into one GEMM"),
 )
 DTYPES = (("", F32), (".bf16", BF16))  # int8-fp32, int8-mixed-bf16 (autocast)
 
@@ -196,6 +197,8 @@ def run(graph: torch.fx.Graph) -> None:
         _count("dequant.promote")
     for phase in PHASES[1:]:
         phase_passes()[phase].apply(graph)
+    for _ in range(merge_sibling_linears(graph)):
+        _count("merge.sibling_linears")
     graph.eliminate_dead_code()
     restore_conv1d_layout(graph)
     D.report_unfused(graph)
