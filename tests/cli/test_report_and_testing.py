@@ -153,7 +153,7 @@ def test_demo_prints_fusion_speed_and_accuracy():
     out = proc.stdout
     assert f"CPU: {cpu_info().summary()}" in out
     assert "qconv.prepack                      17" in out and "quantized conv/linear left unfused: 0" in out
-    assert "| resnet_tiny | 2 |" in out and "int8" in out.split("== Speed")[1]
+    assert "| resnet_tiny | 2 |" in out and "int8_fast" in out.split("== Speed")[1]
     accuracy = out.split("== Accuracy")[1]
     assert "int8" in accuracy and "cosine 0.99" in accuracy
 
