@@ -56,3 +56,14 @@ def test_bench_with_peers_builds_times_and_scores_them(tmp_path):
         assert 25 < rows[mode]["sqnr_db"] < 60 and rows[mode]["quantize_s"] > 0, rows[mode]  # int8: not a float copy
     assert "Against the peers" in proc.stdout
     assert f"CPU: {cpu_info().summary()}" in readme.read_text()
+
+
+def test_profile_splits_one_call_into_its_parts():
+    """benchmarks/profile.py: the oneDNN primitives it reads from oneDNN's verbose output really
+    ran (one per fused layer at least), and the parts add up to the call."""
+    from inductor_quant.benchmarks import profile
+
+    r = profile.profile("resnet_tiny", 2, "int8", runs=3)
+    assert r["onednn_primitives_ms"] > 0 and r["wall_ms"] > 0, r
+    parts = r["onednn_primitives_ms"] + r["aten_around_onednn_ms"] + r["rest_ms"]
+    assert abs(parts - r["wall_ms"]) <= 0.05 * r["wall_ms"] + 0.05, r
