@@ -94,20 +94,30 @@ def merge_sibling_linears(graph: torch.fx.Graph) -> int:
     Static shapes only (a slice of a symbolic width would need a guard). Returns groups merged."""
     groups: dict = {}
     for node in graph.nodes:
-        f = record(node)
+        f = _current(node)
         if f is None or f.kind != "qlinear" or f.binary is not None or not _mergeable_weight(f, node):
             continue
         key = (f.x, _qparams_key(f.xq), f.out, f.unary, f.bias is None)
         groups.setdefault(key, []).append(node)
     merged = 0
     for nodes in groups.values():
-        if len(nodes) > 1 and all(_constant(n) for node in nodes for n in _weight_inputs(record(node))):
+        if len(nodes) > 1 and all(_constant(n) for node in nodes for n in _weight_inputs(_current(node))):
             for node in nodes[1:]:  # their weights' qparams may be computed after the first sibling
-                for n in _weight_inputs(record(node)):
+                for n in _weight_inputs(_current(node)):
                     _hoist_before(nodes[0], n)
             _merge(graph, nodes)
             merged += 1
     return merged
+
+
+def _current(node: torch.fx.Node):
+    """The node's record with the inputs it has now: a record keeps the nodes it was emitted
+    with, and a later fold may have replaced one (the producer's output quantize, say)."""
+    f = record(node)
+    if f is None or f.kind != "qlinear":
+        return f
+    a = args_of(node)
+    return dataclasses.replace(f, x=a["qx"], w=a["qw"], w_scale=a["w_scale"], w_zp=a["w_zero_point"], bias=a["bias"])
 
 
 def _weight_inputs(f) -> list:
@@ -146,7 +156,7 @@ def _qparams_key(xq) -> tuple:
 
 def _merge(graph: torch.fx.Graph, nodes: list) -> None:
     first = nodes[0]
-    records = [record(n) for n in nodes]
+    records = [_current(n) for n in nodes]
     f = records[0]
 
     def cat(parts):

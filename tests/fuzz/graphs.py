@@ -231,6 +231,7 @@ def _input_shape(r: random.Random) -> list[int]:
 def generate(seed: int, max_ops: int = 7) -> dict:
     """Draw a valid spec: 2..max_ops ops, at least one conv or linear."""
     r = random.Random(seed)
+    siblings = random.Random(seed * 31 + 7)  # its own stream: the main draws stay as they were
     spec = {"seed": seed, "input": _input_shape(r), "quant": "static", "ops": [], "outputs": []}
     vals = [tuple(spec["input"])]
     probe = [torch.zeros(vals[0])]
@@ -251,6 +252,15 @@ def generate(seed: int, max_ops: int = 7) -> dict:
         spec["ops"].append(op)
         vals.append(tuple(out.shape))
         probe.append(out)
+        if name == "linear" and siblings.random() < 0.3:  # a sibling on the same input, both used (Q/K/V)
+            twin = {"op": "linear", "in": src, "kw": {"out": siblings.choice((3, 8, 16)), "bias": kw["bias"]}}
+            both = {"op": "cat", "in": [len(vals) - 1, len(vals)], "kw": {"dim": len(out.shape) - 1}}
+            for extra in (twin, both):
+                with torch.no_grad():
+                    probe.append(_apply(extra, _module(extra, probe[extra["in"][0]].shape),
+                                        [probe[j] for j in extra["in"]]))
+                spec["ops"].append(extra)
+                vals.append(tuple(probe[-1].shape))
         if name in ("conv", "linear") and r.random() < 0.5:  # the fusion targets: conv/linear + post-op
             follow = r.choice(sorted(UNARY) + ["add", "add_relu"])
             twins = [i for i, s in enumerate(vals[:-1]) if s == vals[-1]]
