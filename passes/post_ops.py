@@ -211,6 +211,10 @@ def check_output_quant(match: Match) -> Optional[str]:
         extra = _quantized_extra(f)
         if extra is None or extra[1] != a["dtype"]:
             return "binary post-op with requantized output: extra input is not dq(int8) of the output dtype"
+        if f.kind == "qlinear" and gemm_template_may_run():
+            # the requantized form adds an int8 extra input in place; Inductor's C++ GEMM template
+            # takes only a float one (its lowering asserts), so the quantize stays a kernel of its own
+            return "requantized linear + add under Inductor's C++ GEMM template (it takes only a float extra input)"
     return None
 
 

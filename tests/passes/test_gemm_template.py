@@ -63,3 +63,27 @@ def test_fast_options_use_the_template_only_where_it_has_int8_micro_kernels():
     assert fast_options(_cpu("avx2", "avx512f", "avx512_vnni", "amx_int8"))["max_autotune"] is True
     for features in (("avx2",), ("avx2", "avx_vnni"), ("avx2", "avx512f")):
         assert fast_options(_cpu(*features)) == {"freezing": True, "cpp_wrapper": True}
+
+
+class RequantizedResidual(nn.Module):
+    """linear + add whose sum is requantized for the next linear: the form whose int8 extra input
+    the template's lowering rejects (a compile error), so the quantize stays apart under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (nn.Linear(32, 32) for _ in range(3))
+
+    def forward(self, x):
+        y = self.b(x)
+        return self.c(self.a(y) + y)
+
+
+def test_requantized_linear_add_compiles_under_the_template():
+    torch.manual_seed(0)
+    x = torch.randn(16, 32)
+    model = quantize(RequantizedResidual().eval(), (x,), [(x,)])
+    with torch._inductor.config.patch(max_autotune=True, max_autotune_gemm_backends="CPP"):
+        ref, out, code, stats = compile_and_run(model, (x,))
+    assert stats["unfused"] == [] and stats["fused"].get("post.binary.add") == 1, stats
+    assert int8_gemm_template_calls(code) + count(code, "qlinear_pointwise") == 3, code
+    assert agreement(ref, out)[0] > 40
