@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 
 import torch
 from torch.fx import GraphModule
+from torch.utils._sympy.value_ranges import bound_sympy
 
 from .errors import InputMismatchError
 
@@ -104,14 +105,24 @@ _DYNAMIC_FIX = (
 )
 
 
-def _dim_spec(size: Any) -> Union[int, tuple]:
-    """An int for a static dim, (min, max or None) for a symbolic one."""
+def _dim_spec(size: Any, user_ranges: Optional[dict] = None) -> Union[int, tuple]:
+    """An int for a static dim, (min, max or None) for a symbolic one.
+
+    The bounds come from `user_ranges` (the module's `range_constraints`: the Dim(min, max) the
+    user exported, which the exported module itself accepts) before the placeholders' shape env:
+    that one narrows a lower bound of 0 or 1 to 2 for tracing (sizes 0 and 1 are specialized), so
+    reading it alone refused batch 1 from a model exported with Dim(min=1)."""
     if not isinstance(size, torch.SymInt):
         return int(size)
     node = size.node
+    user_ranges = user_ranges or {}
     try:
-        vr = node.shape_env.bound_sympy(node.expr)
-    except Exception:  # no shape env: accept anything
+        vr = user_ranges.get(node.expr)
+        if vr is None:  # an expression of exported dims: bound it with the user's ranges first
+            ranges = dict(node.shape_env.var_to_range) if node.shape_env is not None else {}
+            ranges.update({k: v for k, v in user_ranges.items() if getattr(k, "is_Symbol", False)})
+            vr = bound_sympy(node.expr, ranges)
+    except Exception:  # no shape env or an odd expression: accept anything
         return (0, None)
 
     def as_int(v: Any) -> Optional[int]:
@@ -121,6 +132,12 @@ def _dim_spec(size: Any) -> Union[int, tuple]:
             return None
 
     return (as_int(vr.lower) or 0, as_int(vr.upper))
+
+
+def _range_constraints(gm: torch.nn.Module) -> dict:
+    """The user's exported ranges, as torch.export records them on `ExportedProgram.module()`."""
+    ranges = getattr(gm, "range_constraints", None)
+    return dict(ranges) if isinstance(ranges, dict) else {}
 
 
 class InputCheck:
@@ -135,7 +152,10 @@ class InputCheck:
         self.specs = specs  # (name, dtype, device, [int | (lo, hi|None)], [text per dim], shape text)
 
     @staticmethod
-    def attach(gm: GraphModule) -> None:
+    def attach(gm: GraphModule, range_constraints: Optional[dict] = None) -> None:
+        """`range_constraints` defaults to the ones recorded on `gm` (pass the exported module's
+        when a quantizer's transform returned a new GraphModule without them)."""
+        user_ranges = _range_constraints(gm) if range_constraints is None else dict(range_constraints)
         specs = []
         for node in gm.graph.nodes:
             if node.op != "placeholder":
@@ -144,7 +164,7 @@ class InputCheck:
             if not isinstance(val, torch.Tensor):
                 specs.append((node.name, None, None, None, None, None))
                 continue
-            dims = [_dim_spec(s) for s in val.shape]
+            dims = [_dim_spec(s, user_ranges) for s in val.shape]
             texts = [str(d) if isinstance(d, int) else f"[{d[0]}, {'inf' if d[1] is None else d[1]}]" for d in dims]
             shape = "(" + ", ".join(t if isinstance(d, int) else f"{d[0]}..{'inf' if d[1] is None else d[1]}"
                                     for d, t in zip(dims, texts)) + ")"

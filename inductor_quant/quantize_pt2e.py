@@ -89,6 +89,7 @@ def _prepare(model, quantizer: Quantizer, is_qat: bool, fn: str) -> GraphModule:
             "torch.export.export(float_model, example_inputs).module()."
         )
     _check_weights(gm, fn)
+    user_ranges = getattr(gm, "range_constraints", None)  # a transform may return a new module without them
     gm = quantizer.transform_for_annotation(gm)
     if not is_qat:
         fold_bn_into_conv(gm)
@@ -99,7 +100,7 @@ def _prepare(model, quantizer: Quantizer, is_qat: bool, fn: str) -> GraphModule:
     edge_or_node_to_obs = insert_observers(gm, is_qat)
     quantizer.prepare_obs_or_fq_callback(gm, edge_or_node_to_obs)
     gm.meta[STAGE] = "prepared for QAT" if is_qat else "prepared"
-    InputCheck.attach(gm)
+    InputCheck.attach(gm, user_ranges if isinstance(user_ranges, dict) else None)
     PreparedCompileWarning.attach(gm)
     return allow_train_eval(gm)
 
