@@ -17,6 +17,8 @@ What is here, and who uses it:
   hash_files           Inductor's file-hash helper for a custom pass's cache key            passes/install.py
   run_and_get_code     compile-and-run returning Inductor's generated code                inductor_quant/report.py
   load_quantized_decomposed  registers torch.ops.quantized_decomposed (the Q/DQ ops)     inductor_quant, passes/
+  cpu_capabilities     torch's cpuinfo report of the CPU's features (torch.cpu.get_capabilities
+                       in 2.13 and 2.14; else torch._C._cpu._get_cpu_capability behind it)  kernels/cpu.py
 
 Used directly, as torch documents them for pass writers: `torch._inductor.config` and its
 `joint_custom_pre_pass` slot, `CustomGraphPass`, the symbolic-shape helpers of
@@ -160,6 +162,22 @@ def run_and_get_code(fn, *args):
     return result, codes
 
 
+@functools.cache
+def cpu_capabilities() -> dict:
+    """torch's cpuinfo report for this CPU ({"avx2": True, "avx512_vnni": False, "cpu_name": ...,
+    ...}); {} when this torch has none or it fails. cpuinfo works off Linux too and sees only what
+    the OS enabled; it knows nothing of oneDNN's cap."""
+    get = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
+    if get is None:
+        get = getattr(getattr(torch._C, "_cpu", None), "_get_cpu_capability", None)
+    if get is None:
+        return {}
+    try:
+        return dict(get())
+    except Exception:  # noqa: BLE001 - a report that cannot be read: /proc/cpuinfo decides
+        return {}
+
+
 def graph_kind(graph: torch.fx.Graph) -> str:
     """"joint" (AOTAutograd's forward+backward graph: never frozen), "inference" (what a
     freezing compile rewrites) or "unknown" (inputs named in a way this code does not know)."""
@@ -193,6 +211,8 @@ def missing() -> list:
 
     if not hasattr(GraphLowering, "save_output_code"):
         out.append("torch._inductor.graph.GraphLowering.save_output_code")
+    if not cpu_capabilities():
+        out.append("torch.cpu.get_capabilities (cpuinfo's CPU features)")
     return out
 
 

@@ -13,9 +13,22 @@ Two facts decide numerics and speed:
   in oneDNN), and bf16 modes are not worth running.
 
 oneDNN reads `ONEDNN_MAX_CPU_ISA` (older name `DNNL_MAX_CPU_ISA`) once at process start and then
-dispatches only up to that ISA, so the CPU flags alone overstate what runs: `cpu_info()` takes the
-flags from /proc/cpuinfo and keeps only those the cap allows. `probe.int8_pair_sums_saturate()` asks
-the kernel itself (tests check that the two agree).
+dispatches only up to that ISA, so the CPU's features alone overstate what runs. Where each fact
+comes from, the most direct source first:
+
+- VNNI: the kernel. `probe.int8_pair_sums_saturate()` runs one u8 x s8 matmul (a few ms, once);
+  it saturates exactly when oneDNN adds pairs in int16, under any cap, on any OS. Only when it
+  cannot run (a torch without oneDNN) do the features and the cap table decide.
+- the CPU's features: torch's cpuinfo (`compat.cpu_capabilities()`: Linux, Windows and macOS
+  alike, and only what the OS enabled); /proc/cpuinfo's flags where torch reports none. The model
+  name comes from /proc/cpuinfo where there is one (cpuinfo shortens it).
+- what the cap leaves of them (bf16 and AMX: the words users read, `fast_options()`): the cap
+  table `_CAP_STEPS`. It remains because nothing cheaper tells: torch does not export oneDNN's C
+  API (no effective-ISA query), oneDNN's verbose mode prints its ISA once per process and in
+  prose ("Intel AVX 10.1" for a cap that includes bf16), and emulated bf16 computes the same
+  numbers as native, so no numeric probe can see it. A wrong bf16 answer costs only speed advice.
+  tests/kernels/test_cpu.py checks the table against the probe and against oneDNN's verbose ISA
+  line under several caps.
 """
 
 from __future__ import annotations
@@ -25,27 +38,32 @@ import dataclasses
 import functools
 import os
 import platform
+from typing import Optional
 
 import torch
+
+from . import compat, probe
 
 INT8_DOT = ("amx_int8", "avx512_vnni", "avx_vnni")  # int32 accumulation of u8*s8 products
 BF16_NATIVE = ("amx_bf16", "avx512_bf16")
 FEATURES = ("avx2", "avx512f", *INT8_DOT, *BF16_NATIVE)
+# torch's cpuinfo names -> ours (/proc/cpuinfo's)
+_TORCH_NAMES = {"avx2": "avx2", "avx512_f": "avx512f", "avx512_vnni": "avx512_vnni", "avx_vnni": "avx_vnni",
+                "avx512_bf16": "avx512_bf16", "amx_int8": "amx_int8", "amx_bf16": "amx_bf16"}
 
-# oneDNN's ISA cap -> the features below it that it may still use. Conservative where oneDNN's
-# own lattice is unclear: claiming VNNI that is not used would give wrong results; missing one
-# only costs speed (7-bit activations).
-_AVX512 = ("avx2", "avx512f")
-_CAP_ALLOWS = {
-    "SSE41": (), "AVX": (), "AVX2": ("avx2",), "AVX2_VNNI": ("avx2", "avx_vnni"),
-    "AVX2_VNNI_2": ("avx2", "avx_vnni"), "AVX512_CORE": _AVX512,
-    "AVX512_CORE_VNNI": (*_AVX512, "avx512_vnni"),
-    "AVX512_CORE_BF16": (*_AVX512, "avx512_vnni", "avx512_bf16"),
-    "AVX10_1_512": (*_AVX512, "avx512_vnni", "avx512_bf16"),
-    "AVX512_CORE_FP16": (*_AVX512, "avx512_vnni", "avx512_bf16"),
+# oneDNN's cap names, each as (the cap it extends, the features it adds): oneDNN's ISAs are
+# cumulative, so a row states only its own step and `cap_allows` walks down the ladder. Aliases
+# name the same rung. Not derived from a probe: see the module docstring.
+_CAP_STEPS = {
+    "SSE41": (None, ()), "AVX": ("SSE41", ()), "AVX2": ("AVX", ("avx2",)),
+    "AVX2_VNNI": ("AVX2", ("avx_vnni",)), "AVX2_VNNI_2": ("AVX2_VNNI", ()),
+    "AVX512_CORE": ("AVX2", ("avx512f",)), "AVX512_CORE_VNNI": ("AVX512_CORE", ("avx512_vnni",)),
+    "AVX512_CORE_BF16": ("AVX512_CORE_VNNI", ("avx512_bf16",)), "AVX10_1_512": ("AVX512_CORE_BF16", ()),
+    "AVX10_1_512_AMX": ("AVX10_1_512", ("amx_int8", "amx_bf16")), "AVX10_1_512_AMX_FP16": ("AVX10_1_512_AMX", ()),
+    "AVX10_2_512": ("AVX10_1_512", ()), "AVX10_2_512_AMX_2": ("AVX10_2_512", ("amx_int8", "amx_bf16")),
 }
-for _amx in ("AVX10_1_512_AMX", "AVX512_CORE_AMX", "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16"):
-    _CAP_ALLOWS[_amx] = (*_AVX512, "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+_CAP_ALIASES = {"AVX512_CORE_FP16": "AVX10_1_512", "AVX512_CORE_AMX": "AVX10_1_512_AMX",
+                "AVX512_CORE_AMX_FP16": "AVX10_1_512_AMX_FP16"}
 CAP_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 INT16_MAX = 32767
 
@@ -56,10 +74,13 @@ class CpuInfo:
     features: frozenset  # of FEATURES, as oneDNN may use them (after the cap)
     onednn_cap: str      # "" when oneDNN runs uncapped
     vector: str          # the vector ISA ATen/Inductor code runs (torch.backends.cpu)
+    int8_exact: Optional[bool] = None  # what the kernel probe saw; None: not run (features decide)
 
     @property
     def vnni(self) -> bool:
         """oneDNN's int8 dot products accumulate in int32 (no int16 pair saturation)."""
+        if self.int8_exact is not None:
+            return self.int8_exact
         return any(f in self.features for f in INT8_DOT)
 
     @property
@@ -84,9 +105,10 @@ class CpuInfo:
             parts.append("AVX-VNNI")
         if "avx512_bf16" in f and "amx_bf16" not in f:
             parts.append("AVX-512 bf16")
-        if not parts:
-            parts.append("AVX-512" if "avx512f" in f else "AVX2" if "avx2" in f else "no AVX2")
-            parts[-1] += ", no VNNI"
+        if not any(p.startswith(("AMX int8", "AVX-512 VNNI", "AVX-VNNI")) for p in parts):
+            base = "AVX-512" if "avx512f" in f else "AVX2" if "avx2" in f else "no AVX2"
+            # exact int8 without a VNNI flag: the probe saw int32 accumulation (a CPU cpuinfo misreads)
+            parts.insert(0, base + (", int8 exact" if self.vnni else ", no VNNI"))
         return ", ".join(parts)
 
     def summary(self) -> str:
@@ -94,26 +116,42 @@ class CpuInfo:
         int8 = ("int8 weights use 8 bits" if self.vnni
                 else "int8 weights use 7 bits (8-bit products would saturate)")
         bf16 = "bf16 native" if self.bf16_native else "bf16 emulated (slow: bf16 modes not recommended)"
-        cap = f"; oneDNN capped at {self.onednn_cap}" if self.onednn_cap else ""
+        cap = ""
+        if self.onednn_cap:
+            known = cap_allows(self.onednn_cap) is not None
+            cap = f"; oneDNN capped at {self.onednn_cap}" + ("" if known else " (a name oneDNN ignores: no cap)")
         return f"{self.model} | {self.isa()}: {int8}; {bf16} | vector {self.vector}{cap}"
 
     def as_dict(self) -> dict:
         return {"cpu": self.model, "features": sorted(self.features), "onednn_cap": self.onednn_cap,
                 "vector": self.vector, "vnni": self.vnni, "bf16_native": self.bf16_native,
-                "summary": self.summary()}
+                "vnni_probed": self.int8_exact is not None, "summary": self.summary()}
 
 
 def _proc_cpuinfo() -> tuple[str, set]:
-    model, flags = platform.processor() or platform.machine(), set()
+    """(model name, flags) from /proc/cpuinfo; ("", set()) where there is none."""
+    model, flags = "", set()
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith("model name") and not model:
                     model = line.split(":", 1)[1].strip()
                 elif line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
                     break
     return model, flags
+
+
+def cpu_features() -> tuple[str, frozenset]:
+    """(model, the CPU's FEATURES before any cap): torch's cpuinfo, else /proc/cpuinfo."""
+    caps = compat.cpu_capabilities()
+    proc_model, proc_flags = _proc_cpuinfo()
+    if caps:
+        have = {ours for theirs, ours in _TORCH_NAMES.items() if caps.get(theirs) is True}
+    else:
+        have = {f for f in FEATURES if f in proc_flags}
+    model = proc_model or str(caps.get("cpu_name") or "") or platform.processor() or platform.machine()
+    return model, frozenset(have)
 
 
 def onednn_cap() -> str:
@@ -125,23 +163,59 @@ def onednn_cap() -> str:
     return ""
 
 
-def features_under_cap(flags: set, cap: str) -> frozenset:
+def cap_allows(cap: str) -> Optional[frozenset]:
+    """The FEATURES oneDNN may use under `cap`; None for a cap this table does not know."""
+    name = _CAP_ALIASES.get(cap, cap)
+    if name not in _CAP_STEPS:
+        return None
+    allowed: set = set()
+    while name is not None:
+        name, adds = _CAP_STEPS[name]
+        allowed.update(adds)
+    return frozenset(allowed)
+
+
+def features_under_cap(flags, cap: str) -> frozenset:
+    """The CPU's features that oneDNN may use under `cap`, by the table; a cap never adds what the
+    CPU lacks. oneDNN ignores a cap name it does not know (runs uncapped), and so does this."""
     have = {f for f in FEATURES if f in flags}
-    if cap:
-        have &= set(_CAP_ALLOWS.get(cap, ()))
-    return frozenset(have)
+    allowed = cap_allows(cap) if cap else None
+    return frozenset(have if allowed is None else have & allowed)
+
+
+def _probe_int8_exact() -> Optional[bool]:
+    """The kernel's own answer: no pair saturation. None when it cannot run (it proves nothing)."""
+    try:
+        return not probe.int8_pair_sums_saturate()
+    except Exception:  # noqa: BLE001 - no oneDNN int8 kernel here: the table decides
+        return None
+
+
+def _vector_isa() -> str:
+    """ATen's vector ISA (what Inductor's generated code and ATen's kernels run), for the summary."""
+    with contextlib.suppress(Exception):
+        return str(torch.backends.cpu.get_cpu_capability())
+    return "unknown"
 
 
 @functools.cache
 def cpu_info() -> CpuInfo:
     """This process's CPU as oneDNN sees it (the cap is read once, as oneDNN reads it)."""
-    model, flags = _proc_cpuinfo()
+    model, flags = cpu_features()
     cap = onednn_cap()
-    return CpuInfo(model, features_under_cap(flags, cap), cap, torch.backends.cpu.get_cpu_capability())
+    features = features_under_cap(flags, cap)
+    exact = _probe_int8_exact()
+    # the kernel saturates: whatever the table said, no int8 dot product runs; and with no probe,
+    # a cap the table does not know is not trusted with exactness
+    if exact is False or (exact is None and cap and cap_allows(cap) is None):
+        features -= set(INT8_DOT)
+    return CpuInfo(model, features, cap, _vector_isa(), exact)
 
 
 def pair_sums_fit(act_max: int, weight_absmax: int) -> bool:
-    """Can two u8*s8 products added in int16 (`vpmaddubsw`) not saturate? Exact test."""
+    """Can two u8*s8 products added in int16 (`vpmaddubsw`), activations in [0, act_max] and
+    weights in [-weight_absmax, weight_absmax], not saturate? Exact for such symmetric ranges;
+    for [-128, 127] (absmax 128) it errs on the safe side at act_max 128 only."""
     return 2 * act_max * weight_absmax <= INT16_MAX
 
 

@@ -60,12 +60,13 @@ def qlinear_binary_builds(out_dtype: torch.dtype, name: str) -> bool:
 
 def int8_pair_sums_saturate() -> bool:
     """Does a u8 x s8 matmul of 255s and 127s come out saturated here (no VNNI: pairs of
-    products are added in int16)? The facts in kernels/cpu.py must agree with this answer."""
+    products are added in int16)? kernels/cpu.py takes VNNI-or-not from this answer: it follows
+    oneDNN's dispatch under any cap. Raises where there is no oneDNN int8 kernel."""
     k = 64
-    x = torch.full((4, k), 255, dtype=torch.uint8)
-    w = torch.full((16, k), 127, dtype=torch.int8)
-    scale, zp = torch.ones(16), torch.zeros(16, dtype=torch.int64)
-    with compat.real_tensors(), torch.no_grad():
+    with compat.real_tensors(), torch.no_grad(), torch.device("cpu"):  # whatever the default device
+        x = torch.full((4, k), 255, dtype=torch.uint8)
+        w = torch.full((16, k), 127, dtype=torch.int8)
+        scale, zp = torch.ones(16), torch.zeros(16, dtype=torch.int64)
         packed = qlinear_prepack(eager, w, list(x.shape))
         y = qlinear(eager, x, QParams(1.0, 0), packed, scale, zp, None)
     return bool((y - 255.0 * 127 * k).abs().max() > 0.5)
