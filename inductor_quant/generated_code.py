@@ -63,9 +63,16 @@ def int8_gemm_template_calls(code: str) -> int:
     return calls
 
 
+def inductor_kernel_calls(code: str) -> int:
+    """Calls of the kernels Inductor generated (`cpp_fused_*`, either wrapper), not their definitions."""
+    names = {m.group(1) or m.group(2) for m in _KERNEL_NAME.finditer(code)}
+    return sum(len(re.findall(rf"(?<!void )\b{name}\(", code)) for name in names)
+
+
 def prepacks_at_runtime(code: str) -> bool:
     """A weight prepack still called at run time (freezing did not fold it into a constant)."""
     return bool(_PREPACK.search(code))
 
 
-__all__ = ["onednn_int8_calls", "count", "float_compute_calls", "int8_gemm_template_calls", "prepacks_at_runtime"]
+__all__ = ["onednn_int8_calls", "count", "float_compute_calls", "int8_gemm_template_calls", "inductor_kernel_calls",
+           "prepacks_at_runtime"]
