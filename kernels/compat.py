@@ -16,6 +16,7 @@ What is here, and who uses it:
   graph_kind           AOTAutograd's names for graph inputs (joint graph or inference)    passes/install.py
   hash_files           Inductor's file-hash helper for a custom pass's cache key            passes/install.py
   run_and_get_code     compile-and-run returning Inductor's generated code                inductor_quant/report.py
+  inductor_may_drop    Inductor's post-grad no-op table (copies it replaces by their input) passes/accumulators.py
   load_quantized_decomposed  registers torch.ops.quantized_decomposed (the Q/DQ ops)     inductor_quant, passes/
   cpu_capabilities     torch's cpuinfo report of the CPU's features (torch.cpu.get_capabilities
                        in 2.13 and 2.14; else torch._C._cpu._get_cpu_capability behind it)  kernels/cpu.py
@@ -53,7 +54,8 @@ def pattern_matcher():
         from torch._inductor import pattern_matcher as pm
     except ImportError:
         return None
-    names = ("gen_pattern", "fwd_only", "Match", "PatternMatcherPass", "GraphPatternEntry")
+    names = ("gen_pattern", "fwd_only", "Match", "PatternMatcherPass", "GraphPatternEntry", "CallFunction", "ListOf",
+             "Arg", "Ignored")
     return pm if all(hasattr(pm, n) for n in names) else None
 
 
@@ -160,6 +162,49 @@ def run_and_get_code(fn, *args):
     with mock.patch.object(GraphLowering, "save_output_code", lambda code: codes.append(code)):
         result = fn(*args)
     return result, codes
+
+
+# copies Inductor may replace by their input when input and output look alike (torch's post-grad
+# no-op removal); used only when this torch has no such table to read
+_MAY_DROP_FALLBACK = ("clone", "alias", "copy", "convert_element_type", "slice", "cat", "view")
+
+
+_ARITHMETIC = ("add", "sub", "mul", "div")
+_CONSTRUCTORS = ("full", "zeros", "ones", "scalar_tensor", "full_like", "zeros_like", "ones_like", "new_full",
+                 "new_zeros", "new_ones")
+
+
+def _op_name(target) -> str:
+    return getattr(getattr(target, "_schema", None), "name", "").split("::")[-1]
+
+
+def inductor_may_drop(node: torch.fx.Node) -> bool:
+    """Might Inductor remove `node` as a no-op and hand its input out in its place (a clone of a
+    tensor with the same layout, a cast to the same dtype, a cat of one tensor; + 0, * 1 with a
+    constant)? Then writing into node's result in place would write into its input."""
+    try:
+        from torch._inductor.fx_passes.post_grad import noop_registry
+    except ImportError:
+        noop_registry = None
+    target = node.target
+    name = _op_name(target)
+    if name in _ARITHMETIC:  # identity arithmetic: + 0 / * 1, or a constant operand of unknown value
+        identity = 0 if name in ("add", "sub") else 1
+        return any(a == identity if not isinstance(a, torch.fx.Node)
+                   else a.op == "get_attr" or _op_name(a.target) in _CONSTRUCTORS for a in node.args[:2])
+    if noop_registry is not None:
+        droppable = target in noop_registry
+    else:
+        droppable = _op_name(target) in _MAY_DROP_FALLBACK
+    if not droppable:
+        return False
+    # the two kinds that are never no-ops: a cast that changes dtype, a cat of several tensors
+    if target is torch.ops.prims.convert_element_type.default:
+        src = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+        return src is None or src.dtype == node.args[1]
+    if target is torch.ops.aten.cat.default:
+        return len(node.args[0]) < 2
+    return True
 
 
 @functools.cache

@@ -17,7 +17,7 @@ Schemas: `torch.ops.onednn.<op>.<overload>._schema`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -155,6 +155,71 @@ def qlinear_binary(call: Call, x, xq: QParams, w_packed, w_scale, w_zp, other, b
          float(binary.other.scale), int(binary.other.zero_point), binary.name,
          float(binary.alpha), u.name, _scalars(u), u.algorithm),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedOp:
+    """One fused int8 conv/linear as the builders take it. `emit` builds the call and `read`
+    recovers the record from a call's arguments, so a pass can always derive the record from
+    an op as it is now instead of keeping a copy that a later rewrite could make stale."""
+
+    kind: str  # "qconv" | "qlinear"
+    x: Any
+    xq: QParams
+    w: Any  # prepacked weight
+    w_scale: Any
+    w_zp: Any
+    bias: Any
+    geom: Optional[ConvGeometry] = None
+    out: Output = Output()
+    unary: Unary = Unary()
+    binary: Optional[Binary] = None
+    other: Any = None  # the binary post-op's extra input (conv: the accumulator)
+
+
+def emit(call: Call, f: FusedOp):
+    if f.kind == "qconv" and f.binary is None:
+        return qconv(call, f.x, f.xq, f.w, f.w_scale, f.w_zp, f.bias, f.geom, f.out, f.unary)
+    if f.kind == "qconv":
+        return qconv_binary(call, f.x, f.xq, f.w, f.w_scale, f.w_zp, f.other, f.bias, f.geom, f.out, f.binary)
+    if f.binary is None:
+        return qlinear(call, f.x, f.xq, f.w, f.w_scale, f.w_zp, f.bias, f.out, f.unary)
+    return qlinear_binary(call, f.x, f.xq, f.w, f.w_scale, f.w_zp, f.other, f.bias, f.out, f.binary)
+
+
+FUSED_OPS = frozenset({QCONV.default, QCONV.tensor, QCONV_BINARY.binary, QCONV_BINARY.binary_tensor,
+                       QLINEAR.default, QLINEAR.tensor, QLINEAR.binary, QLINEAR.binary_tensor})
+
+
+def read(op, a: dict) -> Optional[FusedOp]:
+    """The record of a call of `op` with arguments `a` (by schema name), or None when `op` is
+    not one of the fused ops the builders emit. The inverse of `emit`."""
+    if op not in FUSED_OPS:
+        return None
+    conv = op in (QCONV.default, QCONV.tensor, QCONV_BINARY.binary, QCONV_BINARY.binary_tensor)
+    dtype = a["output_dtype"] or torch.float32
+    out = Output(dtype, a["output_scale"], a["output_zero_point"]) if dtype in (torch.uint8, torch.int8) \
+        else Output(dtype)
+    geom = ConvGeometry(tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"]) if conv else None
+    common = dict(kind="qconv" if conv else "qlinear", x=a["qx"], xq=QParams(a["x_scale"], a["x_zero_point"]),
+                  w=a["qw"], w_scale=a["w_scale"], w_zp=a["w_zero_point"], bias=a["bias"], geom=geom, out=out)
+    if op in (QCONV.default, QCONV.tensor):
+        return FusedOp(**common, unary=_unary(a["attr"], a["scalars"], a["algorithm"]))
+    if op in (QLINEAR.default, QLINEAR.tensor):
+        return FusedOp(**common, unary=_unary(a["post_op_name"], a["post_op_args"], a["post_op_algorithm"]))
+    if conv:
+        name, alpha, other = a["binary_attr"], a["alpha"], a["qaccum"]
+        oq, u = QParams(a["accum_scale"], a["accum_zero_point"]), (a["unary_attr"], a["unary_scalars"], a["unary_algorithm"])
+    else:
+        name, alpha, other = a["binary_post_op"], a["binary_alpha"], a["other"]
+        oq = QParams(a["other_scale"], a["other_zp"])
+        u = (a["unary_post_op"], a["unary_post_op_args"], a["unary_post_op_algorithm"])
+    binary = Binary(name, 1.0 if alpha is None else float(alpha), oq, _unary(*u))
+    return FusedOp(**common, binary=binary, other=other)
+
+
+def _unary(name, scalars, algorithm) -> Unary:
+    return Unary(name or "none", tuple(float(s) for s in scalars or ()), algorithm or "")
 
 
 def packed_shape(op, w_shape: Sequence[int]) -> list:

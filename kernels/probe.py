@@ -42,17 +42,18 @@ def _run_qconv_probe(x_shape: tuple, w_shape: tuple, geom: ConvGeometry, act_max
 
 
 @functools.lru_cache(maxsize=None)
-def qlinear_binary_builds(out_dtype: torch.dtype, name: str) -> bool:
-    """Does oneDNN build an int8 matmul with this output dtype and binary post-op here? Without
-    AVX-512 it has no u8 x s8 matmul with bf16 output and a bf16 `add` ("could not create a
-    primitive descriptor"); `sum` and fp32 outputs build everywhere."""
+def qlinear_binary_builds(out_dtype: torch.dtype, other_dtype: torch.dtype, name: str) -> bool:
+    """Does oneDNN build an int8 matmul with this output dtype, extra-input dtype and binary
+    post-op here? Without AVX-512 it has none with a bf16 extra input and `add` ("could not create
+    a primitive descriptor"); fp32 extra inputs build everywhere."""
     try:
         with compat.real_tensors(), torch.no_grad():
             x, w = torch.zeros(2, 16, dtype=torch.uint8), torch.ones(16, 16, dtype=torch.int8)
             scale, zp = torch.ones(16), torch.zeros(16, dtype=torch.int64)
             packed = qlinear_prepack(eager, w, list(x.shape))
-            qlinear_binary(eager, x, QParams(1.0, 0), packed, scale, zp, torch.zeros(2, 16, dtype=out_dtype), None,
-                           Output(out_dtype), Binary(name))
+            out = Output(out_dtype, 1.0, 0)
+            qlinear_binary(eager, x, QParams(1.0, 0), packed, scale, zp, torch.zeros(2, 16, dtype=other_dtype), None,
+                           out, Binary(name))
         return True
     except RuntimeError:
         return False

@@ -1,21 +1,27 @@
-"""Why a quantized layer stayed unfused: find the leftovers after the phases and name the reason.
+"""Why a quantized op stayed in fp32: find the leftovers after the phases and name the reason.
 
-A rule that refuses a match keeps its reason on the match's output node
-(`node.meta[REASON]`, set by registry); `report_unfused` finds each quantized conv/linear/pool
-still in the graph and reports that reason, or the first prepack check it fails.
+A rule that refuses a match keeps its `Reason` on the match's output node (`node.meta[REASON]`,
+set by registry). `report_unfused` finds every quantized op still computed in fp32 and reports
+it with that reason, or the first prepack check it fails:
+- conv / linear: an int8 weight still dequantized in the graph (`quantized_compute`);
+- pools, views, permutes, cats: an op between dequantizes of its inputs and a quantize of its
+  output, which an int8 propagation rule would have run on int8 (`quantized_propagations`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import operator
 from typing import Optional
 
 import torch
 import torch.fx
 
 from . import stats as S
-from .match import DEQUANTS, args_of
+from .match import ACT_DQ, DEQUANTS, args_of
 from .prepack import check_act_dq
+from .reasons import Reason, Why
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
@@ -27,20 +33,35 @@ CONSUMER_KIND = {
 }
 PASS_THROUGH = (aten.permute.default, aten.view.default, aten.clone.default, aten.expand.default,
                 torch.ops.prims.convert_element_type.default)
-MAX_POOL = "int8 max pooling needs equal input/output qparams"
-AVG_POOL = "average pooling is not exact on int8 (rounding): left in fp32"
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """A rule's reason, kept on the node where its match ended."""
+
+    fusion_id: str
+    phase: str
+    reason: Reason
+
+    def as_reason(self) -> Reason:
+        return Reason(self.reason.why, f"{self.fusion_id}: {self.reason.text}")
 
 
 @functools.cache
-def pools() -> dict:
-    """Pooling op -> why it runs in fp32 between a dequantize and a quantize. (Inductor registers
-    its low-memory max pool when it loads, so the table is built on first use, inside a compile.)"""
-    table = {aten.max_pool2d_with_indices.default: MAX_POOL, aten.avg_pool2d.default: AVG_POOL,
-             aten._adaptive_avg_pool2d.default: AVG_POOL, aten.mean.dim: AVG_POOL}
+def propagation_ops() -> dict:
+    """The ops int8 propagation runs on int8 (op -> the kind `stats()` names), and average pools,
+    which stay in fp32 by design. (Inductor registers its low-memory max pool when it loads, so
+    the table is built on first use, inside a compile.)"""
+    table = {aten.max_pool2d_with_indices.default: "pool", aten.avg_pool2d.default: "pool",
+             aten._adaptive_avg_pool2d.default: "pool", aten.mean.dim: "pool", aten.cat.default: "cat",
+             aten.view.default: "view", aten.permute.default: "permute", aten.clone.default: "view"}
     low_memory = getattr(torch.ops.prims, "_low_memory_max_pool_with_offsets", None)
     if low_memory is not None:
-        table[low_memory.default] = MAX_POOL
+        table[low_memory.default] = "pool"
     return table
+
+
+AVG_POOLS = (aten.avg_pool2d.default, aten._adaptive_avg_pool2d.default, aten.mean.dim)
 
 
 def is_weight_dq(node: torch.fx.Node) -> bool:
@@ -61,40 +82,70 @@ def quantized_compute(graph: torch.fx.Graph) -> list:
     return [c for c in (consumer(n) for n in graph.nodes if is_weight_dq(n)) if c is not None]
 
 
-def quantized_pools(graph: torch.fx.Graph) -> list:
-    """Pooling ops between a dequantize and a quantize: they run in fp32."""
-    return [n for n in graph.nodes if n.target in pools() and isinstance(n.args[0], torch.fx.Node)
-            and n.args[0].target in DEQUANTS]
+def quantized_propagations(graph: torch.fx.Graph) -> list:
+    """Ops of the propagation table computed in fp32 between activation dequantizes and a
+    quantize: each is the first op of a chain that ends in a per-tensor quantize and starts at
+    dequantizes only (max pool -> getitem, clone -> view count as one op)."""
+    found = []
+    for q in graph.find_nodes(op="call_function", target=qd.quantize_per_tensor.default):
+        op = q.args[0]
+        while isinstance(op, torch.fx.Node) and op.target in (aten.view.default, operator.getitem) and \
+                isinstance(op.args[0], torch.fx.Node) and op.args[0].target in propagation_ops() and \
+                len(op.args[0].users) == 1 and op.args[0].target is not aten.view.default:
+            op = op.args[0]  # getitem(max_pool) / view(clone): report the first op
+        if not isinstance(op, torch.fx.Node) or op.target not in propagation_ops():
+            continue
+        inputs = op.args[0] if op.target is aten.cat.default else [op.args[0]]
+        if inputs and all(isinstance(i, torch.fx.Node) and i.target in ACT_DQ for i in inputs):
+            found.append(op)
+    return found
 
 
-def report_unfused(graph: torch.fx.Graph, reason: Optional[str] = None) -> None:
+def report_unfused(graph: torch.fx.Graph, reason: Optional[Reason] = None) -> None:
     for node in quantized_compute(graph):
         S.unfused(CONSUMER_KIND.get(node.target, str(node.target)), node.name, reason or why(node))
-    for node in quantized_pools(graph):
-        S.unfused("pool", node.name, reason or pools()[node.target])
+    for node in quantized_propagations(graph):
+        kind = propagation_ops()[node.target]
+        S.unfused(kind, node.name, reason or why_propagation(node, kind))
 
 
-def keep_reason(node: torch.fx.Node, fusion_id: str, phase: str, reason: str) -> None:
+def keep_reason(node: torch.fx.Node, fusion_id: str, phase: str, reason: Reason) -> None:
     """Remember why a rule refused the match ending at `node`; a later phase's reason (a post-op
     that found no fused op there) never hides the prepack's."""
     if phase == "prepack" or REASON not in node.meta:
-        node.meta[REASON] = f"{fusion_id}: {reason}"
+        node.meta[REASON] = Refusal(fusion_id, phase, reason)
 
 
-def why(node: torch.fx.Node) -> str:
+def _kept(nodes) -> Optional[Reason]:
+    return next((n.meta[REASON].as_reason() for n in nodes if REASON in n.meta), None)
+
+
+def why(node: torch.fx.Node) -> Reason:
     """Name the check a leftover quantized layer failed (or the first prepack check it fails)."""
     near = [node]  # the failed match kept its reason on its output node: a few ops downstream
     for _ in range(3):  # (one-row linear: mul -> sum -> add bias)
         near += [u for n in near for u in n.users if u not in near]
-    for n in near:
-        if REASON in n.meta:
-            return n.meta[REASON]
+    kept = _kept(near)
+    if kept is not None:
+        return kept
     if node.target not in (aten.convolution.default, aten.addmm.default, aten.mm.default):
-        return f"no pattern matched this form (weight consumed by {node.target})"
+        return Why.NO_PATTERN(detail=f"weight consumed by {node.target}")
     x = node.args[1] if node.target is aten.addmm.default else node.args[0]
     while isinstance(x, torch.fx.Node) and x.target is aten.view.default:
         x = x.args[0]
     if not isinstance(x, torch.fx.Node) or x.target not in DEQUANTS:
-        return "activation is not dequantized (float activation, int8 weight)"
+        return Why.ACT_NOT_DEQUANTIZED()
     kind = "qconv" if node.target is aten.convolution.default else "qlinear"
-    return check_act_dq(x, kind) or "no pattern matched this form (see passes/patterns.py)"
+    return check_act_dq(x, kind) or Why.NO_PATTERN(detail="see passes/patterns.py")
+
+
+def why_propagation(node: torch.fx.Node, kind: str) -> Reason:
+    """An op left between dequantize and quantize: average pools by design, else the reason the
+    propagation rule kept on the quantize (the match's output node), else no form matched."""
+    if node.target in AVG_POOLS:
+        return Why.AVG_POOL()
+    chain, n = [], node
+    while n is not None and len(chain) < 4:
+        chain.append(n)
+        n = next(iter(n.users), None) if len(n.users) == 1 else None
+    return _kept(chain) or Why.NO_INT8_FORM(op=kind)

@@ -1,13 +1,16 @@
-"""The fused-op record kept on each node our passes create, and how it is (re-)emitted.
+"""The fused ops our passes create: their record, read from the node as it is, and how one is
+(re-)emitted.
 
-A fused node carries a `Fused` record in `node.meta[KEY]`. Fold rules never edit argument
-lists: they copy the record with one attribute changed (`dataclasses.replace`) and call
-`replace_with` (which emits through the builders in `inductor_quant.kernels`).
+A fused node's record (`kernels.onednn.FusedOp`: input, qparams, weight, post-ops, output) is
+never stored: `record(node)` reads it from the node's current arguments every time. A rewrite
+that replaces an input of a fused op (the producer's output-quantize fold, a sibling merge)
+therefore changes what every later rule sees, and no rule can act on a stale copy. Fold rules
+never edit argument lists: they take the record, change one attribute (`dataclasses.replace`)
+and call `replace_with`, which emits through the builders in `inductor_quant.kernels`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Optional
 
 import torch
@@ -17,38 +20,16 @@ from torch.utils._pytree import tree_map
 from inductor_quant.kernels import compat
 from inductor_quant.kernels import onednn as K
 
-KEY = "inductor_quant"
+from .match import args_of
 
-
-@dataclasses.dataclass(frozen=True)
-class Fused:
-    kind: str  # "qconv" | "qlinear"
-    x: torch.fx.Node
-    xq: K.QParams
-    w: torch.fx.Node  # prepacked weight
-    w_scale: torch.fx.Node
-    w_zp: torch.fx.Node
-    bias: Optional[torch.fx.Node]
-    geom: Optional[K.ConvGeometry] = None
-    out: K.Output = K.Output()
-    unary: K.Unary = K.Unary()
-    binary: Optional[K.Binary] = None
-    other: Optional[torch.fx.Node] = None
+Fused = K.FusedOp
 
 
 def record(node: Any) -> Optional[Fused]:
-    return node.meta.get(KEY) if isinstance(node, torch.fx.Node) else None
-
-
-def _emit(graph: torch.fx.Graph, f: Fused) -> torch.fx.Node:
-    call = graph.call_function
-    if f.kind == "qconv" and f.binary is None:
-        return K.qconv(call, f.x, f.xq, f.w, f.w_scale, f.w_zp, f.bias, f.geom, f.out, f.unary)
-    if f.kind == "qconv":
-        return K.qconv_binary(call, f.x, f.xq, f.w, f.w_scale, f.w_zp, f.other, f.bias, f.geom, f.out, f.binary)
-    if f.binary is None:
-        return K.qlinear(call, f.x, f.xq, f.w, f.w_scale, f.w_zp, f.bias, f.out, f.unary)
-    return K.qlinear_binary(call, f.x, f.xq, f.w, f.w_scale, f.w_zp, f.other, f.bias, f.out, f.binary)
+    """The fused op `node` calls, as a record of its current arguments (None: not a fused op)."""
+    if not isinstance(node, torch.fx.Node) or node.op != "call_function" or node.target not in K.FUSED_OPS:
+        return None
+    return K.read(node.target, args_of(node))
 
 
 def propagate_fake(node: torch.fx.Node) -> None:
@@ -64,8 +45,7 @@ def propagate_fake(node: torch.fx.Node) -> None:
 
 def emit_before(anchor: torch.fx.Node, f: Fused) -> torch.fx.Node:
     with anchor.graph.inserting_before(anchor):
-        node = _emit(anchor.graph, f)
-    node.meta[KEY] = f
+        node = K.emit(anchor.graph.call_function, f)
     propagate_fake(node)
     return node
 

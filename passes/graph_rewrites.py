@@ -14,8 +14,8 @@ from inductor_quant.kernels import onednn as K
 
 from .diagnostics import consumer, is_weight_dq, quantized_compute, why
 from .fused import call, emit_before, record
-from .kernel_limits import SATURATION_TAG
 from .match import DEQUANTS, args_of, has_symbolic, val
+from .reasons import Why
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
@@ -61,7 +61,7 @@ def decompose_weight_dequants(graph: torch.fx.Graph) -> None:
     folds into a frozen fp32 constant instead, so the fallback costs what an fp32 layer costs.
     Other refusals keep the runtime dequantize: some are geometries oneDNN's prepacked fp32
     conv would crash on too (an output window entirely in the padding)."""
-    refused = {n for n in quantized_compute(graph) if SATURATION_TAG in why(n)}
+    refused = {n for n in quantized_compute(graph) if why(n).why is Why.SATURATION}
     for node in list(graph.nodes):
         if (not is_weight_dq(node) or node.target is qd.dequantize_per_tensor.tensor
                 or consumer(node) not in refused):
@@ -94,52 +94,43 @@ def merge_sibling_linears(graph: torch.fx.Graph) -> int:
     Static shapes only (a slice of a symbolic width would need a guard). Returns groups merged."""
     groups: dict = {}
     for node in graph.nodes:
-        f = _current(node)
+        f = record(node)
         if f is None or f.kind != "qlinear" or f.binary is not None or not _mergeable_weight(f, node):
             continue
         key = (f.x, _qparams_key(f.xq), f.out, f.unary, f.bias is None)
         groups.setdefault(key, []).append(node)
-    merged = 0
+    merged, constant = 0, {}
     for nodes in groups.values():
-        if len(nodes) > 1 and all(_constant(n) for node in nodes for n in _weight_inputs(_current(node))):
+        if len(nodes) > 1 and all(_constant(n, constant) for node in nodes for n in _weight_inputs(record(node))):
             for node in nodes[1:]:  # their weights' qparams may be computed after the first sibling
-                for n in _weight_inputs(_current(node)):
+                for n in _weight_inputs(record(node)):
                     _hoist_before(nodes[0], n)
             _merge(graph, nodes)
             merged += 1
     return merged
 
 
-def _current(node: torch.fx.Node):
-    """The node's record with the inputs it has now: a record keeps the nodes it was emitted
-    with, and a later fold may have replaced one (the producer's output quantize, say)."""
-    f = record(node)
-    if f is None or f.kind != "qlinear":
-        return f
-    a = args_of(node)
-    return dataclasses.replace(f, x=a["qx"], w=a["qw"], w_scale=a["w_scale"], w_zp=a["w_zero_point"], bias=a["bias"])
-
-
 def _weight_inputs(f) -> list:
     return [n for n in (f.w.args[0], f.w_scale, f.w_zp, f.bias) if isinstance(n, torch.fx.Node)]
 
 
-def _constant(node: torch.fx.Node) -> bool:
+def _constant(node: torch.fx.Node, memo: dict) -> bool:
     """Made of graph inputs and constants only (the weights: parameters are inputs until
-    freezing turns them into constants), through ops that can move up the graph."""
-    return node.op in ("get_attr", "placeholder") or (
-        node.op == "call_function" and all(_constant(n) for n in node.all_input_nodes))
+    freezing turns them into constants), through ops that can move up the graph. `memo` holds
+    the answers so far (each node is decided once per merge pass)."""
+    if node not in memo:
+        memo[node] = node.op in ("get_attr", "placeholder") or (
+            node.op == "call_function" and all(_constant(n, memo) for n in node.all_input_nodes))
+    return memo[node]
 
 
 def _hoist_before(anchor: torch.fx.Node, node: torch.fx.Node) -> None:
     """Move a constant-only node (and its inputs) before `anchor` if it comes after it."""
-    if node.op != "call_function":
+    if node.op != "call_function" or node < anchor:
         return
     for n in node.all_input_nodes:
         _hoist_before(anchor, n)
-    order = {n: i for i, n in enumerate(anchor.graph.nodes)}
-    if order[node] > order[anchor]:
-        anchor.prepend(node)
+    anchor.prepend(node)
 
 
 def _mergeable_weight(f, node) -> bool:
@@ -156,7 +147,7 @@ def _qparams_key(xq) -> tuple:
 
 def _merge(graph: torch.fx.Graph, nodes: list) -> None:
     first = nodes[0]
-    records = [_current(n) for n in nodes]
+    records = [record(n) for n in nodes]
     f = records[0]
 
     def cat(parts):

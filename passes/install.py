@@ -52,14 +52,13 @@ from inductor_quant.kernels.cpu import cpu_info
 
 from . import builtins, decompositions, kernel_limits, registry
 from .diagnostics import quantized_compute, report_unfused
+from .reasons import Why
 
 NO_FREEZING = (
     "inductor_quant: quantized conv/linear layers were left unfused (dequantize -> fp32 -> quantize) "
     "because this compile does not freeze. Enable freezing with TORCHINDUCTOR_FREEZING=1 or "
     "torch._inductor.config.freezing = True, and compile/run under torch.no_grad()."
 )
-FREEZING_OFF = "freezing off (config.freezing / torch.no_grad())"
-UNKNOWN_GRAPH = "graph inputs named in a way this version of inductor_quant does not know (torch version)"
 
 
 @functools.cache
@@ -86,7 +85,7 @@ class QuantFusionPass(CustomGraphPass):
         if freezing_active() and kind == "inference":
             registry.run(graph)
         elif quantized_compute(graph):
-            reason = UNKNOWN_GRAPH if kind == "unknown" else FREEZING_OFF
+            reason = Why.UNKNOWN_GRAPH() if kind == "unknown" else Why.FREEZING_OFF()
             report_unfused(graph, reason)
             INSTALLATION.warn_once(kind, graph)
 

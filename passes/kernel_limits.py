@@ -18,16 +18,11 @@ import torch.fx
 from inductor_quant.kernels import cpu, probe, registration
 from inductor_quant.kernels.onednn import ConvGeometry
 
+from .reasons import Reason, Why
 from .match import args_of, has_symbolic, val
 
 # --- saturation on CPUs without VNNI (kernels/cpu.py) ---------------------------------------
 
-SATURATION_TAG = "8-bit activations and 8-bit weights on a CPU without VNNI"
-SATURATION = (
-    "8-bit activations and 8-bit weights on a CPU without VNNI ({isa}): oneDNN would add pairs of "
-    "int8 products in int16 and saturate, so the layer stays dequantize -> fp32 -> quantize (exact, "
-    "slower); quantize with the default config (reduce_range='auto': 7-bit weights on this CPU) to fuse it"
-)
 SATURATION_WARNING = (
     "inductor_quant: this model was quantized with 8-bit activations and 8-bit weights, but oneDNN on "
     "this CPU ({isa}) adds pairs of int8 products in int16 and would saturate (wrong results), so those "
@@ -50,7 +45,7 @@ def weight_absmax(w_dq: torch.fx.Node) -> int:
     return max(abs(int(a["quant_min"])), abs(int(a["quant_max"])))
 
 
-def check_int8_exact(act_dq: torch.fx.Node, w_dq: torch.fx.Node) -> Optional[str]:
+def check_int8_exact(act_dq: torch.fx.Node, w_dq: torch.fx.Node) -> Optional[Reason]:
     """The fused kernel must compute what the eager Q/DQ model computes on this CPU: without
     VNNI, only activations and weights whose pair sums fit int16."""
     if cpu.fuses_exactly(act_raw_max(act_dq), weight_absmax(w_dq)):
@@ -59,7 +54,7 @@ def check_int8_exact(act_dq: torch.fx.Node, w_dq: torch.fx.Node) -> Optional[str
     if not _saturation_warned[0]:
         _saturation_warned[0] = True
         warnings.warn(SATURATION_WARNING.format(isa=isa), UserWarning, stacklevel=2)
-    return SATURATION.format(isa=isa)
+    return Why.SATURATION(isa=isa)
 
 
 def reset_saturation_warning() -> None:
@@ -74,20 +69,20 @@ def geometry(conv: torch.fx.Node) -> ConvGeometry:
     return ConvGeometry(tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
 
 
-def check_conv_kernel(conv: torch.fx.Node, act_dq: torch.fx.Node, w_dq: torch.fx.Node) -> Optional[str]:
+def check_conv_kernel(conv: torch.fx.Node, act_dq: torch.fx.Node, w_dq: torch.fx.Node) -> Optional[Reason]:
     return (_check_conv1d_meta(conv) or _check_dynamic_layout(conv) or _check_window_in_padding(conv)
             or _check_known_wrong_results(conv, act_dq, w_dq) or check_int8_exact(act_dq, w_dq))
 
 
-def _check_conv1d_meta(conv: torch.fx.Node) -> Optional[str]:
+def _check_conv1d_meta(conv: torch.fx.Node) -> Optional[Reason]:
     """1-D convs need our corrected meta kernel (kernels/registration.py) to get their length right."""
     w = val(conv.args[1])
     if w is not None and w.dim() == 3 and not registration.conv1d_fusable():
-        return "this torch has no meta kernel for the 1-D int8 conv that inductor_quant can correct"
+        return Why.NO_CONV1D_META()
     return None
 
 
-def _check_dynamic_layout(conv: torch.fx.Node) -> Optional[str]:
+def _check_dynamic_layout(conv: torch.fx.Node) -> Optional[Reason]:
     """Under dynamic shapes Inductor's conv lowering expects a contiguous output when the input is
     both contiguous and channels-last (1 channel, or 1 pixel), assuming an unpacked weight; the
     prepacked int8 kernel writes channels-last, so the compiled code would fail its stride check."""
@@ -98,11 +93,11 @@ def _check_dynamic_layout(conv: torch.fx.Node) -> Optional[str]:
     for d in x.shape[2:]:
         spatial *= d
     if any(isinstance(v, int) and v == 1 for v in (x.shape[1], spatial)):
-        return "dynamic shapes with a 1-channel or 1-pixel input (Inductor would mispredict the output layout)"
+        return Why.DYNAMIC_LAYOUT()
     return None
 
 
-def _check_known_wrong_results(conv: torch.fx.Node, act_dq: torch.fx.Node, w_dq: torch.fx.Node) -> Optional[str]:
+def _check_known_wrong_results(conv: torch.fx.Node, act_dq: torch.fx.Node, w_dq: torch.fx.Node) -> Optional[Reason]:
     """torch 2.13's int8 oneDNN conv returns wrong values for some strided convs with output width
     1 and for conv3d over depth 1 with a deeper kernel (differential fuzzer findings, corpus repros
     in tests/fuzz/corpus). Convs of those classes are fused only if the kernel, run once on this
@@ -116,17 +111,17 @@ def _check_known_wrong_results(conv: torch.fx.Node, act_dq: torch.fx.Node, w_dq:
     if not suspect:
         return None
     if has_symbolic(x.shape[1:]):
-        return "suspect geometry with symbolic sizes (cannot probe the int8 kernel)"
+        return Why.SUSPECT_SYMBOLIC()
     shape = (1, *(int(d) for d in x.shape[1:]))  # the probe runs batch 1; the batch may be symbolic
     act_max, w_max = act_raw_max(act_dq), min(127, weight_absmax(w_dq))
     if not cpu.fuses_exactly(act_max, w_max):  # the probe looks for geometry bugs, not saturation
         act_max = 127
     if not probe.qconv_is_exact(shape, tuple(w.shape), geom, act_max, w_max):
-        return "the int8 oneDNN kernel computes this geometry wrong (probed; torch 2.13)"
+        return Why.KERNEL_WRONG()
     return None
 
 
-def _check_window_in_padding(conv: torch.fx.Node) -> Optional[str]:
+def _check_window_in_padding(conv: torch.fx.Node) -> Optional[Reason]:
     """The oneDNN conv (int8 and bf16, eager too) segfaults when some output window lies entirely
     in the padding, e.g. input height 1, padding 3, dilation 2 (fuzzer finding, corpus repro)."""
     x, w = val(conv.args[0]), val(conv.args[1])
@@ -134,7 +129,7 @@ def _check_window_in_padding(conv: torch.fx.Node) -> Optional[str]:
         return None
     g = geometry(conv)
     if any(_window_misses_input(*dim) for dim in zip(x.shape[2:], w.shape[2:], g.stride, g.padding, g.dilation)):
-        return "an output window lies entirely in the padding (the oneDNN conv crashes on such geometries)"
+        return Why.WINDOW_IN_PADDING()
     return None
 
 

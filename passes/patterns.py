@@ -152,12 +152,15 @@ def dq_permute_q(x):
     return quantize(dq(x).permute(0, 2, 3, 1))
 
 
-def dq_cat2_q(a, b):
-    return quantize(torch.cat([dq(a), dq(b)], 1))
-
-
-def dq_cat3_q(a, b, c):
-    return quantize(torch.cat([dq(a), dq(b), dq(c)], 1))
+@functools.cache
+def dq_cat_q(with_dim: bool):
+    """q(cat([dq(x_1), ..., dq(x_n)], dim)) for any n: built, not traced (a trace fixes n).
+    with_dim=False: the form a cat along dim 0 exports as (no dim argument)."""
+    pm = compat.pattern_matcher()
+    qparams = [pm.Ignored() for _ in range(5)]
+    dq_any = pm.CallFunction(qd.dequantize_per_tensor.default, pm.Arg(), *qparams)
+    cat = pm.CallFunction(aten.cat.default, pm.ListOf(dq_any), *([pm.Ignored()] if with_dim else []))
+    return pm.CallFunction(qd.quantize_per_tensor.default, cat, *qparams, _users=0)
 
 
 def u8_example(n: int, channels_last: bool = False):

@@ -1,7 +1,8 @@
 """Post-op folds: a unary op, a binary add and the output quantize become attributes of a fused op.
 
 Each rule copies the fused node's record with one attribute changed and re-emits it
-(fused.py); the capability records (kernels/capabilities.py) decide what a fused op can take.
+(fused.py); the capability records (kernels/capabilities.py) decide what a fused op can take,
+and accumulators.py how a binary post-op adds its extra input.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import torch.fx
 
 from inductor_quant.kernels import capabilities as C
 from inductor_quant.kernels import onednn as K
-from inductor_quant.kernels import probe
 
+from . import accumulators as A
 from .fused import Fused, call, record, replace_with
 from .kernel_limits import gemm_template_may_run
 from .match import ACT_RANGE, args_of, users_inside, val, within
+from .reasons import Reason, Why
 
 if TYPE_CHECKING:
     from torch._inductor.pattern_matcher import Match
@@ -41,17 +43,17 @@ def _erase_matched(match: Match) -> None:
 NOOP_FORMATS = (None, torch.preserve_format)
 
 
-def check_noop(match: Match) -> Optional[str]:
+def check_noop(match: Match) -> Optional[Reason]:
     if record(match.kwargs["y"]) is None:
-        return "input is not a fused oneDNN op"
+        return Why.NOT_FUSED_INPUT()
     if match.output_node().kwargs.get("memory_format") not in NOOP_FORMATS:
-        return "copy changes the memory format"
+        return Why.NOOP_FORMAT()
     return None
 
 
 def drop_noop(match: Match) -> None:
-    # clone(fused(...)) -> fused(...)   the graph is functional here; every in-place post-op
-    # (`sum`) takes its own copy of its extra input (fold_binary, fold_output_quant)
+    # clone(fused(...)) -> fused(...)   the graph is functional here; a `sum` post-op writes only
+    # into an extra input nothing reads afterwards (accumulators.py)
     copy = match.output_node()
     copy.replace_all_uses_with(match.kwargs["y"])
     copy.graph.erase_node(copy)
@@ -65,13 +67,13 @@ def unary_attr(post: C.PostOp, bound: dict) -> K.Unary:
     return K.Unary(post.attr, tuple(float(bound[a]) for a in post.arguments), post.algorithm)
 
 
-def _check_fold_target(match: Match, f: Optional[Fused]) -> Optional[str]:
+def _check_fold_target(match: Match, f: Optional[Fused]) -> Optional[Reason]:
     if f is None:
-        return "input is not a fused oneDNN op"
+        return Why.NOT_FUSED_INPUT()
     if not users_inside(match, match.kwargs["y"]):
-        return "fused result has other users"
+        return Why.OTHER_USERS()
     if f.out.quantized:
-        return "output already requantized"
+        return Why.ALREADY_REQUANTIZED()
     return None
 
 
@@ -79,21 +81,21 @@ def _check_fold_target(match: Match, f: Optional[Fused]) -> Optional[str]:
 def check_unary(name: str, after_binary: bool):
     post = C.BY_NAME[name]
 
-    def check(match: Match) -> Optional[str]:
+    def check(match: Match) -> Optional[Reason]:
         f = record(match.kwargs["y"])
         reason = _check_fold_target(match, f)
         if reason:
             return reason
         layer = C.layer_name(f.kind, len(f.geom.stride) if f.geom else 0)
         if after_binary and not post.after_add or not post.fuses_with(layer):
-            return f"oneDNN {layer}" + (" after a binary op" if after_binary else "") + f" does not take post-op {name}"
+            return Why.POST_OP_UNSUPPORTED(layer=layer, where=" after a binary op" if after_binary else "", name=name)
         if (f.binary is not None) != after_binary:
-            return "post-op slot taken"
+            return Why.SLOT_TAKEN()
         if (f.binary.unary.name if after_binary else f.unary.name) != "none":
-            return "post-op slot taken"
+            return Why.SLOT_TAKEN()
         for k, v in post.constants:
             if k not in post.arguments and match.kwargs.get(k) != v:
-                return f"{name}: constant {k}={match.kwargs.get(k)} is not {v}"
+                return Why.CONSTANT(name=name, key=k, value=match.kwargs.get(k), want=v)
         return None
 
     return check
@@ -117,82 +119,53 @@ def fold_unary(name: str):
     return rewrite
 
 
-def check_binary(match: Match) -> Optional[str]:
+def check_binary(match: Match) -> Optional[Reason]:
     f, other = record(match.kwargs["y"]), match.kwargs["other"]
     reason = _check_fold_target(match, f)
     if reason:
         return reason
     if f.binary is not None or f.unary.name != "none":
-        return "post-op slot taken"
+        return Why.SLOT_TAKEN()
     if not isinstance(other, torch.fx.Node) or val(other) is None:
-        return "extra input is not a tensor"
+        return Why.EXTRA_NOT_TENSOR()
     if record(other) is not None and other in match.nodes:
-        return "extra input is inside the match"
+        return Why.EXTRA_INSIDE()
     vy, vo, vout = val(match.kwargs["y"]), val(other), val(match.output_node())
     if list(vo.shape) != list(vy.shape):
-        return "extra input differs in shape (broadcast add)"
+        return Why.EXTRA_SHAPE()
     # bf16 result + fp32 extra (a dq residual under autocast) promotes to fp32: the fused op
     # then emits fp32 (its bf16 rounding of y is skipped: within bf16 tolerance, dtype kept)
     if vo.dtype != vy.dtype and not (vy.dtype == torch.bfloat16 and vo.dtype == vout.dtype == torch.float32):
-        return "extra input differs in dtype"
+        return Why.EXTRA_DTYPE()
     layer = C.layer_name(f.kind, len(f.geom.stride) if f.geom else 0)
     if layer not in C.BINARY_LAYERS:
-        return f"oneDNN {layer} does not take a binary post-op"
-    name = _linear_binary(other, match) if f.kind == "qlinear" else "sum"
-    if f.kind == "qlinear" and not f.out.quantized and not probe.qlinear_binary_builds(vout.dtype, name):
-        return f"oneDNN on this CPU has no int8 matmul with {vout.dtype} output and `{name}` (needs AVX-512)"
+        return Why.NO_BINARY(layer=layer)
+    if _accumulation(match) is None:
+        if f.kind == "qconv":
+            return Why.ACCUMULATOR_BUSY()
+        return Why.ADD_UNBUILDABLE(out=vout.dtype, other=vo.dtype)
     return None
 
 
-def _linear_binary(other: torch.fx.Node, match: Match) -> str:
-    return "sum" if writable_in_place(other, match) and not gemm_template_may_run() else "add"
+def _accumulation(match: Match) -> Optional[str]:
+    """`sum` into the extra input, or `add` (linear), as the graph stands now (accumulators.py)."""
+    y, other, out = match.kwargs["y"], match.kwargs["other"], match.output_node()
+    if record(y).kind == "qconv":  # oneDNN's conv takes `sum` only
+        return "sum" if A.writable_in_place(other, y, tuple(match.nodes)) else None
+    return A.linear_accumulation(other, val(out).dtype, y, tuple(match.nodes))
 
 
 def fold_binary(match: Match) -> None:
-    # add(fused(...), other) -> fused(..., binary=sum|add, other)   `sum` accumulates into other in place:
-    # conv into its copy of other; linear into other itself when that is safe, else `add` (new output)
+    # add(fused(...), other) -> fused(..., binary=sum|add, other)   `sum` accumulates into other in
+    # place, chosen only where nothing reads other afterwards (accumulators.py; re-checked by
+    # accumulators.settle once every rewrite has run)
     f, other, out = record(match.kwargs["y"]), match.kwargs["other"], match.output_node()
-    if f.kind == "qconv":
-        other = call(out.graph, out, aten.clone.default, other, memory_format=torch.channels_last)
-        binary = K.Binary("sum")
-    else:
-        binary = K.Binary(_linear_binary(other, match))
-    result = K.Output(val(out).dtype) if not f.out.quantized else f.out
-    replace_with(out, dataclasses.replace(f, binary=binary, other=other, out=result))
+    binary = K.Binary(_accumulation(match))
+    replace_with(out, dataclasses.replace(f, binary=binary, other=other, out=K.Output(val(out).dtype)))
     _erase_matched(match)
 
 
-def writable_in_place(other: torch.fx.Node, match: Match) -> bool:
-    """May a linear `sum` overwrite `other`? Inductor's lowering writes into it although the op's
-    schema does not declare the write, so every schedule must run all of other's readers first:
-    other is a fresh tensor computed here (not an input, constant or view) and each of its other
-    readers feeds the fused op's inputs (a data dependency no reordering can break)."""
-    schema = getattr(other.target, "_schema", None)
-    v = val(other)
-    if other.op != "call_function" or schema is None or any(r.alias_info for r in schema.returns):
-        return False
-    if v is None or not v.is_contiguous():
-        return False
-    y = match.kwargs["y"]
-    return all(u in match.nodes or _feeds(u, y) for u in other.users)
-
-
-def _feeds(node: torch.fx.Node, y: torch.fx.Node) -> bool:
-    """node computes (part of) an input of y: searched forward, in graph order up to y. y itself
-    reading other is not enough (it would read and write other in one call)."""
-    todo, seen = [node], set()
-    while todo:
-        n = todo.pop()
-        for u in n.users:
-            if u is y and node is not y:
-                return True
-            if u not in seen and u < y:
-                seen.add(u)
-                todo.append(u)
-    return False
-
-
-def check_output_quant(match: Match) -> Optional[str]:
+def check_output_quant(match: Match) -> Optional[Reason]:
     f = record(match.kwargs["y"])
     reason = _check_fold_target(match, f)
     if reason:
@@ -200,33 +173,26 @@ def check_output_quant(match: Match) -> Optional[str]:
     q = match.output_node()
     a = args_of(q)
     if q.target is not qd.quantize_per_tensor.default or not isinstance(a["scale"], (int, float)):
-        return "output quantize is not per-tensor with scalar qparams"
+        return Why.OUTPUT_QUANT_FORM()
     if a["dtype"] not in ACT_RANGE or not within(a, ACT_RANGE[a["dtype"]]):
-        return "output quant range is not within u8/s8"
+        return Why.OUTPUT_RANGE()
     if val(match.kwargs["y"]).dtype not in (torch.float32, torch.bfloat16):
-        return "fused result is not fp32/bf16"
+        return Why.RESULT_DTYPE()
     if val(f.x) is None or not C.lowering_accepts_output(val(f.x).dtype, a["dtype"]):
-        return f"output dtype {a['dtype']} differs from the activation's (Inductor lowering limit)"
-    if f.binary is not None:
-        extra = _quantized_extra(f)
-        if extra is None or extra[1] != a["dtype"]:
-            return "binary post-op with requantized output: extra input is not dq(int8) of the output dtype"
+        return Why.OUTPUT_DTYPE(dtype=a["dtype"])
+    if f.binary is not None and A.requantized_accumulation(f, _output(q), match.kwargs["y"]) is None:
         if f.kind == "qlinear" and gemm_template_may_run():
-            # the requantized form adds an int8 extra input in place; Inductor's C++ GEMM template
-            # takes only a float one (its lowering asserts), so the quantize stays a kernel of its own
-            return "requantized linear + add under Inductor's C++ GEMM template (it takes only a float extra input)"
+            # Inductor's C++ GEMM template computes `sum` wrong and its lowering takes only a float
+            # extra input with `add`; where that does not build, the quantize stays a kernel of its own
+            return Why.REQUANT_EXTRA(detail="under Inductor's C++ GEMM template only `add` of a float extra input")
+        return Why.REQUANT_EXTRA(detail="the extra input is not dq(int8) of the output dtype that may be overwritten"
+                                 + (", and oneDNN builds no `add` for it" if f.kind == "qlinear" else ""))
     return None
 
 
-def _quantized_extra(f: Fused):
-    """(int8 tensor, its dtype, its QParams) when the binary extra input is dq(int8), else None."""
-    o = f.other
-    if o.target is aten.clone.default:
-        o = o.args[0]
-    if o.target is not qd.dequantize_per_tensor.default:
-        return None
-    a = args_of(o)
-    return o.args[0], a["dtype"], K.QParams(float(a["scale"]), int(a["zero_point"]))
+def _output(q: torch.fx.Node) -> K.Output:
+    a = args_of(q)
+    return K.Output(a["dtype"], float(a["scale"]), int(a["zero_point"]))
 
 
 CLAMPS = (aten.clamp_min.default, aten.clamp_max.default)
@@ -236,14 +202,12 @@ def fold_output_quant(match: Match) -> None:
     # q(fused(...)) -> fused(..., out=(dtype, scale, zp))
     q = match.output_node()
     a = args_of(q)
-    out = K.Output(a["dtype"], float(a["scale"]), int(a["zero_point"]))
+    out = _output(q)
     f = dataclasses.replace(record(match.kwargs["y"]), out=out)
     if f.binary is not None:
-        # q(post(y + dq(r))) -> fused(..., sum with r int8 at its own qparams)   `sum` writes into its copy
-        r, _, rq = _quantized_extra(f)
-        fmt = torch.channels_last if f.kind == "qconv" else torch.contiguous_format
-        f = dataclasses.replace(f, other=call(q.graph, q, aten.clone.default, r, memory_format=fmt),
-                                binary=dataclasses.replace(f.binary, name="sum", other=rq))
+        # q(post(y + dq(r))) -> fused(..., sum into r at its own qparams), or (linear) add of the float extra
+        how = A.requantized_accumulation(f, out, match.kwargs["y"])
+        f = dataclasses.replace(f, other=how.other, binary=how.binary)
     fused = replace_with(q, f)
     lo, hi = a["quant_min"], a["quant_max"]
     if (lo, hi) != ACT_RANGE[a["dtype"]]:

@@ -15,6 +15,7 @@ from inductor_quant.kernels import onednn as K
 
 from .fused import Fused, call, replace_with
 from .kernel_limits import check_conv_kernel, check_int8_exact, geometry
+from .reasons import Reason, Why
 from .match import ACT_DQ, ACT_RANGE, args_of, node_of, same_dims, static_shape, val, within
 
 if TYPE_CHECKING:
@@ -27,36 +28,36 @@ prims = torch.ops.prims
 S8_TO_U8 = "qconv.s8_to_u8"  # a sub-step id (registry.STEPS)
 
 
-def check_act_dq(dq_node: torch.fx.Node, kind: str) -> Optional[str]:
+def check_act_dq(dq_node: torch.fx.Node, kind: str) -> Optional[Reason]:
     a = args_of(dq_node)
     if dq_node.target not in ACT_DQ:
-        return "activation dequantize is not per-tensor"
+        return Why.ACT_NOT_PER_TENSOR()
     if dq_node.target is qd.dequantize_per_tensor.tensor:
         if kind != "qlinear":
-            return "dynamic (tensor-qparam) activation: fused for linear only"
+            return Why.DYNAMIC_CONV()
         if any(val(t) is None or val(t).numel() != 1 for t in (a["scale"], a["zero_point"])):
-            return "dynamic activation qparams are not one-element tensors"
+            return Why.DYNAMIC_QPARAMS_SHAPE()
     # dequantize does not clamp: a narrower range (e.g. [-127, 127]) dequantizes the same way
     if a["dtype"] not in ACT_RANGE or not within(a, ACT_RANGE[a["dtype"]]):
-        return f"activation is not uint8/int8 (dtype {a['dtype']} [{a['quant_min']}, {a['quant_max']}])"
+        return Why.ACT_DTYPE(dtype=a["dtype"], lo=a["quant_min"], hi=a["quant_max"])
     return None
 
 
-def check_weight_dq(w_dq: torch.fx.Node) -> Optional[str]:
+def check_weight_dq(w_dq: torch.fx.Node) -> Optional[Reason]:
     a = args_of(w_dq)
     if a["dtype"] != torch.int8 or not within(a, (-128, 127)):
-        return "weight is not int8"
+        return Why.WEIGHT_DTYPE()
     if w_dq.target is qd.dequantize_per_channel.default and a["axis"] != 0:
-        return "per-channel weight quantized on an axis other than 0"
+        return Why.WEIGHT_AXIS()
     if w_dq.target is qd.dequantize_per_tensor.default and a["zero_point"] != 0:
-        return "per-tensor weight with non-zero zero point"
+        return Why.WEIGHT_ZERO_POINT()
     return None
 
 
-def check_float_compute(anchor) -> Optional[str]:
+def check_float_compute(anchor) -> Optional[Reason]:
     v = val(anchor)
     if v is None or v.dtype not in (torch.float32, torch.bfloat16):
-        return "conv/linear computes in a dtype other than fp32/bf16"
+        return Why.COMPUTE_DTYPE()
     return None
 
 
@@ -106,10 +107,10 @@ def _float_out(anchor) -> K.Output:
 # --- conv ------------------------------------------------------------------------------------
 
 
-def check_dq_conv(match: Match) -> Optional[str]:
+def check_dq_conv(match: Match) -> Optional[Reason]:
     conv = node_of(match, aten.convolution.default)
     if args_of(conv)["transposed"]:
-        return "transposed convolution"
+        return Why.TRANSPOSED_CONV()
     act_dq, w_dq = _act_dq(match), _weight_dq(match)
     return (check_float_compute(conv) or check_act_dq(act_dq, "qconv") or check_weight_dq(w_dq)
             or check_conv_kernel(conv, act_dq, w_dq))
@@ -144,20 +145,20 @@ def prepack_qconv(match: Match) -> tuple:
 # --- linear ----------------------------------------------------------------------------------
 
 
-def check_dq_linear(match: Match) -> Optional[str]:
+def check_dq_linear(match: Match) -> Optional[Reason]:
     if any(list(args_of(p)["dims"]) != [1, 0] for p in match.nodes if p.target is aten.permute.default):
-        return "weight permute is not a transpose"
+        return Why.WEIGHT_PERMUTE()
     # one-row form: mul(sum(..), alpha), mul(b, beta), sum over dim 0 -- all must be the identity
     for n in match.nodes:
         if n.target is aten.mul.Tensor and not isinstance(n.args[1], torch.fx.Node) and n.args[1] != 1:
-            return "addmm with alpha/beta != 1"
+            return Why.ADDMM_SCALED()
         if n.target is aten.sum.dim_IntList and list(n.args[1]) != [0]:
-            return "one-row linear summed over an unexpected dim"
+            return Why.ONE_ROW_SUM_DIM()
     views = [n for n in match.nodes if n.target is aten.view.default]
     if views:  # N-D input flattened to 2-D and back: leading dims must round-trip (symbolic ok)
         vx, vo = val(match.kwargs["x"]), val(match.output_node())
         if vx is None or vo is None or not same_dims(vx.shape[:-1], vo.shape[:-1]):
-            return "N-D linear whose output view does not restore the input's leading dims"
+            return Why.ND_VIEW()
     act_dq, w_dq = _act_dq(match), _weight_dq(match)
     return (check_float_compute(match.output_node()) or check_act_dq(act_dq, "qlinear") or check_weight_dq(w_dq)
             or check_int8_exact(act_dq, w_dq))

@@ -5,30 +5,30 @@ Exact: max pooling, views, permutes and cat commute with a shared affine dequant
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from torch._inductor.pattern_matcher import Match
 
 from .fused import propagate_fake
 from .match import ACT_DQ, ACT_RANGE, args_of
+from .reasons import Reason, Why
+
+if TYPE_CHECKING:
+    from torch._inductor.pattern_matcher import Match
 
 qd = torch.ops.quantized_decomposed
 
 _QPARAM_KEYS = ("scale", "zero_point", "quant_min", "quant_max", "dtype")
 
 
-def check_same_qparams(match: Match) -> Optional[str]:
+def check_same_qparams(match: Match) -> Optional[Reason]:
     q = match.output_node()
     dqs = [n for n in match.nodes if n.target in ACT_DQ]
     if q.target is not qd.quantize_per_tensor.default or any(d.target is not ACT_DQ[0] for d in dqs):
-        return "int8 propagation needs scalar qparams"
+        return Why.PROPAGATE_FORM()
     want = tuple(args_of(q)[k] for k in _QPARAM_KEYS)
     if want[4] not in ACT_RANGE or any(tuple(args_of(d)[k] for k in _QPARAM_KEYS) != want for d in dqs):
-        return "inputs and output quantized differently"
+        return Why.PROPAGATE_QPARAMS()
     return None
 
 
@@ -41,6 +41,5 @@ def propagate_int8(match: Match) -> None:
     inner = q.args[0]
     q.replace_all_uses_with(inner)
     q.graph.erase_node(q)
-    for n in match.graph.nodes:  # graph order: re-derive the int8 fake values
-        if n in match.nodes and not n._erased:
-            propagate_fake(n)
+    for n in sorted(n for n in match.nodes if not n._erased):  # graph order: re-derive the int8 fake values
+        propagate_fake(n)

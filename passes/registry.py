@@ -30,6 +30,7 @@ import torch.fx
 from inductor_quant.kernels import capabilities as C
 from inductor_quant.kernels import compat
 
+from . import accumulators as A
 from . import diagnostics as D
 from . import patterns as P
 from . import post_ops as O
@@ -47,14 +48,16 @@ F32, BF16 = torch.float32, torch.bfloat16
 class Fusion:
     id: str  # dotted: pattern name, stats key, test id
     phase: str
-    search: Callable
-    example: tuple  # (maker, *args) -> example inputs for tracing
-    check: Callable  # Match -> None, or the reason it may not fire
+    search: Callable  # traced on `example`; with example None, it builds the pattern itself
+    example: Optional[tuple]  # (maker, *args) -> example inputs for tracing
+    check: Callable  # Match -> None, or the Reason it may not fire (reasons.py)
     rewrite: Callable  # Match -> ids of sub-steps performed (or None)
     scalars: tuple = ()  # constants bound by name while tracing
     dtype: Optional[torch.dtype] = None  # the compute dtype this id counts (None: any)
 
     def pattern(self):
+        if self.example is None:  # a variadic form (ListOf) a trace cannot express
+            return self.search()
         return P.traced(self.search, self.example, self.scalars)
 
 
@@ -72,6 +75,8 @@ STEPS = (
     Step("dequant.promote", "promote", "a shared dequantize duplicated for one of its users"),
     Step(R.S8_TO_U8, "prepack", "an int8 conv activation shifted to uint8 (qconv takes uint8 only)"),
     Step("merge.sibling_linears", "output", "fused linears on one input (Q, K, V) merged into one GEMM"),
+    Step("post.binary.resettled", "output", "an in-place `sum` a later rewrite made unsafe: now `add`, or the op "
+                                            "taken apart (accumulators.settle)"),
 )
 DTYPES = (("", F32), (".bf16", BF16))  # int8-fp32, int8-mixed-bf16 (autocast)
 
@@ -122,7 +127,7 @@ def _propagation_fusions():
     for name, fn, example in (
         ("maxpool2d", P.dq_maxpool_q, (P.u8_example, 1)), ("reshape", P.dq_reshape_q, (P.u8_example, 1, True)),
         ("view", P.dq_view_q, (P.u8_example, 1)), ("permute", P.dq_permute_q, (P.u8_example, 1)),
-        ("cat3", P.dq_cat3_q, (P.u8_example, 3)), ("cat2", P.dq_cat2_q, (P.u8_example, 2)),
+        ("cat", functools.partial(P.dq_cat_q, True), None), ("cat.dim0", functools.partial(P.dq_cat_q, False), None),
     ):
         yield Fusion(f"int8.{name}", "propagate", fn, example, G.check_same_qparams, G.propagate_int8)
 
@@ -201,5 +206,8 @@ def run(graph: torch.fx.Graph) -> None:
         _count("merge.sibling_linears")
     graph.eliminate_dead_code()
     restore_conv1d_layout(graph)
+    for _ in range(A.settle(graph)):
+        _count("post.binary.resettled")
+    graph.eliminate_dead_code()
     D.report_unfused(graph)
     decompose_weight_dequants(graph)

@@ -1,4 +1,4 @@
-"""Counts per fusion id and the quantized conv/linear left unfused (with the reason).
+"""Counts per fusion id and the quantized ops left in fp32 (with the reason).
 
 Users and tests read the same numbers: `inductor_quant.passes.stats()` / `reset_stats()`.
 """
@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from typing import NamedTuple
+
+
+class Unfused(NamedTuple):
+    """A quantized op computed in fp32 between its dequantize and quantize."""
+
+    op: str      # conv | linear | bmm | pool | cat | view | permute
+    node: str    # the graph node's name
+    reason: str  # for people: the refusing rule's id and its words
+    code: str    # stable: a `passes.reasons.Why` member name in lower case
 
 
 @dataclasses.dataclass
 class Stats:
     fused: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    unfused: list = dataclasses.field(default_factory=list)  # [(op, node name, reason)]
+    unfused: list = dataclasses.field(default_factory=list)  # [Unfused]
 
     def as_dict(self) -> dict:
         return {"fused": dict(self.fused), "unfused": list(self.unfused)}
@@ -25,12 +35,13 @@ def count(fusion_id: str) -> None:
     _STATS.fused[fusion_id] += 1
 
 
-def unfused(op: str, name: str, reason: str) -> None:
-    _STATS.unfused.append((op, name, reason))
+def unfused(op: str, name: str, reason) -> None:
+    """`reason`: a `passes.reasons.Reason`."""
+    _STATS.unfused.append(Unfused(op, name, reason.text, reason.why.code))
 
 
 def stats() -> dict:
-    """{"fused": {fusion id: count}, "unfused": [(op, node, reason), ...]} since the last reset."""
+    """{"fused": {fusion id: count}, "unfused": [Unfused(op, node, reason, code), ...]} since the last reset."""
     return _STATS.as_dict()
 
 

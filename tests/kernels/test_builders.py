@@ -116,14 +116,26 @@ def test_qlinear_int8_activation_and_tensor_overload():
 @pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
 @pytest.mark.parametrize("out", [K.Output(), K.Output(torch.uint8, 0.05, 3)], ids=["float32", "uint8"])
 def test_qlinear_binary(name, relu, out):
-    if name == "add" and out.quantized:
-        pytest.skip("probed: qlinear binary `add` ignores the extra input's qparams for int8 output; passes use `sum`")
+    """`sum` with a requantized output adds an extra input of the output's dtype at its own qparams;
+    `add` adds a float extra input (what the passes emit for both output kinds)."""
     x, (w, w_scale, w_zp, b) = _u8((3, 5, 8)), _weights((6, 8))
-    other = _u8((3, 5, 6), 4) if out.quantized else torch.randn(3, 5, 6)
-    binary = K.Binary(name, 1.0, K.QParams(0.04, 5) if out.quantized else K.QParams(1.0, 0), K.Unary("relu" if relu else "none"))
+    int8_extra = out.quantized and name == "sum"
+    other = _u8((3, 5, 6), 4) if int8_extra else torch.randn(3, 5, 6)
+    binary = K.Binary(name, 1.0, K.QParams(0.04, 5) if int8_extra else K.QParams(1.0, 0), K.Unary("relu" if relu else "none"))
     expected = R.qlinear_binary(x, XQ, w, w_scale, w_zp, other, b, out, binary)
     packed = K.qlinear_prepack(E, w, x.shape)
     assert_matches_reference(K.qlinear_binary(E, x, XQ, packed, w_scale, w_zp, other.clone(), b, out, binary), expected, out)
+
+
+def test_qlinear_binary_add_ignores_an_int8_extra_inputs_qparams():
+    """Why the passes never `add` an int8 extra input (probed on torch 2.13): the kernel treats it
+    as raw values, so only `sum` (or a dequantized float extra input) is right."""
+    x, (w, w_scale, w_zp, b) = _u8((3, 8)), _weights((6, 8))
+    other, out = _u8((3, 6), 4), K.Output(torch.uint8, 0.05, 3)
+    binary = K.Binary("add", 1.0, K.QParams(0.04, 5))
+    got = K.qlinear_binary(E, x, XQ, K.qlinear_prepack(E, w, x.shape), w_scale, w_zp, other.clone(), b, out, binary)
+    want = R.qlinear_binary(x, XQ, w, w_scale, w_zp, other, b, out, binary)
+    assert (got.int() - want.int()).abs().max() > 1
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation", [(2, 1, 1, 1), (3, 3, 2, 1), (3, 1, 0, 2), (1, 1, 0, 1)])
@@ -161,18 +173,23 @@ def test_qconv_probe_agrees_with_the_kernel_on_a_real_batch(x_shape, w_shape, st
 
 
 @pytest.mark.parametrize("name", ["add", "sum"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-def test_qlinear_binary_probe_agrees_with_the_kernel(name, dtype):
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.uint8], ids=["float32", "bfloat16", "uint8"])
+@pytest.mark.parametrize("other_dtype", [torch.float32, torch.bfloat16], ids=["fp32_extra", "bf16_extra"])
+def test_qlinear_binary_probe_agrees_with_the_kernel(name, out_dtype, other_dtype):
     """The passes fold a float `add`/`sum` into qlinear only where qlinear_binary_builds says the
-    kernel exists (without AVX-512 oneDNN has no bf16 `add`); where it does, it computes right."""
+    kernel exists (without AVX-512 oneDNN has no `add` of a bf16 extra input); where it does, it
+    computes right."""
+    if name == "sum" and other_dtype != out_dtype:
+        pytest.skip("`sum` accumulates into an extra input of the output's dtype")
     x, (w, w_scale, w_zp, b) = _u8((3, 8)), _weights((6, 8))
-    other, out, binary = torch.randn(3, 6).to(dtype), K.Output(dtype), K.Binary(name)
+    out = K.Output(out_dtype, 0.05, 3) if out_dtype == torch.uint8 else K.Output(out_dtype)
+    other, binary = torch.randn(3, 6).to(other_dtype), K.Binary(name)
     packed = K.qlinear_prepack(E, w, x.shape)
-    if probe.qlinear_binary_builds(dtype, name):
+    if probe.qlinear_binary_builds(out_dtype, other_dtype, name):
         got = K.qlinear_binary(E, x, XQ, packed, w_scale, w_zp, other.clone(), b, out, binary)
         assert_matches_reference(got, R.qlinear_binary(x, XQ, w, w_scale, w_zp, other, b, out, binary), out)
     else:
         with pytest.raises(RuntimeError, match="primitive descriptor"):
             K.qlinear_binary(E, x, XQ, packed, w_scale, w_zp, other.clone(), b, out, binary)
-    if dtype == torch.float32 or name == "sum" or cpu_info().bf16_native:
-        assert probe.qlinear_binary_builds(dtype, name)
+    if other_dtype == torch.float32 or cpu_info().bf16_native:
+        assert probe.qlinear_binary_builds(out_dtype, other_dtype, name)

@@ -75,6 +75,7 @@ class Variant:
     per_channel: bool = True
     post: Optional[str] = None
     binary: Optional[str] = None  # add | add_swapped | add_relu | add_dq (residual from dq(u8))
+    computed_residual: bool = False  # the residual input times 2 (computed in the graph), not the input itself
     out_q: bool = False
     act_dtype: torch.dtype = torch.uint8
     act_max: int = 255  # uint8 activations: 127 for a reduce_range=True model
@@ -143,6 +144,7 @@ class QDQLayer(nn.Module):
         y = POST[v.post](y)
         if v.binary:
             r = q_dq(residual, R_SCALE, R_ZP) if v.binary.startswith("add_dq") else residual
+            r = r * 2 if v.computed_residual else r
             y = r + y if v.binary == "add_swapped" else y + r
             if v.binary.endswith("relu"):
                 y = torch.relu(y)
@@ -195,3 +197,22 @@ class Int8Ops(nn.Module):
     def example_inputs():
         g = torch.Generator().manual_seed(1)
         return torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 4, 4, generator=g)
+
+
+class HandSiblings(nn.Module):
+    """l1 and l2 read one input (merged into one GEMM); l1's output is also l3's residual, added
+    in place by a linear `sum` until the merge turns it into a slice (issue 18's repro, in Q/DQ
+    form: buffers only, so it stages without export)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.l3 = (QDQLayer(Variant(n, "linear", (8, 64), out_features=64)) for n in ("l1", "l2", "l3"))
+
+    def forward(self, x, z):
+        x = q_dq(x, X_SCALE, X_ZP)
+        return self.l3.tail(q_dq(z, X_SCALE, X_ZP)) + self.l1.tail(x), self.l2.tail(x)
+
+
+class CatDim0(nn.Module):
+    def forward(self, a, b, c):
+        return q_dq(torch.cat([q_dq(t, X_SCALE, X_ZP) for t in (a, b, c)]), X_SCALE, X_ZP)

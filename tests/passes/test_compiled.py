@@ -33,7 +33,7 @@ def float_add_folds(v, bf16) -> bool:
     """A linear's float residual is folded as `add` (the residual is an input here, not
     writable in place); oneDNN builds a bf16 `add` only with AVX-512 (kernels/probe.py)."""
     return not (bf16 and not v.is_conv and v.binary and not v.binary.startswith("add_dq")
-                and not probe.qlinear_binary_builds(torch.bfloat16, "add"))
+                and not probe.qlinear_binary_builds(torch.bfloat16, torch.bfloat16, "add"))
 
 
 def expected_ids(v, bf16):
@@ -94,7 +94,7 @@ def test_int8_propagation_compiled(cpp_wrapper):
     from qdq_models import Int8Ops
     model = Int8Ops().eval()
     ref, out, code, stats = compile_and_run(model, Int8Ops.example_inputs(), cpp_wrapper=cpp_wrapper)
-    assert all(stats["fused"].get(i) == 1 for i in ("int8.maxpool2d", "int8.cat2", "int8.permute", "int8.reshape"))
+    assert all(stats["fused"].get(i) == 1 for i in ("int8.maxpool2d", "int8.cat", "int8.permute", "int8.reshape"))
     assert onednn_calls(code, "qlinear_pointwise") == 1 and not float_compute_calls(code)
     assert "aoti_torch_call_dispatcher" not in code  # no boxed-dispatcher fallback in the C++ wrapper
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
@@ -143,7 +143,7 @@ def test_linear_residual_sum_in_place_only_when_safe(later_reader, dtype):
     model = Residual(later_reader).eval()
     ref, out, code, stats = compile_and_run(model, (torch.randn(6, 16),), bf16=DTYPES[dtype])
     assert stats["unfused"] == [] and onednn_calls(code, "qlinear_pointwise") == 1
-    if later_reader and DTYPES[dtype] and not probe.qlinear_binary_builds(torch.bfloat16, "add"):
+    if later_reader and DTYPES[dtype] and not probe.qlinear_binary_builds(torch.bfloat16, torch.bfloat16, "add"):
         assert "'add', 1.0" not in code and "post.binary.add" not in stats["fused"], code
     else:
         assert ("'add', 1.0" if later_reader else "'sum', 1.0") in code, code

@@ -41,11 +41,15 @@ VARIANTS = [
     *[conv(f"qconv2d.{p}", post=p, fusions=("qconv.prepack", f"post.{_attr.get(p, p)}")) for p in CONV_UNARY],
     conv("qconv2d.q", out_q=True, fusions=("qconv.prepack", "post.output.quant")),
     conv("qconv2d.relu.q", post="relu", out_q=True, fusions=("qconv.prepack", "post.relu", "post.output.quant")),
-    conv("qconv2d.add", binary="add", fusions=("qconv.prepack", "post.binary.add"), ops=((QCONV_BINARY, 1),)),
-    conv("qconv2d.add.swapped", binary="add_swapped", fusions=("qconv.prepack", "post.binary.add.swapped"),
+    # conv adds its residual in place only (oneDNN `sum`): into one computed in the graph (here
+    # residual * 2), never into a graph input, which stays a separate add
+    conv("qconv2d.add", binary="add", computed_residual=True, fusions=("qconv.prepack", "post.binary.add"),
          ops=((QCONV_BINARY, 1),)),
-    conv("qconv2d.add.relu", binary="add_relu", fusions=("qconv.prepack", "post.binary.add", "post.binary.relu"),
-         ops=((QCONV_BINARY, 1),)),
+    conv("qconv2d.add.swapped", binary="add_swapped", computed_residual=True,
+         fusions=("qconv.prepack", "post.binary.add.swapped"), ops=((QCONV_BINARY, 1),)),
+    conv("qconv2d.add.relu", binary="add_relu", computed_residual=True,
+         fusions=("qconv.prepack", "post.binary.add", "post.binary.relu"), ops=((QCONV_BINARY, 1),)),
+    conv("qconv2d.add.input", binary="add"),
     # bf16: the dq residual is fp32, bf16 + fp32 promotes to fp32: fused with an fp32 output
     conv("qconv2d.add.dq", binary="add_dq", fusions=("qconv.prepack", "post.binary.add"), ops=((QCONV_BINARY, 1),)),
     linear("qlinear.2d"),
@@ -99,10 +103,6 @@ VARIANTS = [
     linear("qlinear.w8", full_weights=True),
 ]
 BY_ID = {v.id: v for v in VARIANTS}
-SATURATION_REASON = "8-bit activations and 8-bit weights on a CPU without VNNI"
-
-
 def left_fp32_for_saturation(stats) -> bool:
     """Every quantized layer stayed fp32 for the saturation reason (a variant not `fuses_here`)."""
-    return stats["fused"] == {} and bool(stats["unfused"]) and all(
-        SATURATION_REASON in reason for _, _, reason in stats["unfused"])
+    return stats["fused"] == {} and bool(stats["unfused"]) and all(u.code == "saturation" for u in stats["unfused"])
