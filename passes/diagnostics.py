@@ -62,6 +62,8 @@ def propagation_ops() -> dict:
 
 
 AVG_POOLS = (aten.avg_pool2d.default, aten._adaptive_avg_pool2d.default, aten.mean.dim)
+VIEW_LIKE = (aten.view.default, aten._unsafe_view.default, aten.as_strided.default, aten.squeeze.dim,
+             aten.unsqueeze.default, aten.clone.default, operator.getitem)
 
 
 def is_weight_dq(node: torch.fx.Node) -> bool:
@@ -89,10 +91,9 @@ def quantized_propagations(graph: torch.fx.Graph) -> list:
     found = []
     for q in graph.find_nodes(op="call_function", target=qd.quantize_per_tensor.default):
         op = q.args[0]
-        while isinstance(op, torch.fx.Node) and op.target in (aten.view.default, operator.getitem) and \
-                isinstance(op.args[0], torch.fx.Node) and op.args[0].target in propagation_ops() and \
-                len(op.args[0].users) == 1 and op.args[0].target is not aten.view.default:
-            op = op.args[0]  # getitem(max_pool) / view(clone): report the first op
+        while (isinstance(op, torch.fx.Node) and op.target in VIEW_LIKE and isinstance(op.args[0], torch.fx.Node)
+               and op.args[0].op == "call_function" and op.args[0].target not in ACT_DQ and len(op.args[0].users) == 1):
+            op = op.args[0]  # back to the chain's first op: max pool -> getitem, clone -> view, mean -> as_strided
         if not isinstance(op, torch.fx.Node) or op.target not in propagation_ops():
             continue
         inputs = op.args[0] if op.target is aten.cat.default else [op.args[0]]

@@ -63,7 +63,8 @@ class MixedQparams(nn.Module):
         pool = q_dq(F.max_pool2d(q_dq(a, X_SCALE, X_ZP), 2), 0.05, 10)
         perm = q_dq(q_dq(b, X_SCALE, X_ZP).permute(0, 2, 3, 1), 0.05, 10)
         avg = q_dq(F.avg_pool2d(q_dq(a, X_SCALE, X_ZP), 2), X_SCALE, X_ZP)
-        return cat, pool, perm, avg
+        gap = q_dq(F.adaptive_avg_pool2d(q_dq(b, X_SCALE, X_ZP), 1), X_SCALE, X_ZP)  # mean, then a view
+        return cat, pool, perm, avg, gap
 
 
 INPUTS = (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6))
@@ -75,7 +76,7 @@ def test_quantized_ops_left_in_fp32_are_reported_with_a_code():
     registry.run(gm.graph)
     got = sorted((u.op, u.code) for u in iq_passes.stats()["unfused"])
     assert got == [("cat", "propagate_qparams"), ("permute", "propagate_qparams"), ("pool", "avg_pool"),
-                   ("pool", "propagate_qparams")], iq_passes.stats()
+                   ("pool", "avg_pool"), ("pool", "propagate_qparams")], iq_passes.stats()
     assert all(u.reason for u in iq_passes.stats()["unfused"])
 
 
