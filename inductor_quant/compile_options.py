@@ -1,19 +1,26 @@
-"""The `torch.compile` options under which a converted model runs fastest on this CPU.
+"""The `torch.compile` options under which a converted model ran fastest at batch 1 on this CPU.
 
 One line for users: `torch.compile(converted, options=inductor_quant.fast_options())`.
-Measured with `inductor-quant bench` (README, "Speed"):
+Measured with `inductor-quant bench` on an Intel Xeon with AMX, 2 threads (README, "Speed"; the
+row-by-row record in docs/PERFORMANCE.md):
 
 - `freezing`: our passes fuse and prepack at freezing time; without it nothing fuses.
 - `cpp_wrapper`: no Python between kernels; the per-call cost matters at small batch
-  (ResNet-50 bs1: 7-14 % faster).
+  (ResNet-50 bs1 7.7 -> 7.1 ms, MobileNetV2 bs1 4.6 -> 4.1 ms). Not a gain everywhere: BERT-base
+  bs8 ran slower with it (91.0 -> 100.5 ms).
 - Inductor's C++ GEMM template for the int8 linears (`max_autotune` with the CPP backend):
   generated AMX / AVX-512-VNNI int8 micro-kernels with the dequantize, bias, post-op and
   requantize fused in, instead of a oneDNN call with ATen's per-call layer around it
-  (BERT-base bs1: 15-20 % faster). It has int8 micro-kernels only for AMX and AVX-512 VNNI,
-  so elsewhere it is left off. Autotuning (template vs oneDNN, per layer) costs compile time
-  (BERT-base: ~3-5x Inductor fp32's compile).
+  (BERT-base bs1 20.0 -> 18.7 ms; under bf16 autocast 19.1 -> 16.4 ms). It has int8
+  micro-kernels only for AMX and AVX-512 VNNI, so elsewhere it is left off. Autotuning
+  (template vs oneDNN, per layer) costs compile time: 2.56-2.81x Inductor fp32's compile on the
+  transformers, 0.74-1.10x on the convnets.
   Our passes emit the linears' residual add out of place under it: the template computes the
   in-place `sum` wrong (passes/kernel_limits.gemm_template_may_run).
+
+At batch 8-16 these options were not the fastest: ResNet-50 bs16 ran fastest with freezing and
+the C++ wrapper alone (49.2 vs 49.9 ms), BERT-base bs8 with freezing and bf16 autocast under the
+Python wrapper (75.5 vs 77.2 ms).
 
 bf16 autocast around the calls (int8-mixed-bf16) is a further gain for transformers where
 bf16 is native (`cpu_info().bf16_native`); it is not a compile option.
@@ -29,7 +36,8 @@ GEMM_TEMPLATE_ISA = ("amx_int8", "avx512_vnni")  # where Inductor's template has
 
 
 def fast_options(info: Optional[CpuInfo] = None) -> dict:
-    """Inductor options (`torch.compile(..., options=...)`) for the fastest int8 on `info`'s CPU."""
+    """Inductor options (`torch.compile(..., options=...)`) for the fastest int8 at batch 1 on
+    `info`'s CPU."""
     info = info or cpu_info()
     options = {"freezing": True, "cpp_wrapper": True}
     if any(f in info.features for f in GEMM_TEMPLATE_ISA):

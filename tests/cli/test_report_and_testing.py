@@ -148,7 +148,9 @@ def test_bench_quick_smoke(tmp_path):
 
 def test_demo_prints_fusion_speed_and_accuracy():
     """The main job's three sections, on a tiny zoo model (the default is ResNet-50)."""
-    proc = _cli("demo", "--model", "resnet_tiny", "--batch", "2", "--runs", "2")
+    # caches off: int8_fast autotunes its linear here, as on a fresh machine (prints tables unless quieted)
+    proc = _cli("demo", "--model", "resnet_tiny", "--batch", "2", "--runs", "2",
+                env={"TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert f"CPU: {cpu_info().summary()}" in out
@@ -156,6 +158,28 @@ def test_demo_prints_fusion_speed_and_accuracy():
     assert "| resnet_tiny | 2 |" in out and "int8_fast" in out.split("== Speed")[1]
     accuracy = out.split("== Accuracy")[1]
     assert "int8" in accuracy and "cosine 0.99" in accuracy
+    # the output is for a person: no autotune tables, no other library's warnings
+    assert "AUTOTUNE" not in proc.stderr and "Autotune Choices" not in proc.stderr, proc.stderr[-3000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_demo_quiets_libraries_but_not_our_warnings():
+    import warnings
+
+    from inductor_quant import demo
+
+    config = torch._inductor.config
+    before = (config.autotune_num_choices_displayed, config.max_autotune_report_choices_stats)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with demo.quiet_compiles():
+            assert (config.autotune_num_choices_displayed, config.max_autotune_report_choices_stats) == (0, False)
+            warnings.warn("TypedStorage is deprecated", UserWarning)
+            warnings.warn("inductor_quant: enable freezing", UserWarning)
+        warnings.warn("a library warning after the demo's compiles", UserWarning)
+    assert [str(w.message) for w in caught] == ["inductor_quant: enable freezing",
+                                               "a library warning after the demo's compiles"]
+    assert (config.autotune_num_choices_displayed, config.max_autotune_report_choices_stats) == before
 
 
 def test_demo_on_a_cpu_without_vnni_or_native_bf16():
