@@ -76,7 +76,7 @@ def _child(model_name: str, batch: int, mode_name: str, runs: int) -> None:
     with torch._inductor.config.patch(freezing=True, **{"cpp.enable_kernel_profile": True}, **dict(mode.inductor)):
         fn = mode.prepare(model, inputs)
         _, codes = compat.run_and_get_code(lambda: runner._call(fn, inputs, mode.bf16))
-    code = "\n".join(codes)
+    code = "\n".join(codes or ())
     walls = []
     for _ in range(runs + 3):
         start = time.perf_counter()

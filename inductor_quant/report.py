@@ -42,6 +42,7 @@ class FusionReport:
     onednn_ops: dict = field(default_factory=dict)   # op -> calls in the generated code
     fp32_ops: dict = field(default_factory=dict)     # fp32 conv/GEMM calls left in the code
     wrapper: str = "python"
+    code_seen: bool = True  # False where this torch does not hand out the generated code
     cpu: str = field(default_factory=lambda: cpu_info().summary())  # what oneDNN runs on (kernels/cpu.py)
 
     @property
@@ -53,7 +54,7 @@ class FusionReport:
         views not run on int8), except those left in fp32 by design."""
         problems = [f"{node} ({op}): {reason}" for op, node, reason, code in self.unfused if code not in BY_DESIGN]
         quantized = sum(self.annotated.values())
-        if not problems and self.int8_layers < quantized:
+        if not problems and self.code_seen and self.int8_layers < quantized:
             problems.append(f"{quantized} layers quantized but only {self.int8_layers} oneDNN int8 calls generated")
         return problems
 
@@ -111,7 +112,8 @@ def fusion_report(model: torch.nn.Module, example_inputs: tuple, calibration=Non
         converted = model  # already a Q/DQ model (converted, or loaded with torch.export.load)
     if converted is None:
         quantizer = quantizer or _default_quantizer()
-        converted = quantize(model, example_inputs, calibration or [example_inputs], quantizer=quantizer)
+        with passes.installed():  # convert installs our passes; the report leaves them as it found them
+            converted = quantize(model, example_inputs, calibration or [example_inputs], quantizer=quantizer)
         coverage = getattr(quantizer, "last_report", None)
         report.float_layers = dict(coverage.skipped) if coverage is not None else {}
     present, quantized = collections.Counter(), collections.Counter()
@@ -121,17 +123,17 @@ def fusion_report(model: torch.nn.Module, example_inputs: tuple, calibration=Non
             present[kind] += 1
             quantized[kind] += _is_dequantized(node.args[1] if len(node.args) > 1 else None)
     report.present, report.annotated = dict(present), dict(quantized)
-    passes.install()
-    passes.reset_stats()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     # a fresh module (its own forward code object, so no compiled entry of the user's is reused
-    # or discarded) and no FX graph cache (a hit would skip our passes and their counts)
+    # or discarded), no FX graph cache (a hit would skip our passes and their counts), our passes
+    # installed only for this compile and the user's stats() left as they were
     fresh = torch.fx.GraphModule(converted, converted.graph)
-    with torch.no_grad(), autocast, torch._inductor.config.patch(freezing=True, cpp_wrapper=cpp_wrapper,
-                                                                 fx_graph_cache=False):
+    with passes.installed(), passes.isolated_stats(), torch.no_grad(), autocast, \
+            torch._inductor.config.patch(freezing=True, cpp_wrapper=cpp_wrapper, fx_graph_cache=False):
         _, codes = compat.run_and_get_code(torch.compile(fresh), *example_inputs)
-    code = "\n".join(codes)
-    stats = passes.stats()
+        stats = passes.stats()
+    report.code_seen = codes is not None
+    code = "\n".join(codes or ())
     report.fused, report.unfused = dict(stats["fused"]), list(stats["unfused"])
     report.onednn_ops, report.fp32_ops = dict(onednn_op_calls(code)), dict(fp32_compute_calls(code))
     return report

@@ -10,7 +10,7 @@ What is here, and who uses it:
   pattern_matcher      Inductor's pattern matcher (gen_pattern, fwd_only, Match, passes)  passes/
   builtin_passes       torch's global freezing / post-grad pattern passes and their entries  passes/builtins.py
   decomposition_tables Inductor's decomposition tables                                   passes/decompositions.py
-  meta_kernel          torch's Python meta kernel for an op, and the dispatcher's copy of it  kernels/registration.py
+  meta_kernel          torch's Python meta kernel for an op (checked present by `missing()`)
   real_tensors         leave fake-tensor mode inside a compile (probes run real kernels)    kernels/probe.py
   fake_mode_of         the active fake mode (propagating values of nodes we create)        passes/fused.py
   graph_kind           AOTAutograd's names for graph inputs (joint graph or inference)    passes/install.py
@@ -103,17 +103,6 @@ def meta_kernel(op):
     return meta_table.get(op)
 
 
-def replace_python_meta(op, fn) -> None:
-    """torch also keeps a Python meta kernel as the op's Python-dispatcher kernel (used while
-    tracing); swap it too, and drop the dispatch cache that remembers the old one."""
-    kernels = getattr(op, "py_kernels", None)
-    if kernels is not None and torch._C.DispatchKey.Meta in kernels:
-        kernels[torch._C.DispatchKey.Meta] = fn
-        cache = getattr(op, "_dispatch_cache", None)
-        if cache is not None:
-            cache.clear()
-
-
 def real_tensors():
     """A context in which tensors are real even inside a compile's fake mode."""
     try:
@@ -147,17 +136,17 @@ def hash_files(paths: tuple, extra: str = "") -> str:
 
 
 def run_and_get_code(fn, *args):
-    """(fn(*args), [generated wrapper code of every compile it triggered]). Unlike torch's helper
-    of that name, it does not reset dynamo (which would discard every model the user compiled):
-    it listens where Inductor hands each module's code to its debug output."""
+    """(fn(*args), [generated wrapper code of every compile it triggered], or None where this torch
+    does not hand the code out). Unlike torch's helper of that name, it never resets dynamo
+    (which would discard every model the user compiled): it listens where Inductor hands each
+    module's code to its debug output."""
     from unittest import mock
 
     from torch._inductor.graph import GraphLowering
 
-    if not hasattr(GraphLowering, "save_output_code"):
-        from torch._inductor.utils import run_and_get_code as run_with_reset
-
-        return run_with_reset(fn, *args)
+    if not hasattr(GraphLowering, "save_output_code"):  # never torch's helper: it resets dynamo
+        warn_missing("GraphLowering.save_output_code", "the generated code cannot be read (reports check stats only).")
+        return fn(*args), None
     codes: list = []
     with mock.patch.object(GraphLowering, "save_output_code", lambda code: codes.append(code)):
         result = fn(*args)

@@ -187,6 +187,14 @@ def emit(call: Call, f: FusedOp):
     return qlinear_binary(call, f.x, f.xq, f.w, f.w_scale, f.w_zp, f.other, f.bias, f.out, f.binary)
 
 
+def lift_1d(f: FusedOp, x) -> FusedOp:
+    """A 1-D conv as the 2-D conv over height 1 that the kernel runs it as: `x` is the input with
+    a height dim (N, C, 1, L); the prepacked 1-D weight is already [O, I, 1, k]. Exact (the op
+    does the same internally), and torch's meta kernel gets the 2-D form right, not the 1-D one."""
+    g = f.geom
+    return dataclasses.replace(f, x=x, geom=ConvGeometry((1, *g.stride), (0, *g.padding), (1, *g.dilation), g.groups))
+
+
 FUSED_OPS = frozenset({QCONV.default, QCONV.tensor, QCONV_BINARY.binary, QCONV_BINARY.binary_tensor,
                        QLINEAR.default, QLINEAR.tensor, QLINEAR.binary, QLINEAR.binary_tensor})
 

@@ -22,10 +22,10 @@ torch release), per compile since the last reset.
 from .install import (builtin_fusions, builtin_fusions_enabled, install, installed, is_installed,
                       set_builtin_fusions, uninstall)
 from .registry import fusion_ids
-from .stats import reset_stats, stats
+from .stats import isolated_stats, reset_stats, stats
 
 __all__ = [
     "install", "uninstall", "installed", "is_installed",
     "set_builtin_fusions", "builtin_fusions", "builtin_fusions_enabled",
-    "stats", "reset_stats", "fusion_ids",
+    "stats", "reset_stats", "isolated_stats", "fusion_ids",
 ]

@@ -28,22 +28,24 @@ def choose_qparams_tensor(input: torch.Tensor, quant_min: int, quant_max: int, e
 
 
 OURS = {qd.choose_qparams.tensor: choose_qparams_tensor}
-_saved: list = []  # (table, op, torch's entry or None)
+_ABSENT = object()
 
 
-def install() -> None:
-    if _saved:
-        return
+def install() -> list:
+    """Put ours into Inductor's tables; returns what was there, for `uninstall` (the installation
+    keeps it: no state lives here)."""
+    saved = []
     for table in compat.decomposition_tables():
         for op, fn in OURS.items():
-            _saved.append((table, op, table.get(op)))
+            saved.append((table, op, table.get(op, _ABSENT)))
             table[op] = fn
+    return saved
 
 
-def uninstall() -> None:
-    while _saved:
-        table, op, before = _saved.pop()
-        if before is None:
+def uninstall(saved: list) -> None:
+    """Put back exactly what `install` found (an entry that was absent is removed again)."""
+    for table, op, before in reversed(saved):
+        if before is _ABSENT:
             table.pop(op, None)
         else:
             table[op] = before

@@ -102,12 +102,18 @@ def quantized_propagations(graph: torch.fx.Graph) -> list:
     return found
 
 
-def report_unfused(graph: torch.fx.Graph, reason: Optional[Reason] = None) -> None:
-    for node in quantized_compute(graph):
-        S.unfused(CONSUMER_KIND.get(node.target, str(node.target)), node.name, reason or why(node))
+def report_unfused(graph: torch.fx.Graph, reason: Optional[Reason] = None) -> list:
+    """Record every quantized op left in fp32 in `stats()`; returns the entries (stats.Unfused)."""
+    entries = [S.unfused(CONSUMER_KIND.get(node.target, str(node.target)), node.name, reason or why(node))
+               for node in quantized_compute(graph)]
     for node in quantized_propagations(graph):
         kind = propagation_ops()[node.target]
-        S.unfused(kind, node.name, reason or why_propagation(node, kind))
+        entries.append(S.unfused(kind, node.name, reason or why_propagation(node, kind)))
+    return entries
+
+
+def has_quantized_ops(graph: torch.fx.Graph) -> bool:
+    return bool(quantized_compute(graph) or quantized_propagations(graph))
 
 
 def keep_reason(node: torch.fx.Node, fusion_id: str, phase: str, reason: Reason) -> None:

@@ -11,6 +11,7 @@ and call `replace_with`, which emits through the builders in `inductor_quant.ker
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import torch
@@ -33,14 +34,22 @@ def record(node: Any) -> Optional[Fused]:
 
 
 def propagate_fake(node: torch.fx.Node) -> None:
-    """Set node.meta['val'] by running the op on its inputs' fake values (later passes read it)."""
+    """Set node.meta['val'] by running the op on its inputs' fake values (later passes read it).
+    A 1-D conv runs as its 2-D form (torch's meta gets the 1-D output length wrong)."""
     vals = [a.meta.get("val") for a in node.all_input_nodes]
     fake_mode = compat.fake_mode_of(vals)
     if fake_mode is None or any(v is None for v in vals):
         return
     to_val = lambda a: a.meta["val"] if isinstance(a, torch.fx.Node) else a  # noqa: E731
+    f = record(node)
     with fake_mode:
-        node.meta["val"] = node.target(*tree_map(to_val, node.args), **tree_map(to_val, node.kwargs))
+        if f is not None and f.kind == "qconv" and len(f.geom.stride) == 1:
+            on_vals = dataclasses.replace(
+                f, w=to_val(f.w), w_scale=to_val(f.w_scale), w_zp=to_val(f.w_zp), bias=to_val(f.bias),
+                other=to_val(f.other), xq=K.QParams(to_val(f.xq.scale), to_val(f.xq.zero_point)))
+            node.meta["val"] = K.emit(K.eager, K.lift_1d(on_vals, to_val(f.x).unsqueeze(2))).squeeze(2)
+        else:
+            node.meta["val"] = node.target(*tree_map(to_val, node.args), **tree_map(to_val, node.kwargs))
 
 
 def emit_before(anchor: torch.fx.Node, f: Fused) -> torch.fx.Node:

@@ -1,7 +1,7 @@
 """The whole-graph rewrites that are not patterns: before the phases, a shared dequantize is
-duplicated per user; after them, sibling linears on one input merge into one GEMM, 1-D conv
-outputs get back the layout the graph was traced with, and the weights of layers refused for
-saturation fold to fp32."""
+duplicated per user; after them, sibling linears on one input merge into one GEMM, 1-D convs
+take the 2-D form the kernel runs (and, under dynamic shapes, give back the layout the graph was
+traced with), and the weights of layers refused for saturation fold to fp32."""
 
 from __future__ import annotations
 
@@ -35,22 +35,32 @@ def promote_dequant(graph: torch.fx.Graph) -> int:
     return copies
 
 
-def restore_conv1d_layout(graph: torch.fx.Graph) -> None:
-    """The int8 1-D conv writes its output channels-last ([N, C, L] with strides (C*L, 1, C));
-    the fp32 conv it replaced wrote it contiguous, and the graph downstream was traced that way
-    (a `view` after a layer norm, say). Under dynamic shapes Inductor re-derives every value's
-    strides from ours and such a view fails the compile (fuzzer finding, corpus repro), so the
-    output is copied back to the traced layout. Static shapes keep the strides recorded at
-    trace time and need no copy."""
+def lift_conv1d(graph: torch.fx.Graph) -> int:
+    """Each fused 1-D conv becomes the 2-D conv over height 1 the kernel runs it as:
+    unsqueeze(x, 2) -> qconv (2-D geometry) -> squeeze(2). Exact; after our pass Inductor sees
+    only 2-D int8 convs, whose output length torch's meta kernel computes right (for the 1-D
+    form it reads the packed [O, I, 1, k] weight as a 2-D kernel: 22 instead of 21 for k=2, p=1
+    over 20, and the next shape check failed the compile; fuzz corpus).
+
+    The kernel writes its output channels-last; the fp32 conv it replaced wrote it contiguous,
+    and the graph downstream was traced that way. Under dynamic shapes Inductor re-derives every
+    value's strides from ours, and a later `view` failed the compile (fuzz corpus), so there the
+    output is copied back to the traced layout. Static shapes keep the recorded strides.
+    Returns the convs lifted."""
+    lifted = 0
     for node in list(graph.nodes):
-        f, v = record(node), val(node)
-        if (f is None or f.kind != "qconv" or len(f.geom.stride) != 1 or v is None or v.is_contiguous()
-                or all(isinstance(d, int) for d in v.shape)):
+        f = record(node)
+        if f is None or f.kind != "qconv" or len(f.geom.stride) != 1:
             continue
-        users = list(node.users)
-        copy = call(graph, node.next, aten.clone.default, node, memory_format=torch.contiguous_format)
-        for user in users:
-            user.replace_input_with(node, copy)
+        x4 = call(graph, node, aten.unsqueeze.default, f.x, 2)
+        y = call(graph, node, aten.squeeze.dim, emit_before(node, K.lift_1d(f, x4)), 2)
+        v = val(y)
+        if v is not None and not v.is_contiguous() and not all(isinstance(d, int) for d in v.shape):
+            y = call(graph, node, aten.clone.default, y, memory_format=torch.contiguous_format)
+        node.replace_all_uses_with(y)
+        graph.erase_node(node)
+        lifted += 1
+    return lifted
 
 
 def decompose_weight_dequants(graph: torch.fx.Graph) -> None:

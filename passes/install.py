@@ -50,8 +50,9 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from inductor_quant.kernels import compat, registration
 from inductor_quant.kernels.cpu import cpu_info
 
-from . import builtins, decompositions, kernel_limits, registry
-from .diagnostics import quantized_compute, report_unfused
+from . import builtins, decompositions, registry
+from .diagnostics import has_quantized_ops, report_unfused
+from .kernel_limits import SATURATION_WARNING
 from .reasons import Why
 
 NO_FREEZING = (
@@ -83,11 +84,13 @@ class QuantFusionPass(CustomGraphPass):
             return
         kind = compat.graph_kind(graph)
         if freezing_active() and kind == "inference":
-            registry.run(graph)
-        elif quantized_compute(graph):
+            unfused = registry.run(graph)
+            if any(u.code == Why.SATURATION.code for u in unfused):
+                INSTALLATION.warn_once("saturation", graph)
+        elif has_quantized_ops(graph):
             reason = Why.UNKNOWN_GRAPH() if kind == "unknown" else Why.FREEZING_OFF()
             report_unfused(graph, reason)
-            INSTALLATION.warn_once(kind, graph)
+            INSTALLATION.warn_once("unknown_graph" if kind == "unknown" else "no_freezing", graph)
 
     def uuid(self) -> str:
         return INSTALLATION.cache_key()
@@ -102,6 +105,8 @@ class Installation:
         self.removed: list = []          # builtins.Removed entries, put back when switched on
         self.builtins_before = True      # the switch state found at install, restored at uninstall
         self.user_value = None           # the config slot as found, restored when we leave
+        self.registrations: list = []    # kernels.registration handles, undone at uninstall
+        self.decompositions: list = []   # what decompositions.install replaced, put back at uninstall
         self.warned: set = set()
         self.pass_ = QuantFusionPass()
 
@@ -114,23 +119,24 @@ class Installation:
                 compat.warn_missing("Inductor's pattern matcher API", "quantized layers stay dequantize -> fp32 -> "
                                     "quantize (correct, slower). Use torch 2.13-2.14.")
             return
-        registration.register_fake_prepacks()
-        if not registration.register_conv1d_meta_fix() and "conv1d" not in self.warned:
-            self.warned.add("conv1d")
-            compat.warn_missing("a meta kernel for onednn.qconv_pointwise", "1-D quantized convs stay unfused.")
         registry.phase_passes()  # trace the patterns now, not inside the first compile
         if not self.installed:
+            self.registrations.append(registration.register_fake_prepacks())
             self.builtins_before = not self.builtins_off
             self.installed = True
             self.set_builtin_fusions(False)
-            decompositions.install()
+            self.decompositions = decompositions.install()
         self.sync_config()
 
     def uninstall(self) -> None:
+        """Undo everything install() changed in torch, newest first."""
         if self.installed:
             self.installed = False
             self.set_builtin_fusions(self.builtins_before)
-            decompositions.uninstall()
+            decompositions.uninstall(self.decompositions)
+            self.decompositions = []
+            while self.registrations:
+                self.registrations.pop().undo()
         self.sync_config()
 
     def set_builtin_fusions(self, enabled: bool) -> None:
@@ -161,23 +167,24 @@ class Installation:
         return (f"inductor_quant:{source_hash()}:installed={self.installed}:builtins={not self.builtins_off}"
                 f":cpu={cpu_info().summary()}")
 
-    def warn_once(self, kind: str, graph: torch.fx.Graph) -> None:
-        """One warning per process and cause: no freezing (inference or joint graph), or input
-        names this code does not know."""
-        cause = "unknown_graph" if kind == "unknown" else "no_freezing"
+    def warn_once(self, cause: str, graph: torch.fx.Graph) -> None:
+        """One warning per process and cause: "no_freezing" (inference or joint graph),
+        "unknown_graph" (input names this code does not know), "saturation" (8 x 8-bit layers
+        left in fp32 on a CPU without VNNI)."""
         if cause in self.warned:
             return
         self.warned.add(cause)
         if cause == "unknown_graph":
             names = ", ".join(n.name for n in graph.find_nodes(op="placeholder"))
-            warnings.warn(compat.UNKNOWN_GRAPH_WARNING.format(version=torch.__version__, names=names), UserWarning,
-                          stacklevel=3)
+            message = compat.UNKNOWN_GRAPH_WARNING.format(version=torch.__version__, names=names)
+        elif cause == "saturation":
+            message = SATURATION_WARNING.format(isa=cpu_info().isa())
         else:
-            warnings.warn(NO_FREEZING, UserWarning, stacklevel=3)
+            message = NO_FREEZING
+        warnings.warn(message, UserWarning, stacklevel=3)
 
     def reset_warnings(self) -> None:
         self.warned.clear()
-        kernel_limits.reset_saturation_warning()
 
 
 def _as_list(value) -> list:

@@ -9,13 +9,12 @@ on this).
 
 from __future__ import annotations
 
-import warnings
 from typing import Optional
 
 import torch
 import torch.fx
 
-from inductor_quant.kernels import cpu, probe, registration
+from inductor_quant.kernels import cpu, probe
 from inductor_quant.kernels.onednn import ConvGeometry
 
 from .reasons import Reason, Why
@@ -30,7 +29,6 @@ SATURATION_WARNING = (
     "Fix: quantize with get_default_x86_inductor_quantization_config() (reduce_range='auto' picks 7-bit "
     "weights on this CPU), or reduce_range=True (7-bit activations)."
 )
-_saturation_warned = [False]
 
 
 def act_raw_max(dq_node: torch.fx.Node) -> int:
@@ -47,18 +45,11 @@ def weight_absmax(w_dq: torch.fx.Node) -> int:
 
 def check_int8_exact(act_dq: torch.fx.Node, w_dq: torch.fx.Node) -> Optional[Reason]:
     """The fused kernel must compute what the eager Q/DQ model computes on this CPU: without
-    VNNI, only activations and weights whose pair sums fit int16."""
+    VNNI, only activations and weights whose pair sums fit int16. (The installation warns once
+    per process when a compile left layers in fp32 for this reason: SATURATION_WARNING.)"""
     if cpu.fuses_exactly(act_raw_max(act_dq), weight_absmax(w_dq)):
         return None
-    isa = cpu.cpu_info().isa()
-    if not _saturation_warned[0]:
-        _saturation_warned[0] = True
-        warnings.warn(SATURATION_WARNING.format(isa=isa), UserWarning, stacklevel=2)
-    return Why.SATURATION(isa=isa)
-
-
-def reset_saturation_warning() -> None:
-    _saturation_warned[0] = False
+    return Why.SATURATION(isa=cpu.cpu_info().isa())
 
 
 # --- conv geometry ---------------------------------------------------------------------------
@@ -70,16 +61,8 @@ def geometry(conv: torch.fx.Node) -> ConvGeometry:
 
 
 def check_conv_kernel(conv: torch.fx.Node, act_dq: torch.fx.Node, w_dq: torch.fx.Node) -> Optional[Reason]:
-    return (_check_conv1d_meta(conv) or _check_dynamic_layout(conv) or _check_window_in_padding(conv)
+    return (_check_dynamic_layout(conv) or _check_window_in_padding(conv)
             or _check_known_wrong_results(conv, act_dq, w_dq) or check_int8_exact(act_dq, w_dq))
-
-
-def _check_conv1d_meta(conv: torch.fx.Node) -> Optional[Reason]:
-    """1-D convs need our corrected meta kernel (kernels/registration.py) to get their length right."""
-    w = val(conv.args[1])
-    if w is not None and w.dim() == 3 and not registration.conv1d_fusable():
-        return Why.NO_CONV1D_META()
-    return None
 
 
 def _check_dynamic_layout(conv: torch.fx.Node) -> Optional[Reason]:
@@ -150,9 +133,11 @@ def _is(dim, value: int) -> bool:
 
 def gemm_template_may_run() -> bool:
     """Whether Inductor may lower our qlinear through its C++ GEMM template (max-autotune with
-    the CPP backend). That template computes the in-place `sum` post-op wrong on torch 2.13 and
-    2.14 (a post-norm transformer of two layers came out at SQNR -3 dB; tests/passes pin it), so
-    under it a linear's residual add is emitted as `add`, into a new output."""
+    the CPP backend). Under it a linear's in-place `sum` comes out wrong on torch 2.13 and 2.14
+    even into a tensor no later op reads (the template writes it through a view its scheduling
+    does not order after the other readers: two post-norm layers with Q, K, V as three GEMMs,
+    SQNR -3 dB; tests/passes/test_gemm_template.py pins it), so under it a linear's residual add
+    is emitted as `add`, into a new output (passes/accumulators.py)."""
     from torch._inductor import config
 
     backends = {b.strip().upper() for b in str(config.max_autotune_gemm_backends).split(",")}

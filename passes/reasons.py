@@ -35,7 +35,6 @@ class Why(enum.Enum):
                   "of int8 products in int16 and saturate, so the layer stays dequantize -> fp32 -> quantize "
                   "(exact, slower); quantize with the default config (reduce_range='auto': 7-bit weights on "
                   "this CPU) to fuse it")
-    NO_CONV1D_META = "this torch has no meta kernel for the 1-D int8 conv that inductor_quant can correct"
     DYNAMIC_LAYOUT = "dynamic shapes with a 1-channel or 1-pixel input (Inductor would mispredict the output layout)"
     SUSPECT_SYMBOLIC = "suspect geometry with symbolic sizes (cannot probe the int8 kernel)"
     KERNEL_WRONG = "the int8 oneDNN kernel computes this geometry wrong (probed; torch 2.13)"

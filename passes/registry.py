@@ -37,7 +37,7 @@ from . import post_ops as O
 from . import prepack as R
 from . import propagate as G
 from . import stats as S
-from .graph_rewrites import decompose_weight_dequants, merge_sibling_linears, promote_dequant, restore_conv1d_layout
+from .graph_rewrites import decompose_weight_dequants, lift_conv1d, merge_sibling_linears, promote_dequant
 from .match import float_dtype
 
 PHASES = ("promote", "propagate", "prepack", "noop", "unary", "binary", "binary_unary", "output")
@@ -196,8 +196,8 @@ def phase_passes() -> dict:
     return passes
 
 
-def run(graph: torch.fx.Graph) -> None:
-    """All phases, in order, on one graph; then report what stayed unfused."""
+def run(graph: torch.fx.Graph) -> list:
+    """All phases, in order, on one graph; then report what stayed in fp32 (returned: stats.Unfused)."""
     for _ in range(promote_dequant(graph)):
         _count("dequant.promote")
     for phase in PHASES[1:]:
@@ -205,9 +205,10 @@ def run(graph: torch.fx.Graph) -> None:
     for _ in range(merge_sibling_linears(graph)):
         _count("merge.sibling_linears")
     graph.eliminate_dead_code()
-    restore_conv1d_layout(graph)
     for _ in range(A.settle(graph)):
         _count("post.binary.resettled")
     graph.eliminate_dead_code()
-    D.report_unfused(graph)
+    lift_conv1d(graph)
+    unfused = D.report_unfused(graph)
     decompose_weight_dequants(graph)
+    return unfused

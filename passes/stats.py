@@ -6,6 +6,7 @@ Users and tests read the same numbers: `inductor_quant.passes.stats()` / `reset_
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 from typing import NamedTuple
 
@@ -35,9 +36,11 @@ def count(fusion_id: str) -> None:
     _STATS.fused[fusion_id] += 1
 
 
-def unfused(op: str, name: str, reason) -> None:
-    """`reason`: a `passes.reasons.Reason`."""
-    _STATS.unfused.append(Unfused(op, name, reason.text, reason.why.code))
+def unfused(op: str, name: str, reason) -> Unfused:
+    """Record a quantized op left in fp32; `reason`: a `passes.reasons.Reason`."""
+    entry = Unfused(op, name, reason.text, reason.why.code)
+    _STATS.unfused.append(entry)
+    return entry
 
 
 def stats() -> dict:
@@ -48,3 +51,15 @@ def stats() -> dict:
 def reset_stats() -> None:
     _STATS.fused.clear()
     _STATS.unfused.clear()
+
+
+@contextlib.contextmanager
+def isolated_stats():
+    """Count into fresh stats inside the block and give the caller's back after it (a report
+    compiles a model of its own and must not touch the user's counts)."""
+    global _STATS
+    saved, _STATS = _STATS, Stats()
+    try:
+        yield
+    finally:
+        _STATS = saved

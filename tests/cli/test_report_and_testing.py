@@ -73,6 +73,31 @@ def test_report_keeps_the_users_compiled_models():
     assert len(compiles) == 1  # still the compiled entry from before the report
 
 
+def test_report_leaves_the_users_stats_and_installation_as_they_were():
+    """A report compiles with our passes installed and counts into stats of its own: afterwards
+    the user's stats() and whether our passes are installed are what they were."""
+    import importlib
+
+    import inductor_quant.passes as iq_passes
+    stats_module = importlib.import_module("inductor_quant.passes.stats")  # (passes.stats is the function)
+
+    was_installed = iq_passes.is_installed()
+    iq_passes.uninstall()
+    try:
+        slot = torch._inductor.config.joint_custom_pre_pass
+        iq_passes.reset_stats()
+        stats_module.count("qlinear.prepack.2d")  # the user's own count, from an earlier compile
+        before = iq_passes.stats()
+        model, inputs = models.small_cnn()
+        report = fusion_report(model, inputs)
+        assert report.fused.get("qconv.prepack") == 2  # the report saw its own compile
+        assert iq_passes.stats() == before and not iq_passes.is_installed()
+        assert torch._inductor.config.joint_custom_pre_pass is slot
+    finally:
+        if was_installed:
+            iq_passes.install()
+
+
 def test_report_counts_every_quantized_layer(small_report):
     assert small_report.annotated == {"conv": 2, "linear": 1}
     assert small_report.onednn_ops == {"qconv_pointwise": 2, "qlinear_pointwise": 1}

@@ -1,9 +1,11 @@
 """Each oneDNN builder against its plain-PyTorch reference, on small tensors (no compile)."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from inductor_quant.kernels import probe, registration
+from inductor_quant.kernels import probe
 from inductor_quant.kernels import onednn as K
 from inductor_quant.kernels import reference as R
 from inductor_quant.kernels.cpu import cpu_info
@@ -139,20 +141,25 @@ def test_qlinear_binary_add_ignores_an_int8_extra_inputs_qparams():
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation", [(2, 1, 1, 1), (3, 3, 2, 1), (3, 1, 0, 2), (1, 1, 0, 1)])
-def test_conv1d_meta_gives_the_kernels_output_shape(kernel, stride, padding, dilation):
-    """torch's meta reads the packed 1-D weight [O, I, 1, k] as a 2-D kernel (wrong length);
-    register_conv1d_meta_fix (installed with our passes) must agree with the real op."""
+def test_conv1d_is_its_2d_form_over_height_1(kernel, stride, padding, dilation):
+    """The passes emit a 1-D int8 conv as the 2-D conv over height 1 (onednn.lift_1d): it must
+    compute exactly what the 1-D call computes. torch's meta kernel gets the 1-D form's length
+    wrong (it reads the packed [O, I, 1, k] weight as a 2-D kernel): pinned here, so a torch that
+    fixes it shows up."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    registration.register_conv1d_meta_fix()
     x, xq = torch.randint(0, 256, (2, 16, 20), dtype=torch.uint8), K.QParams(0.02, 10)
     w, w_scale, w_zp = torch.randint(-W_MAX, W_MAX + 1, (8, 16, kernel), dtype=torch.int8), torch.rand(8) * 0.01, torch.zeros(8, dtype=torch.int64)
     geom = K.ConvGeometry((stride,), (padding,), (dilation,), 1)
     packed = K.qconv_prepack(K.eager, w, w_scale, xq, geom, list(x.shape))
-    real = K.qconv(K.eager, x, xq, packed, w_scale, w_zp, None, geom)
+    f = K.FusedOp("qconv", x, xq, packed, w_scale, w_zp, None, geom)
+    one_d = K.emit(K.eager, f)
+    two_d = K.emit(K.eager, K.lift_1d(f, x.unsqueeze(2)))
+    assert two_d.shape[2] == 1 and torch.equal(two_d.squeeze(2), one_d)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-        fake = K.qconv(K.eager, mode.from_tensor(x), xq, mode.from_tensor(packed), w_scale, w_zp, None, geom)
-    assert fake.shape == real.shape
+        fake = K.emit(K.eager, dataclasses.replace(f, x=mode.from_tensor(x), w=mode.from_tensor(packed)))
+    if (kernel, stride, padding, dilation) == (2, 1, 1, 1):  # the documented case: 22 instead of 21
+        assert fake.shape[-1] == 22 and one_d.shape[-1] == 21
 
 
 @pytest.mark.parametrize("x_shape, w_shape, stride", [

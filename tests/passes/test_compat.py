@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import inductor_quant.passes as iq_passes
-from inductor_quant.kernels import compat, registration
+from inductor_quant.kernels import compat
 
 from compile_utils import compile_and_run, onednn_calls
 from qdq_models import QDQLayer
@@ -50,14 +50,6 @@ def test_unknown_graph_input_names_leave_a_correct_unfused_model(monkeypatch):
     torch.testing.assert_close(out, ref)
     assert [u.code for u in stats["unfused"]] == ["unknown_graph"]
     assert len(warned) == 1 and "names the compiled graph's inputs" in warned[0]
-
-
-def test_missing_conv1d_meta_leaves_1d_convs_unfused(monkeypatch):
-    monkeypatch.setattr(registration, "conv1d_fusable", lambda: False)
-    ref, out, code, stats, _ = _compile_warned(QDQLayer(BY_ID["qconv1d"]).eval())
-    assert onednn_calls(code, "qconv_pointwise") == 0
-    torch.testing.assert_close(out, ref)
-    assert len(stats["unfused"]) == 1 and "meta kernel" in stats["unfused"][0][2], stats
 
 
 def test_missing_pattern_matcher_warns_and_convert_still_works(torch_default_state, monkeypatch):

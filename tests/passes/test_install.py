@@ -361,3 +361,57 @@ def test_int8_compile_is_quiet(vid):
     assert stats["fused"] and not stats["unfused"], stats
     noise = [f"{w.category.__name__}: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
     assert noise == [], noise
+
+
+def test_uninstall_puts_torch_back_exactly():
+    """A fresh process: torch's state that install() touches -- the config slot, the global
+    pattern passes (entries by identity, in order), Inductor's decomposition tables, the onednn
+    ops' dispatcher tables and fake kernels -- read before install() and after install(), a
+    fused int8 compile and uninstall(): identical. (torch registers some of its own patterns at
+    its first compile: one compile runs before the first reading.)"""
+    r = run_py("""
+        import torch
+        from torch._inductor import config
+        import inductor_quant.passes as iq_passes
+        from inductor_quant.kernels import compat, onednn
+        from torch._library.simple_registry import singleton
+
+        OPS = ["onednn::qconv_prepack", "onednn::qlinear_prepack", "onednn::qconv_pointwise",
+               "onednn::qlinear_pointwise", "onednn::qconv2d_pointwise"]
+
+        def snapshot():
+            return {
+                "slot": config.joint_custom_pre_pass,
+                "passes": [[(str(k), [id(e) for e in v]) for k, v in p.patterns.items()] for p in compat.builtin_passes()],
+                "decompositions": [sorted((str(op), id(fn)) for op, fn in t.items() if "quantized_decomposed" in str(op))
+                                   for t in compat.decomposition_tables()],
+                "dispatch": [torch._C._dispatch_dump_table(op) for op in OPS],
+                "fake": [singleton.find(op).fake_impl.kernel is None for op in OPS],
+                "py_kernels": [dict(op.py_kernels) for op in (onednn.QCONV.default, onednn.QLINEAR.default)],
+            }
+
+        import sys
+        sys.path.insert(0, "tests/passes")
+        from qdq_models import QDQLayer
+        from variants import BY_ID
+
+        model = QDQLayer(BY_ID["qconv1d"]).eval()
+
+        def compile_once():
+            torch._dynamo.reset()
+            with torch.no_grad(), config.patch(freezing=True):
+                torch.compile(model)(*model.example_inputs())
+
+        compile_once()  # torch's first compile registers the rest of its patterns
+        before = snapshot()
+        iq_passes.install()
+        assert snapshot() != before  # install changes something we can see
+        compile_once()
+        assert iq_passes.stats()["fused"].get("qconv.prepack") == 1, iq_passes.stats()
+        iq_passes.uninstall()
+        after = snapshot()
+        for key in before:
+            assert after[key] == before[key], key
+        print("same")
+    """)
+    assert r.returncode == 0 and "same" in r.stdout, r.stderr[-3000:]

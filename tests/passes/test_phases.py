@@ -238,20 +238,24 @@ def test_every_fusion_id_fired():
 
 
 def test_saturation_warning_once_per_process_until_reset(monkeypatch):
+    """The pass (as Inductor calls it) warns once per process when layers stay fp32 for saturation."""
+    import importlib
     import warnings
     from inductor_quant.kernels import cpu
-    from inductor_quant.passes.install import reset_warning
     from variants import BY_ID
+    install = importlib.import_module("inductor_quant.passes.install")
     monkeypatch.setattr(cpu, "fuses_exactly", lambda *args: False)
     model = QDQLayer(BY_ID["qlinear.2d"]).eval()
 
     def warned():
-        with warnings.catch_warnings(record=True) as caught:
+        gm, _ = stage_graph(model, model.example_inputs())
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad(), \
+                torch._inductor.config.patch(freezing=True):
             warnings.simplefilter("always")
-            rewrite(model, model.example_inputs())
+            install.INSTALLATION.pass_(gm.graph)
         return [w for w in caught if "would saturate" in str(w.message)]
 
-    reset_warning()
+    install.reset_warning()
     assert len(warned()) == 1 and warned() == []
-    reset_warning()
+    install.reset_warning()
     assert len(warned()) == 1

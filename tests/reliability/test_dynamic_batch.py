@@ -34,7 +34,7 @@ def _run_and_code(fn, *args):
     """Run and return the code Inductor generated meanwhile; unlike torch's run_and_get_code it does
     not reset Dynamo, so it shows what a *re*compile (batch 1 after batch 2) runs."""
     out, codes = compat.run_and_get_code(fn, *args)
-    return out, "\n".join(codes)
+    return out, "\n".join(codes or ())
 
 
 @pytest.fixture(scope="module", params=["quantize", "manual"])
