@@ -73,6 +73,33 @@ def add_builds(out_dtype: torch.dtype, other: torch.fx.Node) -> bool:
     return v is not None and v.is_floating_point() and probe.qlinear_binary_builds(out_dtype, v.dtype, "add")
 
 
+# ops whose result Inductor always holds in a buffer of its own (an extern kernel's output), so a
+# kernel may read it as an `add` extra input; views of such results too
+_EXTERN_RESULTS = (aten.mm.default, aten.addmm.default, aten.bmm.default, aten.convolution.default)
+
+
+def realized(other: torch.fx.Node) -> bool:
+    """Will Inductor hand `other` to the kernel as a buffer? Its lowering of qlinear's `add` reads
+    the extra input unrealized otherwise, and the compile fails (an assertion on a Pointwise:
+    fuzzer finding). Graph inputs, constants and extern kernels' results (ours included) are
+    buffers, and so are views of them."""
+    if other.op in ("placeholder", "get_attr"):
+        return True
+    if other.op != "call_function":
+        return False
+    if other.target in K.FUSED_OPS or other.target in _EXTERN_RESULTS:
+        return True
+    schema = getattr(other.target, "_schema", None)
+    aliases = schema is not None and any(r.alias_info for r in schema.returns)
+    return aliases and isinstance(other.args[0], torch.fx.Node) and realized(other.args[0])
+
+
+def _add_takes(out_dtype: torch.dtype, other: torch.fx.Node) -> bool:
+    """`add` of this extra input builds and lowers: under Inductor's GEMM template the lowering
+    makes the extra input a buffer itself (mm_args), elsewhere it must be one already."""
+    return add_builds(out_dtype, other) and (gemm_template_may_run() or realized(other))
+
+
 def linear_accumulation(other: torch.fx.Node, out_dtype: torch.dtype, reader: torch.fx.Node,
                         also_reading: tuple = ()) -> Optional[str]:
     """`sum` or `add` for a fused linear with a float extra input, or None if neither is right here.
@@ -80,7 +107,7 @@ def linear_accumulation(other: torch.fx.Node, out_dtype: torch.dtype, reader: to
     if not gemm_template_may_run() and out_dtype == val(other).dtype and val(other).is_contiguous() \
             and writable_in_place(other, reader, also_reading):
         return "sum"
-    return "add" if add_builds(out_dtype, other) else None
+    return "add" if _add_takes(out_dtype, other) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +130,7 @@ def requantized_accumulation(f: Fused, out: K.Output, reader: torch.fx.Node) -> 
                 and len(extra.users) == 1 and writable_in_place(r, reader, (extra,))):
             rq = K.QParams(float(a["scale"]), int(a["zero_point"]))
             return Requantized(r, dataclasses.replace(f.binary, name="sum", other=rq))
-    if f.kind == "qlinear" and add_builds(out.dtype, extra):
+    if f.kind == "qlinear" and _add_takes(out.dtype, extra):
         return Requantized(extra, dataclasses.replace(f.binary, name="add", other=K.QParams()))
     return None
 
@@ -124,7 +151,7 @@ def settle(graph: torch.fx.Graph) -> int:
             info = torch.iinfo(val(other).dtype)
             other = call(graph, node, qd.dequantize_per_tensor.default, other, q.scale, q.zero_point, info.min,
                          info.max, val(other).dtype)
-        if f.kind == "qlinear" and add_builds(f.out.dtype, other):
+        if f.kind == "qlinear" and _add_takes(f.out.dtype, other):
             replace_with(node, dataclasses.replace(f, other=other, binary=dataclasses.replace(
                 f.binary, name="add", other=K.QParams())))
         else:

@@ -13,7 +13,7 @@ import torch.fx
 
 from inductor_quant.kernels import onednn as K
 
-from .fused import Fused, call, replace_with
+from .fused import Fused, call, propagate_fake, replace_with
 from .kernel_limits import check_conv_kernel, check_int8_exact, geometry
 from .reasons import Reason, Why
 from .match import ACT_DQ, ACT_RANGE, args_of, node_of, same_dims, static_shape, val, within
@@ -164,10 +164,34 @@ def check_dq_linear(match: Match) -> Optional[Reason]:
             or check_int8_exact(act_dq, w_dq))
 
 
+def _runtime_qparams_as_kernels_take(xq: K.QParams, anchor) -> K.QParams:
+    """Run-time activation qparams (choose_qparams: float64 scale, int64 zero point) as float32 /
+    int32: Inductor's C++ GEMM template reads the scale tensor as float32, and a float64 one came
+    out as garbage (outputs ~1e36: fuzzer finding); oneDNN's op converts either way."""
+    if not xq.is_tensor:
+        return xq
+    return K.QParams(_as_dtype(xq.scale, torch.float32), _as_dtype(xq.zero_point, torch.int32))
+
+
+def _as_dtype(node: torch.fx.Node, dtype: torch.dtype) -> torch.fx.Node:
+    """node cast to dtype, one cast per node right after it, shared by every linear reading it
+    (so siblings on one dynamically quantized input still read the same qparams and merge)."""
+    if val(node) is None or val(node).dtype == dtype:
+        return node
+    cast = prims.convert_element_type.default
+    for user in node.users:
+        if user.target is cast and user.args[1] == dtype:
+            return user
+    with node.graph.inserting_after(node):
+        out = node.graph.call_function(cast, (node, dtype))
+    propagate_fake(out)
+    return out
+
+
 def prepack_qlinear(match: Match) -> tuple:
     # [view](addmm|mm([view](dq(x)), permute(dq(w)))) -> onednn.qlinear_pointwise(x, prepack(w), b)
     out = match.output_node()
-    xq, x = _x_qparams(_act_dq(match)), match.kwargs["x"]
+    xq, x = _runtime_qparams_as_kernels_take(_x_qparams(_act_dq(match)), out), match.kwargs["x"]
     # int32 zero points: the form Inductor's qlinear lowering keeps (it re-creates an int64 one)
     w_scale, w_zp = _weight_qparams(match, _weight_dq(match), out, torch.int32)
     packed = K.qlinear_prepack(lambda op, args: call(out.graph, out, op, *args), match.kwargs["w"], static_shape(x))

@@ -1,6 +1,6 @@
 """Differential fuzzer: random quantized graphs, eager converted model vs torch.compile.
 
-    python tests/fuzz/fuzz.py --graphs 500                 # the full sweep (8 configs each)
+    python tests/fuzz/fuzz.py --graphs 500                 # the full sweep (every config of harness.CONFIGS)
     python tests/fuzz/fuzz.py --graphs 250 --shard 1/2     # half of it (run 0/2 and 1/2 at once)
     python tests/fuzz/fuzz.py --summary fuzz-out           # merge the shards' results
     python tests/fuzz/fuzz.py --replay fuzz-out/repro-*.json
@@ -64,7 +64,7 @@ def sweep(args) -> int:
     if os.path.exists(results):
         done = {json.loads(line)["seed"] for line in open(results)}
     shard, shards = (int(v) for v in args.shard.split("/"))
-    configs = harness.FULL_CONFIGS if args.full_matrix else harness.CONFIGS
+    configs = harness.FULL_CONFIGS + harness.PRODUCT_CONFIGS if args.full_matrix else harness.CONFIGS
     seeds = [s for s in range(args.seed, args.seed + args.graphs * shards) if s % shards == shard][: args.graphs]
     harness.install_our_passes()
     seen_kinds: set[str] = set()
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--shard", default="0/1", help="i/n: this process takes seeds with seed %% n == i")
     p.add_argument("--out", default="fuzz-out")
-    p.add_argument("--full-matrix", action="store_true", help="all 16 configs instead of the 8 of the half fraction")
+    p.add_argument("--full-matrix", action="store_true", help="all 16 switch configs instead of the 8 of the half fraction")
     p.add_argument("--no-minimize", dest="minimize", action="store_false")
     p.add_argument("--replay", help="re-run a saved repro (exit 1 while it still fails)")
     p.add_argument("--summary", help="print the summary of a results directory")

@@ -203,8 +203,8 @@ def _candidates(r: random.Random, vals: list[tuple]) -> list[tuple[str, list[int
         other = r.choice(twins)
         out.append((r.choice(("add", "add", "add_relu")), [src, other], {}))
     mates = [i for i, s in enumerate(vals) if len(s) == rank and rank >= 2 and s[:1] + s[2:] == shape[:1] + shape[2:]]
-    if mates:
-        out.append(("cat", [src, r.choice(mates)], {"dim": 1}))
+    if mates:  # 2 to 6 inputs (int8.cat takes any number)
+        out.append(("cat", [src] + [r.choice(mates) for _ in range(r.choice((1, 1, 2, 3, 4, 5)))], {"dim": 1}))
     return out
 
 
@@ -228,6 +228,89 @@ def _input_shape(r: random.Random) -> list[int]:
     return [batch, r.choice((1, 3, 4)), r.randint(2, 6), r.randint(2, 6), r.randint(2, 6)]
 
 
+# ----------------------------------------------------------------------------- motifs
+# Shapes the newest rewrites meet, drawn as a few ops at once. Each is (name, fn): fn(r, vals, src)
+# returns [(op, inputs, kwargs), ...] with inputs as value ids, new values numbered from
+# len(vals) on, plus values that should also be graph outputs; None when src does not suit it.
+
+
+def _linear_op(src: int, out: int, bias: bool = True) -> tuple:
+    return ("linear", [src], {"out": out, "bias": bias})
+
+
+def _siblings_with_residual(r: random.Random, vals: list, src: int):
+    """Two linears on one input (merged into one GEMM); the first is also a later linear's
+    residual (a linear `sum` into a merge's slice: issue 18's bug); the second is returned,
+    viewed or concatenated with the sum."""
+    shape = vals[src]
+    if len(shape) < 2:
+        return None
+    n, width = len(vals), r.choice((8, 16))
+    ops = [_linear_op(src, width), _linear_op(src, r.choice((8, 16))),   # n: a, n + 1: b
+           (r.choice(sorted(UNARY)), [src], {}),                            # n + 2: z, another input
+           _linear_op(n + 2, width),                                        # n + 3: l3(z)
+           (r.choice(("add", "add_relu")), [n + 3, n], {})]                 # n + 4: l3(z) + a
+    use = r.choice(("return", "view", "cat"))
+    if use == "view" and len(shape) >= 3:
+        ops.append(("flatten", [n + 1], {"start": 1}))
+    elif use == "cat":  # both keep src's leading dims
+        ops.append(("cat", [n + 4, n + 1], {"dim": len(shape) - 1}))
+    return ops, [n + 1]
+
+
+def _residual_chain(r: random.Random, vals: list, src: int):
+    """x -> linear -> + x -> linear -> + ... (BERT's residual stream): each sum is requantized
+    for the next linear (linear + add + quantize), the last one read by a final linear."""
+    shape = vals[src]
+    if len(shape) < 2 or shape[-1] > 32:
+        return None
+    ops, v, n = [], src, len(vals)
+    for _ in range(r.randint(2, 4)):
+        ops.append(_linear_op(v, shape[-1], r.random() < 0.8))
+        ops.append((r.choice(("add", "add", "add_relu")), [n + len(ops) - 1, v], {}))
+        v = n + len(ops) - 1
+    ops.append(_linear_op(v, r.choice((3, 8, 16))))
+    return ops, []
+
+
+def _linear_on_permuted(r: random.Random, vals: list, src: int):
+    """A linear over a permuted 3-D input (non-contiguous), as attention heads and channel mixing do."""
+    if len(vals[src]) != 3:
+        return None
+    n = len(vals)
+    return [("permute", [src], {"dims": [0, 2, 1]}), _linear_op(n, r.choice((3, 8, 16)))], []
+
+
+MOTIFS = (("siblings_with_residual", _siblings_with_residual), ("residual_chain", _residual_chain),
+          ("linear_on_permuted", _linear_on_permuted))
+
+
+def _try_motif(r: random.Random, spec: dict, vals: list, probe: list, extra_outputs: list) -> bool:
+    """Append one motif's ops if they all run on the probe values and fit; else leave spec as is."""
+    _, fn = r.choice(MOTIFS)
+    src = len(vals) - 1 if r.random() < 0.7 else r.randrange(len(vals))
+    drawn = fn(r, vals, src)
+    if drawn is None:
+        return False
+    ops, outs = drawn
+    new_vals, new_probe = list(vals), list(probe)
+    try:
+        for name, ins, kw in ops:
+            op = {"op": name, "in": ins, "kw": kw}
+            with torch.no_grad():
+                out = _apply(op, _module(op, new_probe[ins[0]].shape), [new_probe[j] for j in ins])
+            if not _fits(tuple(out.shape)):
+                return False
+            new_probe.append(out)
+            new_vals.append(tuple(out.shape))
+    except (RuntimeError, ValueError, IndexError):
+        return False
+    spec["ops"] += [{"op": name, "in": ins, "kw": kw} for name, ins, kw in ops]
+    vals[:], probe[:] = new_vals, new_probe
+    extra_outputs += outs
+    return True
+
+
 def generate(seed: int, max_ops: int = 7) -> dict:
     """Draw a valid spec: 2..max_ops ops, at least one conv or linear."""
     r = random.Random(seed)
@@ -235,10 +318,14 @@ def generate(seed: int, max_ops: int = 7) -> dict:
     spec = {"seed": seed, "input": _input_shape(r), "quant": "static", "ops": [], "outputs": []}
     vals = [tuple(spec["input"])]
     probe = [torch.zeros(vals[0])]
+    motifs = random.Random(seed * 131 + 3)  # its own stream, like the siblings'
+    extra_outputs: list = []
     n_ops = r.randint(2, max_ops)
     tries = 0
     while len(spec["ops"]) < n_ops and tries < 200:
         tries += 1
+        if motifs.random() < 0.12 and _try_motif(motifs, spec, vals, probe, extra_outputs):
+            continue
         name, src, kw = r.choice(_candidates(r, vals))
         op = {"op": name, "in": src, "kw": kw}
         try:
@@ -274,6 +361,7 @@ def generate(seed: int, max_ops: int = 7) -> dict:
     spec["outputs"] = [len(vals) - 1]
     if len(vals) > 3 and r.random() < 0.3:  # a second output from inside the graph
         spec["outputs"].insert(0, r.randrange(1, len(vals) - 1))
+    spec["outputs"] = list(dict.fromkeys(extra_outputs + spec["outputs"]))  # motifs' returned values too
     has_linear = any(op["op"] == "linear" for op in spec["ops"])
     spec["quant"] = "dynamic" if has_linear and r.random() < 0.25 else "static"
     return spec

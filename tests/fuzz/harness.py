@@ -1,8 +1,17 @@
-"""Differential check of one spec: eager converted model vs torch.compile in a config matrix.
+"""Differential check of one spec: eager converted model vs compiled, in every configuration the
+README recommends.
 
-Configs cover {freezing on/off} x {Python/C++ wrapper} x {fp32, bf16 autocast} x {static, dynamic
-batch}. `CONFIGS` is the half fraction of that 2^4 grid in which the four switches xor to zero: 8
-compiles per graph that still meet every pair of switch settings (`FULL_CONFIGS` has all 16).
+Configs: the grid {freezing on/off} x {Python/C++ wrapper} x {fp32, bf16 autocast} x {static,
+dynamic batch} (`GRID_CONFIGS`, 16; `CONFIGS` takes the half fraction in which the four switches
+xor to zero: 8 compiles that still meet every pair of settings), plus the product's own
+configurations (`PRODUCT_CONFIGS`): `torch.compile(options=fast_options())` (freezing, the C++
+wrapper and, on AMX / AVX-512 VNNI, Inductor's C++ GEMM template with autotuning) at a static
+batch with and without bf16 autocast (bf16 where native) and at a dynamic batch; and
+AOTInductor (`aoti_compile_and_package` of the re-exported converted model), static and dynamic
+batch (the fourth combination, bf16 with a dynamic batch, is left out: fast_options() autotunes
+every GEMM, seconds per linear, and the other three meet every setting). A
+dynamic batch runs batch 3, then 1 (the commonest serving batch: a recompile under torch's 0/1
+rule, or the same AOTI package), then 5 through one compile.
 
 Verdict per config: "ok", "crash" (an exception in quantize, compile or run) or "mismatch": an
 output farther from the eager converted model than one quantization step (the largest activation
@@ -16,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
+import tempfile
 import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -23,13 +34,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 import inductor_quant.passes as iq_passes
-from inductor_quant import quantize
+from inductor_quant import fast_options, quantize
+from inductor_quant.kernels.cpu import cpu_info
 from inductor_quant.quantizer import X86InductorQuantizer, get_default_x86_inductor_quantization_config
 
 from graphs import SpecModel, inputs, value_shapes
 
 qd = torch.ops.quantized_decomposed
 BF16_RTOL = 1.6e-2
+MODES = ("jit", "fast", "aoti")  # plain torch.compile with the switches, fast_options(), AOTInductor
 
 
 @dataclass(frozen=True)
@@ -38,22 +51,40 @@ class Config:
     cpp_wrapper: bool
     bf16: bool
     dynamic_batch: bool
+    mode: str = "jit"
 
     @property
     def name(self) -> str:
+        dtype, batch = ("bf16" if self.bf16 else "fp32"), ("dynbatch" if self.dynamic_batch else "static")
+        if self.mode != "jit":
+            return f"{self.mode}-{dtype}-{batch}"
         return "-".join((("freeze" if self.freezing else "nofreeze"), ("cpp" if self.cpp_wrapper else "py"),
-                         ("bf16" if self.bf16 else "fp32"), ("dynbatch" if self.dynamic_batch else "static")))
+                         dtype, batch))
 
     @classmethod
     def parse(cls, name: str) -> "Config":
-        for c in FULL_CONFIGS:
+        for c in GRID_CONFIGS + ALL_PRODUCT_CONFIGS:
             if c.name == name:
                 return c
-        raise ValueError(f"unknown config {name!r}; one of {[c.name for c in FULL_CONFIGS]}")
+        raise ValueError(f"unknown config {name!r}; one of {[c.name for c in GRID_CONFIGS + ALL_PRODUCT_CONFIGS]}")
 
 
-FULL_CONFIGS = [Config(*bits) for bits in itertools.product((True, False), repeat=4)]
-CONFIGS = [c for c in FULL_CONFIGS if (c.freezing ^ c.cpp_wrapper ^ c.bf16 ^ c.dynamic_batch) == 0]
+GRID_CONFIGS = [Config(*bits) for bits in itertools.product((True, False), repeat=4)]
+FULL_CONFIGS = GRID_CONFIGS  # the grid's full factorial (--full-matrix)
+HALF_FRACTION = [c for c in GRID_CONFIGS if (c.freezing ^ c.cpp_wrapper ^ c.bf16 ^ c.dynamic_batch) == 0]
+# fast_options() freezes and uses the C++ wrapper; AOTInductor compiles without autocast (it
+# disables it while compiling), so it has no bf16 config
+ALL_PRODUCT_CONFIGS = ([Config(True, True, bf16, dyn, "fast") for bf16, dyn in ((False, False), (True, False), (False, True))]
+                       + [Config(True, True, False, dyn, "aoti") for dyn in (False, True)])
+
+
+def product_configs(bf16_native: bool) -> list:
+    """The recommended configurations on a CPU: bf16 ones only where bf16 is native."""
+    return [c for c in ALL_PRODUCT_CONFIGS if bf16_native or not c.bf16]
+
+
+PRODUCT_CONFIGS = product_configs(cpu_info().bf16_native)
+CONFIGS = HALF_FRACTION + PRODUCT_CONFIGS
 
 
 @dataclass
@@ -91,8 +122,36 @@ def quantized(spec: dict, dynamic_batch: bool) -> torch.fx.GraphModule:
 
 
 def run_batches(spec: dict, config: Config) -> list[int]:
-    """Batch sizes to run: the spec's; with a dynamic batch, two sizes through one compile."""
-    return [3, 5] if config.dynamic_batch else [spec["input"][0]]
+    """Batch sizes to run: the spec's; with a dynamic batch, three through one compile, batch 1 included."""
+    return [3, 1, 5] if config.dynamic_batch else [spec["input"][0]]
+
+
+DYNAMIC_BATCH = torch.export.Dim("batch", min=1, max=64)
+
+
+@contextlib.contextmanager
+def compiled_for(config: Config, model: torch.nn.Module, example: torch.Tensor, compile_fn=torch.compile):
+    """The callable `config` makes of `model` (compiled on first call, except AOTI: ahead)."""
+    if config.mode == "aoti":
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), torch._inductor.config.patch(freezing=True):
+            shapes = ({0: DYNAMIC_BATCH},) if config.dynamic_batch else None
+            program = torch.export.export(model, (example,), dynamic_shapes=shapes)
+            path = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(tmp, "model.pt2"))
+            yield torch._inductor.aoti_load_package(path)
+        return
+    if config.mode == "fast" and compile_fn is torch.compile:
+        yield torch.compile(model, options=fast_options())
+        return
+    yield compile_fn(model)
+
+
+def _call_patch(config: Config):
+    """The Inductor switches a call runs under (the compile happens at the first call)."""
+    if config.mode == "aoti":
+        return contextlib.nullcontext()
+    # no autotune tables on stdout (fast_options() autotunes the int8 GEMMs)
+    return torch._inductor.config.patch(freezing=config.freezing, cpp_wrapper=config.cpp_wrapper,
+                                        autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False)
 
 
 def allowed_error(converted: torch.fx.GraphModule, ref: torch.Tensor, x: torch.Tensor) -> float:
@@ -125,7 +184,7 @@ def check(spec: dict, config: Config, compile_fn=torch.compile) -> Outcome:
 def known_upstream(spec: dict, config: Config) -> str:
     """torch bugs that reproduce without quantization but only now and then (a read of stale
     memory), so the float re-check alone would miss them. Each has a float-only repro in the
-    README's fuzzing section."""
+    docs/RELIABILITY.md (fuzzing)."""
     if not config.bf16:
         return ""
     shapes = value_shapes(spec)
@@ -138,18 +197,19 @@ def known_upstream(spec: dict, config: Config) -> str:
 def float_model_fails(spec: dict, config: Config) -> str:
     """Why Inductor gets the unquantized graph wrong under `config` ('' if it does not)."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.ExitStack() as stack:
             warnings.simplefilter("ignore")
             model = SpecModel(spec).eval()
             torch._dynamo.reset()
-            compiled = torch.compile(model, dynamic=True if config.dynamic_batch else None)
+            batches = run_batches(spec, config)
+            compile_fn = lambda m: torch.compile(m, dynamic=True if config.dynamic_batch else None)  # noqa: E731
+            compiled = stack.enter_context(compiled_for(config, model, inputs(spec, batch=batches[0]), compile_fn))
             autocast = torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext()
-            patch = torch._inductor.config.patch(freezing=config.freezing, cpp_wrapper=config.cpp_wrapper)
-            for i, batch in enumerate(run_batches(spec, config)):
+            for i, batch in enumerate(batches):
                 x = inputs(spec, batch=batch, salt=3 + i)
                 with torch.no_grad(), autocast:
                     refs = _as_tuple(model(x))
-                    with patch:  # a few calls: a wrong read of stale memory shows only sometimes
+                    with _call_patch(config):  # a few calls: a wrong read of stale memory shows only sometimes
                         outs = [o for _ in range(4) for o in _as_tuple(compiled(x))]
                 for ref, out in zip(refs * 4, outs):
                     ref, out = ref.float(), out.float()
@@ -165,25 +225,25 @@ def float_model_fails(spec: dict, config: Config) -> str:
 def _check_quantized(spec: dict, config: Config, compile_fn) -> Outcome:
     stage = "quantize"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.ExitStack() as stack:
             warnings.simplefilter("ignore")
             converted = quantized(spec, config.dynamic_batch)
             stage = "compile"
             torch._dynamo.reset()
             iq_passes.reset_stats()
-            compiled = compile_fn(converted)
+            batches = run_batches(spec, config)
+            compiled = stack.enter_context(compiled_for(config, converted, inputs(spec, batch=batches[0]), compile_fn))
             autocast = torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext()
             worst, detail = 0.0, ""
-            patch = torch._inductor.config.patch(freezing=config.freezing, cpp_wrapper=config.cpp_wrapper)
-            for i, batch in enumerate(run_batches(spec, config)):
+            for i, batch in enumerate(batches):
                 x = inputs(spec, batch=batch, salt=3 + i)
-                if config.dynamic_batch and i == 0:
+                if config.dynamic_batch and i == 0 and config.mode != "aoti":
                     torch._dynamo.mark_dynamic(x, 0)
                 with torch.no_grad():
                     refs = _as_tuple(converted(x))
                     with autocast:
                         eager_autocast = _as_tuple(converted(x)) if config.bf16 else refs
-                    with patch, autocast:
+                    with _call_patch(config), autocast:
                         outs = _as_tuple(compiled(x))
                 stage = "run"
                 for k, (ref, out, ref_autocast) in enumerate(zip(refs, outs, eager_autocast)):

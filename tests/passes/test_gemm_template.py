@@ -108,3 +108,22 @@ def test_the_template_still_computes_the_in_place_sum_wrong(converted, monkeypat
         ref, out, code, stats = compile_and_run(model, inputs)
     assert int8_gemm_template_calls(code) == 12, code
     assert agreement(ref, out)[0] < 20, agreement(ref, out)  # -3 dB on torch 2.13
+
+
+def test_dynamically_quantized_linears_are_right_under_the_template():
+    """Run-time activation qparams (choose_qparams gives a float64 scale) reach the template as
+    float32: it read the float64 scale as float32 and the outputs came out ~1e36 (fuzzer finding,
+    fast-fp32-static)."""
+    from inductor_quant.quantizer import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16)
+    config = get_default_x86_inductor_quantization_config(is_dynamic=True)
+    two_linears = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    model = quantize(two_linears, (x,), [(x,)], quantizer=X86InductorQuantizer().set_global(config))
+    with torch._inductor.config.patch(max_autotune=True, max_autotune_gemm_backends="CPP"):
+        ref, out, code, stats = compile_and_run(model, (x,))
+    assert stats["unfused"] == [] and stats["fused"].get("qlinear.dynamic.nd") == 2, stats
+    templates = int8_gemm_template_calls(code)
+    assert (templates >= 1) == TEMPLATE_HERE and templates + count(code, "qlinear_pointwise") == 2, code
+    assert agreement(ref, out)[0] > 40
