@@ -95,13 +95,14 @@ def decompose_weight_dequants(graph: torch.fx.Graph) -> None:
         graph.erase_node(node)
 
 
-def merge_sibling_linears(graph: torch.fx.Graph) -> int:
+def merge_sibling_linears(graph: torch.fx.Graph) -> list:
     """Fused int8 linears that read the same quantized input with the same quantization and
     post-ops (a transformer's Q, K and V projections) become one linear over their concatenated
     weights, scales, zero points and biases, and each former output a slice of its result: one
     GEMM with N = the sum of theirs instead of several, and one call's fixed cost instead of
     several. The concatenation is of frozen constants and folds into one prepacked weight.
-    Static shapes only (a slice of a symbolic width would need a guard). Returns groups merged."""
+    Static shapes only (a slice of a symbolic width would need a guard). Returns the size of
+    each group merged."""
     groups: dict = {}
     for node in graph.nodes:
         f = record(node)
@@ -109,14 +110,14 @@ def merge_sibling_linears(graph: torch.fx.Graph) -> int:
             continue
         key = (f.x, _qparams_key(f.xq), f.out, f.unary, f.bias is None)
         groups.setdefault(key, []).append(node)
-    merged, constant = 0, {}
+    merged, constant = [], {}
     for nodes in groups.values():
         if len(nodes) > 1 and all(_constant(n, constant) for node in nodes for n in _weight_inputs(record(node))):
             for node in nodes[1:]:  # their weights' qparams may be computed after the first sibling
                 for n in _weight_inputs(record(node)):
                     _hoist_before(nodes[0], n)
             _merge(graph, nodes)
-            merged += 1
+            merged.append(len(nodes))
     return merged
 
 

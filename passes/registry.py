@@ -75,6 +75,7 @@ STEPS = (
     Step("dequant.promote", "promote", "a shared dequantize duplicated for one of its users"),
     Step(R.S8_TO_U8, "prepack", "an int8 conv activation shifted to uint8 (qconv takes uint8 only)"),
     Step("merge.sibling_linears", "output", "fused linears on one input (Q, K, V) merged into one GEMM"),
+    Step("merge.sibling_linears.absorbed", "output", "a linear merged into a sibling's GEMM (one oneDNN call fewer)"),
     Step("post.binary.resettled", "output", "an in-place `sum` a later rewrite made unsafe: now `add`, or the op "
                                             "taken apart (accumulators.settle)"),
 )
@@ -202,8 +203,10 @@ def run(graph: torch.fx.Graph) -> list:
         _count("dequant.promote")
     for phase in PHASES[1:]:
         phase_passes()[phase].apply(graph)
-    for _ in range(merge_sibling_linears(graph)):
+    for size in merge_sibling_linears(graph):
         _count("merge.sibling_linears")
+        for _ in range(size - 1):
+            _count("merge.sibling_linears.absorbed")
     graph.eliminate_dead_code()
     for _ in range(A.settle(graph)):
         _count("post.binary.resettled")

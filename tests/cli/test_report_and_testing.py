@@ -98,6 +98,16 @@ def test_report_leaves_the_users_stats_and_installation_as_they_were():
             iq_passes.install()
 
 
+def test_strict_report_counts_merged_sibling_linears_as_fused():
+    """Q, K and V merged into one GEMM are three fused layers in one oneDNN call: --strict passes."""
+    from inductor_quant.benchmarks import zoo
+
+    model, inputs = zoo.build("bert_tiny", 1)
+    report = fusion_report(model, inputs)
+    assert report.fused.get("merge.sibling_linears") == 2 and report.fused.get("merge.sibling_linears.absorbed") == 4
+    assert report.annotated["linear"] == 12 and report.int8_layers == 8 and report.strict_failures() == [], report.text()
+
+
 def test_report_counts_every_quantized_layer(small_report):
     assert small_report.annotated == {"conv": 2, "linear": 1}
     assert small_report.onednn_ops == {"qconv_pointwise": 2, "qlinear_pointwise": 1}
