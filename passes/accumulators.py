@@ -6,7 +6,8 @@ eagerly too. Our graph is functional, so `sum` is correct only where overwriting
 cannot be seen: it is a tensor of its own, computed in this graph (not an input, constant or
 view, nor a copy Inductor may drop as a no-op), and every other reader of it runs before the
 fused op because it feeds one of the fused op's inputs. `add` (linear only) writes a new output
-and is always correct where the kernel builds it.
+and is correct wherever the kernel builds it; Inductor's lowering takes it only for an extra input
+that is already a buffer (`realized`), or under its C++ GEMM template.
 
 The choice is made twice, from the graph at hand each time: when a rule folds the add (so it
 fuses only what it can realize), and in `settle`, after every rewrite, where a `sum` that a later
