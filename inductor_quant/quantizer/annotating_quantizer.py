@@ -114,6 +114,10 @@ class AnnotatingQuantizer(Quantizer):
     def global_config(self) -> Optional[QuantizationConfig]:
         return self._resolver.global_config
 
+    def get_global_quantization_config(self) -> Optional[QuantizationConfig]:
+        """The config `set_global` set (upstream's spelling of `global_config`)."""
+        return self._resolver.global_config
+
     def config_for(self, node: Node) -> Optional[QuantizationConfig]:
         """The config the precedence contract gives `node` (None: stays float)."""
         return self._resolver.resolve(node)

@@ -13,6 +13,8 @@ after the last post-op.
 
 from __future__ import annotations
 
+import operator
+
 from typing import Optional
 
 import torch
@@ -79,7 +81,10 @@ FUNCTION_TO_ATEN: dict = {
     _F.conv2d: frozenset(k for k, v in CONV_OPS.items() if v == "conv2d"),
     _F.conv3d: frozenset(k for k, v in CONV_OPS.items() if v == "conv3d"),
     torch.matmul: _overloads("matmul.default"),
+    torch.Tensor.matmul: _overloads("matmul.default"),
+    operator.matmul: _overloads("matmul.default"),  # a @ b
     torch.bmm: _overloads("bmm.default"),
+    torch.Tensor.bmm: _overloads("bmm.default"),
     torch.add: ADD_OPS,
     torch.mul: MUL_OPS,
     torch.cat: CAT_OPS,

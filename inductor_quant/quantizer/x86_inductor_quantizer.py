@@ -14,8 +14,14 @@ matmul/bmm only with `quantize_matmul=True`. Chain outputs that only float ops c
 
 from __future__ import annotations
 
+import operator
+
+import torch
+
 from .annotating_quantizer import AnnotatingQuantizer
 from .configs import get_default_x86_inductor_quantization_config
+
+MATMUL_FUNCTIONS = (torch.matmul, torch.bmm, torch.Tensor.matmul, torch.Tensor.bmm, operator.matmul)
 
 __all__ = ["X86InductorQuantizer", "get_default_x86_inductor_quantization_config"]
 
@@ -53,3 +59,13 @@ class X86InductorQuantizer(AnnotatingQuantizer):
     @quantize_matmul.setter
     def quantize_matmul(self, value: bool) -> None:
         self.options["matmul"] = bool(value)
+
+    def set_function_type_qconfig(self, function_type, quantization_config):
+        """As upstream: a config for torch.matmul (or torch.bmm) is how matmul gets quantized,
+        so it also switches `quantize_matmul` on (and None switches it off)."""
+        super().set_function_type_qconfig(function_type, quantization_config)
+        if function_type in MATMUL_FUNCTIONS:
+            self.quantize_matmul = quantization_config is not None
+        return self
+
+    set_operator_type = set_function_type_qconfig

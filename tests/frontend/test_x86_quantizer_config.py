@@ -128,6 +128,31 @@ def test_set_function_type_accepts_aten_ops():
     assert [_config_of(n) for n in _layers(gm)] == [STATIC, STATIC, STATIC, None, None]
 
 
+def test_get_global_quantization_config_is_what_set_global_set():
+    q = X86InductorQuantizer()
+    assert q.get_global_quantization_config() is None
+    assert q.set_global(STATIC).get_global_quantization_config() is STATIC
+
+
+class MatMul(nn.Module):
+    def forward(self, a, b):
+        return torch.matmul(a, b) + a @ b
+
+
+@pytest.mark.parametrize("fn", [torch.matmul, torch.Tensor.matmul], ids=["torch.matmul", "Tensor.matmul"])
+def test_a_matmul_function_config_quantizes_matmul(fn):
+    """Upstream's way to quantize matmul: set_function_type_qconfig(torch.matmul, config)."""
+    a, b = torch.randn(2, 4, 8), torch.randn(2, 8, 4)
+    gm, _ = annotate(MatMul(), a, b, quantizer=X86InductorQuantizer().set_global(STATIC))
+    assert all(edge_spec(m, m.args[0]) is None for m in nodes_of(gm, aten.matmul.default))  # opt-in only
+    q = X86InductorQuantizer().set_global(STATIC).set_function_type_qconfig(fn, STATIC)
+    assert q.quantize_matmul
+    gm, _ = annotate(MatMul(), a, b, quantizer=q)
+    matmuls = nodes_of(gm, aten.matmul.default)
+    assert len(matmuls) == 2 and all(edge_spec(m, arg) is STATIC.input_activation for m in matmuls for arg in m.args)
+    assert not q.set_function_type_qconfig(fn, None).quantize_matmul
+
+
 def test_bad_config_arguments_raise():
     q = X86InductorQuantizer()
     with pytest.raises(TypeError, match="QuantizationConfig"):
