@@ -17,6 +17,7 @@ What is here, and who uses it:
   hash_files           Inductor's file-hash helper for a custom pass's cache key            passes/install.py
   run_and_get_code     compile-and-run returning Inductor's generated code                inductor_quant/report.py
   inductor_may_drop    Inductor's post-grad no-op table (copies it replaces by their input) passes/accumulators.py
+  inductor_counters    torch's counters["inductor"] (its quantization passes' counts)     passes/upstream_counters.py
   load_quantized_decomposed  registers torch.ops.quantized_decomposed (the Q/DQ ops)     inductor_quant, passes/
   cpu_capabilities     torch's cpuinfo report of the CPU's features (torch.cpu.get_capabilities
                        in 2.13 and 2.14; else torch._C._cpu._get_cpu_capability behind it)  kernels/cpu.py
@@ -210,6 +211,15 @@ def cpu_capabilities() -> dict:
         return dict(get())
     except Exception:  # noqa: BLE001 - a report that cannot be read: /proc/cpuinfo decides
         return {}
+
+
+def inductor_counters():
+    """torch's `counters["inductor"]` (what its own passes count, and tests assert), or None."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return None
+    return counters["inductor"]
 
 
 def graph_kind(graph: torch.fx.Graph) -> str:

@@ -22,17 +22,30 @@ qd = torch.ops.quantized_decomposed
 prims = torch.ops.prims
 
 
-def promote_dequant(graph: torch.fx.Graph) -> int:
-    """dq(x) -> {a, b}  =>  dq(x) -> a, dq'(x) -> b, so each chain can fuse. Returns the copies made."""
-    copies = 0
+def promote_dequant(graph: torch.fx.Graph) -> list:
+    """dq(x) -> {a, b}  =>  dq(x) -> a, dq'(x) -> b, so each chain can fuse. Returns
+    (the dequantize's target, copies made, how many single-user casts / views followed it in
+    every user chain: torch's promotion counts those nodes too) per dequantize promoted."""
+    promoted = []
     for node in list(graph.nodes):
         if node.target in DEQUANTS and len(node.users) > 1:
-            for user in list(node.users)[1:]:
+            users = list(node.users)
+            for user in users[1:]:
                 with graph.inserting_before(user):
                     copy = graph.node_copy(node)
                 user.replace_input_with(node, copy)
-                copies += 1
-    return copies
+            promoted.append((node.target, len(users) - 1, _cast_and_view_steps(users)))
+    return promoted
+
+
+def _cast_and_view_steps(users: list) -> int:
+    """1 for a bf16 cast every user starts with, 1 more for a view (an N-D linear's flatten) after it."""
+    steps, level = 0, users
+    for targets in ((prims.convert_element_type.default,), (aten.view.default, aten.reshape.default)):
+        if level and all(u.target in targets for u in level):
+            steps += 1
+            level = [next(iter(u.users)) for u in level if len(u.users) == 1]
+    return steps
 
 
 def lift_conv1d(graph: torch.fx.Graph) -> int:

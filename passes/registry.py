@@ -37,9 +37,12 @@ from . import post_ops as O
 from . import prepack as R
 from . import propagate as G
 from . import stats as S
+from . import upstream_counters as U
+from .fused import record
 from .graph_rewrites import decompose_weight_dequants, lift_conv1d, merge_sibling_linears, promote_dequant
-from .match import float_dtype
+from .match import float_dtype, node_of, val
 
+aten = torch.ops.aten
 PHASES = ("promote", "propagate", "prepack", "noop", "unary", "binary", "binary_unary", "output")
 F32, BF16 = torch.float32, torch.bfloat16
 
@@ -166,9 +169,13 @@ def _entry(rows: list):
 
     def handler(match, *args, **kwargs):
         fusion = row(match)
+        before = record(match.kwargs.get("y"))  # the fused op a post-op rule folds into
+        conv = node_of(match, aten.convolution.default)
+        conv_rank = len(val(conv).shape) - 2 if conv is not None and val(conv) is not None else 0
         for step in fusion.rewrite(match) or ():
             _count(step)
         _count(fusion.id)
+        U.count_fusion(fusion.id, match, before, conv_rank)
 
     def check(match) -> bool:
         fusion = row(match)
@@ -199,8 +206,11 @@ def phase_passes() -> dict:
 
 def run(graph: torch.fx.Graph) -> list:
     """All phases, in order, on one graph; then report what stayed in fp32 (returned: stats.Unfused)."""
-    for _ in range(promote_dequant(graph)):
-        _count("dequant.promote")
+    promoted = promote_dequant(graph)
+    for _, copies, _ in promoted:
+        for _ in range(copies):
+            _count("dequant.promote")
+    U.count_promotions(promoted)
     for phase in PHASES[1:]:
         phase_passes()[phase].apply(graph)
     for size in merge_sibling_linears(graph):
@@ -212,6 +222,7 @@ def run(graph: torch.fx.Graph) -> list:
         _count("post.binary.resettled")
     graph.eliminate_dead_code()
     lift_conv1d(graph)
+    U.count_lowered(graph)
     unfused = D.report_unfused(graph)
     decompose_weight_dequants(graph)
     return unfused

@@ -102,7 +102,7 @@ def test_the_template_still_computes_the_in_place_sum_wrong(converted, monkeypat
     monkeypatch.setattr(importlib.import_module("inductor_quant.passes.accumulators"), "gemm_template_may_run",
                         lambda: False)
     monkeypatch.setattr(importlib.import_module("inductor_quant.passes.registry"), "merge_sibling_linears",
-                        lambda graph: 0)
+                        lambda graph: [])
     model, inputs = converted
     with torch._inductor.config.patch(max_autotune=True, max_autotune_gemm_backends="CPP", fx_graph_cache=False):
         ref, out, code, stats = compile_and_run(model, inputs)
