@@ -24,20 +24,20 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: venv
-	$(PY) -m inductor_quant demo
+	$(PY) -P -m inductor_quant demo
 
 test: venv
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -P -m pytest -q -m "not slow" tests
 
 # The README's speed table against the peers, on this machine's CPU (~40 min on 2 cores).
 BENCH_MODELS ?= resnet50:1,16 bert_base:1,8 mobilenet_v2:1 vit_b16:1
 BENCH_MODES  ?= inductor_fp32 inductor_bf16 int8 int8_bf16 int8_cpp int8_fast int8_bf16_fast int8_builtin
 bench-readme: venv
-	$(PY) -m inductor_quant --quiet bench --models $(BENCH_MODELS) --modes $(BENCH_MODES) \
+	$(PY) -P -m inductor_quant --quiet bench --models $(BENCH_MODELS) --modes $(BENCH_MODES) \
 	    --peers openvino onnxruntime --runs 20 --out benchmarks/results/latest --readme README.md
 
 accuracy: venv   # both real-model accuracy tables (data: sh benchmarks/accuracy/install.sh)
-	$(PY) -m inductor_quant.benchmarks.accuracy
+	$(PY) -P -m inductor_quant.benchmarks.accuracy
 
 # The differential fuzzer's full sweep (500 graphs x 8 configs; two shards use both cores).
 FUZZ_GRAPHS ?= 500
@@ -47,14 +47,14 @@ fuzz: venv
 	$(PY) tests/fuzz/fuzz.py --summary fuzz-out
 
 test-slow: venv
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -P -m pytest -q -m slow tests
 
 # The whole default suite again on torch 2.14 (no built-in quantization fusions there).
 test-torch214:
 	test -x $(PY214) || $(PYTHON) -m venv $(VENV214)
 	$(PY214) -m pip install -q "torch==2.14.1"
 	$(PY214) -m pip install -q -e ".[test,accuracy,peers]" "torch==2.14.1"
-	$(PY214) -m pytest -q -m "not slow" tests -p no:cacheprovider
+	$(PY214) -P -m pytest -q -m "not slow" tests -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -49,3 +49,4 @@ class UnsupportedModelError(QuantizationFlowError, ValueError):
 
 class InputMismatchError(QuantizationFlowError, ValueError):
     """A prepared/converted model got inputs unlike the ones it was exported for."""
+

@@ -19,6 +19,11 @@ Counts are per fusion id (`fusion_ids()` lists them: fixed by the table, the sam
 torch release), per compile since the last reset.
 """
 
+if __name__ != "inductor_quant.passes":  # imported by a path, not by its one import root
+    from inductor_quant.kernels.import_root import shadowed_import_root
+
+    raise shadowed_import_root(__name__)
+
 from .install import (builtin_fusions, builtin_fusions_enabled, install, installed, is_installed,
                       set_builtin_fusions, uninstall)
 from .registry import fusion_ids

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+FOLDERS = [REPO / "passes", REPO / "kernels", REPO / "benchmarks"]
 IMPORT_CHECK = (
     "import inductor_quant, inductor_quant.passes, inductor_quant.kernels, inductor_quant.quantizer, inductor_quant.benchmarks.zoo;"
     "print(inductor_quant.__file__); print(inductor_quant.passes.__file__); print(inductor_quant.kernels.__file__)"
@@ -25,9 +26,28 @@ def test_editable_install_maps_folders_into_one_root(tmp_path):
 
 
 def test_no_generic_top_level_modules(tmp_path):
-    code = "import importlib.util as u; print([u.find_spec(m) for m in ('passes', 'kernels', 'benchmarks')])"
+    # Another distribution may own a top-level `kernels` (transformers >= 5.25 installs Hugging
+    # Face's); none of these names may resolve into our folders.
+    code = ("import importlib.util as u\n"
+            "for m in ('passes', 'kernels', 'benchmarks'):\n"
+            "    s = u.find_spec(m); print(s.origin if s else None)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True)
-    assert out.stdout.strip() == "[None, None, None]"
+    ours = [o for o in out.stdout.split() if o != "None" and Path(o).resolve().parent in FOLDERS]
+    assert not ours
+
+
+@pytest.mark.parametrize("folder", ["kernels", "passes", "benchmarks"])
+def test_top_level_import_from_the_clone_root_names_the_cause(folder):
+    # Python started in the clone's root puts it first on sys.path: `import kernels` then finds
+    # our folder. It must fail saying so (and how to fix it), not half-import under a wrong name.
+    out = subprocess.run([sys.executable, "-c", f"import {folder}"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert f"`import {folder}` found the inductor-quant clone's `{folder}/` folder" in out.stderr, out.stderr[-2000:]
+    assert "python -P" in out.stderr
+    safe = subprocess.run([sys.executable, "-P", "-c", "import importlib.util as u, pathlib, sys;"
+                           f"s = u.find_spec({folder!r}); sys.exit(bool(s and pathlib.Path(s.origin).resolve()"
+                           f".parent == pathlib.Path({str(REPO / folder)!r})))"], cwd=REPO)
+    assert safe.returncode == 0
 
 
 @pytest.mark.packaging
