@@ -1,5 +1,5 @@
-"""The whole-graph rewrites that are not patterns: before the phases, a shared dequantize is
-duplicated per user; after them, sibling linears on one input merge into one GEMM, 1-D convs
+"""The whole-graph rewrites that are not patterns: before the phases, same-shape views around a
+bmm go and a shared dequantize is duplicated per user; after them, sibling linears on one input merge into one GEMM, 1-D convs
 take the 2-D form the kernel runs (and, under dynamic shapes, give back the layout the graph was
 traced with), and the weights of layers refused for saturation fold to fp32."""
 
@@ -14,7 +14,7 @@ from inductor_quant.kernels import onednn as K
 
 from .diagnostics import consumer, is_weight_dq, quantized_compute, why
 from .fused import call, emit_before, record
-from .match import DEQUANTS, args_of, has_symbolic, val
+from .match import DEQUANTS, args_of, has_symbolic, same_dims, val
 from .reasons import Why
 
 aten = torch.ops.aten
@@ -36,6 +36,26 @@ def promote_dequant(graph: torch.fx.Graph) -> list:
                 user.replace_input_with(node, copy)
             promoted.append((node.target, len(users) - 1, _cast_and_view_steps(users)))
     return promoted
+
+
+def drop_bmm_noop_views(graph: torch.fx.Graph) -> int:
+    """A linear on a non-contiguous 3-D input decomposes to expand -> view -> bmm -> view, with
+    views that keep the shape (Inductor drops them only after our phases). Dropped here so the
+    traced bmm form (patterns.linear_example, contiguous=False: traced without them) matches.
+    Only a same-shape view between an expand and a bmm, or right after a bmm: nothing else moves."""
+    dropped = 0
+    for node in list(graph.nodes):
+        if node.target is not aten.view.default or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        src = node.args[0]
+        around_bmm = (src.target is aten.bmm.default
+                      or (src.target is aten.expand.default and all(u.target is aten.bmm.default for u in node.users)))
+        vi, vo = val(src), val(node)
+        if around_bmm and vi is not None and vo is not None and same_dims(vi.shape, vo.shape):
+            node.replace_all_uses_with(src)
+            graph.erase_node(node)
+            dropped += 1
+    return dropped
 
 
 def _cast_and_view_steps(users: list) -> int:

@@ -117,9 +117,13 @@ def conv_example(per_channel: bool, bias: bool):
     return args + ([torch.randn(6)] if bias else [])
 
 
-def linear_example(rank: int, per_channel: bool, bias: bool, rows: int = 4, dynamic: bool = False):
-    """rows=1: Inductor decomposes a 1-row addmm/mm into mul + sum (+ mul by alpha/beta + add)."""
-    args = [_u8(*([2] * (rank - 2)), rows, 8)]
+def linear_example(rank: int, per_channel: bool, bias: bool, rows: int = 4, dynamic: bool = False,
+                   contiguous: bool = True):
+    """rows=1: Inductor decomposes a 1-row addmm/mm into mul + sum (+ mul by alpha/beta + add).
+    contiguous=False: a 3-D input that cannot be viewed as 2-D (a permuted one) traces as
+    expand + bmm with a broadcast weight, and the bias as a separate add."""
+    x = _u8(*([2] * (rank - 2)), rows, 8)
+    args = [x if contiguous else x.transpose(-1, -2).contiguous().transpose(-1, -2)]
     if dynamic:
         args += [torch.tensor(0.05, dtype=torch.float64), torch.tensor(3, dtype=torch.int64)]
     args += [_s8(6, 8)]

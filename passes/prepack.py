@@ -154,6 +154,9 @@ def check_dq_linear(match: Match) -> Optional[Reason]:
             return Why.ADDMM_SCALED()
         if n.target is aten.sum.dim_IntList and list(n.args[1]) != [0]:
             return Why.ONE_ROW_SUM_DIM()
+    bmm = node_of(match, aten.bmm.default)
+    if bmm is not None and (reason := _check_bmm_is_linear(match, bmm)):
+        return reason
     views = [n for n in match.nodes if n.target is aten.view.default]
     if views:  # N-D input flattened to 2-D and back: leading dims must round-trip (symbolic ok)
         vx, vo = val(match.kwargs["x"]), val(match.output_node())
@@ -162,6 +165,35 @@ def check_dq_linear(match: Match) -> Optional[Reason]:
     act_dq, w_dq = _act_dq(match), _weight_dq(match)
     return (check_float_compute(match.output_node()) or check_act_dq(act_dq, "qlinear") or check_weight_dq(w_dq)
             or check_int8_exact(act_dq, w_dq))
+
+
+def _check_bmm_is_linear(match: Match, bmm: torch.fx.Node) -> Optional[Reason]:
+    """bmm(expand(dq(x)), expand(permute(dq(w)))) [+ b] is linear(x, w, b) when the input's expand
+    keeps its shape (3-D), the weight is a 2-D matrix broadcast over the batch and `b` (the add's
+    other operand, any tensor in the pattern) is a vector of the output's width."""
+    vx, vo = val(match.kwargs["x"]), val(bmm)
+    x_expand, w_expand = bmm.args
+    if vx is None or vo is None or vx.dim() != 3 or not same_dims(val(x_expand).shape, vx.shape):
+        return Why.BMM_NOT_LINEAR(detail="the input is broadcast or not 3-D")
+    if val(w_expand.args[0]) is None or val(w_expand.args[0]).dim() != 2:
+        return Why.BMM_NOT_LINEAR(detail="the weight is not one matrix broadcast over the batch")
+    vb = val(match.kwargs.get("b"))
+    if "b" in match.kwargs and (vb is None or vb.dim() != 1 or not same_dims(vb.shape, vo.shape[-1:])):
+        return Why.BMM_NOT_LINEAR(detail="the added tensor is not a bias vector")
+    return None
+
+
+def _contiguous(x: torch.fx.Node) -> torch.fx.Node:
+    """x copied to contiguous (an int8 copy: the input a bmm-form linear reads is a permuted view),
+    one copy per input, shared by every linear reading it (so siblings still merge)."""
+    clone = aten.clone.default
+    for user in x.users:
+        if user.target is clone and user.kwargs.get("memory_format") == torch.contiguous_format:
+            return user
+    with x.graph.inserting_after(x):
+        out = x.graph.call_function(clone, (x,), {"memory_format": torch.contiguous_format})
+    propagate_fake(out)
+    return out
 
 
 def _runtime_qparams_as_kernels_take(xq: K.QParams, anchor) -> K.QParams:
@@ -190,8 +222,11 @@ def _as_dtype(node: torch.fx.Node, dtype: torch.dtype) -> torch.fx.Node:
 
 def prepack_qlinear(match: Match) -> tuple:
     # [view](addmm|mm([view](dq(x)), permute(dq(w)))) -> onednn.qlinear_pointwise(x, prepack(w), b)
+    # bmm(expand(dq(x)), expand(permute(dq(w)))) [+ b] -> the same on a contiguous copy of x
     out = match.output_node()
     xq, x = _runtime_qparams_as_kernels_take(_x_qparams(_act_dq(match)), out), match.kwargs["x"]
+    if node_of(match, aten.bmm.default) is not None:
+        x = _contiguous(x)
     # int32 zero points: the form Inductor's qlinear lowering keeps (it re-creates an int64 one)
     w_scale, w_zp = _weight_qparams(match, _weight_dq(match), out, torch.int32)
     packed = K.qlinear_prepack(lambda op, args: call(out.graph, out, op, *args), match.kwargs["w"], static_shape(x))

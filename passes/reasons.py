@@ -29,6 +29,7 @@ class Why(enum.Enum):
     ADDMM_SCALED = "addmm with alpha/beta != 1"
     ONE_ROW_SUM_DIM = "one-row linear summed over an unexpected dim"
     ND_VIEW = "N-D linear whose output view does not restore the input's leading dims"
+    BMM_NOT_LINEAR = "bmm is not a linear ({detail})"
     NO_PATTERN = "no pattern matched this form ({detail})"
     # where the kernel would be wrong or crash on this CPU / torch (kernel_limits)
     SATURATION = ("8-bit activations and 8-bit weights on a CPU without VNNI ({isa}): oneDNN would add pairs "

@@ -39,7 +39,8 @@ from . import propagate as G
 from . import stats as S
 from . import upstream_counters as U
 from .fused import record
-from .graph_rewrites import decompose_weight_dequants, lift_conv1d, merge_sibling_linears, promote_dequant
+from .graph_rewrites import (decompose_weight_dequants, drop_bmm_noop_views, lift_conv1d, merge_sibling_linears,
+                             promote_dequant)
 from .match import float_dtype, node_of, val
 
 aten = torch.ops.aten
@@ -83,6 +84,8 @@ STEPS = (
                                             "taken apart (accumulators.settle)"),
 )
 DTYPES = (("", F32), (".bf16", BF16))  # int8-fp32, int8-mixed-bf16 (autocast)
+# how a linear traces: (input rank, rows, id suffix, contiguous input)
+LINEAR_FORMS = ((3, 4, ".nd", True), (3, 4, ".bmm", False), (2, 4, ".2d", True), (2, 1, ".m1", True))
 
 
 def _prepack_fusions():
@@ -95,17 +98,18 @@ def _prepack_fusions():
                              (P.conv_example, per_channel, bias), R.check_dq_conv, R.prepack_qconv, dtype=dtype)
             for bias in (True, False):  # linear: addmm vs mm
                 nb = "" if bias else ".nobias"
-                # N-D first: it contains the 2-D form; .m1: one row, where Inductor decomposes
-                # addmm to mul + sum (a one-row mm stays mm: .2d covers it)
-                for rank, rows, dims in ((3, 4, ".nd"), (2, 4, ".2d"), (2, 1, ".m1"))[:3 if bias else 2]:
+                # N-D first: it contains the 2-D form; .bmm: a non-contiguous 3-D input (expand +
+                # bmm + bias add); .m1: one row, where Inductor decomposes addmm to mul + sum (a
+                # one-row mm stays mm: .2d covers it)
+                for rank, rows, dims, contiguous in LINEAR_FORMS[:4 if bias else 3]:
                     yield Fusion(f"qlinear.prepack{dims}{weight}{dt}{nb}", "prepack",
                                  P.dq_linear(per_channel, bias, bf16),
-                                 (P.linear_example, rank, per_channel, bias, rows), R.check_dq_linear,
-                                 R.prepack_qlinear, dtype=dtype)
+                                 (P.linear_example, rank, per_channel, bias, rows, False, contiguous),
+                                 R.check_dq_linear, R.prepack_qlinear, dtype=dtype)
                     if per_channel:  # dynamic quantization: runtime activation qparams
                         yield Fusion(f"qlinear.dynamic{dims}{dt}{nb}", "prepack",
                                      P.dq_linear(True, bias, bf16, True),
-                                     (P.linear_example, rank, True, bias, rows, True), R.check_dq_linear,
+                                     (P.linear_example, rank, True, bias, rows, True, contiguous), R.check_dq_linear,
                                      R.prepack_qlinear, dtype=dtype)
 
 
@@ -206,6 +210,7 @@ def phase_passes() -> dict:
 
 def run(graph: torch.fx.Graph) -> list:
     """All phases, in order, on one graph; then report what stayed in fp32 (returned: stats.Unfused)."""
+    drop_bmm_noop_views(graph)
     promoted = promote_dequant(graph)
     for _, copies, _ in promoted:
         for _ in range(copies):

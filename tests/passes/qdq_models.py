@@ -26,17 +26,19 @@ R_SCALE, R_ZP = 0.03, 100  # residual input
 W_DEFAULT = cpu_info().int8_weight_range
 
 
-def q_dq(x, scale, zp, dtype=torch.uint8, hi=None):
+def q_dq(x, scale, zp, dtype=torch.uint8, hi=None, permuted=False):
+    """permuted: the int8 tensor is permuted (0, 2, 1) between quantize and dequantize, as int8
+    propagation leaves a permuted quantized activation."""
     lo, top = (0, 255) if dtype == torch.uint8 else (-128, 127)
     hi = top if hi is None else hi
-    return qd.dequantize_per_tensor.default(qd.quantize_per_tensor.default(x, scale, zp, lo, hi, dtype),
-                                            scale, zp, lo, hi, dtype)
+    q = qd.quantize_per_tensor.default(x, scale, zp, lo, hi, dtype)
+    return qd.dequantize_per_tensor.default(q.permute(0, 2, 1) if permuted else q, scale, zp, lo, hi, dtype)
 
 
-def dynamic_q_dq(x):
+def dynamic_q_dq(x, permuted=False):
     scale, zp = qd.choose_qparams.tensor(x, 0, 255, torch.finfo(torch.float32).eps, torch.uint8)
     q = qd.quantize_per_tensor.tensor(x, scale, zp, 0, 255, torch.uint8)
-    return qd.dequantize_per_tensor.tensor(q, scale, zp, 0, 255, torch.uint8)
+    return qd.dequantize_per_tensor.tensor(q.permute(0, 2, 1) if permuted else q, scale, zp, 0, 255, torch.uint8)
 
 
 def int8_weight(shape, g, weight_range=W_DEFAULT):
@@ -81,6 +83,7 @@ class Variant:
     act_max: int = 255  # uint8 activations: 127 for a reduce_range=True model
     full_weights: bool = False  # weights over [-128, 127] whatever the CPU
     dynamic: bool = False  # choose_qparams -> q/dq .tensor (run-time activation qparams)
+    permuted: bool = False  # linear: the int8 input permuted (0, 2, 1) before its dequantize (traced as bmm)
     fusions: tuple = ()  # fusion ids that must fire
     ops: tuple = ()  # (onednn op name, count) expected in the generated code
     bf16_fusions: Optional[tuple] = None  # where bf16 differs (None: same as fp32)
@@ -109,7 +112,7 @@ class QDQLayer(nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.v = v
-        cin = v.x_shape[1] if v.is_conv else v.x_shape[-1]
+        cin = v.x_shape[1] if v.is_conv or v.permuted else v.x_shape[-1]
         k = (v.kernel,) * (int(v.layer[-2]) if v.is_conv else 0)
         w_shape = (v.out_features, cin // v.groups) + k
         self.register_buffer("w", int8_weight(w_shape, g, v.weight_range))
@@ -128,10 +131,10 @@ class QDQLayer(nn.Module):
     def forward(self, x, residual=None):
         v = self.v
         if v.dynamic:
-            return self.tail(dynamic_q_dq(x), residual)
+            return self.tail(dynamic_q_dq(x, v.permuted), residual)
         hi = v.act_max if v.act_dtype == torch.uint8 else None
         zp = (X_ZP if v.act_max == 255 else 64) if v.act_dtype == torch.uint8 else 0
-        return self.tail(q_dq(x, X_SCALE, zp, v.act_dtype, hi), residual)
+        return self.tail(q_dq(x, X_SCALE, zp, v.act_dtype, hi, v.permuted), residual)
 
     def tail(self, x, residual=None):
         """Everything after the input q/dq (so several layers can share one dq)."""

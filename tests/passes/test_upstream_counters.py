@@ -99,6 +99,17 @@ class Linear(nn.Module):
         return {"relu": F.relu, "gelu": F.gelu, None: lambda t: t}[self.post](y)
 
 
+class LinearOnPermuted(nn.Module):
+    """A linear on a permuted 3-D input (channel mixing): traced as expand + bmm."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.l1(F.relu(x).permute(0, 2, 1))
+
+
 class LinearAdd(nn.Module):
     """Two linears on one input, summed (+ relu): the second's output is the first's extra input."""
 
@@ -123,6 +134,7 @@ CHAINS = {
     "linear_add": (lambda: LinearAdd(), (4, 16), "static"),
     "linear_add_relu": (lambda: LinearAdd(True), (2, 3, 16), "static"),
     "linear_dynamic": (lambda: Linear("relu"), (4, 16), "dynamic"),
+    "linear_on_permuted": (lambda: LinearOnPermuted(), (2, 16, 3), "static"),
     "conv_relu_qat": (lambda: ConvRelu(1), (2, 4, 8, 8), "qat"),
 }
 # the counters torch's built-in quantization passes keep (and ours emulate)

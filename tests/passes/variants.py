@@ -53,6 +53,17 @@ VARIANTS = [
     # bf16: the dq residual is fp32, bf16 + fp32 promotes to fp32: fused with an fp32 output
     conv("qconv2d.add.dq", binary="add_dq", fusions=("qconv.prepack", "post.binary.add"), ops=((QCONV_BINARY, 1),)),
     linear("qlinear.2d"),
+    # a linear on a permuted (non-contiguous) 3-D int8 input: traced as expand + bmm + bias add
+    linear("qlinear.bmm", x_shape=(2, 16, 3), permuted=True, fusions=("qlinear.prepack.bmm",)),
+    linear("qlinear.bmm.nobias", x_shape=(2, 16, 3), permuted=True, bias=False,
+           fusions=("qlinear.prepack.bmm.nobias",)),
+    linear("qlinear.bmm.wpt.relu.q", x_shape=(2, 16, 3), permuted=True, per_channel=False, post="relu", out_q=True,
+           fusions=("qlinear.prepack.bmm.wpt", "post.relu", "post.output.quant")),
+    linear("qlinear.dynamic.bmm", x_shape=(2, 16, 3), permuted=True, dynamic=True, fusions=("qlinear.dynamic.bmm",)),
+    linear("qlinear.bmm.wpt.nobias", x_shape=(2, 16, 3), permuted=True, per_channel=False, bias=False,
+           fusions=("qlinear.prepack.bmm.wpt.nobias",)),
+    linear("qlinear.dynamic.bmm.nobias", x_shape=(2, 16, 3), permuted=True, dynamic=True, bias=False,
+           fusions=("qlinear.dynamic.bmm.nobias",)),
     linear("qlinear.2d.nobias", bias=False, fusions=("qlinear.prepack.2d.nobias",)),
     linear("qlinear.3d", x_shape=(2, 3, 16), fusions=("qlinear.prepack.nd",)),
     linear("qlinear.3d.nobias", x_shape=(2, 3, 16), bias=False, fusions=("qlinear.prepack.nd.nobias",)),
