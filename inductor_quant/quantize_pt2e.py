@@ -36,12 +36,14 @@ def _graph_module(model: Union[GraphModule, ExportedProgram, nn.Module], fn: str
     return model
 
 
-def _has_qdq(gm: GraphModule) -> bool:
-    """The graph already holds quantize/dequantize ops (a converted model that lost its stage
-    marker, e.g. through torch.export.save/load)."""
+def _has_quantized_weights(gm: GraphModule) -> bool:
+    """A converted model that lost its stage marker (e.g. through torch.export.save/load): a weight
+    (a get_attr) is stored quantized and dequantized, or quantized in the graph. A float model may
+    carry quantize -> dequantize pairs of its own on activations; that does not make it converted."""
     qd = torch.ops.quantized_decomposed
     qdq = {qd.quantize_per_tensor, qd.dequantize_per_tensor, qd.quantize_per_channel, qd.dequantize_per_channel}
-    return any(n.op == "call_function" and getattr(n.target, "overloadpacket", None) in qdq for n in gm.graph.nodes)
+    return any(n.op == "call_function" and getattr(n.target, "overloadpacket", None) in qdq and n.args
+               and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "get_attr" for n in gm.graph.nodes)
 
 
 def _check_weights(gm: GraphModule, fn: str) -> None:
@@ -81,9 +83,9 @@ def _prepare(model, quantizer: Quantizer, is_qat: bool, fn: str) -> GraphModule:
             f"{fn}: this model was already {stage}. Fix: prepare a freshly exported model "
             "(torch.export.export(float_model, example_inputs).module())."
         )
-    if _has_qdq(gm):
+    if _has_quantized_weights(gm):
         raise QuantizationFlowError(
-            f"{fn}: this model already contains quantize/dequantize ops (it is a converted model, "
+            f"{fn}: this model already contains quantize/dequantize ops on its weights (it is a converted model, "
             "e.g. loaded with torch.export.load); quantizing it again would quantize twice. Fix: "
             "compile/run it as it is, or prepare the float model: "
             "torch.export.export(float_model, example_inputs).module()."
@@ -136,9 +138,9 @@ def convert_pt2e(
             "convert_pt2e: this model is already converted (convert_pt2e was called twice). "
             "Fix: use the first result, or convert a copy: convert_pt2e(copy.deepcopy(prepared))."
         )
-    if stage is None and _has_qdq(gm):
+    if stage is None and _has_quantized_weights(gm):
         raise QuantizationFlowError(
-            "convert_pt2e: this model already contains quantize/dequantize ops and no observers: it "
+            "convert_pt2e: this model already contains quantized weights and no observers: it "
             "is already converted (e.g. loaded with torch.export.load). Fix: use it as it is "
             "(inductor_quant.passes.install() before torch.compile of a loaded model)."
         )

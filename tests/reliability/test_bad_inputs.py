@@ -187,6 +187,33 @@ def test_convert_or_prepare_a_converted_model_loaded_from_disk(tmp_path):
     torch.testing.assert_close(loaded(x), q(x), rtol=0, atol=0)  # the model is not lost
 
 
+class OwnQDQOnAnActivation(nn.Module):
+    """A float model carrying its own quantize -> dequantize pair on an activation (as upstream's
+    regression tests write them): not a converted model."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        y = self.l2(x)
+        y = qd.dequantize_per_tensor.default(qd.quantize_per_tensor.default(y, 0.05, 128, 0, 255, torch.uint8),
+                                             0.05, 128, 0, 255, torch.uint8)
+        return self.l1(x) + y
+
+
+def test_a_float_model_with_its_own_qdq_on_an_activation_is_quantized(our_passes_only):
+    model, x = OwnQDQOnAnActivation().eval(), torch.randn(4, 16)
+    q = ptq(model, (x,))
+    assert q(x).shape == model(x).shape
+    assert sqnr(model(x), q(x)) > 25
+    _, out, code = compile_frozen(q, x)
+    assert onednn_calls(code, "qlinear_pointwise") == 2 and not float_compute_calls(code), code
+    assert (out - q(x)).abs().max() <= quant_step(q) + 1e-5
+    with pytest.raises(QuantizationFlowError, match="was already converted"):
+        prepare_pt2e(q, x86_quantizer())
+
+
 # ---- devices ------------------------------------------------------------------------------------
 
 
