@@ -1,5 +1,5 @@
-"""The whole-graph rewrites that are not patterns: before the phases, same-shape views around a
-bmm go and a shared dequantize is duplicated per user; after them, sibling linears on one input merge into one GEMM, 1-D convs
+"""The whole-graph rewrites that are not patterns: before the phases, views that give back the
+shape they were given go and a shared dequantize is duplicated per user; after them, sibling linears on one input merge into one GEMM, 1-D convs
 take the 2-D form the kernel runs (and, under dynamic shapes, give back the layout the graph was
 traced with), and the weights of layers refused for saturation fold to fp32."""
 
@@ -38,22 +38,34 @@ def promote_dequant(graph: torch.fx.Graph) -> list:
     return promoted
 
 
-def drop_bmm_noop_views(graph: torch.fx.Graph) -> int:
-    """A linear on a non-contiguous 3-D input decomposes to expand -> view -> bmm -> view, with
-    views that keep the shape (Inductor drops them only after our phases). Dropped here so the
-    traced bmm form (patterns.linear_example, contiguous=False: traced without them) matches.
-    Only a same-shape view between an expand and a bmm, or right after a bmm: nothing else moves."""
+def drop_noop_views(graph: torch.fx.Graph) -> int:
+    """Views that give back the shape they were given, which Inductor drops only after our phases
+    and which would stand between a fused op and what folds into it:
+    - a view there and back (`view(view(t, [8, 16]), [2, 4, 16])` of a [2, 4, 16] t), as an
+      in-place add on an N-D linear's output leaves between the add and a unary after it;
+    - a same-shape view between an expand and a bmm or right after a bmm, as a linear on a
+      non-contiguous 3-D input decomposes (patterns.linear_example, contiguous=False, traces
+      without them).
+    Nothing else moves, so the N-D linear forms (a real flatten and its inverse) still match."""
     dropped = 0
+    view = aten.view.default
     for node in list(graph.nodes):
-        if node.target is not aten.view.default or not isinstance(node.args[0], torch.fx.Node):
+        if node.target is not view or not isinstance(node.args[0], torch.fx.Node):
             continue
         src = node.args[0]
-        around_bmm = (src.target is aten.bmm.default
-                      or (src.target is aten.expand.default and all(u.target is aten.bmm.default for u in node.users)))
-        vi, vo = val(src), val(node)
-        if around_bmm and vi is not None and vo is not None and same_dims(vi.shape, vo.shape):
-            node.replace_all_uses_with(src)
+        if src.target is view and len(src.users) == 1 and isinstance(src.args[0], torch.fx.Node):
+            keep = src.args[0]  # a view there and back: both go
+        elif src.target is aten.bmm.default or (src.target is aten.expand.default
+                                               and all(u.target is aten.bmm.default for u in node.users)):
+            keep = src
+        else:
+            continue
+        vi, vo = val(keep), val(node)
+        if vi is not None and vo is not None and same_dims(vi.shape, vo.shape):
+            node.replace_all_uses_with(keep)
             graph.erase_node(node)
+            if src is not keep and not src.users:
+                graph.erase_node(src)
             dropped += 1
     return dropped
 

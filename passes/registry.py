@@ -39,7 +39,7 @@ from . import propagate as G
 from . import stats as S
 from . import upstream_counters as U
 from .fused import record
-from .graph_rewrites import (decompose_weight_dequants, drop_bmm_noop_views, lift_conv1d, merge_sibling_linears,
+from .graph_rewrites import (decompose_weight_dequants, drop_noop_views, lift_conv1d, merge_sibling_linears,
                              promote_dequant)
 from .match import float_dtype, node_of, val
 
@@ -210,7 +210,7 @@ def phase_passes() -> dict:
 
 def run(graph: torch.fx.Graph) -> list:
     """All phases, in order, on one graph; then report what stayed in fp32 (returned: stats.Unfused)."""
-    drop_bmm_noop_views(graph)
+    drop_noop_views(graph)
     promoted = promote_dequant(graph)
     for _, copies, _ in promoted:
         for _ in range(copies):

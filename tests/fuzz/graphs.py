@@ -58,6 +58,8 @@ def _apply(op: dict, mod: nn.Module | None, xs: list[torch.Tensor]) -> torch.Ten
         return xs[0] + xs[1]
     if name == "add_relu":
         return F.relu(xs[0] + xs[1])
+    if name == "add_inplace":  # never into the input or a view of it (a minimized spec may ask)
+        return xs[0].add_(xs[1]) if op["in"][0] != 0 and xs[0]._base is None else xs[0] + xs[1]
     if name == "cat":
         return torch.cat(xs, dim=kw["dim"])
     if name == "pool":
@@ -281,8 +283,19 @@ def _linear_on_permuted(r: random.Random, vals: list, src: int):
     return [("permute", [src], {"dims": [0, 2, 1]}), _linear_op(n, r.choice((3, 8, 16)))], []
 
 
+def _inplace_add_after_linears(r: random.Random, vals: list, src: int):
+    """a.add_(b) on two linears' outputs, then a unary: functionalized, an N-D linear's add and the
+    unary after it have a view there and back between them (graph_rewrites.drop_noop_views)."""
+    shape = vals[src]
+    if len(shape) < 2:
+        return None
+    n, width = len(vals), r.choice((8, 16))
+    return [_linear_op(src, width), _linear_op(src, width), ("add_inplace", [n, n + 1], {}),
+            (r.choice(("relu", "relu", "gelu", "hardtanh")), [n + 2], {})], []
+
+
 MOTIFS = (("siblings_with_residual", _siblings_with_residual), ("residual_chain", _residual_chain),
-          ("linear_on_permuted", _linear_on_permuted))
+          ("linear_on_permuted", _linear_on_permuted), ("inplace_add_after_linears", _inplace_add_after_linears))
 
 
 def _try_motif(r: random.Random, spec: dict, vals: list, probe: list, extra_outputs: list) -> bool:

@@ -69,7 +69,8 @@ def test_configs_are_a_half_fraction_meeting_every_pair_plus_the_products_own():
 def test_generator_draws_the_shapes_the_newest_rewrites_meet():
     """Sibling linears whose first output is another linear's residual (the merge + in-place sum),
     residual chains (linear + add + requantize), cats of 2-6 inputs, linears on permuted 3-D
-    inputs: each drawn somewhere in the first 300 seeds."""
+    inputs, in-place adds of two linears' outputs then a unary: each drawn somewhere in the first
+    300 seeds."""
     specs = [graphs.generate(seed) for seed in range(300)]
     cat_sizes = {len(op["in"]) for s in specs for op in s["ops"] if op["op"] == "cat"}
     assert set(range(2, 7)) <= cat_sizes, cat_sizes
@@ -94,7 +95,11 @@ def test_generator_draws_the_shapes_the_newest_rewrites_meet():
     def permuted_linear(ops):
         return any(op["op"] == "linear" and op["in"][0] > 0 and ops[op["in"][0] - 1]["op"] == "permute" for op in ops)
 
-    assert has(sibling_residual) and has(chain) and has(permuted_linear)
+    def inplace_add_of_linears(ops):  # a.add_(b) of two linears' outputs, then a unary
+        return any(op["op"] == "add_inplace" and all(ops[i - 1]["op"] == "linear" for i in op["in"])
+                   and any(o["op"] in graphs.UNARY and o["in"] == [k + 1] for o in ops) for k, op in enumerate(ops))
+
+    assert has(sibling_residual) and has(chain) and has(permuted_linear) and has(inplace_add_of_linears)
 
 
 # ----------------------------------------------------------------------------- verdicts

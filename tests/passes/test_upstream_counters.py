@@ -122,6 +122,19 @@ class LinearAdd(nn.Module):
         return F.relu(y) if self.relu else y
 
 
+class LinearInPlaceAddRelu(nn.Module):
+    """x.add_(y) / y.add_(x) on two 3-D linears' outputs, then relu: functionalized, the add and the
+    relu have a view there and back between them."""
+
+    def __init__(self, swapped=False):
+        super().__init__()
+        self.l1, self.l2, self.swapped = nn.Linear(16, 16), nn.Linear(16, 16), swapped
+
+    def forward(self, x):
+        a, b = self.l1(x), self.l2(x)
+        return F.relu(b.add_(a) if self.swapped else a.add_(b))
+
+
 CHAINS = {
     "conv_relu": (lambda: ConvRelu(), (2, 4, 8, 8), "static"),
     "conv": (lambda: Conv(), (2, 4, 8, 8), "static"),
@@ -135,7 +148,15 @@ CHAINS = {
     "linear_add_relu": (lambda: LinearAdd(True), (2, 3, 16), "static"),
     "linear_dynamic": (lambda: Linear("relu"), (4, 16), "dynamic"),
     "linear_on_permuted": (lambda: LinearOnPermuted(), (2, 16, 3), "static"),
+    "linear_inplace_add_relu": (lambda: LinearInPlaceAddRelu(), (2, 3, 16), "static"),
+    "linear_inplace_add_relu_swapped": (lambda: LinearInPlaceAddRelu(True), (2, 3, 16), "static"),
     "conv_relu_qat": (lambda: ConvRelu(1), (2, 4, 8, 8), "qat"),
+}
+# where torch's built-in passes fuse more than ours (README, "Migrating"): pinned, not hidden
+KNOWN_GAPS = {
+    # a.add_(b) with a bf16 (autocast) and b fp32 (a dequantized requantized linear): the add is
+    # fused (fp32 out), then to(bf16) -> relu -> quantize stay separate kernels; torch folds them
+    "linear_inplace_add_relu.bf16": "cast to bf16 + relu + quantize after an fp32-out binary linear",
 }
 # the counters torch's built-in quantization passes keep (and ours emulate)
 NAMES = ("dequant_promotion_matcher", "qconv_weight_prepack_matcher", "qlinear_weight_prepack_matcher",
@@ -220,6 +241,9 @@ def test_counters_are_torch_builtin_passes_counters(name, bf16, converted, our_p
             golden[key] = builtin
             GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
         assert builtin == _golden().get(key), (key, builtin, "golden drifted: IQ_REGEN_GOLDEN=1 on torch 2.13")
+    if key in KNOWN_GAPS:  # pinned: when it starts to match, take it out of KNOWN_GAPS
+        assert ours != _golden()[key], (key, "matches torch now: remove it from KNOWN_GAPS")
+        return
     assert ours == _golden()[key], (key, "ours", ours, "torch 2.13 built-in", _golden()[key])
 
 
