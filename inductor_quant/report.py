@@ -107,10 +107,10 @@ def fusion_report(model: torch.nn.Module, example_inputs: tuple, calibration=Non
     from .api import _default_quantizer, quantize
     from .quantizer.report import layer_kind
 
-    from .quantize_pt2e import _has_qdq
+    from .quantize_pt2e import _has_quantized_weights
 
     report = FusionReport(wrapper="cpp" if cpp_wrapper else "python")
-    if converted is None and isinstance(model, torch.fx.GraphModule) and _has_qdq(model):
+    if converted is None and isinstance(model, torch.fx.GraphModule) and _has_quantized_weights(model):
         converted = model  # already a Q/DQ model (converted, or loaded with torch.export.load)
     if converted is None:
         quantizer = quantizer or _default_quantizer()
