@@ -128,8 +128,8 @@ def check_binary(match: Match) -> Optional[Reason]:
         return Why.SLOT_TAKEN()
     if not isinstance(other, torch.fx.Node) or val(other) is None:
         return Why.EXTRA_NOT_TENSOR()
-    if record(other) is not None and other in match.nodes:
-        return Why.EXTRA_INSIDE()
+    if other is match.kwargs["y"] or (record(other) is not None and other in match.nodes):
+        return Why.EXTRA_INSIDE()  # y + y: folding would run the GEMM twice
     vy, vo, vout = val(match.kwargs["y"]), val(other), val(match.output_node())
     if list(vo.shape) != list(vy.shape):
         return Why.EXTRA_SHAPE()
