@@ -39,7 +39,9 @@ bench-readme: venv
 accuracy: venv   # both real-model accuracy tables (data: sh benchmarks/accuracy/install.sh)
 	$(PY) -P -m inductor_quant.benchmarks.accuracy
 
-# The differential fuzzer's full sweep (500 graphs x 8 configs; two shards use both cores).
+# The differential fuzzer's full sweep (500 graphs x every config of tests/fuzz/harness.py: 13 where
+# bf16 is native, 12 elsewhere; two shards use both cores). With ONEDNN_MAX_CPU_ISA=AVX2
+# MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 set, the same sweep as an AVX2-only CPU runs it.
 FUZZ_GRAPHS ?= 500
 fuzz: venv
 	$(PY) tests/fuzz/fuzz.py --graphs $$(( $(FUZZ_GRAPHS) / 2 )) --shard 0/2 --out fuzz-out > fuzz-out-0.log 2>&1 & \

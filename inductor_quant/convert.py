@@ -4,7 +4,9 @@
   constant (weight) : int8 constant (get_attr) -> dequantize_per_channel / per_tensor
                       (fold_quantize=False keeps fp32 weight -> quantize -> dequantize)
   dynamic           : choose_qparams.tensor -> quantize_per_tensor.tensor -> dequantize_per_tensor.tensor
-  float dtype spec  : observer removed, value passes through
+  float16 spec      : x -> convert_element_type.no_fuse(fp16) -> no_fuse(fp32) (weights: the
+                      fp16-weight linear, get_x86_inductor_linear_dynamic_fp16_config)
+  other float spec  : observer removed, value passes through
 QAT conv+bn subgraphs are folded for real first, so weights are quantized with BN folded in.
 """
 
@@ -99,6 +101,15 @@ def _replace(gm: GraphModule, obs: Node, qparams, fold_quantize: bool) -> None:
     x = obs.args[0]
     g = gm.graph
     dtype = target_dtype(mod)
+    if dtype == torch.float16:  # rounded through fp16 where it is read, as upstream's reference model
+        with g.inserting_before(obs):
+            half = g.call_function(qd.convert_element_type.no_fuse, (x, torch.float16))
+            dq = g.call_function(qd.convert_element_type.no_fuse, (half, torch.float32))
+        for n in (half, dq):
+            copy_meta(n, obs)
+        obs.replace_all_uses_with(dq)
+        g.erase_node(obs)
+        return
     if dtype.is_floating_point:
         obs.replace_all_uses_with(x)
         g.erase_node(obs)

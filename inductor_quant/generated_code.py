@@ -24,7 +24,13 @@ _FLOAT_COMPUTE = re.compile(
     r"|(_convolution_pointwise|_linear_pointwise|mkl_linear)"
     r"|aoti_torch_(?:cpu_)?_?(convolution|mm_out|addmm_out|bmm_out)\w*\("
 )
-_PREPACK = re.compile(r"q(?:conv|linear)_prepack")
+_PREPACK = re.compile(r"q(?:conv|linear)_prepack|linear_prepack_fp16")
+# oneDNN fp32 x fp16-weight linear (get_x86_inductor_linear_dynamic_fp16_config)
+_ONEDNN_FP16 = re.compile(
+    r"torch\.ops\.onednn\.(linear\w*?_dynamic_fp16)\.\w+\("
+    r"|aoti_torch_cpu_(linear\w*?_dynamic_fp16)\w*\("
+    r"|aoti_torch_call_dispatcher\(\s*\"onednn::(linear\w*?_dynamic_fp16)\""
+)
 # a kernel Inductor generated: Python wrapper `name = async_compile...`, C++ wrapper `void name(`
 _KERNEL_NAME = re.compile(r"^(cpp_fused\w*) = async_compile|^(?:extern \"C\"\s+)?void (cpp_fused\w*)\(", re.M)
 # Inductor's C++ GEMM template with an int8 micro-kernel: AMX / AVX-512 VNNI u8 x s8 dot products
@@ -39,6 +45,11 @@ def onednn_int8_calls(code: str) -> collections.Counter:
 def count(code: str, op: str) -> int:
     """Calls of one oneDNN int8 op ("qconv_pointwise", "qconv2d_pointwise", "qlinear_pointwise")."""
     return onednn_int8_calls(code)[op]
+
+
+def onednn_fp16_calls(code: str) -> collections.Counter:
+    """{"linear_dynamic_fp16": n, "linear_relu_dynamic_fp16": m} called in `code`."""
+    return collections.Counter(next(g for g in m.groups() if g) for m in _ONEDNN_FP16.finditer(code))
 
 
 def float_compute_calls(code: str) -> collections.Counter:
@@ -74,5 +85,5 @@ def prepacks_at_runtime(code: str) -> bool:
     return bool(_PREPACK.search(code))
 
 
-__all__ = ["onednn_int8_calls", "count", "float_compute_calls", "int8_gemm_template_calls", "inductor_kernel_calls",
+__all__ = ["onednn_int8_calls", "onednn_fp16_calls", "count", "float_compute_calls", "int8_gemm_template_calls", "inductor_kernel_calls",
            "prepacks_at_runtime"]

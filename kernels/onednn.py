@@ -1,4 +1,5 @@
-"""Builders for the oneDNN int8 ops (torch 2.13 schemas): the only place that spells their argument lists.
+"""Builders for the oneDNN int8 ops and the fp16-weight linear (torch 2.13 schemas): the only place
+that spells their argument lists.
 
 Every builder takes a `call(op, args)` function, so the same code builds an FX node
 (`call = graph.call_function`) or runs the op eagerly (`call = eager`). Quantization
@@ -28,6 +29,9 @@ QCONV_BINARY = onednn.qconv2d_pointwise
 QLINEAR = onednn.qlinear_pointwise
 QCONV_PREPACK = onednn.qconv_prepack.default
 QLINEAR_PREPACK = onednn.qlinear_prepack.default
+# fp16 weights, fp32 activations (the dynamic-fp16 recipe): a plain float op, no quantization
+LINEAR_FP16_PREPACK = onednn.linear_prepack_fp16.default
+LINEAR_FP16 = {False: onednn.linear_dynamic_fp16.default, True: onednn.linear_relu_dynamic_fp16.default}
 
 Call = Callable[[Any, tuple], Any]
 
@@ -109,6 +113,17 @@ def qconv_prepack(call: Call, w, w_scale, x: QParams, geom: ConvGeometry, x_shap
 def qlinear_prepack(call: Call, w, x_shape=None):
     """`w` is the int8 weight in [out, in] layout (as nn.Linear stores it)."""
     return call(QLINEAR_PREPACK, (w, x_shape))
+
+
+def linear_fp16_prepack(call: Call, w, x_shape=None):
+    """`w` is the fp32 weight in [out, in] layout; the op rounds it to fp16 (as the model's
+    fp16 round trip does) and packs it as [in, out]."""
+    return call(LINEAR_FP16_PREPACK, (w, x_shape))
+
+
+def linear_fp16(call: Call, x, w_packed, bias, relu: bool = False):
+    """fp32 x times fp16 weights, fp32 out; relu is the only post-op the op family has."""
+    return call(LINEAR_FP16[relu], (x, w_packed, bias))
 
 
 def qconv(call: Call, x, xq: QParams, w_packed, w_scale, w_zp, bias, geom: ConvGeometry,
@@ -233,9 +248,13 @@ def _unary(name, scalars, algorithm) -> Unary:
 def packed_shape(op, w_shape: Sequence[int]) -> list:
     """Shape of a prepacked weight (the prepack ops have no meta kernel; probed on torch 2.13):
     conv keeps [O, I/g, *k] with 1-D kernels lifted to 2-D; linear packs [out, in] as [in, out]."""
-    if op is QLINEAR_PREPACK:
+    if op in (QLINEAR_PREPACK, LINEAR_FP16_PREPACK):
         return [w_shape[1], w_shape[0]]
     return list(w_shape[:2]) + ([1] if len(w_shape) == 3 else []) + list(w_shape[2:])
 
 
-PREPACKS = (QCONV_PREPACK, QLINEAR_PREPACK)
+def packed_dtype(op, w_dtype: torch.dtype) -> torch.dtype:
+    return torch.float16 if op is LINEAR_FP16_PREPACK else w_dtype
+
+
+PREPACKS = (QCONV_PREPACK, QLINEAR_PREPACK, LINEAR_FP16_PREPACK)

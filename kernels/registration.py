@@ -14,7 +14,7 @@ import dataclasses
 
 import torch
 
-from .onednn import PREPACKS, packed_shape
+from .onednn import PREPACKS, packed_dtype, packed_shape
 
 
 @dataclasses.dataclass
@@ -38,7 +38,7 @@ def register_fake_prepacks() -> Registration:
     lib = torch.library.Library("onednn", "FRAGMENT")  # noqa: TOR901
     for op in PREPACKS:
         def fake(w, *args, _op=op, **kwargs):
-            return w.new_empty(packed_shape(_op, w.shape))
+            return w.new_empty(packed_shape(_op, w.shape), dtype=packed_dtype(_op, w.dtype))
 
         torch.library.register_fake(op, fake, lib=lib)
     return Registration(lib)

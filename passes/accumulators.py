@@ -6,8 +6,8 @@ eagerly too. Our graph is functional, so `sum` is correct only where overwriting
 cannot be seen: it is a tensor of its own, computed in this graph (not an input, constant or
 view, nor a copy Inductor may drop as a no-op), and every other reader of it runs before the
 fused op because it feeds one of the fused op's inputs. `add` (linear only) writes a new output
-and is correct wherever the kernel builds it; Inductor's lowering takes it only for an extra input
-that is already a buffer (`realized`), or under its C++ GEMM template.
+and is correct wherever the kernel builds it (Inductor's lowering gets the extra input as a
+buffer: lowerings.py).
 
 The choice is made twice, from the graph at hand each time: when a rule folds the add (so it
 fuses only what it can realize), and in `settle`, after every rewrite, where a `sum` that a later
@@ -74,31 +74,10 @@ def add_builds(out_dtype: torch.dtype, other: torch.fx.Node) -> bool:
     return v is not None and v.is_floating_point() and probe.qlinear_binary_builds(out_dtype, v.dtype, "add")
 
 
-# ops whose result Inductor always holds in a buffer of its own (an extern kernel's output), so a
-# kernel may read it as an `add` extra input; views of such results too
-_EXTERN_RESULTS = (aten.mm.default, aten.addmm.default, aten.bmm.default, aten.convolution.default)
-
-
-def realized(other: torch.fx.Node) -> bool:
-    """Will Inductor hand `other` to the kernel as a buffer? Its lowering of qlinear's `add` reads
-    the extra input unrealized otherwise, and the compile fails (an assertion on a Pointwise:
-    fuzzer finding). Graph inputs, constants and extern kernels' results (ours included) are
-    buffers, and so are views of them."""
-    if other.op in ("placeholder", "get_attr"):
-        return True
-    if other.op != "call_function":
-        return False
-    if other.target in K.FUSED_OPS or other.target in _EXTERN_RESULTS:
-        return True
-    schema = getattr(other.target, "_schema", None)
-    aliases = schema is not None and any(r.alias_info for r in schema.returns)
-    return aliases and isinstance(other.args[0], torch.fx.Node) and realized(other.args[0])
-
-
 def _add_takes(out_dtype: torch.dtype, other: torch.fx.Node) -> bool:
-    """`add` of this extra input builds and lowers: under Inductor's GEMM template the lowering
-    makes the extra input a buffer itself (mm_args), elsewhere it must be one already."""
-    return add_builds(out_dtype, other) and (gemm_template_may_run() or realized(other))
+    """`add` of this extra input builds and lowers (the lowering realizes the extra input:
+    lowerings.py)."""
+    return add_builds(out_dtype, other)
 
 
 def linear_accumulation(other: torch.fx.Node, out_dtype: torch.dtype, reader: torch.fx.Node,

@@ -5,9 +5,9 @@ into process-global pattern passes: weight prepack and post-op folds into the fr
 lowerings of the fused int8 ops and of int8 pooling/cat/reshape into the post-grad passes. Those
 families do what our passes do, and would run after ours on what we leave unfused -- including
 forms we refuse for correctness (weights quantized per channel on axis 1, which they fuse with
-wrong numbers). The same file registers fusions that have nothing to do with Q/DQ conv/linear
-(weight-only int8, SmoothQuant's `_int_mm`, dynamic fp16 linear): those stay, for every model
-in the process.
+wrong numbers), and the fp16-weight linear (ours: passes/prepack.py). The same file registers
+fusions that have nothing to do with Q/DQ conv/linear (weight-only int8, SmoothQuant's
+`_int_mm`): those stay, for every model in the process.
 
 Stateless: the installation object (install.py) keeps what was removed and puts it back.
 """
@@ -28,7 +28,7 @@ REPLACED = frozenset({
     "_register_quantized_conv_lowering", "_register_quantized_conv_binary_lowering",
     "_register_quantized_linear_unary_lowering", "_register_quantized_linear_binary_lowering",
     "_register_quantized_maxpool2d_lowering", "_register_quantized_cat_lowering",
-    "_register_quantized_reshape_lowering",
+    "_register_quantized_reshape_lowering", "_register_linear_dynamic_fp16_weight_prepack_pass",
 })
 
 

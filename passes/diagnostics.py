@@ -3,7 +3,8 @@
 A rule that refuses a match keeps its `Reason` on the match's output node (`node.meta[REASON]`,
 set by registry). `report_unfused` finds every quantized op still computed in fp32 and reports
 it with that reason, or the first prepack check it fails:
-- conv / linear: an int8 weight still dequantized in the graph (`quantized_compute`);
+- conv / linear: an int8 weight still dequantized in the graph (`quantized_compute`), or a
+  weight still rounded to fp16 (`fp16_weight_compute`);
 - pools, views, permutes, cats: an op between dequantizes of its inputs and a quantize of its
   output, which an int8 propagation rule would have run on int8 (`quantized_propagations`).
 """
@@ -32,7 +33,7 @@ CONSUMER_KIND = {
     aten.bmm.default: "bmm", aten.mul.Tensor: "linear",
 }
 PASS_THROUGH = (aten.permute.default, aten.view.default, aten.clone.default, aten.expand.default,
-                torch.ops.prims.convert_element_type.default)
+                torch.ops.prims.convert_element_type.default, qd.convert_element_type.no_fuse)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,13 @@ def is_weight_dq(node: torch.fx.Node) -> bool:
             and args_of(node)["dtype"] == torch.int8)
 
 
+def is_fp16_weight(node: torch.fx.Node) -> bool:
+    """A weight's rounding to fp16 (convert_pt2e's form of a float16 weight spec)."""
+    src = node.args[0] if node.args else None
+    return (node.target is qd.convert_element_type.no_fuse and node.args[1] == torch.float16
+            and isinstance(src, torch.fx.Node) and src.op in ("placeholder", "get_attr"))
+
+
 def consumer(node: torch.fx.Node) -> Optional[torch.fx.Node]:
     """The op a weight dequantize feeds, past views and casts."""
     while len(node.users) == 1 and next(iter(node.users)).target in PASS_THROUGH:
@@ -82,6 +90,11 @@ def consumer(node: torch.fx.Node) -> Optional[torch.fx.Node]:
 def quantized_compute(graph: torch.fx.Graph) -> list:
     """Consumers of int8-weight dequantizes still in the graph: quantized layers not fused."""
     return [c for c in (consumer(n) for n in graph.nodes if is_weight_dq(n)) if c is not None]
+
+
+def fp16_weight_compute(graph: torch.fx.Graph) -> list:
+    """Consumers of fp16-rounded weights still in the graph: fp16-weight layers not fused."""
+    return [c for c in (consumer(n) for n in graph.nodes if is_fp16_weight(n)) if c is not None]
 
 
 def quantized_propagations(graph: torch.fx.Graph) -> list:
@@ -106,6 +119,8 @@ def report_unfused(graph: torch.fx.Graph, reason: Optional[Reason] = None) -> li
     """Record every quantized op left in fp32 in `stats()`; returns the entries (stats.Unfused)."""
     entries = [S.unfused(CONSUMER_KIND.get(node.target, str(node.target)), node.name, reason or why(node))
                for node in quantized_compute(graph)]
+    entries += [S.unfused(CONSUMER_KIND.get(node.target, str(node.target)), node.name, reason or why_fp16(node))
+                for node in fp16_weight_compute(graph)]
     for node in quantized_propagations(graph):
         kind = propagation_ops()[node.target]
         entries.append(S.unfused(kind, node.name, reason or why_propagation(node, kind)))
@@ -113,7 +128,7 @@ def report_unfused(graph: torch.fx.Graph, reason: Optional[Reason] = None) -> li
 
 
 def has_quantized_ops(graph: torch.fx.Graph) -> bool:
-    return bool(quantized_compute(graph) or quantized_propagations(graph))
+    return bool(quantized_compute(graph) or quantized_propagations(graph) or fp16_weight_compute(graph))
 
 
 def keep_reason(node: torch.fx.Node, fusion_id: str, phase: str, reason: Reason) -> None:
@@ -144,6 +159,18 @@ def why(node: torch.fx.Node) -> Reason:
         return Why.ACT_NOT_DEQUANTIZED()
     kind = "qconv" if node.target is aten.convolution.default else "qlinear"
     return check_act_dq(x, kind) or Why.NO_PATTERN(detail="see passes/patterns.py")
+
+
+def why_fp16(node: torch.fx.Node) -> Reason:
+    """A layer left on an fp16-rounded weight: the refusing rule's reason, bf16 autocast (by
+    design), or no fp16-weight form (a conv, say)."""
+    kept = _kept([node, *node.users])
+    if kept is not None:
+        return kept
+    v = node.meta.get("val")
+    if node.target in (aten.addmm.default, aten.mm.default, aten.bmm.default) and v is not None and v.dtype == torch.bfloat16:
+        return Why.FP16_WEIGHT_AUTOCAST()
+    return Why.FP16_WEIGHT_FORM(detail=f"no fp16-weight form of {node.target} (linear only)")
 
 
 def why_propagation(node: torch.fx.Node, kind: str) -> Reason:

@@ -21,12 +21,14 @@ Decision (torch 2.13-2.14):
 * Built-ins off while installed: torch's own int8 conv/linear fusions would run after ours on
   what we leave unfused (builtins.py says which families and why). `install()` takes those
   families out and `uninstall()` puts them back where they were, keeping anything registered
-  meanwhile; torch's other quantization fusions (weight-only int8, `_int_mm`, fp16) stay.
+  meanwhile; torch's other quantization fusions (weight-only int8, `_int_mm`) stay.
   `set_builtin_fusions(True)` after install is allowed, at the risk in its docstring.
 * Cache key: the FX graph cache key includes each custom pass's `uuid()`. Ours hashes the
   source of passes/ and kernels/ plus the switch states and the CPU facts, so a changed pass,
   switch or ISA cap never serves a stale artifact. Our pass is in the config while installed
   *or* while the built-ins are off, so both states key.
+* Lowering: while installed, Inductor's lowering of the fused linear with a binary post-op
+  realizes its extra input first, as torch's own pattern lowering did (lowerings.py).
 * Decompositions: while installed, Inductor's decomposition of choose_qparams.tensor is
   replaced by one that computes what eager computes (decompositions.py).
 * The user's config is composed with, never overwritten: install appends to whatever the slot
@@ -50,7 +52,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from inductor_quant.kernels import compat, registration
 from inductor_quant.kernels.cpu import cpu_info
 
-from . import builtins, decompositions, registry
+from . import builtins, decompositions, lowerings, registry
 from .diagnostics import has_quantized_ops, report_unfused
 from .kernel_limits import SATURATION_WARNING
 from .reasons import Why
@@ -105,7 +107,7 @@ class Installation:
         self.removed: list = []          # builtins.Removed entries, put back when switched on
         self.builtins_before = True      # the switch state found at install, restored at uninstall
         self.user_value = None           # the config slot as found, restored when we leave
-        self.registrations: list = []    # kernels.registration handles, undone at uninstall
+        self.registrations: list = []    # registration / lowering handles, undone at uninstall
         self.decompositions: list = []   # what decompositions.install replaced, put back at uninstall
         self.warned: set = set()
         self.pass_ = QuantFusionPass()
@@ -122,6 +124,7 @@ class Installation:
         registry.phase_passes()  # trace the patterns now, not inside the first compile
         if not self.installed:
             self.registrations.append(registration.register_fake_prepacks())
+            self.registrations.append(lowerings.realize_binary_extra_inputs())
             self.builtins_before = not self.builtins_off
             self.installed = True
             self.set_builtin_fusions(False)

@@ -15,10 +15,13 @@ import torch
 import torch.fx
 
 from inductor_quant.kernels import cpu, probe
+from inductor_quant.kernels import onednn as K
 from inductor_quant.kernels.onednn import ConvGeometry
 
 from .reasons import Reason, Why
 from .match import args_of, has_symbolic, val
+
+qd = torch.ops.quantized_decomposed
 
 # --- saturation on CPUs without VNNI (kernels/cpu.py) ---------------------------------------
 
@@ -142,3 +145,27 @@ def gemm_template_may_run() -> bool:
 
     backends = {b.strip().upper() for b in str(config.max_autotune_gemm_backends).split(",")}
     return bool(config.max_autotune or config.max_autotune_gemm) and "CPP" in backends
+
+
+def check_template_weight_reuse(w: torch.fx.Node) -> Optional[Reason]:
+    """Under the C++ GEMM template an int8 weight that several linears read is not fused: a
+    quantized Linear called twice failed to compile under fast_options() (torch 2.13-2.14), with
+    both calls fused (the template re-packs the frozen packed weight for its micro-kernel and
+    prunes the original, which the second lowering then misses) and with one of them fused
+    (the packed weight again missing at the fused one's lowering). They stay dq -> fp32 linear
+    (reported)."""
+    if gemm_template_may_run() and len(_weight_readers(w)) > 1:
+        return Why.TEMPLATE_SHARED_WEIGHT()
+    return None
+
+
+def _weight_readers(w: torch.fx.Node) -> list:
+    """The ops that read `w` through its dequantizes (and their copies), or pack it."""
+    readers, todo = [], list(w.users)
+    while todo:
+        n = todo.pop()
+        if n.target in (qd.dequantize_per_channel.default, qd.dequantize_per_tensor.default):
+            todo += list(n.users)
+        else:
+            readers.append(n)
+    return readers

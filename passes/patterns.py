@@ -102,6 +102,35 @@ def dq_linear(per_channel: bool, bias: bool, bf16: bool, dynamic: bool = False):
     return dq_linear
 
 
+# --- fp16 weights: linear(x, fp32(fp16(w)), b), x a float activation -----------------------
+# convert_pt2e's form of a float16 weight spec (get_x86_inductor_linear_dynamic_fp16_config):
+# the fp32 weight rounded through fp16 by two `convert_element_type.no_fuse` (folded by no one).
+
+
+def fp16_rounded(w):
+    no_fuse = qd.convert_element_type.no_fuse
+    return no_fuse(no_fuse(w, torch.float16), torch.float32)
+
+
+@functools.cache
+def fp16_weight_linear(bias: bool, relu: bool):
+    """[relu](linear(x, fp16_rounded(w), b)), traced like dq_linear (same four forms)."""
+    post = F.relu if relu else (lambda y: y)
+    if bias:
+        def fp16_weight_linear(x, w, b):
+            return post(F.linear(x, fp16_rounded(w), b))
+    else:
+        def fp16_weight_linear(x, w):
+            return post(F.linear(x, fp16_rounded(w)))
+    return fp16_weight_linear
+
+
+def fp16_linear_example(rank: int, bias: bool, rows: int = 4, layout: str = "contiguous"):
+    """As linear_example, in float: fp32 input and weight."""
+    args = [laid_out(torch.randn(*([2] * (rank - 2)), rows, 8), layout), torch.randn(6, 8)]
+    return args + ([torch.randn(6)] if bias else [])
+
+
 def _u8(*shape):
     return torch.randint(0, 255, shape, dtype=torch.uint8)
 
@@ -117,13 +146,25 @@ def conv_example(per_channel: bool, bias: bool):
     return args + ([torch.randn(6)] if bias else [])
 
 
+def laid_out(x, layout: str):
+    """x with the same values in another memory layout, as a linear's input:
+    contiguous    views as 2-D: [view] addmm|mm [view];
+    transposed    last two dims swapped: expand + bmm (3-D), or expand + view + bmm + view
+                  (more dims: the leading dims still merge into one batch dim);
+    permuted      4-D, channels last-like: the leading dims no longer merge, so the input is
+                  copied contiguous (clone) before that view."""
+    if layout == "transposed":
+        return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if layout == "permuted":
+        return x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    return x
+
+
 def linear_example(rank: int, per_channel: bool, bias: bool, rows: int = 4, dynamic: bool = False,
-                   contiguous: bool = True):
+                   layout: str = "contiguous"):
     """rows=1: Inductor decomposes a 1-row addmm/mm into mul + sum (+ mul by alpha/beta + add).
-    contiguous=False: a 3-D input that cannot be viewed as 2-D (a permuted one) traces as
-    expand + bmm with a broadcast weight, and the bias as a separate add."""
-    x = _u8(*([2] * (rank - 2)), rows, 8)
-    args = [x if contiguous else x.transpose(-1, -2).contiguous().transpose(-1, -2)]
+    layout: see laid_out (a non-contiguous input's bias is a separate add)."""
+    args = [laid_out(_u8(*([2] * (rank - 2)), rows, 8), layout)]
     if dynamic:
         args += [torch.tensor(0.05, dtype=torch.float64), torch.tensor(3, dtype=torch.int64)]
     args += [_s8(6, 8)]
@@ -184,6 +225,10 @@ def add(y, other):
 
 def add_swapped(y, other):
     return other + y
+
+
+def to_bf16(y):
+    return y.to(torch.bfloat16)
 
 
 def quantize(y):

@@ -1,4 +1,5 @@
-"""Post-op folds: a unary op, a binary add and the output quantize become attributes of a fused op.
+"""Post-op folds: a unary op, a binary add, a cast to bf16 and the output quantize become
+attributes of a fused op.
 
 Each rule copies the fused node's record with one attribute changed and re-emits it
 (fused.py); the capability records (kernels/capabilities.py) decide what a fused op can take,
@@ -188,6 +189,41 @@ def check_output_quant(match: Match) -> Optional[Reason]:
         return Why.REQUANT_EXTRA(detail="the extra input is not dq(int8) of the output dtype that may be overwritten"
                                  + (", and oneDNN builds no `add` for it" if f.kind == "qlinear" else ""))
     return None
+
+
+# --- a cast to bf16 ------------------------------------------------------------------------
+# Under autocast, `a.add_(b)` of a bf16 linear output and an fp32 one adds in fp32 and casts
+# back to a's dtype: the binary fold leaves fused(fp32 out) -> to(bf16), which would keep the
+# unary and the quantize after it from folding. The fused op rounds to bf16 as the cast does.
+
+
+def check_cast(match: Match) -> Optional[Reason]:
+    f = record(match.kwargs["y"])
+    reason = _check_fold_target(match, f)
+    if reason:
+        return reason
+    if match.output_node().args[1] != torch.bfloat16 or f.out.dtype != torch.float32:
+        return Why.CAST_FORM()
+    if val(f.x) is None or not C.lowering_accepts_output(val(f.x).dtype, torch.bfloat16):
+        return Why.OUTPUT_DTYPE(dtype=torch.bfloat16)
+    if _sum_into_fp32(f) and (f.kind != "qlinear" or not A.add_builds(torch.bfloat16, f.other)):
+        return Why.ADD_UNBUILDABLE(out=torch.bfloat16, other=val(f.other).dtype)
+    return None
+
+
+def _sum_into_fp32(f: Fused) -> bool:
+    """A `sum` accumulates into an extra input of the output's dtype: with a bf16 output, an fp32
+    extra input is added (`add`, linear) instead."""
+    return f.binary is not None and f.binary.name == "sum" and val(f.other).dtype != torch.bfloat16
+
+
+def fold_cast(match: Match) -> None:
+    # to(bf16)(fused(..., fp32 out)) -> fused(..., bf16 out)
+    f = record(match.kwargs["y"])
+    if _sum_into_fp32(f):
+        f = dataclasses.replace(f, binary=dataclasses.replace(f.binary, name="add", other=K.QParams()))
+    replace_with(match.output_node(), dataclasses.replace(f, out=K.Output(torch.bfloat16)))
+    _erase_matched(match)
 
 
 def _output(q: torch.fx.Node) -> K.Output:

@@ -14,7 +14,7 @@ import torch.fx
 from inductor_quant.kernels import onednn as K
 
 from .fused import Fused, call, propagate_fake, replace_with
-from .kernel_limits import check_conv_kernel, check_int8_exact, geometry
+from .kernel_limits import check_conv_kernel, check_int8_exact, check_template_weight_reuse, geometry
 from .reasons import Reason, Why
 from .match import ACT_DQ, ACT_RANGE, args_of, node_of, same_dims, static_shape, val, within
 
@@ -146,6 +146,13 @@ def prepack_qconv(match: Match) -> tuple:
 
 
 def check_dq_linear(match: Match) -> Optional[Reason]:
+    act_dq, w_dq = _act_dq(match), _weight_dq(match)
+    return (check_linear_form(match) or check_float_compute(match.output_node()) or check_act_dq(act_dq, "qlinear")
+            or check_weight_dq(w_dq) or check_int8_exact(act_dq, w_dq) or check_template_weight_reuse(match.kwargs["w"]))
+
+
+def check_linear_form(match: Match) -> Optional[Reason]:
+    """The traced forms of F.linear (2-D, N-D views, one row, bmm) compute a linear here."""
     if any(list(args_of(p)["dims"]) != [1, 0] for p in match.nodes if p.target is aten.permute.default):
         return Why.WEIGHT_PERMUTE()
     # one-row form: mul(sum(..), alpha), mul(b, beta), sum over dim 0 -- all must be the identity
@@ -162,20 +169,20 @@ def check_dq_linear(match: Match) -> Optional[Reason]:
         vx, vo = val(match.kwargs["x"]), val(match.output_node())
         if vx is None or vo is None or not same_dims(vx.shape[:-1], vo.shape[:-1]):
             return Why.ND_VIEW()
-    act_dq, w_dq = _act_dq(match), _weight_dq(match)
-    return (check_float_compute(match.output_node()) or check_act_dq(act_dq, "qlinear") or check_weight_dq(w_dq)
-            or check_int8_exact(act_dq, w_dq))
+    return None
 
 
 def _check_bmm_is_linear(match: Match, bmm: torch.fx.Node) -> Optional[Reason]:
     """bmm(expand(dq(x)), expand(permute(dq(w)))) [+ b] is linear(x, w, b) when the input's expand
-    keeps its shape (3-D), the weight is a 2-D matrix broadcast over the batch and `b` (the add's
-    other operand, any tensor in the pattern) is a vector of the output's width."""
-    vx, vo = val(match.kwargs["x"]), val(bmm)
-    x_expand, w_expand = bmm.args
-    if vx is None or vo is None or vx.dim() != 3 or not same_dims(val(x_expand).shape, vx.shape):
-        return Why.BMM_NOT_LINEAR(detail="the input is broadcast or not 3-D")
-    if val(w_expand.args[0]) is None or val(w_expand.args[0]).dim() != 2:
+    keeps its shape, the weight is a 2-D matrix broadcast over the batch and `b` (the add's other
+    operand, any tensor in the pattern) is a vector of the output's width. Past 3-D the input
+    is copied contiguous and viewed as 3-D, the weight's broadcast viewed alike, the result
+    viewed back (check_linear_form checks that view)."""
+    x_expand, w_expand = (_expand_under(n) for n in bmm.args[:2])
+    vx, vo = val(match.kwargs["x"]), val(match.output_node())
+    if vx is None or vo is None or x_expand is None or vx.dim() < 3 or not same_dims(val(x_expand).shape, vx.shape):
+        return Why.BMM_NOT_LINEAR(detail="the input is broadcast")
+    if w_expand is None or val(w_expand.args[0]) is None or val(w_expand.args[0]).dim() != 2:
         return Why.BMM_NOT_LINEAR(detail="the weight is not one matrix broadcast over the batch")
     vb = val(match.kwargs.get("b"))
     if "b" in match.kwargs and (vb is None or vb.dim() != 1 or not same_dims(vb.shape, vo.shape[-1:])):
@@ -183,15 +190,26 @@ def _check_bmm_is_linear(match: Match, bmm: torch.fx.Node) -> Optional[Reason]:
     return None
 
 
+def _expand_under(node) -> Optional[torch.fx.Node]:
+    """The expand a bmm operand comes from, through the view (and copy) that make it 3-D."""
+    while isinstance(node, torch.fx.Node) and node.target in (aten.view.default, aten.clone.default):
+        node = node.args[0]
+    return node if isinstance(node, torch.fx.Node) and node.target is aten.expand.default else None
+
+
 def _contiguous(x: torch.fx.Node) -> torch.fx.Node:
-    """x copied to contiguous (an int8 copy: the input a bmm-form linear reads is a permuted view),
-    one copy per input, shared by every linear reading it (so siblings still merge)."""
-    clone = aten.clone.default
-    for user in x.users:
-        if user.target is clone and user.kwargs.get("memory_format") == torch.contiguous_format:
+    """x copied to contiguous (the input a bmm-form linear reads is a permuted view)."""
+    return _shared_after(x, aten.clone.default, (), {"memory_format": torch.contiguous_format})
+
+
+def _shared_after(node: torch.fx.Node, op, args: tuple, kwargs: dict) -> torch.fx.Node:
+    """op(node, *args, **kwargs), one per node right after it, shared by every linear reading it
+    (so siblings on one input still read the same node and merge)."""
+    for user in node.users:
+        if user.target is op and tuple(user.args[1:]) == args and user.kwargs == kwargs:
             return user
-    with x.graph.inserting_after(x):
-        out = x.graph.call_function(clone, (x,), {"memory_format": torch.contiguous_format})
+    with node.graph.inserting_after(node):
+        out = node.graph.call_function(op, (node, *args), kwargs)
     propagate_fake(out)
     return out
 
@@ -206,18 +224,10 @@ def _runtime_qparams_as_kernels_take(xq: K.QParams, anchor) -> K.QParams:
 
 
 def _as_dtype(node: torch.fx.Node, dtype: torch.dtype) -> torch.fx.Node:
-    """node cast to dtype, one cast per node right after it, shared by every linear reading it
-    (so siblings on one dynamically quantized input still read the same qparams and merge)."""
+    """node cast to dtype (shared: _shared_after)."""
     if val(node) is None or val(node).dtype == dtype:
         return node
-    cast = prims.convert_element_type.default
-    for user in node.users:
-        if user.target is cast and user.args[1] == dtype:
-            return user
-    with node.graph.inserting_after(node):
-        out = node.graph.call_function(cast, (node, dtype))
-    propagate_fake(out)
-    return out
+    return _shared_after(node, prims.convert_element_type.default, (dtype,), {})
 
 
 def prepack_qlinear(match: Match) -> tuple:
@@ -231,5 +241,34 @@ def prepack_qlinear(match: Match) -> tuple:
     w_scale, w_zp = _weight_qparams(match, _weight_dq(match), out, torch.int32)
     packed = K.qlinear_prepack(lambda op, args: call(out.graph, out, op, *args), match.kwargs["w"], static_shape(x))
     replace_with(out, Fused("qlinear", x, xq, packed, w_scale, w_zp, match.kwargs.get("b"), out=_float_out(out)))
+    match.erase_nodes()
+    return ()
+
+
+# --- fp16 weights ----------------------------------------------------------------------------
+
+
+def check_fp16_weight_linear(match: Match) -> Optional[Reason]:
+    """fp32 activations (bf16 autocast traces another graph), the weight rounded fp32 -> fp16 -> fp32."""
+    w = match.kwargs["w"]
+    rounds = {n.args[0] is w: n.args[1] for n in match.nodes if n.target is qd.convert_element_type.no_fuse}
+    if rounds != {True: torch.float16, False: torch.float32}:
+        return Why.FP16_WEIGHT_FORM(detail="the weight's round trip is not fp32 -> fp16 -> fp32")
+    dtypes = {val(n).dtype if val(n) is not None else None for n in (match.kwargs["x"], w, match.output_node())}
+    if dtypes != {torch.float32}:
+        return Why.FP16_WEIGHT_FORM(detail="input, weight and output must be fp32")
+    return check_linear_form(match)
+
+
+def prepack_fp16_weight_linear(match: Match) -> tuple:
+    # [relu](linear(x, fp32(fp16(w)), b)) -> onednn.linear_[relu_]dynamic_fp16(x, prepack_fp16(w), b)
+    out = match.output_node()
+    x = match.kwargs["x"]
+    if node_of(match, aten.bmm.default) is not None:
+        x = _contiguous(x)
+    build = lambda op, args: call(out.graph, out, op, *args)  # noqa: E731
+    packed = K.linear_fp16_prepack(build, match.kwargs["w"], static_shape(x))
+    relu = node_of(match, aten.relu.default) is not None
+    out.replace_all_uses_with(K.linear_fp16(build, x, packed, match.kwargs.get("b"), relu))
     match.erase_nodes()
     return ()

@@ -30,6 +30,11 @@ class Why(enum.Enum):
     ONE_ROW_SUM_DIM = "one-row linear summed over an unexpected dim"
     ND_VIEW = "N-D linear whose output view does not restore the input's leading dims"
     BMM_NOT_LINEAR = "bmm is not a linear ({detail})"
+    TEMPLATE_SHARED_WEIGHT = ("weight read by several linears (a Linear called twice): Inductor's C++ GEMM template "
+                              "(max-autotune, fast_options()) fails to compile int8 GEMMs that share it")
+    FP16_WEIGHT_FORM = "fp16-weight linear: {detail}"
+    FP16_WEIGHT_AUTOCAST = ("fp16-weight linear under bf16 autocast: autocast makes it a bf16 linear (on the weight "
+                            "rounded to fp16, then to bf16), which Inductor runs as such")
     NO_PATTERN = "no pattern matched this form ({detail})"
     # where the kernel would be wrong or crash on this CPU / torch (kernel_limits)
     SATURATION = ("8-bit activations and 8-bit weights on a CPU without VNNI ({isa}): oneDNN would add pairs "
@@ -59,6 +64,7 @@ class Why(enum.Enum):
     OUTPUT_QUANT_FORM = "output quantize is not per-tensor with scalar qparams"
     OUTPUT_RANGE = "output quant range is not within u8/s8"
     RESULT_DTYPE = "fused result is not fp32/bf16"
+    CAST_FORM = "only a cast of an fp32 fused result to bf16 folds into it"
     OUTPUT_DTYPE = "output dtype {dtype} differs from the activation's (Inductor lowering limit)"
     REQUANT_EXTRA = "binary post-op with requantized output: no int8 kernel form adds this extra input ({detail})"
     # int8 propagation (pool, view, permute, cat)
@@ -89,4 +95,4 @@ class Reason:
 
 # Reasons that are a choice, not a gap: such a layer is computed exactly in fp32 by design
 # (`report --strict` does not fail on them).
-BY_DESIGN = frozenset({Why.AVG_POOL})
+BY_DESIGN = frozenset({Why.AVG_POOL, Why.FP16_WEIGHT_AUTOCAST})

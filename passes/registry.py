@@ -4,10 +4,12 @@ place for priority.
 Phases (Inductor's freezing stage, before torch's own freezing patterns; see install.py):
   promote   a dequantize with several users is duplicated so each chain can fuse
   propagate q(maxpool|view|permute|cat(dq(x))) with one set of qparams runs on int8 directly
-  prepack   dq(x) -> conv / linear(dq(w)) -> onednn.qconv_pointwise / qlinear_pointwise, fp32 out
+  prepack   dq(x) -> conv / linear(dq(w)) -> onednn.qconv_pointwise / qlinear_pointwise, fp32 out;
+            linear(x, fp16-rounded w) -> onednn.linear_dynamic_fp16 (relu folded here)
   noop      drop a copy of a fused result (eval-mode dropout) so the post-ops after it can fold
   unary     fold one unary post-op into the fused op's attributes
   binary    fold add (both operand orders) as a binary post-op
+  cast      fold a cast of an fp32 fused result to bf16 (an in-place add under autocast)
   binary_unary   fold a unary after the binary post-op
   output    fold the output quantize (requantized uint8/int8 out)
 Within a phase, table order is priority (larger patterns first).
@@ -44,7 +46,7 @@ from .graph_rewrites import (decompose_weight_dequants, drop_noop_views, lift_co
 from .match import float_dtype, node_of, val
 
 aten = torch.ops.aten
-PHASES = ("promote", "propagate", "prepack", "noop", "unary", "binary", "binary_unary", "output")
+PHASES = ("promote", "propagate", "prepack", "noop", "unary", "binary", "cast", "binary_unary", "output")
 F32, BF16 = torch.float32, torch.bfloat16
 
 
@@ -84,8 +86,14 @@ STEPS = (
                                             "taken apart (accumulators.settle)"),
 )
 DTYPES = (("", F32), (".bf16", BF16))  # int8-fp32, int8-mixed-bf16 (autocast)
-# how a linear traces: (input rank, rows, id suffix, contiguous input)
-LINEAR_FORMS = ((3, 4, ".nd", True), (3, 4, ".bmm", False), (2, 4, ".2d", True), (2, 1, ".m1", True))
+# how a linear traces: (input rank, rows, id suffix, input layout: patterns.laid_out); the
+# one-row form (bias only: without one it is the 2-D form) last
+LINEAR_FORMS = ((3, 4, ".nd", "contiguous"), (3, 4, ".bmm", "transposed"), (4, 4, ".bmm_nd", "transposed"),
+                (4, 4, ".bmm_nd_copy", "permuted"), (2, 4, ".2d", "contiguous"), (2, 1, ".m1", "contiguous"))
+
+
+def linear_forms(bias: bool) -> tuple:
+    return LINEAR_FORMS if bias else LINEAR_FORMS[:-1]
 
 
 def _prepack_fusions():
@@ -99,18 +107,32 @@ def _prepack_fusions():
             for bias in (True, False):  # linear: addmm vs mm
                 nb = "" if bias else ".nobias"
                 # N-D first: it contains the 2-D form; .bmm: a non-contiguous 3-D input (expand +
-                # bmm + bias add); .m1: one row, where Inductor decomposes addmm to mul + sum (a
+                # bmm + bias add); .bmm_nd(_copy): the same past 3-D (the input viewed as 3-D,
+                # after a contiguous copy where its leading dims do not merge; the result viewed
+                # back); .m1: one row, where Inductor decomposes addmm to mul + sum (a
                 # one-row mm stays mm: .2d covers it)
-                for rank, rows, dims, contiguous in LINEAR_FORMS[:4 if bias else 3]:
+                for rank, rows, dims, layout in linear_forms(bias):
                     yield Fusion(f"qlinear.prepack{dims}{weight}{dt}{nb}", "prepack",
                                  P.dq_linear(per_channel, bias, bf16),
-                                 (P.linear_example, rank, per_channel, bias, rows, False, contiguous),
+                                 (P.linear_example, rank, per_channel, bias, rows, False, layout),
                                  R.check_dq_linear, R.prepack_qlinear, dtype=dtype)
                     if per_channel:  # dynamic quantization: runtime activation qparams
                         yield Fusion(f"qlinear.dynamic{dims}{dt}{nb}", "prepack",
                                      P.dq_linear(True, bias, bf16, True),
-                                     (P.linear_example, rank, True, bias, rows, True, contiguous), R.check_dq_linear,
+                                     (P.linear_example, rank, True, bias, rows, True, layout), R.check_dq_linear,
                                      R.prepack_qlinear, dtype=dtype)
+
+
+def _fp16_weight_fusions():
+    # fp32 activations x fp16 weights (not quantized: no Q/DQ on the input); relu is the one
+    # post-op the op family takes, folded in the same rewrite (its form first: it contains the other)
+    for relu in (".relu", ""):
+        for bias in (True, False):
+            nb = "" if bias else ".nobias"
+            for rank, rows, dims, layout in linear_forms(bias):
+                yield Fusion(f"linear.fp16_weight{relu}{dims}{nb}", "prepack", P.fp16_weight_linear(bias, bool(relu)),
+                             (P.fp16_linear_example, rank, bias, rows, layout), R.check_fp16_weight_linear,
+                             R.prepack_fp16_weight_linear)
 
 
 def _post_op_fusions():
@@ -123,6 +145,8 @@ def _post_op_fusions():
         yield Fusion(f"post.binary.add{dt}", "binary", P.add, ex2, O.check_binary, O.fold_binary, dtype=dtype)
         yield Fusion(f"post.binary.add.swapped{dt}", "binary", P.add_swapped, ex2, O.check_binary, O.fold_binary,
                      dtype=dtype)
+        if dtype is F32:  # only an fp32 result is cast to bf16
+            yield Fusion("post.cast.bf16", "cast", P.to_bf16, ex, O.check_cast, O.fold_cast)
         for post in C.foldable():
             if post.after_add:
                 yield Fusion(f"post.binary.{post.name}{dt}", "binary_unary", post.search, ex,
@@ -143,7 +167,7 @@ def _propagation_fusions():
 @functools.cache
 def fusions() -> tuple:
     """The table, in priority order."""
-    return (*_propagation_fusions(), *_prepack_fusions(), *_post_op_fusions())
+    return (*_propagation_fusions(), *_prepack_fusions(), *_fp16_weight_fusions(), *_post_op_fusions())
 
 
 def fusion_ids() -> list:

@@ -24,7 +24,7 @@ from .match import ACT_DQ, val
 
 # our id prefix -> torch's counter (fusions torch counts at freezing or when lowering its pattern)
 PREPACK = {"qconv.prepack": "qconv_weight_prepack_matcher", "qlinear.prepack": "qlinear_weight_prepack_matcher",
-           "qlinear.dynamic": "qlinear_weight_prepack_matcher"}
+           "qlinear.dynamic": "qlinear_weight_prepack_matcher", "linear.fp16_weight": "qlinear_weight_prepack_matcher"}
 PROPAGATION = {"int8.maxpool2d": "qmaxpool2d_matcher", "int8.view": "qreshape_matcher", "int8.cat": "qcat_matcher"}
 PROMOTION = "dequant_promotion_matcher"
 
@@ -53,6 +53,8 @@ def count_fusion(fusion_id: str, match, before: Optional[Fused], conv_rank: int 
         return _bump(PROPAGATION[fusion_id], nodes)
     if before is None or not fusion_id.startswith("post.") or fusion_id.startswith("post.noop"):
         return
+    if fusion_id.startswith("post.cast"):  # the cast back to bf16 after an add: part of torch's binary match
+        return _bump(_post_op_counter(before, before.binary is not None), nodes, count=0)
     if fusion_id.startswith("post.binary.add"):  # the fused op and the add (+ casts)
         return _bump(_post_op_counter(before, True), nodes + 1)
     if fusion_id.startswith("post.binary."):  # a unary after the add: part of torch's binary match

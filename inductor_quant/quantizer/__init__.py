@@ -5,7 +5,11 @@
 """
 
 from .composable_quantizer import ComposableQuantizer
-from .configs import get_default_x86_inductor_quantization_config, get_symmetric_quantization_config
+from .configs import (
+    get_default_x86_inductor_quantization_config,
+    get_symmetric_quantization_config,
+    get_x86_inductor_linear_dynamic_fp16_config,
+)
 from .quantizer import (
     DerivedQuantizationSpec,
     EdgeOrNode,
@@ -34,6 +38,7 @@ __all__ = [
     "EdgeOrNode",
     "X86InductorQuantizer",
     "get_default_x86_inductor_quantization_config",
+    "get_x86_inductor_linear_dynamic_fp16_config",
     "XNNPACKQuantizer",
     "get_symmetric_quantization_config",
     "AnnotationReport",

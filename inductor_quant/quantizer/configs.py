@@ -6,6 +6,8 @@ static and dynamic layers holds exactly two config objects.
 
 - `get_default_x86_inductor_quantization_config`: what oneDNN int8 wants —
   uint8 asymmetric per-tensor activations, int8 symmetric per-channel weights (axis 0).
+- `get_x86_inductor_linear_dynamic_fp16_config`: fp16 weights, float activations (no
+  quantization of activations at all: half the weight bytes, fp32 math); linear only.
 - `get_symmetric_quantization_config`: the XNNPACK-style generic recipe the PT2E
   tutorials use — int8 symmetric-range activations, int8 weights (per-tensor by default).
 
@@ -35,6 +37,7 @@ from .quantizer import QuantizationConfig, QuantizationSpec
 
 __all__ = [
     "get_default_x86_inductor_quantization_config",
+    "get_x86_inductor_linear_dynamic_fp16_config",
     "get_symmetric_quantization_config",
     "is_dynamic_config",
 ]
@@ -166,6 +169,18 @@ def _symmetric_config(
         observer_or_fake_quant_ctr=_weight_ctr(is_qat, per_channel=is_per_channel),
     )
     return _config(act, weight, is_qat)
+
+
+@functools.lru_cache(maxsize=None)
+def get_x86_inductor_linear_dynamic_fp16_config() -> QuantizationConfig:
+    """Linear weights stored and multiplied as fp16, activations and outputs left float.
+
+    convert_pt2e rounds each weight fp32 -> fp16 -> fp32 (`convert_element_type.no_fuse`); our
+    passes run it as oneDNN's `linear_dynamic_fp16` on the fp16 weight prepacked at freezing (a
+    following relu folded in). Meant for linears (`set_module_type_qconfig(torch.nn.Linear, ...)`):
+    a conv given it computes in fp32 on fp16-rounded weights, unfused. The name is upstream's."""
+    weight = QuantizationSpec(dtype=torch.float16, observer_or_fake_quant_ctr=PlaceholderObserver)
+    return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)
 
 
 def is_dynamic_config(config: QuantizationConfig) -> bool:

@@ -19,11 +19,12 @@ import operator
 import torch
 
 from .annotating_quantizer import AnnotatingQuantizer
-from .configs import get_default_x86_inductor_quantization_config
+from .configs import get_default_x86_inductor_quantization_config, get_x86_inductor_linear_dynamic_fp16_config
 
 MATMUL_FUNCTIONS = (torch.matmul, torch.bmm, torch.Tensor.matmul, torch.Tensor.bmm, operator.matmul)
 
-__all__ = ["X86InductorQuantizer", "get_default_x86_inductor_quantization_config"]
+__all__ = ["X86InductorQuantizer", "get_default_x86_inductor_quantization_config",
+           "get_x86_inductor_linear_dynamic_fp16_config"]
 
 
 class X86InductorQuantizer(AnnotatingQuantizer):

@@ -103,10 +103,12 @@ class SpecModel(nn.Module):
         with torch.no_grad():
             vals = [torch.zeros(shapes[0])]
             for i, op in enumerate(spec["ops"]):
-                mod = _module(op, vals[op["in"][0]].shape)
+                shares = op.get("kw", {}).get("shares")
+                mod = self.layers[str(shares)] if shares is not None else _module(op, vals[op["in"][0]].shape)
                 if mod is not None:
-                    self._randomize(mod)
-                    self.layers[str(i)] = mod
+                    if shares is None:
+                        self._randomize(mod)
+                    self.layers[str(i)] = mod  # a shared module: the same parameters, called twice
                 vals.append(_apply(op, mod, [vals[j] for j in op["in"]]))
 
     @staticmethod
@@ -328,6 +330,7 @@ def generate(seed: int, max_ops: int = 7) -> dict:
     """Draw a valid spec: 2..max_ops ops, at least one conv or linear."""
     r = random.Random(seed)
     siblings = random.Random(seed * 31 + 7)  # its own stream: the main draws stay as they were
+    shared = random.Random(seed * 53 + 1)  # likewise
     spec = {"seed": seed, "input": _input_shape(r), "quant": "static", "ops": [], "outputs": []}
     vals = [tuple(spec["input"])]
     probe = [torch.zeros(vals[0])]
@@ -352,10 +355,24 @@ def generate(seed: int, max_ops: int = 7) -> dict:
         spec["ops"].append(op)
         vals.append(tuple(out.shape))
         probe.append(out)
+        linear_at = len(spec["ops"]) - 1
         if name == "linear" and siblings.random() < 0.3:  # a sibling on the same input, both used (Q/K/V)
             twin = {"op": "linear", "in": src, "kw": {"out": siblings.choice((3, 8, 16)), "bias": kw["bias"]}}
             both = {"op": "cat", "in": [len(vals) - 1, len(vals)], "kw": {"dim": len(out.shape) - 1}}
             for extra in (twin, both):
+                with torch.no_grad():
+                    probe.append(_apply(extra, _module(extra, probe[extra["in"][0]].shape),
+                                        [probe[j] for j in extra["in"]]))
+                spec["ops"].append(extra)
+                vals.append(tuple(probe[-1].shape))
+        if name == "linear" and shared.random() < 0.1:  # the same Linear called again: one weight, two GEMMs
+            width, again = vals[src[0]][-1], linear_at
+            others = [i for i, v in enumerate(vals) if v[-1] == width and i != src[0]]
+            into = shared.choice(others) if others else None
+            extras = [] if into is not None else [{"op": "relu", "in": src, "kw": {}}]
+            into = len(vals) if into is None else into
+            extras.append({"op": "linear", "in": [into], "kw": {**kw, "shares": again}})
+            for extra in extras:
                 with torch.no_grad():
                     probe.append(_apply(extra, _module(extra, probe[extra["in"][0]].shape),
                                         [probe[j] for j in extra["in"]]))
@@ -377,10 +394,15 @@ def generate(seed: int, max_ops: int = 7) -> dict:
     spec["outputs"] = list(dict.fromkeys(extra_outputs + spec["outputs"]))  # motifs' returned values too
     has_linear = any(op["op"] == "linear" for op in spec["ops"])
     spec["quant"] = "dynamic" if has_linear and r.random() < 0.25 else "static"
+    if has_linear and spec["quant"] == "static" and random.Random(seed * 17 + 5).random() < 0.15:
+        spec["quant"] = "fp16_weight"  # linears fp16-weight, the rest int8 (its own stream: older seeds keep their kind)
+    if random.Random(seed * 19 + 2).random() < 0.25:  # upstream's recipe: every chain ends in q/dq
+        spec["recipe"] = "upstream"
     return spec
 
 
 def describe(spec: dict) -> str:
     """One line: input shape and op chain, e.g. `[2, 4, 9, 9] conv(0) relu(1) add(2,0) | out 3`."""
     ops = " ".join(f"{op['op']}({','.join(map(str, op['in']))})" for op in spec["ops"])
-    return f"{spec['quant']} {spec['input']} {ops} | out {','.join(map(str, spec['outputs']))}"
+    recipe = "/upstream" if spec.get("recipe") == "upstream" else ""
+    return f"{spec['quant']}{recipe} {spec['input']} {ops} | out {','.join(map(str, spec['outputs']))}"

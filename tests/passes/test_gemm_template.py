@@ -127,3 +127,29 @@ def test_dynamically_quantized_linears_are_right_under_the_template():
     templates = int8_gemm_template_calls(code)
     assert (templates >= 1) == TEMPLATE_HERE and templates + count(code, "qlinear_pointwise") == 2, code
     assert agreement(ref, out)[0] > 40
+
+
+class LinearCalledTwice(nn.Module):
+    """One quantized Linear on two inputs: two int8 GEMMs on one weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.l = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.l(x) + self.l(torch.relu(x) * 2)
+
+
+def test_a_linear_called_twice_stays_fp32_under_the_template_and_compiles():
+    """Fused, the template's lowering loses the shared packed weight and the compile fails
+    (torch 2.13-2.14); both calls stay dq -> fp32 linear under it, reported, and fuse without it."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 16)
+    model = quantize(LinearCalledTwice().eval(), (x,), [(x,)])
+    with torch._inductor.config.patch(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN"):
+        ref, out, code, stats = compile_and_run(model, (x,))
+    assert [u.code for u in stats["unfused"]] == ["template_shared_weight"] * 2, stats
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    ref, out, code, stats = compile_and_run(model, (x,))  # no template: both fuse
+    assert stats["unfused"] == [] and count(code, "qlinear_pointwise") == 2, (stats, code)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)

@@ -285,11 +285,12 @@ def test_switch_off_removes_only_the_families_we_replace():
     assert not left & REPLACED, left & REPLACED
     with iq_passes.builtin_fusions(True):
         everything = {f for f, _ in _builtin_entries()}
-    # weight-only int8, SmoothQuant _int_mm, dynamic fp16 linear: not ours, never removed
+    # weight-only int8, SmoothQuant _int_mm: not ours, never removed
     assert left == everything - REPLACED
     assert "_register_woq_lowering" in left  # torch 2.13 and 2.14 both have it
     if torch_has_weight_pack_fusions():  # 2.13 only
-        assert {"_register_smooth_quant_int_mm_pattern", "_register_linear_dynamic_fp16_weight_prepack_pass"} <= left
+        assert "_register_smooth_quant_int_mm_pattern" in left
+        assert "_register_linear_dynamic_fp16_weight_prepack_pass" in everything - left  # ours now
 
 
 def test_switch_on_reinserts_without_dropping_entries_registered_meanwhile():
@@ -365,8 +366,8 @@ def test_int8_compile_is_quiet(vid):
 
 def test_uninstall_puts_torch_back_exactly():
     """A fresh process: torch's state that install() touches -- the config slot, the global
-    pattern passes (entries by identity, in order), Inductor's decomposition tables, the onednn
-    ops' dispatcher tables and fake kernels -- read before install() and after install(), a
+    pattern passes (entries by identity, in order), Inductor's decomposition tables and its
+    lowerings of the binary int8 linear, the onednn ops' dispatcher tables and fake kernels -- read before install() and after install(), a
     fused int8 compile and uninstall(): identical. (torch registers some of its own patterns at
     its first compile: one compile runs before the first reading.)"""
     r = run_py("""
@@ -376,8 +377,10 @@ def test_uninstall_puts_torch_back_exactly():
         from inductor_quant.kernels import compat, onednn
         from torch._library.simple_registry import singleton
 
+        from torch._inductor import lowering
+
         OPS = ["onednn::qconv_prepack", "onednn::qlinear_prepack", "onednn::qconv_pointwise",
-               "onednn::qlinear_pointwise", "onednn::qconv2d_pointwise"]
+               "onednn::qlinear_pointwise", "onednn::qconv2d_pointwise", "onednn::linear_prepack_fp16"]
 
         def snapshot():
             return {
@@ -388,6 +391,7 @@ def test_uninstall_puts_torch_back_exactly():
                 "dispatch": [torch._C._dispatch_dump_table(op) for op in OPS],
                 "fake": [singleton.find(op).fake_impl.kernel is None for op in OPS],
                 "py_kernels": [dict(op.py_kernels) for op in (onednn.QCONV.default, onednn.QLINEAR.default)],
+                "lowerings": [id(lowering.lowerings[op]) for op in (onednn.QLINEAR.binary, onednn.QLINEAR.binary_tensor)],
             }
 
         import sys

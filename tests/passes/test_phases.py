@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from graph_utils import stage_graph, targets
-from qdq_models import CatDim0, dynamic_q_dq, HandSiblings, O_SCALE, QDQLayer, q_dq, X_SCALE, X_ZP
+from qdq_models import (CatDim0, dynamic_q_dq, HandSiblings, int8_weight, O_SCALE, QDQLayer, q_dq, W_DEFAULT, X_SCALE,
+                        X_ZP)
 from variants import VARIANTS, left_fp32_for_saturation
 
 import inductor_quant.passes as iq_passes
@@ -217,6 +218,147 @@ def test_pools_left_in_fp32_are_reported():
     assert [(u.op, u.code) for u in stats["unfused"]] == [("pool", "avg_pool")], stats
 
 
+# a 4-D int8 activation laid out so that a linear on it traces as bmm: (quantized shape, the
+# permute between quantize and dequantize); bmm_nd: its leading dims still merge into one batch
+# dim (a view), bmm_nd_copy: they do not (a contiguous copy first)
+LAYOUTS_4D = {"bmm_nd": ((2, 3, 16, 5), (0, 1, 3, 2)), "bmm_nd_copy": ((2, 16, 3, 5), (0, 2, 3, 1))}
+
+
+class Int8LinearOn4D(torch.nn.Module):
+    """linear(dq(permuted int8 x), dq(w)) [+ b] on a 4-D input: static (per-channel or
+    per-tensor weights) or dynamic activation quantization."""
+
+    def __init__(self, form: str, weight: str, bias: bool):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.dims, self.weight_kind = LAYOUTS_4D[form][1], weight
+        self.register_buffer("w", int8_weight((8, 16), g))
+        self.register_buffer("w_scale", torch.rand(8, generator=g) / 64 + 1e-3)
+        self.register_buffer("w_zp", torch.zeros(8, dtype=torch.int64))
+        self.register_buffer("b", torch.randn(8, generator=g) if bias else None)
+
+    def forward(self, x):
+        qd = torch.ops.quantized_decomposed
+        if self.weight_kind == "dynamic":
+            scale, zp = qd.choose_qparams.tensor(x, 0, 255, torch.finfo(torch.float32).eps, torch.uint8)
+            q = qd.quantize_per_tensor.tensor(x, scale, zp, 0, 255, torch.uint8)
+            xd = qd.dequantize_per_tensor.tensor(q.permute(self.dims), scale, zp, 0, 255, torch.uint8)
+        else:
+            q = qd.quantize_per_tensor.default(x, X_SCALE, X_ZP, 0, 255, torch.uint8)
+            xd = qd.dequantize_per_tensor.default(q.permute(self.dims), X_SCALE, X_ZP, 0, 255, torch.uint8)
+        lo, hi = W_DEFAULT
+        if self.weight_kind == "per_tensor":
+            w = qd.dequantize_per_tensor.default(self.w, 0.01, 0, lo, hi, torch.int8)
+        else:
+            w = qd.dequantize_per_channel.default(self.w, self.w_scale, self.w_zp, 0, lo, hi, torch.int8)
+        return torch.nn.functional.linear(xd, w, self.b)
+
+
+ND_CASES = [(form, weight, bias, bf16) for form in LAYOUTS_4D for weight in ("per_channel", "per_tensor", "dynamic")
+            for bias in (True, False) for bf16 in (False, True)]
+
+
+def nd_fusion_id(form, weight, bias, bf16):
+    kind = "dynamic" if weight == "dynamic" else "prepack"
+    return (f"qlinear.{kind}.{form}{'.wpt' if weight == 'per_tensor' else ''}{'.bf16' if bf16 else ''}"
+            f"{'' if bias else '.nobias'}")
+
+
+@pytest.mark.parametrize("form,weight,bias,bf16", ND_CASES, ids=[nd_fusion_id(*c) for c in ND_CASES])
+def test_linear_on_a_permuted_4d_input_fuses(form, weight, bias, bf16):
+    model = Int8LinearOn4D(form, weight, bias).eval()
+    x = torch.randn(LAYOUTS_4D[form][0])
+    gm, flat, stats = rewrite(model, (x,), bf16)
+    assert stats == {"fused": {nd_fusion_id(form, weight, bias, bf16): 1}, "unfused": []}, stats
+    t = targets(gm)
+    assert t["onednn.qlinear_pointwise.default"] + t["onednn.qlinear_pointwise.tensor"] == 1, gm.code
+    assert not any(t[op] for op in FP32_OPS + ("aten.bmm.default",)), gm.code
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        ref, out = model(x), gm(*flat)
+    torch.testing.assert_close(out.float(), ref.float(), atol=3e-2 if bf16 else 2e-3, rtol=2e-2 if bf16 else 1e-3)
+
+
+class AddCastBackUnderAutocast(torch.nn.Module):
+    """relu(a.add_(b)) under bf16 autocast as functionalization leaves it: a (a bf16 linear
+    output) + b (an fp32 dequantized one) adds in fp32, then the result is cast back to bf16."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        for name in ("wa", "wb"):
+            self.register_buffer(name, int8_weight((16, 16), g))
+        self.register_buffer("w_scale", torch.rand(16, generator=g) / 64 + 1e-3)
+        self.register_buffer("w_zp", torch.zeros(16, dtype=torch.int64))
+
+    def forward(self, x):
+        x = q_dq(x, X_SCALE, X_ZP)
+        lo, hi = W_DEFAULT
+
+        def linear(w):
+            dq_w = torch.ops.quantized_decomposed.dequantize_per_channel.default(w, self.w_scale, self.w_zp, 0, lo, hi,
+                                                                                   torch.int8)
+            return torch.nn.functional.linear(x, dq_w)
+
+        a, b = linear(self.wa), q_dq(linear(self.wb), O_SCALE, 128)
+        return q_dq(torch.relu((a + b).to(a.dtype)), O_SCALE, 0)
+
+
+def test_cast_back_to_bf16_after_an_add_folds_and_so_do_relu_and_quantize():
+    gm, flat, stats = rewrite(AddCastBackUnderAutocast().eval(), (torch.randn(4, 16),), bf16=True)
+    assert stats["unfused"] == [] and stats["fused"]["post.cast.bf16"] == 1, stats
+    assert stats["fused"].get("post.binary.relu.bf16") == 1 and stats["fused"].get("post.output.quant.bf16") == 2, stats
+    t = targets(gm)
+    assert not t["prims.convert_element_type.default"] or all(
+        n.args[0].op == "placeholder" for n in gm.graph.nodes if n.target is torch.ops.prims.convert_element_type.default)
+    assert not t["aten.relu.default"] and t["onednn.qlinear_pointwise.binary"] == 1, gm.code
+
+
+class Fp16WeightLinear(torch.nn.Module):
+    """[relu](linear(x, fp32(fp16(w)), b)): convert_pt2e's form of the fp16-weight config."""
+
+    def __init__(self, bias: bool, relu: bool, permuted):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.relu, self.permuted = relu, permuted  # permuted: False, True (3-D) or the dims to permute
+        self.register_buffer("w", torch.randn(8, 16, generator=g) / 4)
+        self.register_buffer("b", torch.randn(8, generator=g) if bias else None)
+
+    def forward(self, x):
+        if self.permuted:  # an input that cannot be viewed as 2-D: traced as expand + bmm
+            x = x.permute(self.permuted if isinstance(self.permuted, tuple) else (0, 2, 1))
+        no_fuse = torch.ops.quantized_decomposed.convert_element_type.no_fuse
+        y = torch.nn.functional.linear(x, no_fuse(no_fuse(self.w, torch.float16), torch.float32), self.b)
+        return torch.relu(y) if self.relu else y
+
+
+# (x shape, permuted, the id's form part): the four ways a linear traces (registry.LINEAR_FORMS)
+FP16_FORMS = [((2, 3, 16), False, "nd"), ((2, 16, 3), True, "bmm"), ((4, 16), False, "2d"), ((1, 16), False, "m1"),
+              *[(shape, dims, form) for form, (shape, dims) in LAYOUTS_4D.items()]]
+FP16_CASES = [(shape, permuted, form, bias, relu) for shape, permuted, form in FP16_FORMS for bias in (True, False)
+              for relu in (False, True) if bias or form != "m1"]
+
+
+@pytest.mark.parametrize("shape,permuted,form,bias,relu", FP16_CASES,
+                         ids=[f"{f}{'' if b else '.nobias'}{'.relu' if r else ''}" for _, _, f, b, r in FP16_CASES])
+def test_fp16_weight_linear_becomes_onednn_fp16_op(shape, permuted, form, bias, relu):
+    model = Fp16WeightLinear(bias, relu, permuted).eval()
+    x = torch.randn(shape)
+    gm, flat, stats = rewrite(model, (x,))
+    fusion_id = f"linear.fp16_weight{'.relu' if relu else ''}.{form}{'' if bias else '.nobias'}"
+    assert stats == {"fused": {fusion_id: 1}, "unfused": []}, stats
+    t = targets(gm)
+    op = "onednn.linear_relu_dynamic_fp16.default" if relu else "onednn.linear_dynamic_fp16.default"
+    assert t[op] == 1 and t["onednn.linear_prepack_fp16.default"] == 1, gm.code
+    assert not any(t[op] for op in FP32_OPS + ("aten.bmm.default", "aten.relu.default")), gm.code
+    with torch.no_grad():  # fp32 math on the same fp16 weights: equal up to summation order
+        torch.testing.assert_close(gm(*flat), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fp16_weight_under_bf16_autocast_is_left_to_autocast_by_design():
+    gm, flat, stats = rewrite(Fp16WeightLinear(True, False, False).eval(), (torch.randn(4, 16),), bf16=True)
+    assert stats["fused"] == {} and [(u.op, u.code) for u in stats["unfused"]] == [("linear", "fp16_weight_autocast")]
+
+
 def test_every_fusion_id_fired():
     """Layer d: every registered id fires on some variant (re-runs the cheap rewrites if the
     parametrized tests above were deselected)."""
@@ -231,6 +373,11 @@ def test_every_fusion_id_fired():
         test_int8_propagation_cat_of_three_then_view()
         rewrite(HandSiblings().eval(), (torch.randn(8, 64), torch.randn(8, 64)))
         rewrite(CatDim0(), tuple(torch.randn(2, 4) for _ in range(3)))
+        for shape, permuted, _, bias, relu in FP16_CASES:
+            rewrite(Fp16WeightLinear(bias, relu, permuted).eval(), (torch.randn(shape),))
+        rewrite(AddCastBackUnderAutocast().eval(), (torch.randn(4, 16),), bf16=True)
+        for form, weight, bias, bf16 in ND_CASES:
+            rewrite(Int8LinearOn4D(form, weight, bias).eval(), (torch.randn(LAYOUTS_4D[form][0]),), bf16)
     # without VNNI an int8 activation (8 bits once shifted) never fuses: its shift cannot fire
     needs_vnni = set() if cpu_info().vnni else {"qconv.s8_to_u8"}
     missing = set(iq_passes.fusion_ids()) - set(FIRED) - needs_vnni

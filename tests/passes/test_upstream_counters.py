@@ -26,7 +26,8 @@ from torch._dynamo.utils import counters
 import inductor_quant.passes as iq_passes
 from inductor_quant import quantize
 from inductor_quant.kernels.cpu import cpu_info
-from inductor_quant.quantizer import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+from inductor_quant.quantizer import (X86InductorQuantizer, get_default_x86_inductor_quantization_config,
+                                      get_x86_inductor_linear_dynamic_fp16_config)
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "upstream_counters.json"
 # torch 2.13 has the built-in passes to compare with; 2.14 dropped them (the golden file stands in)
@@ -137,6 +138,18 @@ class LinearAdd(nn.Module):
         return F.relu(y) if self.relu else y
 
 
+class LinearAddComputedExtra(nn.Module):
+    """linear(x) + sin(x), requantized for the next linear: the extra input is an fp32 value a
+    pointwise op computes (not a dequantize, not a buffer yet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.l2(self.l1(x) + torch.sin(x))
+
+
 class LinearInPlaceAddRelu(nn.Module):
     """x.add_(y) / y.add_(x) on two 3-D linears' outputs, then relu: functionalized, the add and the
     relu have a view there and back between them."""
@@ -164,18 +177,18 @@ CHAINS = {
        for p in ("gelu_tanh", "hardtanh", "hardswish", "silu", "tanh")},
     "linear_add": (lambda: LinearAdd(), (4, 16), "static"),
     "linear_add_relu": (lambda: LinearAdd(True), (2, 3, 16), "static"),
+    "linear_add_computed_extra_requant": (lambda: LinearAddComputedExtra(), (4, 16), "static"),
     "linear_dynamic": (lambda: Linear("relu"), (4, 16), "dynamic"),
     "linear_on_permuted": (lambda: LinearOnPermuted(), (2, 16, 3), "static"),
     "linear_inplace_add_relu": (lambda: LinearInPlaceAddRelu(), (2, 3, 16), "static"),
     "linear_inplace_add_relu_swapped": (lambda: LinearInPlaceAddRelu(True), (2, 3, 16), "static"),
     "conv_relu_qat": (lambda: ConvRelu(1), (2, 4, 8, 8), "qat"),
+    # get_x86_inductor_linear_dynamic_fp16_config(): fp16 weights, float activations
+    "linear_fp16": (lambda: Linear(), (4, 16), "fp16"),
+    "linear_fp16_relu_3d": (lambda: Linear("relu"), (2, 3, 16), "fp16"),
 }
 # where torch's built-in passes fuse more than ours (README, "Migrating"): pinned, not hidden
-KNOWN_GAPS = {
-    # a.add_(b) with a bf16 (autocast) and b fp32 (a dequantized requantized linear): the add is
-    # fused (fp32 out), then to(bf16) -> relu -> quantize stay separate kernels; torch folds them
-    "linear_inplace_add_relu.bf16": "cast to bf16 + relu + quantize after an fp32-out binary linear",
-}
+KNOWN_GAPS: dict = {}
 # where ours fuse more: of the unary ops tested, torch 2.13 folds only relu and gelu (both forms) into
 # a linear whose output stays float;
 # ours fold these too (README, "Migrating"), and count them as torch would count a unary fold
@@ -194,7 +207,8 @@ def converted():
     for name, (make, shape, kind) in CHAINS.items():
         torch.manual_seed(0)
         x = torch.randn(shape)
-        config = get_default_x86_inductor_quantization_config(is_dynamic=kind == "dynamic", is_qat=kind == "qat")
+        config = (get_x86_inductor_linear_dynamic_fp16_config() if kind == "fp16" else
+                  get_default_x86_inductor_quantization_config(is_dynamic=kind == "dynamic", is_qat=kind == "qat"))
         quantizer = X86InductorQuantizer(keep_float_outputs=True).set_global(config)
         model = make().train() if kind == "qat" else make().eval()
         if kind == "qat":
