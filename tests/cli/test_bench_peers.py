@@ -62,18 +62,27 @@ def test_profile_measures_each_part_of_one_call():
     """benchmarks/profile.py measures each part on its own: the counts from oneDNN's verbose
     output, the profiler and the generated code agree, the parts nest (primitives inside their
     ops, ops inside the call), and the measured parts account for most of the call without
-    exceeding it (only the Python between events is a remainder). One thread: the check is of
-    the accounting, not of a machine that may be busy."""
+    exceeding it (only the Python between events is a remainder). One thread, and up to three
+    runs for the time bounds: the check is of the accounting, not of a machine that may be busy
+    (a run preempted inside an event once measured an op at 4x the call, with other jobs running)."""
     from inductor_quant.benchmarks import profile
 
-    r = profile.profile("resnet_tiny", 2, "int8", runs=5, threads=1)
-    n_int8 = r["code_onednn_int8_calls"]
-    assert n_int8 >= 10 and r["code_inductor_kernel_calls"] >= 1, r
-    # every int8 op the code calls ran once per call, as an op and as one oneDNN compute primitive
-    assert r["onednn_ops_calls"] == r["onednn_compute_primitives"] == n_int8, r
-    assert r["inductor_kernels_calls"] == r["code_inductor_kernel_calls"], r
-    wall, measured = r["wall_ms"], sum(r[f"{part}_ms"] for part in profile.PARTS)
-    assert all(r[k] > 0 for k in ("wall_ms", "onednn_primitives_ms", "onednn_ops_ms", "inductor_kernels_ms")), r
-    assert r["other_aten_ms"] >= 0 and r["dynamo_guards_calls"] == 1, r  # one compiled region, entered once
-    assert r["onednn_primitives_ms"] <= r["onednn_ops_ms"] <= wall * 1.25, r  # primitives run inside the ops
-    assert 0.4 * wall <= measured <= 1.25 * wall + 0.1, r  # most of the call, never more than it
+    for attempt in range(3):  # the counts hold in every run; a run preempted mid-event skews the times
+        r = profile.profile("resnet_tiny", 2, "int8", runs=5, threads=1)
+        n_int8 = r["code_onednn_int8_calls"]
+        assert n_int8 >= 10 and r["code_inductor_kernel_calls"] >= 1, r
+        # every int8 op the code calls ran once per call, as an op and as one oneDNN compute primitive
+        assert r["onednn_ops_calls"] == r["onednn_compute_primitives"] == n_int8, r
+        assert r["inductor_kernels_calls"] == r["code_inductor_kernel_calls"], r
+        assert r["dynamo_guards_calls"] == 1, r  # one compiled region, entered once
+        wall, measured = r["wall_ms"], sum(r[f"{part}_ms"] for part in profile.PARTS)
+        timing = {
+            "every part measured": all(r[k] > 0 for k in ("wall_ms", "onednn_primitives_ms", "onednn_ops_ms",
+                                                           "inductor_kernels_ms")) and r["other_aten_ms"] >= 0,
+            "primitives inside the ops, the ops inside the call":
+                r["onednn_primitives_ms"] <= r["onednn_ops_ms"] <= wall * 1.25,
+            "most of the call, never more than it": 0.4 * wall <= measured <= 1.25 * wall + 0.1,
+        }
+        if all(timing.values()):
+            break
+    assert all(timing.values()), ({k for k, ok in timing.items() if not ok}, r)
