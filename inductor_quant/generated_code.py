@@ -85,5 +85,5 @@ def prepacks_at_runtime(code: str) -> bool:
     return bool(_PREPACK.search(code))
 
 
-__all__ = ["onednn_int8_calls", "onednn_fp16_calls", "count", "float_compute_calls", "int8_gemm_template_calls", "inductor_kernel_calls",
-           "prepacks_at_runtime"]
+__all__ = ["onednn_int8_calls", "onednn_fp16_calls", "count", "float_compute_calls", "int8_gemm_template_calls",
+           "inductor_kernel_calls", "prepacks_at_runtime"]

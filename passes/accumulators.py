@@ -74,10 +74,10 @@ def add_builds(out_dtype: torch.dtype, other: torch.fx.Node) -> bool:
     return v is not None and v.is_floating_point() and probe.qlinear_binary_builds(out_dtype, v.dtype, "add")
 
 
-def _add_takes(out_dtype: torch.dtype, other: torch.fx.Node) -> bool:
-    """`add` of this extra input builds and lowers (the lowering realizes the extra input:
-    lowerings.py)."""
-    return add_builds(out_dtype, other)
+def as_add(binary: K.Binary) -> K.Binary:
+    """The same binary post-op adding its float extra input (`add`: a new output; the lowering
+    realizes the extra input, lowerings.py)."""
+    return dataclasses.replace(binary, name="add", other=K.QParams())
 
 
 def linear_accumulation(other: torch.fx.Node, out_dtype: torch.dtype, reader: torch.fx.Node,
@@ -87,7 +87,7 @@ def linear_accumulation(other: torch.fx.Node, out_dtype: torch.dtype, reader: to
     if not gemm_template_may_run() and out_dtype == val(other).dtype and val(other).is_contiguous() \
             and writable_in_place(other, reader, also_reading):
         return "sum"
-    return "add" if _add_takes(out_dtype, other) else None
+    return "add" if add_builds(out_dtype, other) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +110,8 @@ def requantized_accumulation(f: Fused, out: K.Output, reader: torch.fx.Node) -> 
                 and len(extra.users) == 1 and writable_in_place(r, reader, (extra,))):
             rq = K.QParams(float(a["scale"]), int(a["zero_point"]))
             return Requantized(r, dataclasses.replace(f.binary, name="sum", other=rq))
-    if f.kind == "qlinear" and _add_takes(out.dtype, extra):
-        return Requantized(extra, dataclasses.replace(f.binary, name="add", other=K.QParams()))
+    if f.kind == "qlinear" and add_builds(out.dtype, extra):
+        return Requantized(extra, as_add(f.binary))
     return None
 
 
@@ -131,9 +131,8 @@ def settle(graph: torch.fx.Graph) -> int:
             info = torch.iinfo(val(other).dtype)
             other = call(graph, node, qd.dequantize_per_tensor.default, other, q.scale, q.zero_point, info.min,
                          info.max, val(other).dtype)
-        if f.kind == "qlinear" and _add_takes(f.out.dtype, other):
-            replace_with(node, dataclasses.replace(f, other=other, binary=dataclasses.replace(
-                f.binary, name="add", other=K.QParams())))
+        if f.kind == "qlinear" and add_builds(f.out.dtype, other):
+            replace_with(node, dataclasses.replace(f, other=other, binary=as_add(f.binary)))
         else:
             unfold(node, f, other)
         graph.erase_node(node)

@@ -168,7 +168,8 @@ def why_fp16(node: torch.fx.Node) -> Reason:
     if kept is not None:
         return kept
     v = node.meta.get("val")
-    if node.target in (aten.addmm.default, aten.mm.default, aten.bmm.default) and v is not None and v.dtype == torch.bfloat16:
+    gemm = node.target in (aten.addmm.default, aten.mm.default, aten.bmm.default)
+    if gemm and v is not None and v.dtype == torch.bfloat16:
         return Why.FP16_WEIGHT_AUTOCAST()
     return Why.FP16_WEIGHT_FORM(detail=f"no fp16-weight form of {node.target} (linear only)")
 

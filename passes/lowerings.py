@@ -15,7 +15,9 @@ import dataclasses
 
 import torch
 
-EXTRA_INPUT = 6  # `other` in qlinear_pointwise.binary(qx, x_scale, x_zp, qw, w_scale, w_zp, other, ...)
+# the extra input: `other` in qlinear_pointwise.binary(qx, x_scale, x_zp, qw, w_scale, w_zp, other, ...),
+# `x2` in Inductor's lowering of it
+EXTRA_INPUT = 6
 BINARY_LINEAR = ("binary", "binary_tensor")
 
 
@@ -48,7 +50,7 @@ def realize_binary_extra_inputs() -> WrappedLowerings:
 
 def _realizing(original):
     def lower(*args, **kwargs):
-        extra = args[EXTRA_INPUT] if len(args) > EXTRA_INPUT else kwargs.get("other")
+        extra = args[EXTRA_INPUT] if len(args) > EXTRA_INPUT else kwargs.get("x2")
         if hasattr(extra, "realize"):
             extra.realize()
         return original(*args, **kwargs)

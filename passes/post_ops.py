@@ -221,7 +221,7 @@ def fold_cast(match: Match) -> None:
     # to(bf16)(fused(..., fp32 out)) -> fused(..., bf16 out)
     f = record(match.kwargs["y"])
     if _sum_into_fp32(f):
-        f = dataclasses.replace(f, binary=dataclasses.replace(f.binary, name="add", other=K.QParams()))
+        f = dataclasses.replace(f, binary=A.as_add(f.binary))
     replace_with(match.output_node(), dataclasses.replace(f, out=K.Output(torch.bfloat16)))
     _erase_matched(match)
 

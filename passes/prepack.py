@@ -148,7 +148,8 @@ def prepack_qconv(match: Match) -> tuple:
 def check_dq_linear(match: Match) -> Optional[Reason]:
     act_dq, w_dq = _act_dq(match), _weight_dq(match)
     return (check_linear_form(match) or check_float_compute(match.output_node()) or check_act_dq(act_dq, "qlinear")
-            or check_weight_dq(w_dq) or check_int8_exact(act_dq, w_dq) or check_template_weight_reuse(match.kwargs["w"]))
+            or check_weight_dq(w_dq) or check_int8_exact(act_dq, w_dq)
+            or check_template_weight_reuse(match.kwargs["w"]))
 
 
 def check_linear_form(match: Match) -> Optional[Reason]:

@@ -24,7 +24,8 @@ from .match import ACT_DQ, val
 
 # our id prefix -> torch's counter (fusions torch counts at freezing or when lowering its pattern)
 PREPACK = {"qconv.prepack": "qconv_weight_prepack_matcher", "qlinear.prepack": "qlinear_weight_prepack_matcher",
-           "qlinear.dynamic": "qlinear_weight_prepack_matcher", "linear.fp16_weight": "qlinear_weight_prepack_matcher"}
+           "qlinear.dynamic": "qlinear_weight_prepack_matcher",
+           "linear.fp16_weight": "qlinear_weight_prepack_matcher"}
 PROPAGATION = {"int8.maxpool2d": "qmaxpool2d_matcher", "int8.view": "qreshape_matcher", "int8.cat": "qcat_matcher"}
 PROMOTION = "dequant_promotion_matcher"
 

@@ -326,6 +326,15 @@ def _try_motif(r: random.Random, spec: dict, vals: list, probe: list, extra_outp
     return True
 
 
+def _append(spec: dict, vals: list, probe: list, ops: list) -> None:
+    """Append ops that are known to run (drawn around one just checked), with their values."""
+    for op in ops:
+        with torch.no_grad():
+            probe.append(_apply(op, _module(op, probe[op["in"][0]].shape), [probe[j] for j in op["in"]]))
+        spec["ops"].append(op)
+        vals.append(tuple(probe[-1].shape))
+
+
 def generate(seed: int, max_ops: int = 7) -> dict:
     """Draw a valid spec: 2..max_ops ops, at least one conv or linear."""
     r = random.Random(seed)
@@ -359,12 +368,7 @@ def generate(seed: int, max_ops: int = 7) -> dict:
         if name == "linear" and siblings.random() < 0.3:  # a sibling on the same input, both used (Q/K/V)
             twin = {"op": "linear", "in": src, "kw": {"out": siblings.choice((3, 8, 16)), "bias": kw["bias"]}}
             both = {"op": "cat", "in": [len(vals) - 1, len(vals)], "kw": {"dim": len(out.shape) - 1}}
-            for extra in (twin, both):
-                with torch.no_grad():
-                    probe.append(_apply(extra, _module(extra, probe[extra["in"][0]].shape),
-                                        [probe[j] for j in extra["in"]]))
-                spec["ops"].append(extra)
-                vals.append(tuple(probe[-1].shape))
+            _append(spec, vals, probe, [twin, both])
         if name == "linear" and shared.random() < 0.1:  # the same Linear called again: one weight, two GEMMs
             width, again = vals[src[0]][-1], linear_at
             others = [i for i, v in enumerate(vals) if v[-1] == width and i != src[0]]
@@ -372,12 +376,7 @@ def generate(seed: int, max_ops: int = 7) -> dict:
             extras = [] if into is not None else [{"op": "relu", "in": src, "kw": {}}]
             into = len(vals) if into is None else into
             extras.append({"op": "linear", "in": [into], "kw": {**kw, "shares": again}})
-            for extra in extras:
-                with torch.no_grad():
-                    probe.append(_apply(extra, _module(extra, probe[extra["in"][0]].shape),
-                                        [probe[j] for j in extra["in"]]))
-                spec["ops"].append(extra)
-                vals.append(tuple(probe[-1].shape))
+            _append(spec, vals, probe, extras)
         if name in ("conv", "linear") and r.random() < 0.5:  # the fusion targets: conv/linear + post-op
             follow = r.choice(sorted(UNARY) + ["add", "add_relu"])
             twins = [i for i, s in enumerate(vals[:-1]) if s == vals[-1]]

@@ -8,7 +8,6 @@ from torch import nn
 
 from compile_utils import compile_and_run, float_compute_calls, prepacks_at_runtime
 
-import inductor_quant.passes as iq_passes
 from inductor_quant import quantize
 from inductor_quant.generated_code import onednn_fp16_calls, onednn_int8_calls
 from inductor_quant.quantizer.x86_inductor_quantizer import (X86InductorQuantizer,
@@ -95,7 +94,6 @@ def test_conv_given_the_fp16_config_stays_fp32_and_is_reported():
 
 def test_under_bf16_autocast_autocast_decides_and_the_report_says_so(mlp):
     _, converted, x = mlp
-    iq_passes.reset_stats()
     ref, out, code, stats = compile_and_run(converted, [x], bf16=True)
     assert not onednn_fp16_calls(code)
     assert {u.code for u in stats["unfused"]} == {"fp16_weight_autocast"}, stats

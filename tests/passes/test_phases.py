@@ -316,32 +316,33 @@ def test_cast_back_to_bf16_after_an_add_folds_and_so_do_relu_and_quantize():
 class Fp16WeightLinear(torch.nn.Module):
     """[relu](linear(x, fp32(fp16(w)), b)): convert_pt2e's form of the fp16-weight config."""
 
-    def __init__(self, bias: bool, relu: bool, permuted):
+    def __init__(self, bias: bool, relu: bool, dims):
         super().__init__()
         g = torch.Generator().manual_seed(0)
-        self.relu, self.permuted = relu, permuted  # permuted: False, True (3-D) or the dims to permute
+        self.relu, self.dims = relu, dims  # dims: a permute of the input first (None: none)
         self.register_buffer("w", torch.randn(8, 16, generator=g) / 4)
         self.register_buffer("b", torch.randn(8, generator=g) if bias else None)
 
     def forward(self, x):
-        if self.permuted:  # an input that cannot be viewed as 2-D: traced as expand + bmm
-            x = x.permute(self.permuted if isinstance(self.permuted, tuple) else (0, 2, 1))
+        if self.dims:  # an input that cannot be viewed as 2-D: traced as expand + bmm
+            x = x.permute(self.dims)
         no_fuse = torch.ops.quantized_decomposed.convert_element_type.no_fuse
         y = torch.nn.functional.linear(x, no_fuse(no_fuse(self.w, torch.float16), torch.float32), self.b)
         return torch.relu(y) if self.relu else y
 
 
-# (x shape, permuted, the id's form part): the four ways a linear traces (registry.LINEAR_FORMS)
-FP16_FORMS = [((2, 3, 16), False, "nd"), ((2, 16, 3), True, "bmm"), ((4, 16), False, "2d"), ((1, 16), False, "m1"),
+# (x shape, permute before the linear, the id's form part): the ways a linear traces
+# (registry.LINEAR_FORMS)
+FP16_FORMS = [((2, 3, 16), None, "nd"), ((2, 16, 3), (0, 2, 1), "bmm"), ((4, 16), None, "2d"), ((1, 16), None, "m1"),
               *[(shape, dims, form) for form, (shape, dims) in LAYOUTS_4D.items()]]
-FP16_CASES = [(shape, permuted, form, bias, relu) for shape, permuted, form in FP16_FORMS for bias in (True, False)
+FP16_CASES = [(shape, dims, form, bias, relu) for shape, dims, form in FP16_FORMS for bias in (True, False)
               for relu in (False, True) if bias or form != "m1"]
 
 
-@pytest.mark.parametrize("shape,permuted,form,bias,relu", FP16_CASES,
+@pytest.mark.parametrize("shape,dims,form,bias,relu", FP16_CASES,
                          ids=[f"{f}{'' if b else '.nobias'}{'.relu' if r else ''}" for _, _, f, b, r in FP16_CASES])
-def test_fp16_weight_linear_becomes_onednn_fp16_op(shape, permuted, form, bias, relu):
-    model = Fp16WeightLinear(bias, relu, permuted).eval()
+def test_fp16_weight_linear_becomes_onednn_fp16_op(shape, dims, form, bias, relu):
+    model = Fp16WeightLinear(bias, relu, dims).eval()
     x = torch.randn(shape)
     gm, flat, stats = rewrite(model, (x,))
     fusion_id = f"linear.fp16_weight{'.relu' if relu else ''}.{form}{'' if bias else '.nobias'}"
@@ -355,7 +356,7 @@ def test_fp16_weight_linear_becomes_onednn_fp16_op(shape, permuted, form, bias, 
 
 
 def test_fp16_weight_under_bf16_autocast_is_left_to_autocast_by_design():
-    gm, flat, stats = rewrite(Fp16WeightLinear(True, False, False).eval(), (torch.randn(4, 16),), bf16=True)
+    gm, flat, stats = rewrite(Fp16WeightLinear(True, False, None).eval(), (torch.randn(4, 16),), bf16=True)
     assert stats["fused"] == {} and [(u.op, u.code) for u in stats["unfused"]] == [("linear", "fp16_weight_autocast")]
 
 
@@ -373,8 +374,8 @@ def test_every_fusion_id_fired():
         test_int8_propagation_cat_of_three_then_view()
         rewrite(HandSiblings().eval(), (torch.randn(8, 64), torch.randn(8, 64)))
         rewrite(CatDim0(), tuple(torch.randn(2, 4) for _ in range(3)))
-        for shape, permuted, _, bias, relu in FP16_CASES:
-            rewrite(Fp16WeightLinear(bias, relu, permuted).eval(), (torch.randn(shape),))
+        for shape, dims, _, bias, relu in FP16_CASES:
+            rewrite(Fp16WeightLinear(bias, relu, dims).eval(), (torch.randn(shape),))
         rewrite(AddCastBackUnderAutocast().eval(), (torch.randn(4, 16),), bf16=True)
         for form, weight, bias, bf16 in ND_CASES:
             rewrite(Int8LinearOn4D(form, weight, bias).eval(), (torch.randn(LAYOUTS_4D[form][0]),), bf16)
