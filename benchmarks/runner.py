@@ -40,6 +40,7 @@ class Mode:
     inductor: tuple = ()        # extra torch._inductor.config settings for the compile, as pairs
     by_default: bool = True     # run when no --modes are named
     peer: bool = False          # another runtime (benchmarks/peers.py), built from the same model
+    own_kernels: bool = False   # fused convs call our kernel layer (passes.set_own_kernels)
 
 
 def _autocast(enabled: bool):
@@ -94,6 +95,10 @@ MODES: dict[str, Mode] = {
         # template for the int8 linears where it has int8 micro-kernels (AMX, AVX-512 VNNI)
         Mode("int8_fast", lambda model, inputs: _quantized(model, inputs), inductor=_FAST),
         Mode("int8_bf16_fast", lambda model, inputs: _quantized(model, inputs), bf16=True, inductor=_FAST),
+        # our own kernel calls (kernels/native.py): each conv's oneDNN primitive built once
+        Mode("int8_own", lambda model, inputs: _quantized(model, inputs), own_kernels=True, by_default=False),
+        Mode("int8_own_cpp", lambda model, inputs: _quantized(model, inputs), inductor=(("cpp_wrapper", True),),
+             own_kernels=True, by_default=False),
         Mode("int8_builtin", lambda model, inputs: _quantized(model, inputs, ours=False), needs_builtin=True),
         # 8-bit activations and weights whatever the CPU: without VNNI its layers stay fp32 (the
         # cost of a model quantized elsewhere with reduce_range=False); with VNNI the same as int8
@@ -191,7 +196,8 @@ def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmu
                 fn, _last_quantize_s[0], res.note = built_peer.run, built_peer.quantize_s, built_peer.note
                 out = _call(fn, inputs, False)
             else:
-                with torch._inductor.config.patch(freezing=True, **dict(mode.inductor)):
+                with torch._inductor.config.patch(freezing=True, **dict(mode.inductor)), \
+                        passes.own_kernels(mode.own_kernels):
                     fn = mode.prepare(model, inputs)
                     out = _call(fn, inputs, mode.bf16)  # compiles
         except Exception as e:  # a failing mode is reported, not fatal for the table

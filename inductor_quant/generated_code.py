@@ -11,12 +11,16 @@ from __future__ import annotations
 import collections
 import re
 
-# oneDNN int8 conv/linear (not their prepack, which must have been folded at freezing)
+# oneDNN int8 conv/linear (not their prepack, which must have been folded at freezing): torch's
+# ops, or our own calls of the same kernels (kernels/native.py), counted under torch's op name
 _ONEDNN_INT8 = re.compile(
     r"torch\.ops\.onednn\.(q(?:conv|linear)\w*?_pointwise)\.\w+\("
     r"|aoti_torch_cpu__?(q(?:conv|linear)\w*?_pointwise)\w*\("
     r"|aoti_torch_call_dispatcher\(\s*\"onednn::(q(?:conv|linear)\w*?_pointwise)\""
+    r"|torch\.ops\.iq_onednn\.(qconv2d)\.\w+\("
+    r"|\"iq_onednn::(qconv2d)\""
 )
+_OWN_AS = {"qconv2d": "qconv_pointwise"}
 # fp32/bf16 convolution and GEMM: float layers, or quantized ones that did not fuse
 _FLOAT_COMPUTE = re.compile(
     r"extern_kernels\.(convolution|mm|addmm|bmm)\b"
@@ -39,7 +43,13 @@ _INT8_MICRO_GEMM = re.compile(r"_tile_dpbusd|_mm512_dpbusd_epi32")
 
 def onednn_int8_calls(code: str) -> collections.Counter:
     """{"qconv_pointwise": n, "qconv2d_pointwise": m, "qlinear_pointwise": k} called in `code`."""
-    return collections.Counter(next(g for g in m.groups() if g) for m in _ONEDNN_INT8.finditer(code))
+    names = (next(g for g in m.groups() if g) for m in _ONEDNN_INT8.finditer(code))
+    return collections.Counter(_OWN_AS.get(n, n) for n in names)
+
+
+def own_kernel_calls(code: str) -> int:
+    """Calls of our own kernel layer (`iq_onednn.*`, kernels/native.py) in `code`."""
+    return sum(1 for m in _ONEDNN_INT8.finditer(code) if m.group(4) or m.group(5))
 
 
 def count(code: str, op: str) -> int:
@@ -85,5 +95,5 @@ def prepacks_at_runtime(code: str) -> bool:
     return bool(_PREPACK.search(code))
 
 
-__all__ = ["onednn_int8_calls", "onednn_fp16_calls", "count", "float_compute_calls", "int8_gemm_template_calls",
+__all__ = ["onednn_int8_calls", "own_kernel_calls", "onednn_fp16_calls", "count", "float_compute_calls", "int8_gemm_template_calls",
            "inductor_kernel_calls", "prepacks_at_runtime"]

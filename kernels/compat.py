@@ -222,6 +222,16 @@ def inductor_counters():
     return counters["inductor"]
 
 
+def aot_compilation() -> bool:
+    """Is this compile for AOTInductor (Inductor's `V.aot_compilation`)? False when unknown."""
+    try:
+        from torch._inductor.virtualized import V
+
+        return bool(V.aot_compilation)
+    except Exception:  # noqa: BLE001 - an unknown torch: assume a JIT compile
+        return False
+
+
 def graph_kind(graph: torch.fx.Graph) -> str:
     """"joint" (AOTAutograd's forward+backward graph: never frozen), "inference" (what a
     freezing compile rewrites) or "unknown" (inputs named in a way this code does not know)."""

@@ -24,13 +24,13 @@ if __name__ != "inductor_quant.passes":  # imported by a path, not by its one im
 
     raise shadowed_import_root(__name__)
 
-from .install import (builtin_fusions, builtin_fusions_enabled, install, installed, is_installed,
-                      set_builtin_fusions, uninstall)
+from .install import (builtin_fusions, builtin_fusions_enabled, install, installed, is_installed, own_kernels,
+                      set_builtin_fusions, set_own_kernels, uninstall)
 from .registry import fusion_ids
 from .stats import isolated_stats, reset_stats, stats
 
 __all__ = [
     "install", "uninstall", "installed", "is_installed",
-    "set_builtin_fusions", "builtin_fusions", "builtin_fusions_enabled",
+    "set_builtin_fusions", "builtin_fusions", "builtin_fusions_enabled", "set_own_kernels", "own_kernels",
     "stats", "reset_stats", "isolated_stats", "fusion_ids",
 ]

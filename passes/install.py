@@ -49,10 +49,10 @@ import torch
 from torch._inductor import config
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from inductor_quant.kernels import compat, registration
+from inductor_quant.kernels import compat, native, registration
 from inductor_quant.kernels.cpu import cpu_info
 
-from . import builtins, decompositions, lowerings, registry
+from . import builtins, decompositions, lowerings, own_calls, registry
 from .diagnostics import has_quantized_ops, report_unfused
 from .kernel_limits import SATURATION_WARNING
 from .reasons import Why
@@ -67,7 +67,7 @@ NO_FREEZING = (
 @functools.cache
 def source_hash() -> str:
     root = pathlib.Path(__file__).resolve().parent
-    files = sorted(p for d in (root, root.parent / "kernels") for p in d.glob("*.py"))
+    files = sorted(p for d in (root, root.parent / "kernels") for p in (*d.glob("*.py"), *d.glob("native/*.cpp")))
     return compat.hash_files(tuple(str(f) for f in files), extra=",".join(f.name for f in files))
 
 
@@ -87,6 +87,8 @@ class QuantFusionPass(CustomGraphPass):
         kind = compat.graph_kind(graph)
         if freezing_active() and kind == "inference":
             unfused = registry.run(graph)
+            if INSTALLATION.own_kernels and not compat.aot_compilation():
+                own_calls.route_convs(graph)
             if any(u.code == Why.SATURATION.code for u in unfused):
                 INSTALLATION.warn_once("saturation", graph)
         elif has_quantized_ops(graph):
@@ -109,6 +111,7 @@ class Installation:
         self.user_value = None           # the config slot as found, restored when we leave
         self.registrations: list = []    # registration / lowering handles, undone at uninstall
         self.decompositions: list = []   # what decompositions.install replaced, put back at uninstall
+        self.own_kernels = False         # fused convs call iq_onednn (kernels/native.py), not torch's op
         self.warned: set = set()
         self.pass_ = QuantFusionPass()
 
@@ -150,6 +153,12 @@ class Installation:
             self.removed, self.builtins_off = builtins.remove(), True
         self.sync_config()
 
+    def set_own_kernels(self, enabled: bool) -> bool:
+        """Route fused convs to our kernel calls; False (and torch's ops stay) when the library
+        cannot be built or loaded here (kernels/native.py warns once with the cause)."""
+        self.own_kernels = bool(enabled) and native.available()
+        return self.own_kernels == bool(enabled)
+
     def sync_config(self) -> None:
         """Our pass is in the slot iff installed or built-ins off; the user's passes stay."""
         current = _as_list(config.joint_custom_pre_pass)
@@ -168,7 +177,7 @@ class Installation:
         # the CPU facts decide what fuses (kernels/cpu.py): an artifact built under another
         # ONEDNN_MAX_CPU_ISA cap must not be served here
         return (f"inductor_quant:{source_hash()}:installed={self.installed}:builtins={not self.builtins_off}"
-                f":cpu={cpu_info().summary()}")
+                f":own_kernels={self.own_kernels}:cpu={cpu_info().summary()}")
 
     def warn_once(self, cause: str, graph: torch.fx.Graph) -> None:
         """One warning per process and cause: "no_freezing" (inference or joint graph),
@@ -225,6 +234,25 @@ def installed():
             uninstall()
 
 
+def set_own_kernels(enabled: bool) -> bool:
+    """Fused int8 convs call our own kernel layer (`iq_onednn.qconv`: the oneDNN primitive built
+    once per layer) instead of torch's `onednn.qconv_pointwise` (which rebuilds it every call).
+    Same numbers. Returns whether the requested state holds (False: the library could not be
+    built or loaded here; one warning said why, torch's ops stay). Compiles after the switch see it."""
+    return INSTALLATION.set_own_kernels(enabled)
+
+
+@contextlib.contextmanager
+def own_kernels(enabled: bool = True):
+    """Our own kernel calls on/off for a block."""
+    before = INSTALLATION.own_kernels
+    set_own_kernels(enabled)
+    try:
+        yield INSTALLATION.own_kernels
+    finally:
+        INSTALLATION.own_kernels = before
+
+
 def builtin_fusions_enabled() -> bool:
     return not INSTALLATION.builtins_off
 
@@ -258,4 +286,4 @@ def reset_warning() -> None:
 
 
 __all__ = ["install", "uninstall", "installed", "is_installed", "freezing_active", "set_builtin_fusions",
-           "builtin_fusions", "builtin_fusions_enabled", "reset_warning", "INSTALLATION"]
+           "builtin_fusions", "builtin_fusions_enabled", "set_own_kernels", "own_kernels", "reset_warning", "INSTALLATION"]

@@ -9,7 +9,9 @@ wrapper and, on AMX / AVX-512 VNNI, Inductor's C++ GEMM template with autotuning
 batch with and without bf16 autocast (bf16 where native) and at a dynamic batch; and
 AOTInductor (`aoti_compile_and_package` of the re-exported converted model), static and dynamic
 batch (the fourth combination, bf16 with a dynamic batch, is left out: fast_options() autotunes
-every GEMM, seconds per linear, and the other three meet every setting). A
+every GEMM, seconds per linear, and the other three meet every setting); and our own kernel
+calls (`iq_passes.set_own_kernels(True)`: fused convs call kernels/native.py's layer) with the
+Python wrapper at a static batch, the C++ wrapper at a dynamic batch, and under bf16 autocast. A
 dynamic batch runs batch 3, then 1 (the commonest serving batch: a recompile under torch's 0/1
 rule, or the same AOTI package), then 5 through one compile.
 
@@ -43,7 +45,9 @@ from graphs import SpecModel, inputs, value_shapes
 
 qd = torch.ops.quantized_decomposed
 BF16_RTOL = 1.6e-2
-MODES = ("jit", "fast", "aoti")  # plain torch.compile with the switches, fast_options(), AOTInductor
+# plain torch.compile with the switches, fast_options(), AOTInductor, our own kernel calls
+# (iq_passes.set_own_kernels: fused convs call kernels/native.py's layer)
+MODES = ("jit", "fast", "aoti", "own")
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,10 @@ HALF_FRACTION = [c for c in GRID_CONFIGS if (c.freezing ^ c.cpp_wrapper ^ c.bf16
 # fast_options() freezes and uses the C++ wrapper; AOTInductor compiles without autocast (it
 # disables it while compiling), so it has no bf16 config
 ALL_PRODUCT_CONFIGS = ([Config(True, True, bf16, dyn, "fast") for bf16, dyn in ((False, False), (True, False), (False, True))]
-                       + [Config(True, True, False, dyn, "aoti") for dyn in (False, True)])
+                       + [Config(True, True, False, dyn, "aoti") for dyn in (False, True)]
+                       # own kernel calls: Python wrapper static, C++ wrapper dynamic batch, bf16 autocast
+                       + [Config(True, False, False, False, "own"), Config(True, True, False, True, "own"),
+                          Config(True, True, True, False, "own")])
 
 
 def product_configs(bf16_native: bool) -> list:
@@ -152,13 +159,17 @@ def compiled_for(config: Config, model: torch.nn.Module, example: torch.Tensor, 
     yield compile_fn(model)
 
 
+@contextlib.contextmanager
 def _call_patch(config: Config):
     """The Inductor switches a call runs under (the compile happens at the first call)."""
     if config.mode == "aoti":
-        return contextlib.nullcontext()
+        yield
+        return
     # no autotune tables on stdout (fast_options() autotunes the int8 GEMMs)
-    return torch._inductor.config.patch(freezing=config.freezing, cpp_wrapper=config.cpp_wrapper,
-                                        autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False)
+    with torch._inductor.config.patch(freezing=config.freezing, cpp_wrapper=config.cpp_wrapper,
+                                      autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False), \
+            iq_passes.own_kernels(config.mode == "own"):
+        yield
 
 
 def allowed_error(converted: torch.fx.GraphModule, ref: torch.Tensor, x: torch.Tensor) -> float:

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,8 @@ def test_wheel_installs_into_fresh_venv(tmp_path):
     # quiet by default: an install shows our words, not the build backend's deprecations
     assert "deprecat" not in (build.stdout + build.stderr).lower(), build.stderr[-3000:]
     (wheel,) = dist.glob("inductor_quant-*.whl")
+    # the own kernel layer is built from its C++ source at first use: the wheel must carry it
+    assert "inductor_quant/kernels/native/onednn_direct.cpp" in zipfile.ZipFile(wheel).namelist()
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

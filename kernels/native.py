@@ -1,0 +1,136 @@
+"""Our own kernel calls (`torch.ops.iq_onednn.*`): built from `native/onednn_direct.cpp` at first
+use, loaded into the process, and described to the compiler.
+
+Why: torch's `onednn.qconv_pointwise` rebuilds its oneDNN primitive descriptor on every call;
+ours builds each layer's primitive once (docs/ARCHITECTURE.md, "Own kernel calls").
+
+Build: like Inductor's own kernels, with the machine's C++ compiler (`$CXX`, else g++) against
+torch's headers, once per (source, torch build, compiler), into
+`$INDUCTOR_QUANT_CACHE_DIR` (default `~/.cache/inductor-quant`)`/kernels/<key>/`; later
+processes load the cached library. Anything that goes wrong (no compiler, a failed build, a
+torch whose oneDNN cannot be reached) gives one warning naming the cause, and `available()`
+answers False: the passes then keep torch's ops, which compute the same numbers.
+
+Contract of `iq_onednn::qconv2d` (tests/kernels/test_native.py): torch's
+`onednn.qconv_pointwise.default` for a 2-D conv, with the weight as the plain int8 [O, I/g, kh, kw]
+tensor (no prepack; no weight zero point: symmetric weights, as the X86 quantizer makes them) and
+every argument a scalar (geometry per dim, the unary post-op as a code of `POST_OPS`), so the C++
+wrapper calls it through torch's light dispatcher bridge; channels-last output; for every post-op
+torch's 2-D conv accepts, the result is bitwise torch's.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import torch
+
+SOURCE = pathlib.Path(__file__).parent / "native" / "onednn_direct.cpp"
+LIBRARY = "iq_onednn"
+# torch's unary post-ops for a 2-D int8 conv -> our op's code (the C++ `eltwise` switch)
+POST_OPS = {"none": 0, "relu": 1, "hardtanh": 2, "hardswish": 3, "swish": 4}
+
+
+def cache_root() -> pathlib.Path:
+    base = os.environ.get("INDUCTOR_QUANT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "inductor-quant")
+    return pathlib.Path(base)
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def _build_key(cxx: str) -> str:
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
+    torch_lib = pathlib.Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    st = torch_lib.stat() if torch_lib.exists() else None
+    h = hashlib.sha256(SOURCE.read_bytes())
+    for part in (torch.__version__, str(torch_lib), str(st and (st.st_size, st.st_mtime_ns)), version, sys.platform):
+        h.update(part.encode())
+    return h.hexdigest()[:20]
+
+
+def _compile(cxx: str, out: pathlib.Path) -> None:
+    from torch.utils.cpp_extension import include_paths
+
+    torch_lib = pathlib.Path(torch.__file__).parent / "lib"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".so", delete=False) as tmp:
+        partial = pathlib.Path(tmp.name)
+    cmd = [cxx, "-O2", "-std=c++20", "-fPIC", "-shared", "-w", str(SOURCE), "-o", str(partial),
+           *(f"-I{p}" for p in include_paths()),
+           f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+           f"-L{torch_lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"the C++ build failed ({' '.join(cmd[:2])} ...):\n{done.stderr[-2000:]}")
+        os.replace(partial, out)  # atomic: a concurrent process sees the old state or the whole library
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def library_path() -> pathlib.Path:
+    """Where this torch build's library is (built first if missing)."""
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on PATH; install g++ "
+                           "(Inductor needs one too) or set CXX")
+    path = cache_root() / "kernels" / _build_key(cxx) / f"{LIBRARY}.so"
+    if not path.exists():
+        _compile(cxx, path)
+    return path
+
+
+@functools.cache
+def load() -> str:
+    """Build (once per machine) and load the library; '' when ready, else why it is not."""
+    if sys.platform != "linux":
+        return "own kernel calls are built for Linux only"
+    try:
+        torch.ops.load_library(str(library_path()))
+        reason = torch.ops.iq_onednn.status()
+    except Exception as e:  # noqa: BLE001 - any failure means: keep torch's ops, say why once
+        reason = f"{type(e).__name__}: {e}"
+    if reason:
+        warnings.warn(f"inductor-quant: own oneDNN kernel calls are unavailable ({reason}); "
+                      "fused layers call torch's onednn ops (same numbers, slower per call).", stacklevel=2)
+        return reason
+    _register_fakes()
+    return ""
+
+
+def available() -> bool:
+    return load() == ""
+
+
+def _register_fakes() -> None:
+    """Shapes and strides for the compiler: channels-last output of the conv's size."""
+
+    @torch.library.register_fake(f"{LIBRARY}::qconv2d")
+    def _(x, x_scale, x_zp, w, w_scale, bias, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups,
+          out_scale, out_zp, out_dtype, post_op, post_alpha, post_beta):
+        size = [x.shape[0], w.shape[0]]
+        for n, k, s, p, d in ((x.shape[2], w.shape[2], stride_h, pad_h, dilation_h),
+                              (x.shape[3], w.shape[3], stride_w, pad_w, dilation_w)):
+            size.append((n + 2 * p - (k - 1) * d - 1) // s + 1)
+        return x.new_empty(size, dtype=out_dtype or torch.float32).contiguous(memory_format=torch.channels_last)
+
+
+def qconv2d(call, f, w_plain):
+    """Build our conv call for the fused record `f` (a 2-D conv in torch's qconv_pointwise form:
+    scalar activation qparams, a unary post-op of `POST_OPS` or none) on the plain int8 weight."""
+    (sh, sw), (ph, pw), (dh, dw) = f.geom.stride, f.geom.padding, f.geom.dilation
+    low, high = f.unary.scalars if f.unary.name == "hardtanh" else (0.0, 0.0)
+    return call(torch.ops.iq_onednn.qconv2d.default,
+                (f.x, f.xq.scale, f.xq.zero_point, w_plain, f.w_scale, f.bias, sh, sw, ph, pw, dh, dw, f.geom.groups,
+                 *f.out.op_args(), POST_OPS[f.unary.name], float(low), float(high)))

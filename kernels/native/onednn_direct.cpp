@@ -1,0 +1,511 @@
+// Fused int8 convolution through torch's own oneDNN, with the primitive built once per layer.
+//
+// Why: torch's `onednn.qconv_pointwise` rebuilds the oneDNN primitive descriptor on every call
+// (a third or more of a 1x1 conv's time at ResNet-50 shapes; docs/ARCHITECTURE.md section 8).
+// Here the primitive, the reordered weights and the memory objects are made at a layer's first
+// call and kept, keyed by everything that shapes the primitive; a call then sets four data
+// pointers and executes.
+//
+// Which oneDNN: the one inside libtorch_cpu (3.12 on torch 2.13 and 2.14), so numbers and
+// CPU dispatch are torch's. torch ships its headers but does not export its C API; the
+// functions are found in libtorch_cpu's ELF symbol table (.symtab) and called through pointers.
+// `iq_onednn::status()` says why when that fails; Python then keeps torch's ops.
+//
+// Numerics mirror torch's op (kernels/native.py states the contract; tests/kernels pin it):
+// u8/s8 activations with a runtime src scale and zero point, s8 weights with per-output-channel
+// scales, f32 bias, eltwise post-ops, then the output scale and zero point (u8/s8 out) or
+// nothing (f32/bf16 out).
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/StorageImpl.h>
+#include <torch/library.h>
+
+#include <oneapi/dnnl/dnnl.h>
+
+#include <dlfcn.h>
+#include <elf.h>
+#include <fcntl.h>
+#include <link.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+// ---- the oneDNN C API, resolved from libtorch_cpu's symbol table --------------------------
+
+#define IQ_DNNL_FUNCTIONS(X)                       \
+  X(dnnl_version)                                  \
+  X(dnnl_engine_create)                            \
+  X(dnnl_stream_create)                            \
+  X(dnnl_memory_desc_create_with_strides)          \
+  X(dnnl_memory_desc_create_with_tag)              \
+  X(dnnl_memory_desc_destroy)                      \
+  X(dnnl_memory_desc_get_size)                     \
+  X(dnnl_memory_create)                            \
+  X(dnnl_memory_set_data_handle)                   \
+  X(dnnl_memory_destroy)                           \
+  X(dnnl_primitive_attr_create)                    \
+  X(dnnl_primitive_attr_destroy)                   \
+  X(dnnl_primitive_attr_set_scales_mask)           \
+  X(dnnl_primitive_attr_set_zero_points_mask)      \
+  X(dnnl_primitive_attr_set_post_ops)              \
+  X(dnnl_post_ops_create)                          \
+  X(dnnl_post_ops_destroy)                         \
+  X(dnnl_post_ops_append_eltwise)                  \
+  X(dnnl_post_ops_append_sum)                      \
+  X(dnnl_convolution_forward_primitive_desc_create) \
+  X(dnnl_reorder_primitive_desc_create)            \
+  X(dnnl_primitive_desc_query_md)                  \
+  X(dnnl_primitive_desc_destroy)                   \
+  X(dnnl_primitive_create)                         \
+  X(dnnl_primitive_destroy)                        \
+  X(dnnl_primitive_execute)                        \
+  X(dnnl_stream_wait)
+
+struct Api {
+#define IQ_MEMBER(f) decltype(&::f) f = nullptr;
+  IQ_DNNL_FUNCTIONS(IQ_MEMBER)
+#undef IQ_MEMBER
+  dnnl_engine_t engine = nullptr;
+  dnnl_stream_t stream = nullptr;
+  std::string error;  // empty when ready
+};
+
+struct FoundLibrary {
+  std::string path;
+  uintptr_t base = 0;
+};
+
+int find_torch_cpu(struct dl_phdr_info* info, size_t, void* data) {
+  const char* name = info->dlpi_name;
+  const char* suffix = "/libtorch_cpu.so";
+  size_t n = std::strlen(name), m = std::strlen(suffix);
+  if (n >= m && std::strcmp(name + n - m, suffix) == 0) {
+    auto* found = static_cast<FoundLibrary*>(data);
+    found->path = name;
+    found->base = info->dlpi_addr;
+    return 1;
+  }
+  return 0;
+}
+
+// Addresses of `wanted` (defined functions of the ELF's .symtab), relative to the load base.
+std::string read_symtab(const std::string& path, std::unordered_map<std::string, uintptr_t>& wanted) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return "cannot open " + path;
+  struct stat st {};
+  ::fstat(fd, &st);
+  void* map = ::mmap(nullptr, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) return "cannot map " + path;
+  const auto* bytes = static_cast<const uint8_t*>(map);
+  const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(bytes);
+  std::string err;
+  if (std::memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64) {
+    err = path + " is not a 64-bit ELF file";
+  } else {
+    const auto* sh = reinterpret_cast<const Elf64_Shdr*>(bytes + eh->e_shoff);
+    const Elf64_Shdr* symtab = nullptr;
+    for (int i = 0; i < eh->e_shnum; ++i)
+      if (sh[i].sh_type == SHT_SYMTAB) symtab = &sh[i];
+    if (symtab == nullptr) {
+      err = path + " has no .symtab (a stripped torch build)";
+    } else {
+      const char* strtab = reinterpret_cast<const char*>(bytes + sh[symtab->sh_link].sh_offset);
+      const auto* syms = reinterpret_cast<const Elf64_Sym*>(bytes + symtab->sh_offset);
+      size_t count = symtab->sh_size / sizeof(Elf64_Sym);
+      for (size_t i = 0; i < count; ++i) {
+        const Elf64_Sym& s = syms[i];
+        if (ELF64_ST_TYPE(s.st_info) != STT_FUNC || s.st_shndx == SHN_UNDEF || s.st_value == 0) continue;
+        const char* name = strtab + s.st_name;
+        if (name[0] != 'd' || std::strncmp(name, "dnnl_", 5) != 0) continue;
+        auto it = wanted.find(name);
+        if (it != wanted.end()) it->second = s.st_value;
+      }
+    }
+  }
+  ::munmap(map, st.st_size);
+  return err;
+}
+
+Api* load_api() {
+  auto* api = new Api();
+  FoundLibrary lib;
+  dl_iterate_phdr(find_torch_cpu, &lib);
+  if (lib.path.empty()) {
+    api->error = "libtorch_cpu.so is not loaded in this process";
+    return api;
+  }
+  std::unordered_map<std::string, uintptr_t> wanted;
+#define IQ_WANT(f) wanted[#f] = 0;
+  IQ_DNNL_FUNCTIONS(IQ_WANT)
+#undef IQ_WANT
+  api->error = read_symtab(lib.path, wanted);
+  if (!api->error.empty()) return api;
+  for (auto& [name, offset] : wanted)
+    if (offset == 0) {
+      api->error = "oneDNN function " + name + " is not in " + lib.path + "'s symbol table";
+      return api;
+    }
+#define IQ_BIND(f) api->f = reinterpret_cast<decltype(&::f)>(lib.base + wanted[#f]);
+  IQ_DNNL_FUNCTIONS(IQ_BIND)
+#undef IQ_BIND
+  const dnnl_version_t* v = api->dnnl_version();
+  if (v == nullptr || v->major != DNNL_VERSION_MAJOR || v->minor != DNNL_VERSION_MINOR) {
+    api->error = "torch's oneDNN reports a version other than its headers (" + std::to_string(DNNL_VERSION_MAJOR) +
+                 "." + std::to_string(DNNL_VERSION_MINOR) + ")";
+    return api;
+  }
+  if (api->dnnl_engine_create(&api->engine, dnnl_cpu, 0) != dnnl_success ||
+      api->dnnl_stream_create(&api->stream, api->engine, dnnl_stream_default_flags) != dnnl_success)
+    api->error = "cannot create a oneDNN CPU engine and stream";
+  return api;
+}
+
+Api& api() {
+  static Api* instance = load_api();  // thread-safe, once; never freed (lives as long as torch)
+  return *instance;
+}
+
+void check(dnnl_status_t status, const char* what) {
+  TORCH_CHECK(status == dnnl_success, "inductor-quant oneDNN call failed: ", what, " (status ", int(status), ")");
+}
+
+dnnl_data_type_t dnnl_type(at::ScalarType t) {
+  switch (t) {
+    case at::kByte: return dnnl_u8;
+    case at::kChar: return dnnl_s8;
+    case at::kFloat: return dnnl_f32;
+    case at::kBFloat16: return dnnl_bf16;
+    case at::kInt: return dnnl_s32;
+    default: TORCH_CHECK(false, "inductor-quant oneDNN kernels: unsupported dtype ", t);
+  }
+}
+
+// ---- post-ops: torch's unary post-ops (the codes of kernels/native.py POST_OPS) -------------
+
+struct Eltwise {
+  dnnl_alg_kind_t alg = dnnl_alg_kind_undef;  // undef: no post-op
+  float alpha = 0.f, beta = 0.f;
+};
+
+// The algorithm and constants torch's op uses for each (hardtanh passes its min and max).
+Eltwise eltwise(int64_t code, double min_value, double max_value) {
+  switch (code) {
+    case 0: return {};
+    case 1: return {dnnl_eltwise_relu, 0.f, 0.f};
+    case 2: return {dnnl_eltwise_clip, float(min_value), float(max_value)};
+    case 3: return {dnnl_eltwise_hardswish, 1.f / 6.f, 0.5f};
+    case 4: return {dnnl_eltwise_swish, 1.f, 0.f};
+    default: TORCH_CHECK(false, "inductor-quant oneDNN kernels: unknown post-op code ", code);
+  }
+}
+
+// ---- one cached layer ---------------------------------------------------------------------
+
+struct MemoryDesc {
+  dnnl_memory_desc_t md = nullptr;
+  ~MemoryDesc() {
+    if (md) api().dnnl_memory_desc_destroy(md);
+  }
+};
+
+dnnl_memory_desc_t make_md(at::IntArrayRef sizes, at::IntArrayRef strides, dnnl_data_type_t dt) {
+  dnnl_memory_desc_t md = nullptr;
+  dnnl_dims_t d{}, s{};
+  for (size_t i = 0; i < sizes.size(); ++i) d[i] = sizes[i], s[i] = strides[i];
+  check(api().dnnl_memory_desc_create_with_strides(&md, int(sizes.size()), d, dt, s), "memory_desc_create");
+  return md;
+}
+
+dnnl_memory_desc_t scalar_md(dnnl_data_type_t dt, int64_t n = 1) {
+  dnnl_memory_desc_t md = nullptr;
+  dnnl_dims_t d{n}, s{1};
+  check(api().dnnl_memory_desc_create_with_strides(&md, 1, d, dt, s), "memory_desc_create");
+  return md;
+}
+
+// A layer's primitive and what it owns. `weight` and `weight_scales` are checked on every call
+// through weak references: a freed and reallocated tensor at the same address is a new layer.
+struct Layer {
+  dnnl_primitive_t primitive = nullptr;
+  std::vector<dnnl_memory_t> owned;
+  dnnl_memory_t src = nullptr, dst = nullptr, bias = nullptr, weights = nullptr;
+  dnnl_memory_t src_scale = nullptr, dst_scale = nullptr, src_zp = nullptr, dst_zp = nullptr, w_scales = nullptr;
+  std::unique_ptr<uint8_t, void (*)(void*)> packed{nullptr, std::free};
+  std::vector<float> weight_scale_values;
+  c10::weak_intrusive_ptr<c10::StorageImpl> weight_storage{c10::intrusive_ptr<c10::StorageImpl>()};
+  c10::weak_intrusive_ptr<c10::StorageImpl> scale_storage{c10::intrusive_ptr<c10::StorageImpl>()};
+  std::mutex mutex;  // one call at a time: the memory objects' data handles are per call
+
+  ~Layer() {
+    for (auto m : owned) api().dnnl_memory_destroy(m);
+    if (primitive) api().dnnl_primitive_destroy(primitive);
+  }
+  dnnl_memory_t memory(const_dnnl_memory_desc_t md, void* handle) {
+    dnnl_memory_t m = nullptr;
+    check(api().dnnl_memory_create(&m, md, api().engine, handle), "memory_create");
+    owned.push_back(m);
+    return m;
+  }
+  bool still_describes(const at::Tensor& w, const at::Tensor& w_scale) const {
+    return weight_storage.lock().get() == w.storage().unsafeGetStorageImpl() &&
+           scale_storage.lock().get() == w_scale.storage().unsafeGetStorageImpl();
+  }
+};
+
+struct KeyHash {
+  size_t operator()(const std::vector<int64_t>& k) const {
+    size_t h = 1469598103934665603ull;
+    for (int64_t v : k) h = (h ^ size_t(v)) * 1099511628211ull;
+    return h;
+  }
+};
+
+std::mutex cache_mutex;
+std::unordered_map<std::vector<int64_t>, std::shared_ptr<Layer>, KeyHash> cache;
+
+int64_t bits(double v) {
+  float f = float(v);
+  int32_t i;
+  std::memcpy(&i, &f, sizeof(i));
+  return i;
+}
+
+// ---- convolution ----------------------------------------------------------------------------
+
+struct ConvCall {
+  const at::Tensor& x;
+  const at::Tensor& w;
+  const at::Tensor& w_scale;
+  const c10::optional<at::Tensor>& bias;
+  at::IntArrayRef stride, padding, dilation;
+  int64_t groups;
+  at::ScalarType out_dtype;
+  bool quantized_out;
+  // which runtime quantization arguments the primitive takes: as torch's op, only those that
+  // differ from identity (a runtime zero point costs oneDNN compensation work on every call)
+  bool src_scale, src_zp, dst_scale, dst_zp;
+  Eltwise post;
+  std::vector<int64_t> out_sizes;
+};
+
+std::vector<int64_t> conv_key(const ConvCall& c) {
+  std::vector<int64_t> k{int64_t(c.x.scalar_type()), int64_t(c.out_dtype), c.groups, c.quantized_out,
+                         c.src_scale, c.src_zp, c.dst_scale, c.dst_zp,
+                         c.bias.has_value() ? int64_t(c.bias->scalar_type()) : -1, int64_t(c.post.alg),
+                         bits(c.post.alpha), bits(c.post.beta), at::get_num_threads(),
+                         int64_t(reinterpret_cast<uintptr_t>(c.w.storage().unsafeGetStorageImpl())),
+                         c.w.storage_offset(),
+                         int64_t(reinterpret_cast<uintptr_t>(c.w_scale.storage().unsafeGetStorageImpl()))};
+  for (auto v : c.x.sizes()) k.push_back(v);
+  for (auto v : c.x.strides()) k.push_back(v);
+  for (auto v : c.w.sizes()) k.push_back(v);
+  for (auto r : {c.stride, c.padding, c.dilation})
+    for (auto v : r) k.push_back(v);
+  return k;
+}
+
+std::shared_ptr<Layer> build_conv(const ConvCall& c) {
+  auto& a = api();
+  auto layer = std::make_shared<Layer>();
+  const int64_t g = c.groups, oc = c.w.size(0), ndims = c.x.dim();
+  const int spatial = int(ndims - 2);
+
+  MemoryDesc src, wei_any, wei_plain, bias, dst;
+  src.md = make_md(c.x.sizes(), c.x.strides(), dnnl_type(c.x.scalar_type()));
+  // output in channels-last, as torch's op allocates it
+  at::Tensor out_like = at::empty(c.out_sizes, c.x.options().dtype(c.out_dtype),
+                                  ndims == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d);
+  dst.md = make_md(out_like.sizes(), out_like.strides(), dnnl_type(c.out_dtype));
+  std::vector<int64_t> wdims;
+  if (g > 1) wdims.push_back(g), wdims.push_back(oc / g);
+  else wdims.push_back(oc);
+  for (int64_t i = 1; i < c.w.dim(); ++i) wdims.push_back(c.w.size(i));
+  {
+    dnnl_dims_t d{};
+    for (size_t i = 0; i < wdims.size(); ++i) d[i] = wdims[i];
+    check(a.dnnl_memory_desc_create_with_tag(&wei_any.md, int(wdims.size()), d, dnnl_s8, dnnl_format_tag_any),
+          "weights md");
+    std::vector<int64_t> plain_strides(wdims.size());
+    int64_t s = 1;
+    for (int64_t i = int64_t(wdims.size()) - 1; i >= 0; --i) plain_strides[i] = s, s *= wdims[i];
+    wei_plain.md = make_md(wdims, plain_strides, dnnl_s8);
+  }
+  if (c.bias.has_value()) bias.md = scalar_md(dnnl_type(c.bias->scalar_type()), oc);
+
+  dnnl_primitive_attr_t attr = nullptr;
+  dnnl_post_ops_t ops = nullptr;
+  check(a.dnnl_primitive_attr_create(&attr), "attr_create");
+  if (c.src_scale) check(a.dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_SRC, 0), "src scales");
+  check(a.dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_WEIGHTS, c.w_scale.numel() <= 1 ? 0 : g > 1 ? 3 : 1),
+        "weight scales");
+  if (c.src_zp) check(a.dnnl_primitive_attr_set_zero_points_mask(attr, DNNL_ARG_SRC, 0), "src zero point");
+  if (c.dst_scale) check(a.dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_DST, 0), "dst scales");
+  if (c.dst_zp) check(a.dnnl_primitive_attr_set_zero_points_mask(attr, DNNL_ARG_DST, 0), "dst zero point");
+  check(a.dnnl_post_ops_create(&ops), "post_ops_create");
+  if (c.post.alg != dnnl_alg_kind_undef)
+    check(a.dnnl_post_ops_append_eltwise(ops, c.post.alg, c.post.alpha, c.post.beta), "eltwise");
+  check(a.dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops");
+
+  dnnl_dims_t strides{}, dilates{}, pad_l{}, pad_r{};
+  for (int i = 0; i < spatial; ++i) {
+    int64_t k = c.w.size(2 + i), d = c.dilation[i], in = c.x.size(2 + i), out = c.out_sizes[2 + i];
+    strides[i] = c.stride[i];
+    dilates[i] = d - 1;
+    pad_l[i] = c.padding[i];
+    pad_r[i] = (out - 1) * c.stride[i] + (k - 1) * d + 1 - in - c.padding[i];
+  }
+  dnnl_primitive_desc_t pd = nullptr;
+  dnnl_status_t st = a.dnnl_convolution_forward_primitive_desc_create(
+      &pd, a.engine, dnnl_forward_inference, dnnl_convolution_direct, src.md, wei_any.md, bias.md, dst.md, strides,
+      dilates, pad_l, pad_r, attr);
+  a.dnnl_post_ops_destroy(ops);
+  a.dnnl_primitive_attr_destroy(attr);
+  check(st, "convolution primitive descriptor");
+  st = a.dnnl_primitive_create(&layer->primitive, pd);
+  const_dnnl_memory_desc_t wei_md = a.dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+
+  // weights: reorder the plain int8 tensor once into the primitive's layout (with the
+  // compensation oneDNN adds for a nonzero source zero point)
+  size_t bytes = a.dnnl_memory_desc_get_size(wei_md);
+  layer->packed.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+  layer->weights = layer->memory(wei_md, layer->packed.get());
+  at::Tensor w_plain = c.w.contiguous();
+  dnnl_memory_t plain = layer->memory(wei_plain.md, w_plain.data_ptr());
+  dnnl_primitive_desc_t rpd = nullptr;
+  check(a.dnnl_reorder_primitive_desc_create(&rpd, wei_plain.md, a.engine, wei_md, a.engine, nullptr), "reorder pd");
+  dnnl_primitive_t reorder = nullptr;
+  check(a.dnnl_primitive_create(&reorder, rpd), "reorder");
+  dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, plain}, {DNNL_ARG_TO, layer->weights}};
+  check(a.dnnl_primitive_execute(reorder, a.stream, 2, rargs), "reorder execute");
+  check(a.dnnl_stream_wait(a.stream), "stream wait");
+  a.dnnl_primitive_destroy(reorder);
+  a.dnnl_primitive_desc_destroy(rpd);
+  a.dnnl_primitive_desc_destroy(pd);
+  check(st, "convolution primitive");
+
+  at::Tensor scales = c.w_scale.to(at::kFloat).contiguous();
+  layer->weight_scale_values.assign(scales.data_ptr<float>(), scales.data_ptr<float>() + scales.numel());
+  MemoryDesc f1, s1, fw;
+  f1.md = scalar_md(dnnl_f32);
+  s1.md = scalar_md(dnnl_s32);
+  fw.md = scalar_md(dnnl_f32, int64_t(layer->weight_scale_values.size()));
+  layer->w_scales = layer->memory(fw.md, layer->weight_scale_values.data());
+  layer->src_scale = layer->memory(f1.md, DNNL_MEMORY_NONE);
+  layer->dst_scale = layer->memory(f1.md, DNNL_MEMORY_NONE);
+  layer->src_zp = layer->memory(s1.md, DNNL_MEMORY_NONE);
+  layer->dst_zp = layer->memory(s1.md, DNNL_MEMORY_NONE);
+  layer->src = layer->memory(src.md, DNNL_MEMORY_NONE);
+  layer->dst = layer->memory(dst.md, DNNL_MEMORY_NONE);
+  if (c.bias.has_value()) layer->bias = layer->memory(bias.md, DNNL_MEMORY_NONE);
+  layer->weight_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(c.w.storage().getWeakStorageImpl());
+  layer->scale_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(c.w_scale.storage().getWeakStorageImpl());
+  return layer;
+}
+
+std::shared_ptr<Layer> conv_layer(const ConvCall& c) {
+  auto key = conv_key(c);
+  std::lock_guard<std::mutex> guard(cache_mutex);
+  auto it = cache.find(key);
+  if (it != cache.end() && it->second->still_describes(c.w, c.w_scale)) return it->second;
+  for (auto e = cache.begin(); e != cache.end();)  // layers whose weights are gone
+    e = e->second->weight_storage.expired() ? cache.erase(e) : std::next(e);
+  auto layer = build_conv(c);
+  cache[std::move(key)] = layer;
+  return layer;
+}
+
+std::vector<int64_t> conv_out_sizes(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
+                                    at::IntArrayRef padding, at::IntArrayRef dilation) {
+  std::vector<int64_t> out{x.size(0), w.size(0)};
+  for (int64_t i = 2; i < x.dim(); ++i) {
+    int64_t eff = (w.size(i) - 1) * dilation[i - 2] + 1;
+    out.push_back((x.size(i) + 2 * padding[i - 2] - eff) / stride[i - 2] + 1);
+  }
+  return out;
+}
+
+at::Tensor qconv2d(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
+                   const c10::optional<at::Tensor>& bias, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                   int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t groups, double out_scale,
+                   int64_t out_zp, c10::optional<at::ScalarType> out_dtype, int64_t post_op, double post_alpha,
+                   double post_beta) {
+  const int64_t stride_v[2] = {stride_h, stride_w}, padding_v[2] = {pad_h, pad_w}, dilation_v[2] = {dilation_h, dilation_w};
+  const at::IntArrayRef stride(stride_v, 2), padding(padding_v, 2), dilation(dilation_v, 2);
+  auto& a = api();
+  TORCH_CHECK(a.error.empty(), "inductor-quant oneDNN kernels are unavailable: ", a.error);
+  TORCH_CHECK(x_in.dim() == 4, "qconv2d: a 4-D input (N, C, H, W), got ", x_in.dim(), " dims");
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(x.scalar_type() == at::kByte, "qconv2d: uint8 activations (as torch's op), got ", x.scalar_type());
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == x.dim(), "qconv2d: int8 weight of the input's rank");
+  at::ScalarType odt = out_dtype.value_or(at::kFloat);
+  bool quantized_out = odt == at::kByte || odt == at::kChar;
+  float xs = float(x_scale), os = float(out_scale);
+  int32_t xz = int32_t(x_zp), oz = int32_t(out_zp);
+  TORCH_CHECK(quantized_out || (os == 1.f && oz == 0), "qconv2d: a float output takes output scale 1 and zero point 0");
+  ConvCall c{x, w, w_scale, bias, stride, padding, dilation, groups, odt, quantized_out,
+             xs != 1.f, xz != 0, os != 1.f, oz != 0, eltwise(post_op, post_alpha, post_beta), conv_out_sizes(x, w, stride, padding, dilation)};
+  auto layer = conv_layer(c);
+  at::Tensor out = at::empty(c.out_sizes, x.options().dtype(odt), at::MemoryFormat::ChannelsLast);
+  std::lock_guard<std::mutex> guard(layer->mutex);
+  check(a.dnnl_memory_set_data_handle(layer->src, const_cast<void*>(x.const_data_ptr())), "src");
+  check(a.dnnl_memory_set_data_handle(layer->dst, out.data_ptr()), "dst");
+  check(a.dnnl_memory_set_data_handle(layer->src_scale, &xs), "src scale");
+  check(a.dnnl_memory_set_data_handle(layer->src_zp, &xz), "src zp");
+  dnnl_exec_arg_t args[10];
+  int n = 0;
+  args[n++] = {DNNL_ARG_SRC, layer->src};
+  args[n++] = {DNNL_ARG_WEIGHTS, layer->weights};
+  args[n++] = {DNNL_ARG_DST, layer->dst};
+  args[n++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, layer->w_scales};
+  if (c.src_scale) args[n++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, layer->src_scale};
+  if (c.src_zp) args[n++] = {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, layer->src_zp};
+  if (bias.has_value()) {
+    check(a.dnnl_memory_set_data_handle(layer->bias, const_cast<void*>(bias->const_data_ptr())), "bias");
+    args[n++] = {DNNL_ARG_BIAS, layer->bias};
+  }
+  check(a.dnnl_memory_set_data_handle(layer->dst_scale, &os), "dst scale");
+  check(a.dnnl_memory_set_data_handle(layer->dst_zp, &oz), "dst zp");
+  if (c.dst_scale) args[n++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST, layer->dst_scale};
+  if (c.dst_zp) args[n++] = {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, layer->dst_zp};
+  check(a.dnnl_primitive_execute(layer->primitive, a.stream, n, args), "convolution execute");
+  return out;
+}
+
+std::string status() { return api().error; }
+
+int64_t cached_layers() {
+  std::lock_guard<std::mutex> guard(cache_mutex);
+  return int64_t(cache.size());
+}
+
+void clear_cache() {
+  std::lock_guard<std::mutex> guard(cache_mutex);
+  cache.clear();
+}
+
+}  // namespace
+
+TORCH_LIBRARY(iq_onednn, m) {
+  m.def("status() -> str", &status);
+  m.def("cached_layers() -> int", &cached_layers);
+  m.def("clear_cache() -> ()", &clear_cache);
+  m.def(
+      "qconv2d(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int stride_h, "
+      "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, float output_scale, "
+      "int output_zero_point, ScalarType? output_dtype, int post_op, float post_op_alpha, float post_op_beta) "
+      "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(iq_onednn, CPU, m) { m.impl("qconv2d", qconv2d); }

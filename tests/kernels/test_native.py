@@ -1,0 +1,141 @@
+"""Our own kernel layer (`iq_onednn.qconv2d`, kernels/native.py) against torch's op: bitwise the
+same numbers on every geometry, output and post-op, a layer's primitive built once and never
+served for another layer, and a clear fallback when the library cannot be built."""
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from inductor_quant.kernels import native
+from inductor_quant.kernels import onednn as K
+from kernel_helpers import W_MAX
+
+E = K.eager
+GEOMETRIES = {  # x shape, weight shape, geometry
+    "1x1": ((1, 32, 14, 14), (48, 32, 1, 1), K.ConvGeometry((1, 1), (0, 0), (1, 1), 1)),
+    "3x3-pad": ((2, 16, 9, 9), (24, 16, 3, 3), K.ConvGeometry((1, 1), (1, 1), (1, 1), 1)),
+    "3x3-s2": ((1, 16, 15, 15), (16, 16, 3, 3), K.ConvGeometry((2, 2), (1, 1), (1, 1), 1)),
+    "dilated-odd-pad": ((1, 8, 11, 10), (8, 8, 3, 2), K.ConvGeometry((2, 1), (2, 1), (2, 3), 1)),
+    "groups": ((1, 16, 8, 8), (32, 4, 3, 3), K.ConvGeometry((1, 1), (1, 1), (1, 1), 4)),
+    "depthwise": ((1, 32, 10, 10), (32, 1, 3, 3), K.ConvGeometry((1, 1), (1, 1), (1, 1), 32)),
+}
+OUTPUTS = {"fp32": K.Output(), "bf16": K.Output(torch.bfloat16), "u8": K.Output(torch.uint8, 0.05, 3),
+           "s8": K.Output(torch.int8, 0.04, 0), "u8-zp0": K.Output(torch.uint8, 0.05, 0)}
+UNARY = {"none": K.Unary(), "relu": K.Unary("relu"), "hardtanh": K.Unary("hardtanh", (0.0, 6.0)),
+         "hardswish": K.Unary("hardswish"), "swish": K.Unary("swish")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def library():
+    assert native.load() == "", "the own kernel library must build and load on this machine"
+
+
+def _layer(name, seed=0):
+    x_shape, w_shape, geom = GEOMETRIES[name]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, x_shape, dtype=torch.uint8, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randint(-W_MAX, W_MAX + 1, w_shape, dtype=torch.int8, generator=g)
+    w_scale = torch.rand(w_shape[0], generator=g) * 0.01 + 0.001
+    bias = torch.randn(w_shape[0], generator=g)
+    return x, w, w_scale, bias, geom
+
+
+def _both(x, w, w_scale, bias, geom, xq, out, unary):
+    """(torch's op on its prepacked weight, ours on the plain weight) for one call."""
+    f = K.FusedOp("qconv", x, xq, qconv_packed(w, w_scale, xq, geom, x), w_scale,
+                  torch.zeros(w.shape[0], dtype=torch.long), bias, geom, out, unary)
+    return K.emit(E, f), native.qconv2d(E, f, w)
+
+
+def qconv_packed(w, w_scale, xq, geom, x):
+    return K.qconv_prepack(E, w, w_scale, xq, geom, list(x.shape))
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_bitwise_torch_every_geometry_and_output(geometry, output):
+    x, w, w_scale, bias, geom = _layer(geometry)
+    for xq in (K.QParams(0.02, 0), K.QParams(0.02, 7)):
+        theirs, ours = _both(x, w, w_scale, bias, geom, xq, OUTPUTS[output], K.Unary("relu"))
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and ours.stride() == theirs.stride()
+        assert torch.equal(ours, theirs), f"x_zp {xq.zero_point}: max diff {(ours.float() - theirs.float()).abs().max()}"
+
+
+@pytest.mark.parametrize("unary", UNARY)
+@pytest.mark.parametrize("output", ["fp32", "u8"])
+def test_bitwise_torch_every_post_op(unary, output):
+    x, w, w_scale, bias, geom = _layer("3x3-pad")
+    theirs, ours = _both(x, w, w_scale, bias, geom, K.QParams(0.03, 5), OUTPUTS[output], UNARY[unary])
+    assert torch.equal(ours, theirs)
+
+
+def test_no_bias_and_contiguous_input():
+    """An NCHW-contiguous input (the model's own input to its first conv) is taken as torch takes it."""
+    x, w, w_scale, _, geom = _layer("3x3-s2")
+    theirs, ours = _both(x.contiguous(), w, w_scale, None, geom, K.QParams(0.02, 0), OUTPUTS["u8"], K.Unary())
+    assert torch.equal(ours, theirs)
+
+
+def test_a_layer_is_built_once_and_a_new_weight_is_a_new_layer():
+    native_ops = torch.ops.iq_onednn
+    native_ops.clear_cache()
+    x, w, w_scale, bias, geom = _layer("1x1")
+    xq, out = K.QParams(0.02, 0), OUTPUTS["u8"]
+    for _ in range(3):
+        _both(x, w, w_scale, bias, geom, xq, out, K.Unary())
+    assert native_ops.cached_layers() == 1
+    # other scale values are runtime arguments of the same primitive (a zero point of 0 vs not
+    # is another primitive, as in torch: it skips the compensation work)
+    _both(x, w, w_scale, bias, geom, K.QParams(0.05, 0), K.Output(torch.uint8, 0.07, 3), K.Unary())
+    assert native_ops.cached_layers() == 1
+    # free the weight and make another of the same shape (the allocator tends to hand back the
+    # same address): the cached layer must not be served for it
+    del w, w_scale
+    gc.collect()
+    _, w2, w_scale2, _, _ = _layer("1x1", seed=5)
+    theirs, ours = _both(x, w2, w_scale2, bias, geom, xq, out, K.Unary())
+    assert torch.equal(ours, theirs)
+    assert native_ops.cached_layers() == 1  # the dead layer was dropped
+
+
+def test_thread_count_is_part_of_the_layer():
+    x, w, w_scale, bias, geom = _layer("3x3-pad")
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, max(2, before)):
+            torch.set_num_threads(threads)
+            theirs, ours = _both(x, w, w_scale, bias, geom, K.QParams(0.02, 3), OUTPUTS["u8"], K.Unary("relu"))
+            assert torch.equal(ours, theirs), f"{threads} threads"
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_refuses_what_it_does_not_compute():
+    x, w, w_scale, bias, geom = _layer("1x1")
+    f = K.FusedOp("qconv", x.to(torch.int8), K.QParams(0.02, 0), None, w_scale, None, bias, geom)
+    with pytest.raises(RuntimeError, match="uint8 activations"):
+        native.qconv2d(E, f, w)
+    with pytest.raises(RuntimeError, match="float output takes output scale 1"):
+        torch.ops.iq_onednn.qconv2d(x, 0.02, 0, w, w_scale, bias, 1, 1, 0, 0, 1, 1, 1, 0.5, 0, torch.float32, 0, 0.0, 0.0)
+    with pytest.raises(RuntimeError, match="unknown post-op code 9"):
+        torch.ops.iq_onednn.qconv2d(x, 0.02, 0, w, w_scale, bias, 1, 1, 0, 0, 1, 1, 1, 1.0, 0, None, 9, 0.0, 0.0)
+
+
+def test_unbuildable_library_warns_once_and_answers_unavailable(tmp_path):
+    """No compiler: one warning naming the cause; `available()` is False (the passes keep torch's ops)."""
+    code = textwrap.dedent("""
+        import warnings
+        from inductor_quant.kernels import native
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ok = native.available(), native.available()
+        print(ok, len(caught), caught[0].message if caught else "")
+    """)
+    env = {**os.environ, "INDUCTOR_QUANT_CACHE_DIR": str(tmp_path), "CXX": "no-such-compiler"}
+    out = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("(False, False) 1 ") and "no C++ compiler (no-such-compiler)" in out, out

@@ -1,0 +1,93 @@
+"""Own kernel calls on (`passes.set_own_kernels(True)`): every fused 2-D int8 conv without a
+binary post-op calls `iq_onednn.qconv2d` in the generated code (Python and C++ wrapper, static and
+dynamic batch), the residual-sum conv keeps torch's op, an AOTInductor compile keeps torch's ops,
+and the output is the same as with torch's ops. Builtins off (tests/conftest.py)."""
+
+import pytest
+import torch
+from torch import nn
+
+from compile_utils import compile_and_run
+
+import inductor_quant.passes as iq_passes
+from inductor_quant import quantize
+from inductor_quant.generated_code import onednn_int8_calls, own_kernel_calls
+from inductor_quant.quantizer.x86_inductor_quantizer import (X86InductorQuantizer,
+                                                             get_default_x86_inductor_quantization_config)
+
+
+class Block(nn.Module):
+    """A stem conv (fp32 input, hardtanh), a 1x1 conv with relu to uint8, a grouped 3x3 with a
+    residual add (the sum conv) and a strided conv to a float output."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.pw = nn.Conv2d(16, 16, 1)
+        self.gc = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.down = nn.Conv2d(16, 8, 3, stride=2, bias=False)
+
+    def forward(self, x):
+        y = nn.functional.hardtanh(self.stem(x), 0.0, 6.0)
+        z = torch.relu(self.pw(y))
+        return self.down(torch.relu(self.gc(z) + y))
+
+
+@pytest.fixture(scope="module")
+def block():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 12)
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    calib = [(torch.randn(2, 3, 12, 12),) for _ in range(4)]
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=16)},)
+    return quantize(Block().eval(), (x,), calib, quantizer=quantizer, dynamic_shapes=dynamic), x
+
+
+@pytest.fixture
+def own():
+    with iq_passes.own_kernels(True) as on:
+        assert on, "the own kernel library must build here (kernels/native.py)"
+        yield
+
+
+@pytest.mark.parametrize("cpp_wrapper", [False, True], ids=["python", "cpp"])
+def test_plain_convs_call_our_kernels_and_compute_the_same(block, own, cpp_wrapper):
+    converted, x = block
+    _, ours, code, stats = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper)
+    assert own_kernel_calls(code) == 3, code  # stem, pw, down
+    assert onednn_int8_calls(code) == {"qconv_pointwise": 3, "qconv2d_pointwise": 1}  # the sum conv: torch's
+    assert stats["fused"]["kernel.own.qconv2d"] == 3
+    assert "qconv_prepack" not in code  # our layer packs its weights itself, once
+    with iq_passes.own_kernels(False):
+        _, theirs, code_torch, _ = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper)
+    assert own_kernel_calls(code_torch) == 0
+    assert torch.equal(ours, theirs)
+
+
+def test_dynamic_batch_one_and_more(block, own):
+    converted, x = block
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = torch.compile(converted, dynamic=True)
+        for batch in (3, 1, 5):
+            xb = torch.randn(batch, 3, 12, 12)
+            with iq_passes.own_kernels(False):
+                want = converted(xb)
+            got = compiled(xb)
+            step = 0.05  # far above any one-step difference of these outputs (|y| ~ 1)
+            assert got.shape == want.shape and (got - want).abs().max() < step
+    assert iq_passes.stats()["fused"].get("kernel.own.qconv2d", 0) >= 3
+
+
+def test_aot_inductor_keeps_torch_ops(block, own, tmp_path):
+    """A package must load in a process that never built our library: AOTI compiles keep torch's ops."""
+    converted, x = block
+    torch._dynamo.reset()
+    iq_passes.reset_stats()
+    with torch.no_grad():
+        ep = torch.export.export(converted, (x,))
+        path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "m.pt2"))
+        loaded = torch._inductor.aoti_load_package(path)
+        got, want = loaded(x), converted(x)
+    assert "kernel.own.qconv2d" not in iq_passes.stats()["fused"]
+    assert (got - want).abs().max() < 0.05
