@@ -126,11 +126,32 @@ def _register_fakes() -> None:
         return x.new_empty(size, dtype=out_dtype or torch.float32).contiguous(memory_format=torch.channels_last)
 
 
+    @torch.library.register_fake(f"{LIBRARY}::qconv2d_sum_")
+    def _(x, x_scale, x_zp, w, w_scale, bias, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups,
+          out_scale, out_zp, out_dtype, accum, accum_scale, accum_zp, post_op, post_alpha, post_beta):
+        return None  # writes `accum` in place
+
+
+def _conv_args(f, w_plain) -> tuple:
+    (sh, sw), (ph, pw), (dh, dw) = f.geom.stride, f.geom.padding, f.geom.dilation
+    return (f.x, f.xq.scale, f.xq.zero_point, w_plain, f.w_scale, f.bias, sh, sw, ph, pw, dh, dw, f.geom.groups,
+            *f.out.op_args())
+
+
+def _post_op(u) -> tuple:
+    low, high = u.scalars if u.name == "hardtanh" else (0.0, 0.0)
+    return POST_OPS[u.name], float(low), float(high)
+
+
 def qconv2d(call, f, w_plain):
     """Build our conv call for the fused record `f` (a 2-D conv in torch's qconv_pointwise form:
     scalar activation qparams, a unary post-op of `POST_OPS` or none) on the plain int8 weight."""
-    (sh, sw), (ph, pw), (dh, dw) = f.geom.stride, f.geom.padding, f.geom.dilation
-    low, high = f.unary.scalars if f.unary.name == "hardtanh" else (0.0, 0.0)
-    return call(torch.ops.iq_onednn.qconv2d.default,
-                (f.x, f.xq.scale, f.xq.zero_point, w_plain, f.w_scale, f.bias, sh, sw, ph, pw, dh, dw, f.geom.groups,
-                 *f.out.op_args(), POST_OPS[f.unary.name], float(low), float(high)))
+    return call(torch.ops.iq_onednn.qconv2d.default, (*_conv_args(f, w_plain), *_post_op(f.unary)))
+
+
+def qconv2d_sum_(call, f, w_plain):
+    """Our in-place residual conv for the record `f` of torch's `qconv2d_pointwise.binary` with
+    `sum` (alpha 1): writes over `f.other` (the accumulator) and returns nothing."""
+    acc = f.binary.other
+    return call(torch.ops.iq_onednn.qconv2d_sum_.default,
+                (*_conv_args(f, w_plain), f.other, float(acc.scale), int(acc.zero_point), *_post_op(f.binary.unary)))

@@ -1,11 +1,13 @@
-"""The last step of a freezing compile when our own kernel calls are on: each fused int8 conv
-that torch's op would run goes to `iq_onednn.qconv2d` (kernels/native.py), which builds the layer's
-oneDNN primitive once instead of on every call. Same numbers (bitwise, tests/kernels/test_native.py).
+"""The last step of a freezing compile when our own kernel calls are on: each fused 2-D int8
+conv goes to `iq_onednn.qconv2d` (kernels/native.py), which builds the layer's oneDNN primitive
+once instead of on every call, and each residual conv (oneDNN's `sum`) to `iq_onednn.qconv2d_sum_`,
+which also writes over its accumulator instead of returning a copy. Same numbers (bitwise,
+tests/kernels/test_native.py).
 
 It runs after every other rewrite, so every decision before it is made on torch's op form; it
-reads each conv's record from the node as it is (passes/fused.py). Not routed, and left on
-torch's op: convs with a binary post-op (the in-place sum), tensor activation qparams, and any
-compile for AOTInductor (a package must load without our library).
+reads each conv's record from the node as it is (passes/fused.py). Left on torch's op: tensor
+activation qparams, 3-D convs, and any compile for AOTInductor (a package must load without our
+library).
 """
 
 from __future__ import annotations
@@ -20,13 +22,21 @@ from .stats import count
 
 
 def routable(f) -> bool:
-    return (f is not None and f.kind == "qconv" and f.binary is None and not f.xq.is_tensor
-            and len(f.geom.stride) == 2 and isinstance(f.w, torch.fx.Node) and f.w.target is K.QCONV_PREPACK
-            and f.unary.name in native.POST_OPS)
+    if f is None or f.kind != "qconv" or f.xq.is_tensor or len(f.geom.stride) != 2:
+        return False
+    if not (isinstance(f.w, torch.fx.Node) and f.w.target is K.QCONV_PREPACK):
+        return False
+    if f.binary is None:
+        return f.unary.name in native.POST_OPS
+    b = f.binary
+    return (b.name == "sum" and b.alpha == 1.0 and not b.other.is_tensor and b.unary.name in native.POST_OPS
+            and isinstance(f.other, torch.fx.Node))
 
 
 def route_convs(graph: torch.fx.Graph) -> int:
-    """Fused convs moved to our kernel calls (their prepack goes: ours packs at first call)."""
+    """Fused convs moved to our kernel calls (their prepack goes: ours packs at first call).
+    A residual conv writes over its accumulator, which the passes made private to it
+    (accumulators.py, the same contract torch's op relies on), and its users read that."""
     routed = 0
     for node in list(graph.nodes):
         f = record(node)
@@ -37,12 +47,17 @@ def route_convs(graph: torch.fx.Graph) -> int:
         if w.meta["val"].dim() == 3:  # a 1-D conv in its 2-D form (graph_rewrites.lift_conv1d): [O, I, 1, k]
             w = call(graph, node, torch.ops.aten.unsqueeze.default, w, 2)
         with graph.inserting_before(node):
-            new = native.qconv2d(graph.call_function, f, w)
-        propagate_fake(new)
+            if f.binary is None:
+                new = native.qconv2d(graph.call_function, f, w)
+            else:
+                native.qconv2d_sum_(graph.call_function, f, w)
+                new = f.other
+        if new is not f.other:
+            propagate_fake(new)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
         if not prepack.users:
             graph.erase_node(prepack)
-        count("kernel.own.qconv2d")
+        count("kernel.own.qconv2d" if f.binary is None else "kernel.own.qconv2d_sum")
         routed += 1
     return routed

@@ -298,6 +298,9 @@ struct ConvCall {
   bool src_scale, src_zp, dst_scale, dst_zp;
   Eltwise post;
   std::vector<int64_t> out_sizes;
+  const at::Tensor* accum = nullptr;  // the residual summed in place (oneDNN's `sum`): also the output
+  float sum_scale = 1.f;
+  int32_t sum_zp = 0;
 };
 
 std::vector<int64_t> conv_key(const ConvCall& c) {
@@ -308,6 +311,11 @@ std::vector<int64_t> conv_key(const ConvCall& c) {
                          int64_t(reinterpret_cast<uintptr_t>(c.w.storage().unsafeGetStorageImpl())),
                          c.w.storage_offset(),
                          int64_t(reinterpret_cast<uintptr_t>(c.w_scale.storage().unsafeGetStorageImpl()))};
+  k.push_back(c.accum != nullptr);
+  if (c.accum != nullptr) {
+    k.push_back(bits(c.sum_scale)), k.push_back(c.sum_zp);
+    for (auto v : c.accum->strides()) k.push_back(v);
+  }
   for (auto v : c.x.sizes()) k.push_back(v);
   for (auto v : c.x.strides()) k.push_back(v);
   for (auto v : c.w.sizes()) k.push_back(v);
@@ -325,9 +333,13 @@ std::shared_ptr<Layer> build_conv(const ConvCall& c) {
   MemoryDesc src, wei_any, wei_plain, bias, dst;
   src.md = make_md(c.x.sizes(), c.x.strides(), dnnl_type(c.x.scalar_type()));
   // output in channels-last, as torch's op allocates it
-  at::Tensor out_like = at::empty(c.out_sizes, c.x.options().dtype(c.out_dtype),
-                                  ndims == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d);
-  dst.md = make_md(out_like.sizes(), out_like.strides(), dnnl_type(c.out_dtype));
+  if (c.accum != nullptr) {
+    dst.md = make_md(c.accum->sizes(), c.accum->strides(), dnnl_type(c.out_dtype));
+  } else {
+    at::Tensor out_like = at::empty(c.out_sizes, c.x.options().dtype(c.out_dtype),
+                                    ndims == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d);
+    dst.md = make_md(out_like.sizes(), out_like.strides(), dnnl_type(c.out_dtype));
+  }
   std::vector<int64_t> wdims;
   if (g > 1) wdims.push_back(g), wdims.push_back(oc / g);
   else wdims.push_back(oc);
@@ -354,6 +366,7 @@ std::shared_ptr<Layer> build_conv(const ConvCall& c) {
   if (c.dst_scale) check(a.dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_DST, 0), "dst scales");
   if (c.dst_zp) check(a.dnnl_primitive_attr_set_zero_points_mask(attr, DNNL_ARG_DST, 0), "dst zero point");
   check(a.dnnl_post_ops_create(&ops), "post_ops_create");
+  if (c.accum != nullptr) check(a.dnnl_post_ops_append_sum(ops, c.sum_scale, c.sum_zp, dnnl_data_type_undef), "sum");
   if (c.post.alg != dnnl_alg_kind_undef)
     check(a.dnnl_post_ops_append_eltwise(ops, c.post.alg, c.post.alpha, c.post.beta), "eltwise");
   check(a.dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops");
@@ -436,33 +449,53 @@ std::vector<int64_t> conv_out_sizes(const at::Tensor& x, const at::Tensor& w, at
   return out;
 }
 
-at::Tensor qconv2d(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
-                   const c10::optional<at::Tensor>& bias, int64_t stride_h, int64_t stride_w, int64_t pad_h,
-                   int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t groups, double out_scale,
-                   int64_t out_zp, c10::optional<at::ScalarType> out_dtype, int64_t post_op, double post_alpha,
-                   double post_beta) {
-  const int64_t stride_v[2] = {stride_h, stride_w}, padding_v[2] = {pad_h, pad_w}, dilation_v[2] = {dilation_h, dilation_w};
-  const at::IntArrayRef stride(stride_v, 2), padding(padding_v, 2), dilation(dilation_v, 2);
+// The geometry of a 2-D conv call, from its per-dimension scalars.
+struct Geometry2d {
+  int64_t stride_v[2], padding_v[2], dilation_v[2];
+  at::IntArrayRef stride() const { return {stride_v, 2}; }
+  at::IntArrayRef padding() const { return {padding_v, 2}; }
+  at::IntArrayRef dilation() const { return {dilation_v, 2}; }
+};
+
+// Checks the call, gets (or builds) its layer, executes into `out` (the accumulator for a sum).
+void run_conv2d(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
+                const c10::optional<at::Tensor>& bias_in, const Geometry2d& geom, int64_t groups, double out_scale,
+                int64_t out_zp, at::ScalarType odt, const Eltwise& post, const at::Tensor* accum, double sum_scale,
+                int64_t sum_zp, at::Tensor& out) {
   auto& a = api();
   TORCH_CHECK(a.error.empty(), "inductor-quant oneDNN kernels are unavailable: ", a.error);
   TORCH_CHECK(x_in.dim() == 4, "qconv2d: a 4-D input (N, C, H, W), got ", x_in.dim(), " dims");
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   TORCH_CHECK(x.scalar_type() == at::kByte, "qconv2d: uint8 activations (as torch's op), got ", x.scalar_type());
   TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == x.dim(), "qconv2d: int8 weight of the input's rank");
-  at::ScalarType odt = out_dtype.value_or(at::kFloat);
+  // torch's op takes the bias as f32 whatever its dtype
+  const c10::optional<at::Tensor> bias =
+      bias_in.has_value() && bias_in->scalar_type() != at::kFloat ? c10::optional<at::Tensor>(bias_in->to(at::kFloat))
+                                                                  : bias_in;
   bool quantized_out = odt == at::kByte || odt == at::kChar;
   float xs = float(x_scale), os = float(out_scale);
   int32_t xz = int32_t(x_zp), oz = int32_t(out_zp);
   TORCH_CHECK(quantized_out || (os == 1.f && oz == 0), "qconv2d: a float output takes output scale 1 and zero point 0");
-  ConvCall c{x, w, w_scale, bias, stride, padding, dilation, groups, odt, quantized_out,
-             xs != 1.f, xz != 0, os != 1.f, oz != 0, eltwise(post_op, post_alpha, post_beta), conv_out_sizes(x, w, stride, padding, dilation)};
+  ConvCall c{x, w, w_scale, bias, geom.stride(), geom.padding(), geom.dilation(), groups, odt, quantized_out,
+             xs != 1.f, xz != 0, os != 1.f, oz != 0, post,
+             conv_out_sizes(x, w, geom.stride(), geom.padding(), geom.dilation()), accum, float(sum_scale),
+             int32_t(sum_zp)};
+  if (accum != nullptr) {
+    TORCH_CHECK(accum->sizes() == at::IntArrayRef(c.out_sizes) && accum->scalar_type() == odt,
+                "qconv2d_sum_: the accumulator must have the conv output's shape ", at::IntArrayRef(c.out_sizes),
+                " and the output dtype ", odt, "; got ", accum->sizes(), " ", accum->scalar_type());
+    TORCH_CHECK(quantized_out || (sum_scale == 1.0 && sum_zp == 0),
+                "qconv2d_sum_: a float accumulator takes scale 1 and zero point 0");
+  }
   auto layer = conv_layer(c);
-  at::Tensor out = at::empty(c.out_sizes, x.options().dtype(odt), at::MemoryFormat::ChannelsLast);
+  if (accum == nullptr) out = at::empty(c.out_sizes, x.options().dtype(odt), at::MemoryFormat::ChannelsLast);
   std::lock_guard<std::mutex> guard(layer->mutex);
   check(a.dnnl_memory_set_data_handle(layer->src, const_cast<void*>(x.const_data_ptr())), "src");
   check(a.dnnl_memory_set_data_handle(layer->dst, out.data_ptr()), "dst");
   check(a.dnnl_memory_set_data_handle(layer->src_scale, &xs), "src scale");
   check(a.dnnl_memory_set_data_handle(layer->src_zp, &xz), "src zp");
+  check(a.dnnl_memory_set_data_handle(layer->dst_scale, &os), "dst scale");
+  check(a.dnnl_memory_set_data_handle(layer->dst_zp, &oz), "dst zp");
   dnnl_exec_arg_t args[10];
   int n = 0;
   args[n++] = {DNNL_ARG_SRC, layer->src};
@@ -471,16 +504,37 @@ at::Tensor qconv2d(const at::Tensor& x_in, double x_scale, int64_t x_zp, const a
   args[n++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, layer->w_scales};
   if (c.src_scale) args[n++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, layer->src_scale};
   if (c.src_zp) args[n++] = {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, layer->src_zp};
+  if (c.dst_scale) args[n++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST, layer->dst_scale};
+  if (c.dst_zp) args[n++] = {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, layer->dst_zp};
   if (bias.has_value()) {
     check(a.dnnl_memory_set_data_handle(layer->bias, const_cast<void*>(bias->const_data_ptr())), "bias");
     args[n++] = {DNNL_ARG_BIAS, layer->bias};
   }
-  check(a.dnnl_memory_set_data_handle(layer->dst_scale, &os), "dst scale");
-  check(a.dnnl_memory_set_data_handle(layer->dst_zp, &oz), "dst zp");
-  if (c.dst_scale) args[n++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST, layer->dst_scale};
-  if (c.dst_zp) args[n++] = {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, layer->dst_zp};
   check(a.dnnl_primitive_execute(layer->primitive, a.stream, n, args), "convolution execute");
+}
+
+at::Tensor qconv2d(const at::Tensor& x, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
+                   const c10::optional<at::Tensor>& bias, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                   int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t groups, double out_scale,
+                   int64_t out_zp, c10::optional<at::ScalarType> out_dtype, int64_t post_op, double post_alpha,
+                   double post_beta) {
+  at::Tensor out;
+  run_conv2d(x, x_scale, x_zp, w, w_scale, bias, {{stride_h, stride_w}, {pad_h, pad_w}, {dilation_h, dilation_w}},
+             groups, out_scale, out_zp, out_dtype.value_or(at::kFloat), eltwise(post_op, post_alpha, post_beta),
+             nullptr, 1.0, 0, out);
   return out;
+}
+
+// The conv with oneDNN's `sum` post-op: out = post(conv(x) + accum_scale * (accum - accum_zp)),
+// requantized, written over `accum` in place (no copy: torch's op returns a clone).
+void qconv2d_sum_(const at::Tensor& x, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
+                  const c10::optional<at::Tensor>& bias, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                  int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t groups, double out_scale,
+                  int64_t out_zp, c10::optional<at::ScalarType> out_dtype, at::Tensor& accum, double accum_scale,
+                  int64_t accum_zp, int64_t post_op, double post_alpha, double post_beta) {
+  run_conv2d(x, x_scale, x_zp, w, w_scale, bias, {{stride_h, stride_w}, {pad_h, pad_w}, {dilation_h, dilation_w}},
+             groups, out_scale, out_zp, out_dtype.value_or(at::kFloat), eltwise(post_op, post_alpha, post_beta),
+             &accum, accum_scale, accum_zp, accum);
 }
 
 std::string status() { return api().error; }
@@ -506,6 +560,14 @@ TORCH_LIBRARY(iq_onednn, m) {
       "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, float output_scale, "
       "int output_zero_point, ScalarType? output_dtype, int post_op, float post_op_alpha, float post_op_beta) "
       "-> Tensor");
+  m.def(
+      "qconv2d_sum_(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int stride_h, "
+      "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, float output_scale, "
+      "int output_zero_point, ScalarType? output_dtype, Tensor(a!) accum, float accum_scale, int accum_zero_point, "
+      "int post_op, float post_op_alpha, float post_op_beta) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(iq_onednn, CPU, m) { m.impl("qconv2d", qconv2d); }
+TORCH_LIBRARY_IMPL(iq_onednn, CPU, m) {
+  m.impl("qconv2d", qconv2d);
+  m.impl("qconv2d_sum_", qconv2d_sum_);
+}

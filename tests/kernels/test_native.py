@@ -2,6 +2,7 @@
 same numbers on every geometry, output and post-op, a layer's primitive built once and never
 served for another layer, and a clear fallback when the library cannot be built."""
 
+import dataclasses
 import gc
 import os
 import subprocess
@@ -139,3 +140,28 @@ def test_unbuildable_library_warns_once_and_answers_unavailable(tmp_path):
     env = {**os.environ, "INDUCTOR_QUANT_CACHE_DIR": str(tmp_path), "CXX": "no-such-compiler"}
     out = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.startswith("(False, False) 1 ") and "no C++ compiler (no-such-compiler)" in out, out
+
+
+@pytest.mark.parametrize("output", ["u8", "fp32", "bf16"])
+@pytest.mark.parametrize("unary", ["none", "relu"])
+def test_residual_sum_writes_over_the_accumulator_bitwise_torch(output, unary):
+    """torch's `qconv2d_pointwise.binary` (sum) writes into its accumulator and returns a copy;
+    ours writes into it and returns nothing. Same values."""
+    x, w, w_scale, bias, geom = _layer("3x3-pad")
+    out = OUTPUTS[output]
+    acc_q = K.QParams(0.04, 6) if out.quantized else K.QParams(1.0, 0)
+    g = torch.Generator().manual_seed(3)
+    shape = (x.shape[0], w.shape[0], x.shape[2], x.shape[3])
+    if out.quantized:
+        accum = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+    else:
+        accum = torch.randn(shape, generator=g).to(out.dtype)
+    accum = accum.contiguous(memory_format=torch.channels_last)
+    xq = K.QParams(0.02, 5)
+    f = K.FusedOp("qconv", x, xq, qconv_packed(w, w_scale, xq, geom, x), w_scale,
+                  torch.zeros(w.shape[0], dtype=torch.long), bias, geom, out,
+                  binary=K.Binary("sum", 1.0, acc_q, UNARY[unary]), other=accum.clone())
+    theirs = K.emit(E, f)
+    ours_acc = accum.clone()
+    assert native.qconv2d_sum_(E, dataclasses.replace(f, other=ours_acc), w) is None
+    assert torch.equal(ours_acc, theirs)

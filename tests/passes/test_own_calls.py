@@ -1,7 +1,7 @@
-"""Own kernel calls on (`passes.set_own_kernels(True)`): every fused 2-D int8 conv without a
-binary post-op calls `iq_onednn.qconv2d` in the generated code (Python and C++ wrapper, static and
-dynamic batch), the residual-sum conv keeps torch's op, an AOTInductor compile keeps torch's ops,
-and the output is the same as with torch's ops. Builtins off (tests/conftest.py)."""
+"""Own kernel calls on (`passes.set_own_kernels(True)`): every fused 2-D int8 conv calls
+`iq_onednn.qconv2d` in the generated code, the residual conv `iq_onednn.qconv2d_sum_` (in place),
+with the Python and the C++ wrapper, static and dynamic batch; an AOTInductor compile keeps
+torch's ops; the output is the same as with torch's ops. Builtins off (tests/conftest.py)."""
 
 import pytest
 import torch
@@ -54,9 +54,10 @@ def own():
 def test_plain_convs_call_our_kernels_and_compute_the_same(block, own, cpp_wrapper):
     converted, x = block
     _, ours, code, stats = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper)
-    assert own_kernel_calls(code) == 3, code  # stem, pw, down
-    assert onednn_int8_calls(code) == {"qconv_pointwise": 3, "qconv2d_pointwise": 1}  # the sum conv: torch's
-    assert stats["fused"]["kernel.own.qconv2d"] == 3
+    assert own_kernel_calls(code) == 4, code  # stem, pw, down; gc with its residual sum in place
+    assert onednn_int8_calls(code) == {"qconv_pointwise": 3, "qconv2d_pointwise": 1}
+    assert stats["fused"]["kernel.own.qconv2d"] == 3 and stats["fused"]["kernel.own.qconv2d_sum"] == 1
+    assert "ops.onednn.qconv" not in code and "aoti_torch_cpu__qconv" not in code  # none of torch's left
     assert "qconv_prepack" not in code  # our layer packs its weights itself, once
     with iq_passes.own_kernels(False):
         _, theirs, code_torch, _ = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper)
