@@ -8,9 +8,10 @@ time is a check, not an identity:
 - wall: the call, timed alone;
 - oneDNN primitives: the sum of oneDNN's own execution times, and how many ran (its verbose
   mode, switched on for separate calls; a child process runs the model so its stdout can be read);
-- oneDNN ops: the torch profiler's time in the `onednn::` int8 ops and their number; ATen around
-  oneDNN is that minus the primitives they ran: argument checks, scale and zero-point handling,
-  descriptor lookup, output allocation (and a few µs of profiler per op);
+- oneDNN ops: the torch profiler's time in the `onednn::` int8 ops (or our kernel layer's
+  `iq_onednn::` ops) and their number; the layer around oneDNN is that minus the primitives they
+  ran: argument checks, scale and zero-point handling, descriptor work, output allocation (and a
+  few µs of profiler per op);
 - Inductor kernels: the profiler's time in the generated `cpp_fused_*` kernels (compiled with
   Inductor's kernel profiling on, so each call is an event), and their number;
 - other ATen: the profiler's time in the other outermost ATen ops the call makes (allocations,
@@ -40,6 +41,7 @@ MARK = "inductor-quant-profile-call"
 PARTS = ("onednn_ops", "inductor_kernels", "other_aten", "dynamo_guards")  # what the profiler measures
 COMPUTE_PRIMITIVES = ("convolution", "matmul", "inner_product", "deconvolution")  # one per oneDNN int8 op
 _KERNEL_EVENT = re.compile(r"(graph_\d+_)?cpp_fused")
+ONEDNN_OPS = ("onednn::", "iq_onednn::")  # torch's int8 ops and our kernel layer's (kernels/native.py)
 DYNAMO_GUARDS = "TorchDynamo Cache Lookup"  # the profiler's event for Dynamo's guard check on each call
 
 
@@ -49,7 +51,7 @@ def _outermost(events) -> dict:
     parts = {part: [0.0, 0] for part in PARTS}
 
     def visit(e):
-        part = ("onednn_ops" if e.name.startswith("onednn::") else "inductor_kernels" if _KERNEL_EVENT.match(e.name)
+        part = ("onednn_ops" if e.name.startswith(ONEDNN_OPS) else "inductor_kernels" if _KERNEL_EVENT.match(e.name)
                 else "other_aten" if e.name.startswith("aten::")
                 else "dynamo_guards" if e.name == DYNAMO_GUARDS else None)
         if part is None:

@@ -30,13 +30,21 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from typing import Optional
 
 import torch
 
 SOURCE = pathlib.Path(__file__).parent / "native" / "onednn_direct.cpp"
 LIBRARY = "iq_onednn"
-# torch's unary post-ops for a 2-D int8 conv -> our op's code (the C++ `eltwise` switch)
-POST_OPS = {"none": 0, "relu": 1, "hardtanh": 2, "hardswish": 3, "swish": 4}
+# torch's unary post-ops (name, algorithm) -> our ops' code (the C++ `eltwise` switch); a conv
+# takes the first five (as torch's), a linear all
+POST_OPS = {("none", ""): 0, ("relu", ""): 1, ("hardtanh", ""): 2, ("hardswish", ""): 3, ("swish", ""): 4,
+            ("leaky_relu", ""): 5, ("tanh", ""): 6, ("gelu", "none"): 7, ("gelu", "tanh"): 8}
+
+
+def post_op_code(u) -> Optional[int]:
+    """Our code for the unary post-op record `u` (kernels.onednn.Unary), None if we have none."""
+    return POST_OPS.get((u.name, u.algorithm or ("none" if u.name == "gelu" else "")))
 
 
 def cache_root() -> pathlib.Path:
@@ -132,6 +140,11 @@ def _register_fakes() -> None:
         return None  # writes `accum` in place
 
 
+    @torch.library.register_fake(f"{LIBRARY}::qlinear")
+    def _(x, x_scale, x_zp, w, w_scale, bias, m_hint, out_scale, out_zp, out_dtype, post_op, post_alpha, post_beta):
+        return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=out_dtype or torch.float32)
+
+
 def _conv_args(f, w_plain) -> tuple:
     (sh, sw), (ph, pw), (dh, dw) = f.geom.stride, f.geom.padding, f.geom.dilation
     return (f.x, f.xq.scale, f.xq.zero_point, w_plain, f.w_scale, f.bias, sh, sw, ph, pw, dh, dw, f.geom.groups,
@@ -139,8 +152,8 @@ def _conv_args(f, w_plain) -> tuple:
 
 
 def _post_op(u) -> tuple:
-    low, high = u.scalars if u.name == "hardtanh" else (0.0, 0.0)
-    return POST_OPS[u.name], float(low), float(high)
+    low, high = u.scalars if u.name == "hardtanh" else (*u.scalars, 0.0) if u.name == "leaky_relu" else (0.0, 0.0)
+    return post_op_code(u), float(low), float(high)
 
 
 def qconv2d(call, f, w_plain):
@@ -155,3 +168,12 @@ def qconv2d_sum_(call, f, w_plain):
     acc = f.binary.other
     return call(torch.ops.iq_onednn.qconv2d_sum_.default,
                 (*_conv_args(f, w_plain), f.other, float(acc.scale), int(acc.zero_point), *_post_op(f.binary.unary)))
+
+
+def qlinear(call, f, w_plain, m_hint: int):
+    """Our linear call for the fused record `f` (torch's qlinear_pointwise form: scalar activation
+    qparams, a unary post-op or none) on the plain int8 [out, in] weight. `m_hint`: the row count
+    torch's prepack picked the weight layout for (a 2-D example input's rows, else 1)."""
+    return call(torch.ops.iq_onednn.qlinear.default,
+                (f.x, f.xq.scale, f.xq.zero_point, w_plain, f.w_scale, f.bias, int(m_hint), *f.out.op_args(),
+                 *_post_op(f.unary)))

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import pathlib
 import warnings
 
@@ -87,8 +88,8 @@ class QuantFusionPass(CustomGraphPass):
         kind = compat.graph_kind(graph)
         if freezing_active() and kind == "inference":
             unfused = registry.run(graph)
-            if INSTALLATION.own_kernels and not compat.aot_compilation():
-                own_calls.route_convs(graph)
+            if INSTALLATION.use_own_kernels() and not compat.aot_compilation():
+                own_calls.route(graph)
             if any(u.code == Why.SATURATION.code for u in unfused):
                 INSTALLATION.warn_once("saturation", graph)
         elif has_quantized_ops(graph):
@@ -111,7 +112,9 @@ class Installation:
         self.user_value = None           # the config slot as found, restored when we leave
         self.registrations: list = []    # registration / lowering handles, undone at uninstall
         self.decompositions: list = []   # what decompositions.install replaced, put back at uninstall
-        self.own_kernels = False         # fused convs call iq_onednn (kernels/native.py), not torch's op
+        # fused convs/linears call our kernel layer (kernels/native.py) where it loads; on unless
+        # INDUCTOR_QUANT_OWN_KERNELS=0 or set_own_kernels(False)
+        self.own_kernels = os.environ.get("INDUCTOR_QUANT_OWN_KERNELS", "1") != "0"
         self.warned: set = set()
         self.pass_ = QuantFusionPass()
 
@@ -154,10 +157,14 @@ class Installation:
         self.sync_config()
 
     def set_own_kernels(self, enabled: bool) -> bool:
-        """Route fused convs to our kernel calls; False (and torch's ops stay) when the library
-        cannot be built or loaded here (kernels/native.py warns once with the cause)."""
-        self.own_kernels = bool(enabled) and native.available()
-        return self.own_kernels == bool(enabled)
+        """Route fused convs/linears to our kernel calls (or not); False when on was asked and the
+        library cannot be built or loaded here (kernels/native.py warns once with the cause)."""
+        self.own_kernels = bool(enabled)
+        return self.use_own_kernels() == self.own_kernels
+
+    def use_own_kernels(self) -> bool:
+        """Asked for and available (the first call builds or loads the library)."""
+        return self.own_kernels and native.available()
 
     def sync_config(self) -> None:
         """Our pass is in the slot iff installed or built-ins off; the user's passes stay."""
@@ -177,7 +184,7 @@ class Installation:
         # the CPU facts decide what fuses (kernels/cpu.py): an artifact built under another
         # ONEDNN_MAX_CPU_ISA cap must not be served here
         return (f"inductor_quant:{source_hash()}:installed={self.installed}:builtins={not self.builtins_off}"
-                f":own_kernels={self.own_kernels}:cpu={cpu_info().summary()}")
+                f":own_kernels={self.use_own_kernels()}:cpu={cpu_info().summary()}")
 
     def warn_once(self, cause: str, graph: torch.fx.Graph) -> None:
         """One warning per process and cause: "no_freezing" (inference or joint graph),
@@ -235,10 +242,12 @@ def installed():
 
 
 def set_own_kernels(enabled: bool) -> bool:
-    """Fused int8 convs call our own kernel layer (`iq_onednn.qconv`: the oneDNN primitive built
-    once per layer) instead of torch's `onednn.qconv_pointwise` (which rebuilds it every call).
-    Same numbers. Returns whether the requested state holds (False: the library could not be
-    built or loaded here; one warning said why, torch's ops stay). Compiles after the switch see it."""
+    """Fused int8 convs and linears call our own kernel layer (`iq_onednn.*`: each layer's oneDNN
+    primitive built once, the residual conv summed in place) instead of torch's `onednn.*` ops
+    (which rebuild it every call). Same numbers. On by default (`INDUCTOR_QUANT_OWN_KERNELS=0`
+    starts a process with it off). Returns whether the requested state holds (False: the library
+    could not be built or loaded here; one warning said why, torch's ops stay). Compiles after the
+    switch see it."""
     return INSTALLATION.set_own_kernels(enabled)
 
 
@@ -248,7 +257,7 @@ def own_kernels(enabled: bool = True):
     before = INSTALLATION.own_kernels
     set_own_kernels(enabled)
     try:
-        yield INSTALLATION.own_kernels
+        yield INSTALLATION.use_own_kernels() == enabled
     finally:
         INSTALLATION.own_kernels = before
 

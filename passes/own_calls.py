@@ -18,23 +18,34 @@ from inductor_quant.kernels import native
 from inductor_quant.kernels import onednn as K
 
 from .fused import call, propagate_fake, record
-from .stats import count
+from .kernel_limits import gemm_template_may_run
+from .stats import count_kernel
 
 
 def routable(f) -> bool:
-    if f is None or f.kind != "qconv" or f.xq.is_tensor or len(f.geom.stride) != 2:
+    if f is None or f.xq.is_tensor or not isinstance(f.w, torch.fx.Node):
         return False
-    if not (isinstance(f.w, torch.fx.Node) and f.w.target is K.QCONV_PREPACK):
+    if f.kind == "qlinear":
+        # under max-autotune Inductor's C++ GEMM template may take torch's linear op instead
+        return (f.binary is None and f.w.target is K.QLINEAR_PREPACK and not gemm_template_may_run()
+                and native.post_op_code(f.unary) is not None)
+    if len(f.geom.stride) != 2 or f.w.target is not K.QCONV_PREPACK:
         return False
     if f.binary is None:
-        return f.unary.name in native.POST_OPS
+        return native.post_op_code(f.unary) is not None
     b = f.binary
-    return (b.name == "sum" and b.alpha == 1.0 and not b.other.is_tensor and b.unary.name in native.POST_OPS
-            and isinstance(f.other, torch.fx.Node))
+    return (b.name == "sum" and b.alpha == 1.0 and not b.other.is_tensor and isinstance(f.other, torch.fx.Node)
+            and native.post_op_code(b.unary) is not None)
 
 
-def route_convs(graph: torch.fx.Graph) -> int:
-    """Fused convs moved to our kernel calls (their prepack goes: ours packs at first call).
+def _m_hint(prepack: torch.fx.Node) -> int:
+    """The row count torch's linear prepack picks the weight layout for: a 2-D example input's."""
+    x_shape = prepack.args[1] if len(prepack.args) > 1 else None
+    return int(x_shape[0]) if isinstance(x_shape, (list, tuple)) and len(x_shape) == 2 else 1
+
+
+def route(graph: torch.fx.Graph) -> int:
+    """Fused convs and linears moved to our kernel calls (their prepack goes: ours packs at first call).
     A residual conv writes over its accumulator, which the passes made private to it
     (accumulators.py, the same contract torch's op relies on), and its users read that."""
     routed = 0
@@ -44,10 +55,12 @@ def route_convs(graph: torch.fx.Graph) -> int:
             continue
         prepack = f.w
         w = prepack.args[0]
-        if w.meta["val"].dim() == 3:  # a 1-D conv in its 2-D form (graph_rewrites.lift_conv1d): [O, I, 1, k]
+        if f.kind == "qconv" and w.meta["val"].dim() == 3:  # a 1-D conv in its 2-D form (graph_rewrites.lift_conv1d): [O, I, 1, k]
             w = call(graph, node, torch.ops.aten.unsqueeze.default, w, 2)
         with graph.inserting_before(node):
-            if f.binary is None:
+            if f.kind == "qlinear":
+                new = native.qlinear(graph.call_function, f, w, _m_hint(prepack))
+            elif f.binary is None:
                 new = native.qconv2d(graph.call_function, f, w)
             else:
                 native.qconv2d_sum_(graph.call_function, f, w)
@@ -58,6 +71,6 @@ def route_convs(graph: torch.fx.Graph) -> int:
         graph.erase_node(node)
         if not prepack.users:
             graph.erase_node(prepack)
-        count("kernel.own.qconv2d" if f.binary is None else "kernel.own.qconv2d_sum")
+        count_kernel("qlinear" if f.kind == "qlinear" else "qconv2d" if f.binary is None else "qconv2d_sum_")
         routed += 1
     return routed

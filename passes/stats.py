@@ -24,9 +24,10 @@ class Unfused(NamedTuple):
 class Stats:
     fused: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     unfused: list = dataclasses.field(default_factory=list)  # [Unfused]
+    kernels: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # own kernel calls
 
     def as_dict(self) -> dict:
-        return {"fused": dict(self.fused), "unfused": list(self.unfused)}
+        return {"fused": dict(self.fused), "unfused": list(self.unfused), "kernels": dict(self.kernels)}
 
 
 _STATS = Stats()
@@ -34,6 +35,11 @@ _STATS = Stats()
 
 def count(fusion_id: str) -> None:
     _STATS.fused[fusion_id] += 1
+
+
+def count_kernel(op: str) -> None:
+    """A fused op that calls our own kernel layer (`iq_onednn.<op>`, passes/own_calls.py)."""
+    _STATS.kernels[op] += 1
 
 
 def unfused(op: str, name: str, reason) -> Unfused:
@@ -44,13 +50,15 @@ def unfused(op: str, name: str, reason) -> Unfused:
 
 
 def stats() -> dict:
-    """{"fused": {fusion id: count}, "unfused": [Unfused(op, node, reason, code), ...]} since the last reset."""
+    """{"fused": {fusion id: count}, "unfused": [Unfused(op, node, reason, code), ...],
+    "kernels": {our kernel op: calls emitted}} since the last reset."""
     return _STATS.as_dict()
 
 
 def reset_stats() -> None:
     _STATS.fused.clear()
     _STATS.unfused.clear()
+    _STATS.kernels.clear()
 
 
 @contextlib.contextmanager

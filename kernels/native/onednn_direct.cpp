@@ -50,6 +50,7 @@ namespace {
   X(dnnl_memory_desc_create_with_strides)          \
   X(dnnl_memory_desc_create_with_tag)              \
   X(dnnl_memory_desc_destroy)                      \
+  X(dnnl_memory_desc_clone)                        \
   X(dnnl_memory_desc_get_size)                     \
   X(dnnl_memory_create)                            \
   X(dnnl_memory_set_data_handle)                   \
@@ -64,6 +65,7 @@ namespace {
   X(dnnl_post_ops_append_eltwise)                  \
   X(dnnl_post_ops_append_sum)                      \
   X(dnnl_convolution_forward_primitive_desc_create) \
+  X(dnnl_matmul_primitive_desc_create)             \
   X(dnnl_reorder_primitive_desc_create)            \
   X(dnnl_primitive_desc_query_md)                  \
   X(dnnl_primitive_desc_destroy)                   \
@@ -199,7 +201,8 @@ struct Eltwise {
   float alpha = 0.f, beta = 0.f;
 };
 
-// The algorithm and constants torch's op uses for each (hardtanh passes its min and max).
+// The algorithm and constants torch's op uses for each (hardtanh passes its min and max,
+// leaky_relu its slope as the first).
 Eltwise eltwise(int64_t code, double min_value, double max_value) {
   switch (code) {
     case 0: return {};
@@ -207,6 +210,10 @@ Eltwise eltwise(int64_t code, double min_value, double max_value) {
     case 2: return {dnnl_eltwise_clip, float(min_value), float(max_value)};
     case 3: return {dnnl_eltwise_hardswish, 1.f / 6.f, 0.5f};
     case 4: return {dnnl_eltwise_swish, 1.f, 0.f};
+    case 5: return {dnnl_eltwise_relu, float(min_value), 0.f};  // leaky_relu: its negative slope
+    case 6: return {dnnl_eltwise_tanh, 0.f, 0.f};
+    case 7: return {dnnl_eltwise_gelu_erf, 0.f, 0.f};
+    case 8: return {dnnl_eltwise_gelu_tanh, 0.f, 0.f};
     default: TORCH_CHECK(false, "inductor-quant oneDNN kernels: unknown post-op code ", code);
   }
 }
@@ -243,6 +250,7 @@ struct Layer {
   dnnl_memory_t src = nullptr, dst = nullptr, bias = nullptr, weights = nullptr;
   dnnl_memory_t src_scale = nullptr, dst_scale = nullptr, src_zp = nullptr, dst_zp = nullptr, w_scales = nullptr;
   std::unique_ptr<uint8_t, void (*)(void*)> packed{nullptr, std::free};
+  std::shared_ptr<void> shared_packed;  // a linear's weights, shared by its layers of every row count
   std::vector<float> weight_scale_values;
   c10::weak_intrusive_ptr<c10::StorageImpl> weight_storage{c10::intrusive_ptr<c10::StorageImpl>()};
   c10::weak_intrusive_ptr<c10::StorageImpl> scale_storage{c10::intrusive_ptr<c10::StorageImpl>()};
@@ -310,7 +318,8 @@ std::vector<int64_t> conv_key(const ConvCall& c) {
                          bits(c.post.alpha), bits(c.post.beta), at::get_num_threads(),
                          int64_t(reinterpret_cast<uintptr_t>(c.w.storage().unsafeGetStorageImpl())),
                          c.w.storage_offset(),
-                         int64_t(reinterpret_cast<uintptr_t>(c.w_scale.storage().unsafeGetStorageImpl()))};
+                         int64_t(reinterpret_cast<uintptr_t>(c.w_scale.storage().unsafeGetStorageImpl())),
+                         c.w_scale.storage_offset()};
   k.push_back(c.accum != nullptr);
   if (c.accum != nullptr) {
     k.push_back(bits(c.sum_scale)), k.push_back(c.sum_zp);
@@ -537,6 +546,216 @@ void qconv2d_sum_(const at::Tensor& x, double x_scale, int64_t x_zp, const at::T
              &accum, accum_scale, accum_zp, accum);
 }
 
+// ---- linear ---------------------------------------------------------------------------------
+//
+// As torch's qlinear: the input flattened to [M, K], a oneDNN matmul with the weight as [K, N] in
+// the blocked layout torch's prepack picks (queried for M = the row count of a 2-D example input,
+// else 1, with a source zero point, s32 out), the bias as [1, N] in its own dtype.
+
+struct PackedWeights {
+  std::unique_ptr<uint8_t, void (*)(void*)> data{nullptr, std::free};
+  dnnl_memory_desc_t md = nullptr;
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage{c10::intrusive_ptr<c10::StorageImpl>()};
+  ~PackedWeights() {
+    if (md) api().dnnl_memory_desc_destroy(md);
+  }
+};
+
+std::mutex weights_mutex;
+std::unordered_map<std::vector<int64_t>, std::shared_ptr<PackedWeights>, KeyHash> linear_weights;
+
+dnnl_memory_desc_t plain_md(std::vector<int64_t> dims, dnnl_data_type_t dt) {
+  std::vector<int64_t> strides(dims.size());
+  int64_t s = 1;
+  for (int64_t i = int64_t(dims.size()) - 1; i >= 0; --i) strides[i] = s, s *= dims[i];
+  return make_md(dims, strides, dt);
+}
+
+// The layout is queried for u8 activations whatever the call's are, as torch's prepack does: a
+// query for s8 gives a layout whose s8 compensation is wrong with a source zero point from N = 96
+// on (AMX Xeon; tests/kernels/test_native.py).
+std::shared_ptr<PackedWeights> pack_linear(const at::Tensor& w, int64_t m_hint) {
+  auto& a = api();
+  const int64_t n = w.size(0), k = w.size(1);
+  std::vector<int64_t> key{int64_t(reinterpret_cast<uintptr_t>(w.storage().unsafeGetStorageImpl())),
+                           w.storage_offset(), n, k, m_hint};
+  std::lock_guard<std::mutex> guard(weights_mutex);
+  auto it = linear_weights.find(key);
+  if (it != linear_weights.end() && it->second->storage.lock().get() == w.storage().unsafeGetStorageImpl())
+    return it->second;
+  for (auto e = linear_weights.begin(); e != linear_weights.end();)
+    e = e->second->storage.expired() ? linear_weights.erase(e) : std::next(e);
+
+  MemoryDesc src, wei_any, dst, wei_plain;
+  src.md = plain_md({m_hint, k}, dnnl_u8);
+  dst.md = plain_md({m_hint, n}, dnnl_s32);
+  {
+    dnnl_dims_t d{k, n};
+    check(a.dnnl_memory_desc_create_with_tag(&wei_any.md, 2, d, dnnl_s8, dnnl_format_tag_any), "weights md");
+  }
+  dnnl_primitive_attr_t attr = nullptr;
+  check(a.dnnl_primitive_attr_create(&attr), "attr_create");
+  check(a.dnnl_primitive_attr_set_zero_points_mask(attr, DNNL_ARG_SRC, 0), "src zero point");
+  dnnl_primitive_desc_t pd = nullptr;
+  dnnl_status_t st = a.dnnl_matmul_primitive_desc_create(&pd, a.engine, src.md, wei_any.md, nullptr, dst.md, attr);
+  a.dnnl_primitive_attr_destroy(attr);
+  check(st, "matmul primitive descriptor (weight layout)");
+  auto packed = std::make_shared<PackedWeights>();
+  check(a.dnnl_memory_desc_clone(&packed->md, a.dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0)), "clone");
+  a.dnnl_primitive_desc_destroy(pd);
+
+  // the [N, K] tensor read as [K, N]
+  at::Tensor w_plain = w.contiguous();
+  wei_plain.md = make_md({k, n}, {1, k}, dnnl_s8);
+  size_t bytes = a.dnnl_memory_desc_get_size(packed->md);
+  packed->data.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+  dnnl_memory_t from = nullptr, to = nullptr;
+  check(a.dnnl_memory_create(&from, wei_plain.md, a.engine, w_plain.data_ptr()), "memory_create");
+  check(a.dnnl_memory_create(&to, packed->md, a.engine, packed->data.get()), "memory_create");
+  dnnl_primitive_desc_t rpd = nullptr;
+  dnnl_primitive_t reorder = nullptr;
+  check(a.dnnl_reorder_primitive_desc_create(&rpd, wei_plain.md, a.engine, packed->md, a.engine, nullptr), "reorder pd");
+  check(a.dnnl_primitive_create(&reorder, rpd), "reorder");
+  dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+  check(a.dnnl_primitive_execute(reorder, a.stream, 2, rargs), "reorder execute");
+  check(a.dnnl_stream_wait(a.stream), "stream wait");
+  a.dnnl_primitive_destroy(reorder);
+  a.dnnl_primitive_desc_destroy(rpd);
+  a.dnnl_memory_destroy(from);
+  a.dnnl_memory_destroy(to);
+  packed->storage = c10::weak_intrusive_ptr<c10::StorageImpl>(w.storage().getWeakStorageImpl());
+  linear_weights[std::move(key)] = packed;
+  return packed;
+}
+
+struct LinearCall {
+  int64_t m, k, n, m_hint;
+  at::ScalarType x_dtype, out_dtype;
+  c10::optional<at::ScalarType> bias_dtype;
+  bool src_scale, src_zp, dst_scale, dst_zp;
+  int64_t w_scales;  // how many
+  Eltwise post;
+};
+
+std::shared_ptr<Layer> build_linear(const LinearCall& c, const at::Tensor& w, const at::Tensor& w_scale) {
+  auto& a = api();
+  auto layer = std::make_shared<Layer>();
+  auto packed = pack_linear(w, c.m_hint);
+  layer->shared_packed = packed;
+  MemoryDesc src, dst, bias;
+  src.md = plain_md({c.m, c.k}, dnnl_type(c.x_dtype));
+  dst.md = plain_md({c.m, c.n}, dnnl_type(c.out_dtype));
+  if (c.bias_dtype.has_value()) bias.md = plain_md({1, c.n}, dnnl_type(*c.bias_dtype));
+  dnnl_primitive_attr_t attr = nullptr;
+  dnnl_post_ops_t ops = nullptr;
+  check(a.dnnl_primitive_attr_create(&attr), "attr_create");
+  if (c.src_scale) check(a.dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_SRC, 0), "src scales");
+  check(a.dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_WEIGHTS, c.w_scales > 1 ? 2 : 0), "weight scales");
+  if (c.src_zp) check(a.dnnl_primitive_attr_set_zero_points_mask(attr, DNNL_ARG_SRC, 0), "src zero point");
+  if (c.dst_scale) check(a.dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_DST, 0), "dst scales");
+  if (c.dst_zp) check(a.dnnl_primitive_attr_set_zero_points_mask(attr, DNNL_ARG_DST, 0), "dst zero point");
+  check(a.dnnl_post_ops_create(&ops), "post_ops_create");
+  if (c.post.alg != dnnl_alg_kind_undef)
+    check(a.dnnl_post_ops_append_eltwise(ops, c.post.alg, c.post.alpha, c.post.beta), "eltwise");
+  check(a.dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops");
+  dnnl_primitive_desc_t pd = nullptr;
+  dnnl_status_t st = a.dnnl_matmul_primitive_desc_create(&pd, a.engine, src.md, packed->md, bias.md, dst.md, attr);
+  a.dnnl_post_ops_destroy(ops);
+  a.dnnl_primitive_attr_destroy(attr);
+  check(st, "matmul primitive descriptor");
+  st = a.dnnl_primitive_create(&layer->primitive, pd);
+  a.dnnl_primitive_desc_destroy(pd);
+  check(st, "matmul primitive");
+
+  at::Tensor scales = w_scale.to(at::kFloat).contiguous();
+  layer->weight_scale_values.assign(scales.data_ptr<float>(), scales.data_ptr<float>() + scales.numel());
+  MemoryDesc f1, s1, fw;
+  f1.md = scalar_md(dnnl_f32);
+  s1.md = scalar_md(dnnl_s32);
+  fw.md = scalar_md(dnnl_f32, int64_t(layer->weight_scale_values.size()));
+  layer->w_scales = layer->memory(fw.md, layer->weight_scale_values.data());
+  layer->weights = layer->memory(packed->md, packed->data.get());
+  layer->src_scale = layer->memory(f1.md, DNNL_MEMORY_NONE);
+  layer->dst_scale = layer->memory(f1.md, DNNL_MEMORY_NONE);
+  layer->src_zp = layer->memory(s1.md, DNNL_MEMORY_NONE);
+  layer->dst_zp = layer->memory(s1.md, DNNL_MEMORY_NONE);
+  layer->src = layer->memory(src.md, DNNL_MEMORY_NONE);
+  layer->dst = layer->memory(dst.md, DNNL_MEMORY_NONE);
+  if (c.bias_dtype.has_value()) layer->bias = layer->memory(bias.md, DNNL_MEMORY_NONE);
+  layer->weight_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(w.storage().getWeakStorageImpl());
+  layer->scale_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(w_scale.storage().getWeakStorageImpl());
+  return layer;
+}
+
+std::shared_ptr<Layer> linear_layer(const LinearCall& c, const at::Tensor& w, const at::Tensor& w_scale) {
+  std::vector<int64_t> key{-1,  // not a conv key
+                           c.m, c.k, c.n, c.m_hint, int64_t(c.x_dtype), int64_t(c.out_dtype),
+                           c.bias_dtype.has_value() ? int64_t(*c.bias_dtype) : -1, c.src_scale, c.src_zp, c.dst_scale,
+                           c.dst_zp, c.w_scales, int64_t(c.post.alg), bits(c.post.alpha), bits(c.post.beta),
+                           at::get_num_threads(),
+                           int64_t(reinterpret_cast<uintptr_t>(w.storage().unsafeGetStorageImpl())), w.storage_offset(),
+                           int64_t(reinterpret_cast<uintptr_t>(w_scale.storage().unsafeGetStorageImpl())),
+                           w_scale.storage_offset()};
+  std::lock_guard<std::mutex> guard(cache_mutex);
+  auto it = cache.find(key);
+  if (it != cache.end() && it->second->still_describes(w, w_scale)) return it->second;
+  for (auto e = cache.begin(); e != cache.end();)
+    e = e->second->weight_storage.expired() ? cache.erase(e) : std::next(e);
+  auto layer = build_linear(c, w, w_scale);
+  cache[std::move(key)] = layer;
+  return layer;
+}
+
+at::Tensor qlinear(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
+                   const c10::optional<at::Tensor>& bias, int64_t m_hint, double out_scale, int64_t out_zp,
+                   c10::optional<at::ScalarType> out_dtype, int64_t post_op, double post_alpha, double post_beta) {
+  auto& a = api();
+  TORCH_CHECK(a.error.empty(), "inductor-quant oneDNN kernels are unavailable: ", a.error);
+  TORCH_CHECK(x_in.scalar_type() == at::kByte || x_in.scalar_type() == at::kChar,
+              "qlinear: uint8 or int8 activations, got ", x_in.scalar_type());
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && x_in.size(-1) == w.size(1),
+              "qlinear: an int8 [out, in] weight whose in matches the input's last dim");
+  const int64_t k = w.size(1), n = w.size(0);
+  const at::Tensor x = x_in.reshape({-1, k}).contiguous();
+  at::ScalarType odt = out_dtype.value_or(at::kFloat);
+  bool quantized_out = odt == at::kByte || odt == at::kChar;
+  float xs = float(x_scale), os = float(out_scale);
+  int32_t xz = int32_t(x_zp), oz = int32_t(out_zp);
+  TORCH_CHECK(quantized_out || (os == 1.f && oz == 0), "qlinear: a float output takes output scale 1 and zero point 0");
+  std::vector<int64_t> out_sizes(x_in.sizes().begin(), x_in.sizes().end());
+  out_sizes.back() = n;
+  at::Tensor out = at::empty(out_sizes, x.options().dtype(odt));
+  if (x.size(0) == 0) return out;
+  LinearCall c{x.size(0), k, n, m_hint, x.scalar_type(), odt,
+               bias.has_value() ? c10::optional<at::ScalarType>(bias->scalar_type()) : c10::nullopt,
+               xs != 1.f, xz != 0, os != 1.f, oz != 0, w_scale.numel(), eltwise(post_op, post_alpha, post_beta)};
+  auto layer = linear_layer(c, w, w_scale);
+  const c10::optional<at::Tensor> b = bias.has_value() ? c10::optional<at::Tensor>(bias->contiguous()) : bias;
+  std::lock_guard<std::mutex> guard(layer->mutex);
+  check(a.dnnl_memory_set_data_handle(layer->src, const_cast<void*>(x.const_data_ptr())), "src");
+  check(a.dnnl_memory_set_data_handle(layer->dst, out.data_ptr()), "dst");
+  check(a.dnnl_memory_set_data_handle(layer->src_scale, &xs), "src scale");
+  check(a.dnnl_memory_set_data_handle(layer->src_zp, &xz), "src zp");
+  check(a.dnnl_memory_set_data_handle(layer->dst_scale, &os), "dst scale");
+  check(a.dnnl_memory_set_data_handle(layer->dst_zp, &oz), "dst zp");
+  dnnl_exec_arg_t args[10];
+  int cnt = 0;
+  args[cnt++] = {DNNL_ARG_SRC, layer->src};
+  args[cnt++] = {DNNL_ARG_WEIGHTS, layer->weights};
+  args[cnt++] = {DNNL_ARG_DST, layer->dst};
+  args[cnt++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, layer->w_scales};
+  if (c.src_scale) args[cnt++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, layer->src_scale};
+  if (c.src_zp) args[cnt++] = {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, layer->src_zp};
+  if (c.dst_scale) args[cnt++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST, layer->dst_scale};
+  if (c.dst_zp) args[cnt++] = {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, layer->dst_zp};
+  if (b.has_value()) {
+    check(a.dnnl_memory_set_data_handle(layer->bias, const_cast<void*>(b->const_data_ptr())), "bias");
+    args[cnt++] = {DNNL_ARG_BIAS, layer->bias};
+  }
+  check(a.dnnl_primitive_execute(layer->primitive, a.stream, cnt, args), "matmul execute");
+  return out;
+}
+
 std::string status() { return api().error; }
 
 int64_t cached_layers() {
@@ -547,6 +766,8 @@ int64_t cached_layers() {
 void clear_cache() {
   std::lock_guard<std::mutex> guard(cache_mutex);
   cache.clear();
+  std::lock_guard<std::mutex> weights_guard(weights_mutex);
+  linear_weights.clear();
 }
 
 }  // namespace
@@ -561,6 +782,10 @@ TORCH_LIBRARY(iq_onednn, m) {
       "int output_zero_point, ScalarType? output_dtype, int post_op, float post_op_alpha, float post_op_beta) "
       "-> Tensor");
   m.def(
+      "qlinear(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int m_hint, "
+      "float output_scale, int output_zero_point, ScalarType? output_dtype, int post_op, float post_op_alpha, "
+      "float post_op_beta) -> Tensor");
+  m.def(
       "qconv2d_sum_(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int stride_h, "
       "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, float output_scale, "
       "int output_zero_point, ScalarType? output_dtype, Tensor(a!) accum, float accum_scale, int accum_zero_point, "
@@ -570,4 +795,5 @@ TORCH_LIBRARY(iq_onednn, m) {
 TORCH_LIBRARY_IMPL(iq_onednn, CPU, m) {
   m.impl("qconv2d", qconv2d);
   m.impl("qconv2d_sum_", qconv2d_sum_);
+  m.impl("qlinear", qlinear);
 }

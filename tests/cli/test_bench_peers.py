@@ -86,3 +86,14 @@ def test_profile_measures_each_part_of_one_call():
         if all(timing.values()):
             break
     assert all(timing.values()), ({k for k, ok in timing.items() if not ok}, r)
+
+
+def test_peer_ratio_reports_the_worse_of_interleaved_and_alone():
+    """A peer that looks slower interleaved but runs as fast as ours alone is reported at parity."""
+    from inductor_quant.benchmarks.runner import Result, peer_ratio
+
+    ours = Result("m", 1, "int8", median_ms=8.0, alone_ms=6.0)
+    peer = Result("m", 1, "openvino_int8", median_ms=10.0, alone_ms=6.0)
+    assert peer_ratio(peer, ours) == (1.0, 1.25, 1.0)
+    assert peer_ratio(Result("m", 1, "p", median_ms=6.0, alone_ms=9.0), ours) == (0.75, 0.75, 1.5)
+    assert peer_ratio(Result("m", 1, "p", median_ms=12.0), ours) == (1.5, 1.5, 1.5)  # no alone timing: interleaved

@@ -9,9 +9,10 @@ wrapper and, on AMX / AVX-512 VNNI, Inductor's C++ GEMM template with autotuning
 batch with and without bf16 autocast (bf16 where native) and at a dynamic batch; and
 AOTInductor (`aoti_compile_and_package` of the re-exported converted model), static and dynamic
 batch (the fourth combination, bf16 with a dynamic batch, is left out: fast_options() autotunes
-every GEMM, seconds per linear, and the other three meet every setting); and our own kernel
-calls (`iq_passes.set_own_kernels(True)`: fused convs call kernels/native.py's layer) with the
-Python wrapper at a static batch, the C++ wrapper at a dynamic batch, and under bf16 autocast. A
+every GEMM, seconds per linear, and the other three meet every setting). Every config runs our
+own kernel calls (kernels/native.py, the default); the `torchops` configs run torch's oneDNN ops in
+their place (`iq_passes.set_own_kernels(False)`, the fallback where our library cannot load) with
+the Python wrapper at a static batch, the C++ wrapper at a dynamic batch, and under bf16 autocast. A
 dynamic batch runs batch 3, then 1 (the commonest serving batch: a recompile under torch's 0/1
 rule, or the same AOTI package), then 5 through one compile.
 
@@ -45,9 +46,10 @@ from graphs import SpecModel, inputs, value_shapes
 
 qd = torch.ops.quantized_decomposed
 BF16_RTOL = 1.6e-2
-# plain torch.compile with the switches, fast_options(), AOTInductor, our own kernel calls
-# (iq_passes.set_own_kernels: fused convs call kernels/native.py's layer)
-MODES = ("jit", "fast", "aoti", "own")
+# plain torch.compile with the switches, fast_options(), AOTInductor (all with our own kernel
+# calls, the default), and torch's ops in their place (iq_passes.set_own_kernels(False): the
+# fallback where our kernel library cannot load)
+MODES = ("jit", "fast", "aoti", "torchops")
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,9 @@ HALF_FRACTION = [c for c in GRID_CONFIGS if (c.freezing ^ c.cpp_wrapper ^ c.bf16
 # disables it while compiling), so it has no bf16 config
 ALL_PRODUCT_CONFIGS = ([Config(True, True, bf16, dyn, "fast") for bf16, dyn in ((False, False), (True, False), (False, True))]
                        + [Config(True, True, False, dyn, "aoti") for dyn in (False, True)]
-                       # own kernel calls: Python wrapper static, C++ wrapper dynamic batch, bf16 autocast
-                       + [Config(True, False, False, False, "own"), Config(True, True, False, True, "own"),
-                          Config(True, True, True, False, "own")])
+                       # torch's ops instead of ours: Python wrapper static, C++ wrapper dynamic batch, bf16
+                       + [Config(True, False, False, False, "torchops"), Config(True, True, False, True, "torchops"),
+                          Config(True, True, True, False, "torchops")])
 
 
 def product_configs(bf16_native: bool) -> list:
@@ -168,7 +170,7 @@ def _call_patch(config: Config):
     # no autotune tables on stdout (fast_options() autotunes the int8 GEMMs)
     with torch._inductor.config.patch(freezing=config.freezing, cpp_wrapper=config.cpp_wrapper,
                                       autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False), \
-            iq_passes.own_kernels(config.mode == "own"):
+            iq_passes.own_kernels(config.mode != "torchops"):
         yield
 
 
@@ -286,7 +288,8 @@ def _check_quantized(spec: dict, config: Config, compile_fn) -> Outcome:
     except Exception as exc:  # noqa: BLE001 - every failure is a finding
         line = _error_line(exc)
         return Outcome(config.name, "crash", stage, line[:500], trace=traceback.format_exc()[-4000:])
-    fused = dict(iq_passes.stats().get("fused", {}))
+    stats = iq_passes.stats()
+    fused = {**stats.get("fused", {}), **{f"kernel.{k}": v for k, v in stats.get("kernels", {}).items()}}
     status = "mismatch" if worst > 1.0 else "ok"
     return Outcome(config.name, status, "run", detail if status == "mismatch" else "", round(worst, 4), fused)
 

@@ -64,9 +64,9 @@ def test_configs_are_a_half_fraction_meeting_every_pair_plus_the_products_own():
     names = {c.name for c in harness.CONFIGS}
     assert {"fast-fp32-static", "fast-fp32-dynbatch", "aoti-fp32-static", "aoti-fp32-dynbatch"} <= names
     assert ("fast-bf16-static" in names) == inductor_quant.cpu_info().bf16_native
-    # our own kernel calls (passes.set_own_kernels): both wrappers, a dynamic batch, bf16 where native
-    assert {"own-fp32-static", "own-fp32-dynbatch"} <= names
-    assert ("own-bf16-static" in names) == inductor_quant.cpu_info().bf16_native
+    # torch's ops in place of our kernel layer (the fallback): both wrappers, a dynamic batch, bf16 where native
+    assert {"torchops-fp32-static", "torchops-fp32-dynbatch"} <= names
+    assert ("torchops-bf16-static" in names) == inductor_quant.cpu_info().bf16_native
     assert all(harness.Config.parse(c.name) == c for c in harness.CONFIGS)
 
 

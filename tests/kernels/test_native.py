@@ -165,3 +165,42 @@ def test_residual_sum_writes_over_the_accumulator_bitwise_torch(output, unary):
     ours_acc = accum.clone()
     assert native.qconv2d_sum_(E, dataclasses.replace(f, other=ours_acc), w) is None
     assert torch.equal(ours_acc, theirs)
+
+
+LINEAR_UNARY = {**UNARY, "leaky_relu": K.Unary("leaky_relu", (0.1,)), "tanh": K.Unary("tanh"),
+                "gelu": K.Unary("gelu", (), "none"), "gelu-tanh": K.Unary("gelu", (), "tanh")}
+
+
+def _linear_both(x, w, w_scale, bias, xq, out, unary, x_shape):
+    f = K.FusedOp("qlinear", x, xq, K.qlinear_prepack(E, w, x_shape), w_scale, torch.zeros(w.shape[0], dtype=torch.long),
+                  bias, None, out, unary)
+    m_hint = x_shape[0] if x_shape is not None and len(x_shape) == 2 else 1
+    return K.emit(E, f), native.qlinear(E, f, w, m_hint)
+
+
+@pytest.mark.parametrize("unary", LINEAR_UNARY)
+@pytest.mark.parametrize("output", ["fp32", "bf16", "u8", "s8"])
+def test_linear_bitwise_torch(unary, output):
+    g = torch.Generator().manual_seed(7)
+    w = torch.randint(-W_MAX, W_MAX + 1, (40, 24), dtype=torch.int8, generator=g)
+    w_scale, bias = torch.rand(40, generator=g) * 0.01 + 0.001, torch.randn(40, generator=g)
+    for x_shape in ((6, 24), (2, 5, 24)):
+        x = torch.randint(0, 256, x_shape, dtype=torch.uint8, generator=g)
+        for xq, hint in ((K.QParams(0.02, 0), list(x_shape)), (K.QParams(0.02, 9), None)):
+            theirs, ours = _linear_both(x, w, w_scale, bias, xq, OUTPUTS[output], LINEAR_UNARY[unary], hint)
+            assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+            assert torch.equal(ours, theirs), (x_shape, xq, (ours.float() - theirs.float()).abs().max())
+
+
+@pytest.mark.parametrize("n", [16, 96, 128])
+@pytest.mark.parametrize("per_tensor", [False, True], ids=["per-channel", "per-tensor"])
+def test_linear_int8_input_with_zero_point(n, per_tensor):
+    """int8 activations with a zero point (XNNPACK-style configs): the weight layout is chosen as
+    for uint8 (as torch's prepack does); chosen for int8 it was wrong from N = 96 on."""
+    g = torch.Generator().manual_seed(8)
+    w = torch.randint(-W_MAX, W_MAX + 1, (n, 32), dtype=torch.int8, generator=g)
+    w_scale = torch.tensor([0.0014]) if per_tensor else torch.rand(n, generator=g) * 0.01 + 0.001
+    x = torch.randint(-128, 128, (2, 8, 32), dtype=torch.int8, generator=g)
+    for xq, out in ((K.QParams(0.0268, 14), OUTPUTS["fp32"]), (K.QParams(0.02, 0), K.Output(torch.int8, 0.05, 1))):
+        theirs, ours = _linear_both(x, w, w_scale, None, xq, out, K.Unary("relu"), [2, 8, 32])
+        assert torch.equal(ours, theirs), (xq, (ours.float() - theirs.float()).abs().max())

@@ -56,7 +56,7 @@ def test_plain_convs_call_our_kernels_and_compute_the_same(block, own, cpp_wrapp
     _, ours, code, stats = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper)
     assert own_kernel_calls(code) == 4, code  # stem, pw, down; gc with its residual sum in place
     assert onednn_int8_calls(code) == {"qconv_pointwise": 3, "qconv2d_pointwise": 1}
-    assert stats["fused"]["kernel.own.qconv2d"] == 3 and stats["fused"]["kernel.own.qconv2d_sum"] == 1
+    assert stats["kernels"] == {"qconv2d": 3, "qconv2d_sum_": 1}
     assert "ops.onednn.qconv" not in code and "aoti_torch_cpu__qconv" not in code  # none of torch's left
     assert "qconv_prepack" not in code  # our layer packs its weights itself, once
     with iq_passes.own_kernels(False):
@@ -77,7 +77,7 @@ def test_dynamic_batch_one_and_more(block, own):
             got = compiled(xb)
             step = 0.05  # far above any one-step difference of these outputs (|y| ~ 1)
             assert got.shape == want.shape and (got - want).abs().max() < step
-    assert iq_passes.stats()["fused"].get("kernel.own.qconv2d", 0) >= 3
+    assert iq_passes.stats()["kernels"].get("qconv2d", 0) >= 3
 
 
 def test_aot_inductor_keeps_torch_ops(block, own, tmp_path):
@@ -90,5 +90,31 @@ def test_aot_inductor_keeps_torch_ops(block, own, tmp_path):
         path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "m.pt2"))
         loaded = torch._inductor.aoti_load_package(path)
         got, want = loaded(x), converted(x)
-    assert "kernel.own.qconv2d" not in iq_passes.stats()["fused"]
+    assert not iq_passes.stats()["kernels"]
     assert (got - want).abs().max() < 0.05
+
+
+class Mlp(nn.Module):
+    """Linears on a 3-D input: gelu to uint8, then one to float, and a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.down(nn.functional.gelu(self.up(x))) + x
+
+
+def test_linears_call_our_kernels_and_compute_the_same(own):
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    converted = quantize(Mlp().eval(), (x,), [(torch.randn(2, 5, 16),) for _ in range(4)], quantizer=quantizer)
+    for cpp_wrapper in (False, True):
+        _, ours, code, stats = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper)
+        routed = stats["kernels"]["qlinear"]
+        assert routed >= 1 and own_kernel_calls(code) == routed, code
+        assert "ops.onednn.qlinear" not in code or routed < 2  # a linear with the residual keeps torch's op
+        with iq_passes.own_kernels(False):
+            _, theirs, _, _ = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper)
+        assert torch.equal(ours, theirs)

@@ -269,7 +269,7 @@ def test_linear_on_a_permuted_4d_input_fuses(form, weight, bias, bf16):
     model = Int8LinearOn4D(form, weight, bias).eval()
     x = torch.randn(LAYOUTS_4D[form][0])
     gm, flat, stats = rewrite(model, (x,), bf16)
-    assert stats == {"fused": {nd_fusion_id(form, weight, bias, bf16): 1}, "unfused": []}, stats
+    assert stats == {"fused": {nd_fusion_id(form, weight, bias, bf16): 1}, "unfused": [], "kernels": {}}, stats
     t = targets(gm)
     assert t["onednn.qlinear_pointwise.default"] + t["onednn.qlinear_pointwise.tensor"] == 1, gm.code
     assert not any(t[op] for op in FP32_OPS + ("aten.bmm.default",)), gm.code
@@ -346,7 +346,7 @@ def test_fp16_weight_linear_becomes_onednn_fp16_op(shape, dims, form, bias, relu
     x = torch.randn(shape)
     gm, flat, stats = rewrite(model, (x,))
     fusion_id = f"linear.fp16_weight{'.relu' if relu else ''}.{form}{'' if bias else '.nobias'}"
-    assert stats == {"fused": {fusion_id: 1}, "unfused": []}, stats
+    assert stats == {"fused": {fusion_id: 1}, "unfused": [], "kernels": {}}, stats
     t = targets(gm)
     op = "onednn.linear_relu_dynamic_fp16.default" if relu else "onednn.linear_dynamic_fp16.default"
     assert t[op] == 1 and t["onednn.linear_prepack_fp16.default"] == 1, gm.code
