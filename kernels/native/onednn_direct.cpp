@@ -248,12 +248,14 @@ struct Layer {
   dnnl_primitive_t primitive = nullptr;
   std::vector<dnnl_memory_t> owned;
   dnnl_memory_t src = nullptr, dst = nullptr, bias = nullptr, weights = nullptr;
-  dnnl_memory_t src_scale = nullptr, dst_scale = nullptr, src_zp = nullptr, dst_zp = nullptr, w_scales = nullptr;
+  dnnl_memory_t src_scale_mem = nullptr, dst_scale_mem = nullptr, src_zp_mem = nullptr, dst_zp_mem = nullptr;
+  dnnl_memory_t w_scales = nullptr;
   std::unique_ptr<uint8_t, void (*)(void*)> packed{nullptr, std::free};
   std::shared_ptr<void> shared_packed;  // a linear's weights, shared by its layers of every row count
   std::vector<float> weight_scale_values;
   c10::weak_intrusive_ptr<c10::StorageImpl> weight_storage{c10::intrusive_ptr<c10::StorageImpl>()};
   c10::weak_intrusive_ptr<c10::StorageImpl> scale_storage{c10::intrusive_ptr<c10::StorageImpl>()};
+  bool src_scale = false, src_zp = false, dst_scale = false, dst_zp = false;  // runtime arguments taken
   std::mutex mutex;  // one call at a time: the memory objects' data handles are per call
 
   ~Layer() {
@@ -265,6 +267,34 @@ struct Layer {
     check(api().dnnl_memory_create(&m, md, api().engine, handle), "memory_create");
     owned.push_back(m);
     return m;
+  }
+  // One call: the tensors' pointers and the quantization values into the kept memory objects,
+  // then execute.
+  void run(const void* src_ptr, void* dst_ptr, const void* bias_ptr, float xs, int32_t xz, float os, int32_t oz,
+           const char* what) {
+    auto& a = api();
+    std::lock_guard<std::mutex> guard(mutex);
+    check(a.dnnl_memory_set_data_handle(src, const_cast<void*>(src_ptr)), "src");
+    check(a.dnnl_memory_set_data_handle(dst, dst_ptr), "dst");
+    check(a.dnnl_memory_set_data_handle(src_scale_mem, &xs), "src scale");
+    check(a.dnnl_memory_set_data_handle(src_zp_mem, &xz), "src zp");
+    check(a.dnnl_memory_set_data_handle(dst_scale_mem, &os), "dst scale");
+    check(a.dnnl_memory_set_data_handle(dst_zp_mem, &oz), "dst zp");
+    dnnl_exec_arg_t args[10];
+    int n = 0;
+    args[n++] = {DNNL_ARG_SRC, src};
+    args[n++] = {DNNL_ARG_WEIGHTS, weights};
+    args[n++] = {DNNL_ARG_DST, dst};
+    args[n++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, w_scales};
+    if (src_scale) args[n++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, src_scale_mem};
+    if (src_zp) args[n++] = {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, src_zp_mem};
+    if (dst_scale) args[n++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST, dst_scale_mem};
+    if (dst_zp) args[n++] = {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, dst_zp_mem};
+    if (bias_ptr != nullptr) {
+      check(a.dnnl_memory_set_data_handle(bias, const_cast<void*>(bias_ptr)), "bias");
+      args[n++] = {DNNL_ARG_BIAS, bias};
+    }
+    check(a.dnnl_primitive_execute(primitive, a.stream, n, args), what);
   }
   bool still_describes(const at::Tensor& w, const at::Tensor& w_scale) const {
     return weight_storage.lock().get() == w.storage().unsafeGetStorageImpl() &&
@@ -424,13 +454,14 @@ std::shared_ptr<Layer> build_conv(const ConvCall& c) {
   s1.md = scalar_md(dnnl_s32);
   fw.md = scalar_md(dnnl_f32, int64_t(layer->weight_scale_values.size()));
   layer->w_scales = layer->memory(fw.md, layer->weight_scale_values.data());
-  layer->src_scale = layer->memory(f1.md, DNNL_MEMORY_NONE);
-  layer->dst_scale = layer->memory(f1.md, DNNL_MEMORY_NONE);
-  layer->src_zp = layer->memory(s1.md, DNNL_MEMORY_NONE);
-  layer->dst_zp = layer->memory(s1.md, DNNL_MEMORY_NONE);
+  layer->src_scale_mem = layer->memory(f1.md, DNNL_MEMORY_NONE);
+  layer->dst_scale_mem = layer->memory(f1.md, DNNL_MEMORY_NONE);
+  layer->src_zp_mem = layer->memory(s1.md, DNNL_MEMORY_NONE);
+  layer->dst_zp_mem = layer->memory(s1.md, DNNL_MEMORY_NONE);
   layer->src = layer->memory(src.md, DNNL_MEMORY_NONE);
   layer->dst = layer->memory(dst.md, DNNL_MEMORY_NONE);
   if (c.bias.has_value()) layer->bias = layer->memory(bias.md, DNNL_MEMORY_NONE);
+  layer->src_scale = c.src_scale, layer->src_zp = c.src_zp, layer->dst_scale = c.dst_scale, layer->dst_zp = c.dst_zp;
   layer->weight_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(c.w.storage().getWeakStorageImpl());
   layer->scale_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(c.w_scale.storage().getWeakStorageImpl());
   return layer;
@@ -498,28 +529,8 @@ void run_conv2d(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::
   }
   auto layer = conv_layer(c);
   if (accum == nullptr) out = at::empty(c.out_sizes, x.options().dtype(odt), at::MemoryFormat::ChannelsLast);
-  std::lock_guard<std::mutex> guard(layer->mutex);
-  check(a.dnnl_memory_set_data_handle(layer->src, const_cast<void*>(x.const_data_ptr())), "src");
-  check(a.dnnl_memory_set_data_handle(layer->dst, out.data_ptr()), "dst");
-  check(a.dnnl_memory_set_data_handle(layer->src_scale, &xs), "src scale");
-  check(a.dnnl_memory_set_data_handle(layer->src_zp, &xz), "src zp");
-  check(a.dnnl_memory_set_data_handle(layer->dst_scale, &os), "dst scale");
-  check(a.dnnl_memory_set_data_handle(layer->dst_zp, &oz), "dst zp");
-  dnnl_exec_arg_t args[10];
-  int n = 0;
-  args[n++] = {DNNL_ARG_SRC, layer->src};
-  args[n++] = {DNNL_ARG_WEIGHTS, layer->weights};
-  args[n++] = {DNNL_ARG_DST, layer->dst};
-  args[n++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, layer->w_scales};
-  if (c.src_scale) args[n++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, layer->src_scale};
-  if (c.src_zp) args[n++] = {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, layer->src_zp};
-  if (c.dst_scale) args[n++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST, layer->dst_scale};
-  if (c.dst_zp) args[n++] = {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, layer->dst_zp};
-  if (bias.has_value()) {
-    check(a.dnnl_memory_set_data_handle(layer->bias, const_cast<void*>(bias->const_data_ptr())), "bias");
-    args[n++] = {DNNL_ARG_BIAS, layer->bias};
-  }
-  check(a.dnnl_primitive_execute(layer->primitive, a.stream, n, args), "convolution execute");
+  layer->run(x.const_data_ptr(), out.data_ptr(), bias.has_value() ? bias->const_data_ptr() : nullptr, xs, xz, os, oz,
+             "convolution execute");
 }
 
 at::Tensor qconv2d(const at::Tensor& x, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
@@ -675,13 +686,14 @@ std::shared_ptr<Layer> build_linear(const LinearCall& c, const at::Tensor& w, co
   fw.md = scalar_md(dnnl_f32, int64_t(layer->weight_scale_values.size()));
   layer->w_scales = layer->memory(fw.md, layer->weight_scale_values.data());
   layer->weights = layer->memory(packed->md, packed->data.get());
-  layer->src_scale = layer->memory(f1.md, DNNL_MEMORY_NONE);
-  layer->dst_scale = layer->memory(f1.md, DNNL_MEMORY_NONE);
-  layer->src_zp = layer->memory(s1.md, DNNL_MEMORY_NONE);
-  layer->dst_zp = layer->memory(s1.md, DNNL_MEMORY_NONE);
+  layer->src_scale_mem = layer->memory(f1.md, DNNL_MEMORY_NONE);
+  layer->dst_scale_mem = layer->memory(f1.md, DNNL_MEMORY_NONE);
+  layer->src_zp_mem = layer->memory(s1.md, DNNL_MEMORY_NONE);
+  layer->dst_zp_mem = layer->memory(s1.md, DNNL_MEMORY_NONE);
   layer->src = layer->memory(src.md, DNNL_MEMORY_NONE);
   layer->dst = layer->memory(dst.md, DNNL_MEMORY_NONE);
   if (c.bias_dtype.has_value()) layer->bias = layer->memory(bias.md, DNNL_MEMORY_NONE);
+  layer->src_scale = c.src_scale, layer->src_zp = c.src_zp, layer->dst_scale = c.dst_scale, layer->dst_zp = c.dst_zp;
   layer->weight_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(w.storage().getWeakStorageImpl());
   layer->scale_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(w_scale.storage().getWeakStorageImpl());
   return layer;
@@ -731,28 +743,8 @@ at::Tensor qlinear(const at::Tensor& x_in, double x_scale, int64_t x_zp, const a
                xs != 1.f, xz != 0, os != 1.f, oz != 0, w_scale.numel(), eltwise(post_op, post_alpha, post_beta)};
   auto layer = linear_layer(c, w, w_scale);
   const c10::optional<at::Tensor> b = bias.has_value() ? c10::optional<at::Tensor>(bias->contiguous()) : bias;
-  std::lock_guard<std::mutex> guard(layer->mutex);
-  check(a.dnnl_memory_set_data_handle(layer->src, const_cast<void*>(x.const_data_ptr())), "src");
-  check(a.dnnl_memory_set_data_handle(layer->dst, out.data_ptr()), "dst");
-  check(a.dnnl_memory_set_data_handle(layer->src_scale, &xs), "src scale");
-  check(a.dnnl_memory_set_data_handle(layer->src_zp, &xz), "src zp");
-  check(a.dnnl_memory_set_data_handle(layer->dst_scale, &os), "dst scale");
-  check(a.dnnl_memory_set_data_handle(layer->dst_zp, &oz), "dst zp");
-  dnnl_exec_arg_t args[10];
-  int cnt = 0;
-  args[cnt++] = {DNNL_ARG_SRC, layer->src};
-  args[cnt++] = {DNNL_ARG_WEIGHTS, layer->weights};
-  args[cnt++] = {DNNL_ARG_DST, layer->dst};
-  args[cnt++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, layer->w_scales};
-  if (c.src_scale) args[cnt++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, layer->src_scale};
-  if (c.src_zp) args[cnt++] = {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, layer->src_zp};
-  if (c.dst_scale) args[cnt++] = {DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST, layer->dst_scale};
-  if (c.dst_zp) args[cnt++] = {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, layer->dst_zp};
-  if (b.has_value()) {
-    check(a.dnnl_memory_set_data_handle(layer->bias, const_cast<void*>(b->const_data_ptr())), "bias");
-    args[cnt++] = {DNNL_ARG_BIAS, layer->bias};
-  }
-  check(a.dnnl_primitive_execute(layer->primitive, a.stream, cnt, args), "matmul execute");
+  layer->run(x.const_data_ptr(), out.data_ptr(), b.has_value() ? b->const_data_ptr() : nullptr, xs, xz, os, oz,
+             "matmul execute");
   return out;
 }
 
