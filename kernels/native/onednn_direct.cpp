@@ -268,6 +268,30 @@ struct Layer {
     owned.push_back(m);
     return m;
   }
+  // After the primitive and the weights: the weight scales (copied), the memory objects a call
+  // fills in, which runtime arguments it takes, and the weak references that identify the layer.
+  void bind(const_dnnl_memory_desc_t src_md, const_dnnl_memory_desc_t dst_md, const_dnnl_memory_desc_t bias_md,
+            const at::Tensor& w, const at::Tensor& w_scale, bool takes_src_scale, bool takes_src_zp,
+            bool takes_dst_scale, bool takes_dst_zp) {
+    at::Tensor scales = w_scale.to(at::kFloat).contiguous();
+    weight_scale_values.assign(scales.data_ptr<float>(), scales.data_ptr<float>() + scales.numel());
+    MemoryDesc f1, s1, fw;
+    f1.md = scalar_md(dnnl_f32);
+    s1.md = scalar_md(dnnl_s32);
+    fw.md = scalar_md(dnnl_f32, int64_t(weight_scale_values.size()));
+    w_scales = memory(fw.md, weight_scale_values.data());
+    src_scale_mem = memory(f1.md, DNNL_MEMORY_NONE);
+    dst_scale_mem = memory(f1.md, DNNL_MEMORY_NONE);
+    src_zp_mem = memory(s1.md, DNNL_MEMORY_NONE);
+    dst_zp_mem = memory(s1.md, DNNL_MEMORY_NONE);
+    src = memory(src_md, DNNL_MEMORY_NONE);
+    dst = memory(dst_md, DNNL_MEMORY_NONE);
+    if (bias_md != nullptr) bias = memory(bias_md, DNNL_MEMORY_NONE);
+    src_scale = takes_src_scale, src_zp = takes_src_zp, dst_scale = takes_dst_scale, dst_zp = takes_dst_zp;
+    weight_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(w.storage().getWeakStorageImpl());
+    scale_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(w_scale.storage().getWeakStorageImpl());
+  }
+
   // One call: the tensors' pointers and the quantization values into the kept memory objects,
   // then execute.
   void run(const void* src_ptr, void* dst_ptr, const void* bias_ptr, float xs, int32_t xz, float os, int32_t oz,
@@ -447,23 +471,7 @@ std::shared_ptr<Layer> build_conv(const ConvCall& c) {
   a.dnnl_primitive_desc_destroy(pd);
   check(st, "convolution primitive");
 
-  at::Tensor scales = c.w_scale.to(at::kFloat).contiguous();
-  layer->weight_scale_values.assign(scales.data_ptr<float>(), scales.data_ptr<float>() + scales.numel());
-  MemoryDesc f1, s1, fw;
-  f1.md = scalar_md(dnnl_f32);
-  s1.md = scalar_md(dnnl_s32);
-  fw.md = scalar_md(dnnl_f32, int64_t(layer->weight_scale_values.size()));
-  layer->w_scales = layer->memory(fw.md, layer->weight_scale_values.data());
-  layer->src_scale_mem = layer->memory(f1.md, DNNL_MEMORY_NONE);
-  layer->dst_scale_mem = layer->memory(f1.md, DNNL_MEMORY_NONE);
-  layer->src_zp_mem = layer->memory(s1.md, DNNL_MEMORY_NONE);
-  layer->dst_zp_mem = layer->memory(s1.md, DNNL_MEMORY_NONE);
-  layer->src = layer->memory(src.md, DNNL_MEMORY_NONE);
-  layer->dst = layer->memory(dst.md, DNNL_MEMORY_NONE);
-  if (c.bias.has_value()) layer->bias = layer->memory(bias.md, DNNL_MEMORY_NONE);
-  layer->src_scale = c.src_scale, layer->src_zp = c.src_zp, layer->dst_scale = c.dst_scale, layer->dst_zp = c.dst_zp;
-  layer->weight_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(c.w.storage().getWeakStorageImpl());
-  layer->scale_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(c.w_scale.storage().getWeakStorageImpl());
+  layer->bind(src.md, dst.md, bias.md, c.w, c.w_scale, c.src_scale, c.src_zp, c.dst_scale, c.dst_zp);
   return layer;
 }
 
@@ -678,24 +686,8 @@ std::shared_ptr<Layer> build_linear(const LinearCall& c, const at::Tensor& w, co
   a.dnnl_primitive_desc_destroy(pd);
   check(st, "matmul primitive");
 
-  at::Tensor scales = w_scale.to(at::kFloat).contiguous();
-  layer->weight_scale_values.assign(scales.data_ptr<float>(), scales.data_ptr<float>() + scales.numel());
-  MemoryDesc f1, s1, fw;
-  f1.md = scalar_md(dnnl_f32);
-  s1.md = scalar_md(dnnl_s32);
-  fw.md = scalar_md(dnnl_f32, int64_t(layer->weight_scale_values.size()));
-  layer->w_scales = layer->memory(fw.md, layer->weight_scale_values.data());
   layer->weights = layer->memory(packed->md, packed->data.get());
-  layer->src_scale_mem = layer->memory(f1.md, DNNL_MEMORY_NONE);
-  layer->dst_scale_mem = layer->memory(f1.md, DNNL_MEMORY_NONE);
-  layer->src_zp_mem = layer->memory(s1.md, DNNL_MEMORY_NONE);
-  layer->dst_zp_mem = layer->memory(s1.md, DNNL_MEMORY_NONE);
-  layer->src = layer->memory(src.md, DNNL_MEMORY_NONE);
-  layer->dst = layer->memory(dst.md, DNNL_MEMORY_NONE);
-  if (c.bias_dtype.has_value()) layer->bias = layer->memory(bias.md, DNNL_MEMORY_NONE);
-  layer->src_scale = c.src_scale, layer->src_zp = c.src_zp, layer->dst_scale = c.dst_scale, layer->dst_zp = c.dst_zp;
-  layer->weight_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(w.storage().getWeakStorageImpl());
-  layer->scale_storage = c10::weak_intrusive_ptr<c10::StorageImpl>(w_scale.storage().getWeakStorageImpl());
+  layer->bind(src.md, dst.md, bias.md, w, w_scale, c.src_scale, c.src_zp, c.dst_scale, c.dst_zp);
   return layer;
 }
 
