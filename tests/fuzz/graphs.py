@@ -395,6 +395,8 @@ def generate(seed: int, max_ops: int = 7) -> dict:
     spec["quant"] = "dynamic" if has_linear and r.random() < 0.25 else "static"
     if has_linear and spec["quant"] == "static" and random.Random(seed * 17 + 5).random() < 0.15:
         spec["quant"] = "fp16_weight"  # linears fp16-weight, the rest int8 (its own stream: older seeds keep their kind)
+    if spec["quant"] == "static" and random.Random(seed * 23 + 7).random() < 0.12:
+        spec["quant"] = "xnnpack"  # XNNPACK-style int8 activations with zero points (its own stream too)
     if random.Random(seed * 19 + 2).random() < 0.25:  # upstream's recipe: every chain ends in q/dq
         spec["recipe"] = "upstream"
     return spec

@@ -3,6 +3,10 @@
 with the Python and the C++ wrapper, static and dynamic batch; an AOTInductor compile keeps
 torch's ops; the output is the same as with torch's ops. Builtins off (tests/conftest.py)."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -118,3 +122,34 @@ def test_linears_call_our_kernels_and_compute_the_same(own):
         with iq_passes.own_kernels(False):
             _, theirs, _, _ = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper)
         assert torch.equal(ours, theirs)
+
+
+CACHED_RUN = """
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+from torch._inductor.utils import run_and_get_code
+import inductor_quant.passes as iq_passes
+from inductor_quant import quantize
+from inductor_quant.generated_code import own_kernel_calls
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+x = torch.randn(1, 3, 10, 10)
+converted = quantize(model, (x,), [(x,)])
+with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+    out, codes = run_and_get_code(torch.compile(converted), x)
+    err = float((out - converted(x)).abs().max())
+print(counters["inductor"]["fxgraph_cache_hit"], own_kernel_calls("\\n".join(codes)), err < 0.05)
+"""
+
+
+def test_a_cached_compile_in_a_fresh_process_finds_our_kernels(tmp_path):
+    """A compile served from Inductor's FX graph cache runs code that calls our ops without our
+    pass running: the cache key already loads the library, so a fresh process runs it."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1"}
+    runs = [subprocess.run([sys.executable, "-P", "-c", CACHED_RUN], env=env, capture_output=True, text=True,
+                           check=True).stdout.split() for _ in range(2)]
+    assert runs[0][0] == "0" and runs[1][0] == "1", runs  # the second process hit the cache
+    for hit, calls, close in runs:
+        assert int(calls) == 2 and close == "True", runs
