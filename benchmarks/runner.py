@@ -1,19 +1,30 @@
-"""Side-by-side benchmark: every mode of one model measured in the same process, interleaved.
+"""Side-by-side benchmark: every mode of one model measured interleaved, and the contenders alone.
 
-For each (model, batch): build every mode first (compile seconds recorded separately), then
-time them round-robin — one timed call of each mode per round, after one untimed call that
-lets the previous mode's threads go quiet — so drift of the machine (turbo, another process)
-hits all modes alike. Peer runtimes (benchmarks/peers.py) are timed in the same rounds. Figures are medians; ratios are against Inductor fp32
-of the same run. Results: JSON lines + a markdown table (+ an optional PNG chart).
+For each (model, batch), in a process of its own (`run_row`): build every mode first (compile
+seconds recorded separately), then time them round-robin — one timed call of each mode per
+round, after one untimed call that lets the previous mode's threads go quiet — so drift of the
+machine (turbo, another process) hits all modes alike. Peer runtimes (benchmarks/peers.py) are
+timed in the same rounds. Then each peer and our fastest int8 modes again, each alone in a
+process of its own, as a user runs it: built, a warm-up block, a block of consecutive calls.
+One process per row and per alone timing because a long process that has built every model
+and runtime before runs the later ones slower (ResNet-50 bs16 int8 43 ms after the other
+rows, 35 ms in its own process; OpenVINO's idle thread pool in the process made our calls
+bimodal, 12 or 18 ms at BERT-base bs1). Figures are medians; ratios are against Inductor fp32
+of the same row. Results: JSON lines + a markdown table (+ an optional PNG chart).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import json
+import os
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Optional
@@ -118,7 +129,7 @@ class Result:
     batch: int
     mode: str
     median_ms: Optional[float] = None     # interleaved with the other modes, round by round
-    alone_ms: Optional[float] = None      # in one block of consecutive calls after a warm-up block
+    alone_ms: Optional[float] = None      # in a process of its own: a block of calls after a warm-up block
     throughput: Optional[float] = None   # samples / s
     compile_s: Optional[float] = None      # torch.compile + first call (freezing, codegen, C++ build)
     quantize_s: Optional[float] = None     # int8 modes: export + prepare + calibrate + convert
@@ -163,8 +174,9 @@ def _call(fn: Callable, inputs: tuple, bf16: bool):
 
 
 def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmup: int = 3,
-              progress: Callable[[str], None] = lambda s: None) -> list[Result]:
-    """Build all modes (timing the compile), then time them interleaved."""
+              progress: Callable[[str], None] = lambda s: None, alone: bool = False) -> list[Result]:
+    """Build all modes (timing the compile), then time them interleaved, in this process; with
+    `alone` (a process running one mode: `run_row`) also a block of consecutive calls."""
     entry = zoo.ZOO[name]
     model, inputs = zoo.build(name, batch)
     from inductor_quant import passes
@@ -234,9 +246,8 @@ def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmu
         med = statistics.median(samples)
         results[mode_name].median_ms = med * 1e3
         results[mode_name].throughput = batch / med
-    # each runtime alone, as a user runs it: a warm-up block, then a block of timed calls in a row
-    # (no other runtime's threads or cache contents in between)
-    for mode_name, (fn, mode) in built.items():
+    # alone, as a user runs it: a warm-up block, then a block of timed calls in a row
+    for mode_name, (fn, mode) in built.items() if alone else ():
         for _ in range(warmup + 2):
             _call(fn, inputs, mode.bf16)
         block = []
@@ -252,6 +263,66 @@ def run_model(name: str, batch: int, modes: Iterable[str], runs: int = 20, warmu
             res.vs_inductor_fp32 = base.median_ms / res.median_ms
     torch._dynamo.reset()
     return list(results.values())
+
+
+ALONE_OURS = 2  # how many of our fastest int8 modes (interleaved) are timed alone too
+
+
+def run_row(name: str, batch: int, modes: list[str], runs: int, warmup: int, threads: int,
+            alone: bool = True, progress: Callable[[str], None] = lambda s: None) -> list[Result]:
+    """One (model, batch) row in a process of its own, then (with `alone`) each peer and our
+    ALONE_OURS fastest int8 modes alone, each in another process; their block medians become
+    the row's `alone_ms`."""
+    progress(f"{name} bs{batch}: every mode, interleaved")
+    results = _in_child(name, batch, modes, runs, warmup, threads)
+    if not alone:
+        return results
+    row = {r.mode: r for r in results}
+    ours = sorted((r for m, r in row.items() if m.startswith("int8") and m != "int8_builtin" and r.median_ms),
+                  key=lambda r: r.median_ms)[:ALONE_OURS]
+    peers_run = [r for m, r in row.items() if MODES[m].peer and r.median_ms]
+    if not peers_run:
+        return results
+    for r in ours + peers_run:
+        progress(f"{name} bs{batch}: {r.mode} alone")
+        [timed] = _in_child(name, batch, [r.mode], runs, warmup, threads, alone=True)
+        r.alone_ms = timed.alone_ms
+    return results
+
+
+def _in_child(name: str, batch: int, modes: list[str], runs: int, warmup: int, threads: int,
+              alone: bool = False) -> list[Result]:
+    """`run_model` in a new Python process; its results come back as JSON lines."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "results.jsonl")
+        argv = [sys.executable, "-P", "-m", "inductor_quant.benchmarks.runner", "--model", name, "--batch", str(batch),
+                "--modes", *modes, "--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads),
+                "--out", out] + (["--alone"] if alone else [])
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0 or not os.path.exists(out):
+            tail = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+            return [Result(name, batch, m, error=f"the benchmark process failed: {tail[0]}"[:300]) for m in modes]
+        return [Result(**json.loads(line)) for line in open(out)]
+
+
+def _child_main(argv: Optional[list[str]] = None) -> int:
+    """Entry of `_in_child`'s process."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--modes", nargs="+", required=True)
+    p.add_argument("--runs", type=int, required=True)
+    p.add_argument("--warmup", type=int, required=True)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--alone", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = run_model(args.model, args.batch, args.modes, runs=args.runs, warmup=args.warmup, alone=args.alone)
+    with open(args.out, "w") as f:
+        for r in results:
+            f.write(json.dumps(asdict(r)) + "\n")
+    return 0
 
 
 def markdown_table(results: list[Result]) -> str:
@@ -414,3 +485,7 @@ def _bar_chart(results: list[Result], path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

@@ -42,7 +42,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         batches = [int(b) for b in own.split(",")] if own else \
             args.batch or ([zoo.ZOO[name].batch_sizes[0]] if args.quick else zoo.ZOO[name].batch_sizes)
         for bs in batches:
-            results += runner.run_model(name, bs, modes, runs=runs, warmup=warmup, progress=progress)
+            results += runner.run_row(name, bs, modes, runs, warmup, args.threads, alone=not args.quick,
+                                      progress=progress)
     info = runner.machine_info(args.threads)
     for r in results:
         r.machine = info
@@ -122,14 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--strict", action="store_true", help="exit 1 if a quantized conv/linear did not fuse")
     r.set_defaults(func=cmd_report)
 
-    b = sub.add_parser("bench", help="side-by-side speed of fp32 / bf16 / int8 modes in one process")
+    b = sub.add_parser("bench", help="side-by-side speed of fp32 / bf16 / int8 modes and the peers (a process per row)")
     b.add_argument("--models", nargs="*", help="zoo models (default: all); `name:1,16` gives that model's batch sizes")
     b.add_argument("--batch", type=int, nargs="*", help="batch sizes (default: the zoo's)")
     b.add_argument("--modes", nargs="*", help="modes (default: all)")
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--runs", type=int, default=20)
     b.add_argument("--warmup", type=int, default=3)
-    b.add_argument("--quick", action="store_true", help="smoke run: tiny models, one batch size, 3 runs")
+    b.add_argument("--quick", action="store_true", help="smoke run: tiny models, one batch size, 3 runs, no alone timings")
     b.add_argument("--chart", action="store_true", help="also write a PNG bar chart (needs matplotlib)")
     b.add_argument("--out", default="results/bench", help="output prefix for .jsonl/.md/.png")
     b.add_argument("--peers", nargs="*", default=[], choices=["openvino", "onnxruntime"],

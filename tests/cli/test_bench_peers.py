@@ -56,6 +56,8 @@ def test_bench_with_peers_builds_times_and_scores_them(tmp_path):
         assert 25 < rows[mode]["sqnr_db"] < 60 and rows[mode]["quantize_s"] > 0, rows[mode]  # int8: not a float copy
     assert "Against the peers" in proc.stdout
     assert f"CPU: {cpu_info().summary()}" in readme.read_text()
+    # timed alone, each in a process of its own: the peers and our int8 mode, not the float baseline
+    assert {m for m, r in rows.items() if r["alone_ms"]} == {"int8", "openvino_int8", "onnxruntime_int8"}, rows
 
 
 def test_profile_measures_each_part_of_one_call():
@@ -97,3 +99,33 @@ def test_peer_ratio_reports_the_worse_of_interleaved_and_alone():
     assert peer_ratio(peer, ours) == (1.0, 1.25, 1.0)
     assert peer_ratio(Result("m", 1, "p", median_ms=6.0, alone_ms=9.0), ours) == (0.75, 0.75, 1.5)
     assert peer_ratio(Result("m", 1, "p", median_ms=12.0), ours) == (1.5, 1.5, 1.5)  # no alone timing: interleaved
+
+
+def test_a_row_runs_in_its_own_process_and_the_contenders_alone_in_theirs(monkeypatch):
+    """run_row: one process for the interleaved row, then one per peer and per one of our
+    ALONE_OURS fastest int8 modes (torch's built-in path is not ours, the float modes no contender)."""
+    calls = []
+
+    def child(name, batch, modes, runs, warmup, threads, alone=False):
+        calls.append((tuple(modes), alone))
+        if alone:
+            return [Result(name, batch, modes[0], median_ms=1.0, alone_ms=100.0 + len(calls))]
+        ms = {"inductor_fp32": 10.0, "int8": 4.0, "int8_cpp": 3.0, "int8_fast": 3.5, "int8_builtin": 1.0,
+              "openvino_int8": 5.0}
+        return [Result(name, batch, m, median_ms=ms[m]) for m in modes]
+
+    monkeypatch.setattr(runner, "_in_child", child)
+    modes = ["inductor_fp32", "int8", "int8_cpp", "int8_fast", "int8_builtin", "openvino_int8"]
+    row = {r.mode: r for r in runner.run_row("m", 1, modes, 5, 1, 2)}
+    assert calls == [(tuple(modes), False), (("int8_cpp",), True), (("int8_fast",), True), (("openvino_int8",), True)]
+    assert [row[m].alone_ms for m in ("int8_cpp", "int8_fast", "openvino_int8")] == [102.0, 103.0, 104.0]
+    assert row["int8"].alone_ms is None and row["int8_builtin"].alone_ms is None
+    calls.clear()
+    runner.run_row("m", 1, modes[:-1], 5, 1, 2)  # no peer: nothing to compare alone
+    assert calls == [(tuple(modes[:-1]), False)]
+
+
+def test_a_failed_benchmark_process_is_an_error_in_the_table(monkeypatch):
+    monkeypatch.setattr(runner.sys, "executable", "/bin/false")
+    [r] = runner._in_child("resnet_tiny", 1, ["int8"], 1, 1, 1)
+    assert r.mode == "int8" and r.median_ms is None and "benchmark process failed" in r.error
