@@ -7,10 +7,14 @@ tests/kernels/test_native.py).
 It runs after every other rewrite, so every decision before it is made on torch's op form; it
 reads each conv's record from the node as it is (passes/fused.py). Left on torch's op: tensor
 activation qparams, 3-D convs, and any compile for AOTInductor (a package must load without our
-library).
+library). Under max-autotune a linear with many rows is left to Inductor's autotune (its C++ GEMM
+template against torch's op); one with few rows comes here (`TEMPLATE_FROM_ROWS`).
 """
 
 from __future__ import annotations
+
+import math
+from typing import Optional
 
 import torch
 
@@ -22,13 +26,28 @@ from .kernel_limits import gemm_template_may_run
 from .stats import count_kernel
 
 
+# Under max-autotune (fast_options()), linears with fewer rows (batch x tokens) than this call our
+# kernel; from it on, the autotune between the C++ GEMM template and torch's op keeps them. Measured
+# with bf16 autocast, C++ wrapper (docs/ARCHITECTURE.md, section 8; AMX Xeon, 2 threads): BERT-base
+# bs1 (128 rows) 11.9 -> 11.6 ms, ViT-B/16 bs1 (197 rows) 19.8 -> 18.4 ms with ours; BERT-base bs8
+# (1024 rows) 70.7 -> 72.4 ms, so the template keeps those. A dynamic row count stays with the autotune.
+TEMPLATE_FROM_ROWS = 256
+
+
+def _rows(x: torch.fx.Node) -> Optional[int]:
+    shape = x.meta["val"].shape if isinstance(x, torch.fx.Node) and "val" in x.meta else None
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    return math.prod(shape[:-1])
+
+
 def routable(f) -> bool:
     if f is None or f.xq.is_tensor or not isinstance(f.w, torch.fx.Node):
         return False
     if f.kind == "qlinear":
-        # under max-autotune Inductor's C++ GEMM template may take torch's linear op instead
-        return (f.binary is None and f.w.target is K.QLINEAR_PREPACK and not gemm_template_may_run()
-                and native.post_op_code(f.unary) is not None)
+        if gemm_template_may_run() and (_rows(f.x) or TEMPLATE_FROM_ROWS) >= TEMPLATE_FROM_ROWS:
+            return False
+        return f.binary is None and f.w.target is K.QLINEAR_PREPACK and native.post_op_code(f.unary) is not None
     if len(f.geom.stride) != 2 or f.w.target is not K.QCONV_PREPACK:
         return False
     if f.binary is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 import inductor_quant
 import torch
+from inductor_quant.passes.own_calls import TEMPLATE_FROM_ROWS
 
 import graphs
 import harness
@@ -107,6 +109,13 @@ def test_generator_draws_the_shapes_the_newest_rewrites_meet():
     assert {s["quant"] for s in specs} == {"static", "dynamic", "fp16_weight", "xnnpack"}
     assert {s.get("recipe", "ours") for s in specs} == {"ours", "upstream"}
     assert has(lambda ops: any(op.get("kw", {}).get("shares") is not None for op in ops))  # a Linear called twice
+
+    def linear_rows(spec):  # rows of each linear's input, as the static graph has them
+        shapes = graphs.value_shapes(spec)
+        return [math.prod(shapes[op["in"][0]][:-1]) for op in spec["ops"] if op["op"] == "linear"]
+
+    rows = [n for spec in specs for n in linear_rows(spec)]
+    assert min(rows) < TEMPLATE_FROM_ROWS <= max(rows)  # both sides of fast_options()' linear rule
 
 
 # ----------------------------------------------------------------------------- verdicts

@@ -15,7 +15,8 @@ from compile_utils import compile_and_run
 
 import inductor_quant.passes as iq_passes
 from inductor_quant import quantize
-from inductor_quant.generated_code import onednn_int8_calls, own_kernel_calls
+from inductor_quant.generated_code import int8_gemm_template_calls, onednn_int8_calls, own_kernel_calls
+from inductor_quant.passes.own_calls import TEMPLATE_FROM_ROWS
 from inductor_quant.quantizer.x86_inductor_quantizer import (X86InductorQuantizer,
                                                              get_default_x86_inductor_quantization_config)
 
@@ -122,6 +123,29 @@ def test_linears_call_our_kernels_and_compute_the_same(own):
         with iq_passes.own_kernels(False):
             _, theirs, _, _ = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper)
         assert torch.equal(ours, theirs)
+
+
+class TwoLinears(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = nn.Linear(32, 64), nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.down(nn.functional.gelu(self.up(x)))
+
+
+@pytest.mark.parametrize("rows", [16, TEMPLATE_FROM_ROWS])
+def test_under_max_autotune_few_rows_call_our_kernel_and_many_are_autotuned(own, rows):
+    """fast_options() autotunes linears between Inductor's GEMM template and torch's op; with
+    fewer rows than TEMPLATE_FROM_ROWS ours is faster than both, so those linears skip the autotune."""
+    torch.manual_seed(0)
+    x = torch.randn(2, rows // 2, 32)
+    converted = quantize(TwoLinears().eval(), (x,), [(x,)])
+    with torch._inductor.config.patch(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN"):
+        ref, out, code, stats = compile_and_run(converted, (x,))
+    assert own_kernel_calls(code) == (2 if rows < TEMPLATE_FROM_ROWS else 0), code
+    assert stats["unfused"] == [] and sum(onednn_int8_calls(code).values()) + int8_gemm_template_calls(code) == 2, code
+    assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
 
 
 CACHED_RUN = """
