@@ -39,8 +39,8 @@ bench-readme: venv
 accuracy: venv   # both real-model accuracy tables (data: sh benchmarks/accuracy/install.sh)
 	$(PY) -P -m inductor_quant.benchmarks.accuracy
 
-# The differential fuzzer's full sweep (500 graphs x every config of tests/fuzz/harness.py: 13 where
-# bf16 is native, 12 elsewhere; two shards use both cores). With ONEDNN_MAX_CPU_ISA=AVX2
+# The differential fuzzer's full sweep (500 graphs x every config of tests/fuzz/harness.py: 16 where
+# bf16 is native, 14 elsewhere; two shards use both cores). With ONEDNN_MAX_CPU_ISA=AVX2
 # MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 set, the same sweep as an AVX2-only CPU runs it.
 FUZZ_GRAPHS ?= 500
 fuzz: venv
