@@ -62,6 +62,14 @@ def onednn_fp16_calls(code: str) -> collections.Counter:
     return collections.Counter(next(g for g in m.groups() if g) for m in _ONEDNN_FP16.finditer(code))
 
 
+_WEIGHT_ONLY_INT8 = re.compile(r"extern_kernels\._weight_int8pack_mm\(|aoti_torch_cpu__weight_int8pack_mm\(")
+
+
+def weight_only_int8_calls(code: str) -> int:
+    """Calls of ATen's weight-only int8 linear (`_weight_int8pack_mm`, Python or C++ wrapper)."""
+    return len(_WEIGHT_ONLY_INT8.findall(code))
+
+
 def float_compute_calls(code: str) -> collections.Counter:
     """fp32/bf16 convolution / GEMM calls left in `code`, by op name."""
     return collections.Counter(next(g for g in m.groups() if g) for m in _FLOAT_COMPUTE.finditer(code))

@@ -35,6 +35,7 @@ class Why(enum.Enum):
     FP16_WEIGHT_FORM = "fp16-weight linear: {detail}"
     FP16_WEIGHT_AUTOCAST = ("fp16-weight linear under bf16 autocast: autocast makes it a bf16 linear (on the weight "
                             "rounded to fp16, then to bf16), which Inductor runs as such")
+    WOQ_FORM = "weight-only int8 linear: {detail}"
     NO_PATTERN = "no pattern matched this form ({detail})"
     # where the kernel would be wrong or crash on this CPU / torch (kernel_limits)
     SATURATION = ("8-bit activations and 8-bit weights on a CPU without VNNI ({isa}): oneDNN would add pairs "

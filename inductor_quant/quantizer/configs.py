@@ -8,6 +8,8 @@ static and dynamic layers holds exactly two config objects.
   uint8 asymmetric per-tensor activations, int8 symmetric per-channel weights (axis 0).
 - `get_x86_inductor_linear_dynamic_fp16_config`: fp16 weights, float activations (no
   quantization of activations at all: half the weight bytes, fp32 math); linear only.
+- `get_x86_inductor_linear_weight_only_int8_config`: int8 weights (per output channel),
+  float activations: the weight-only recipe of LLM decoders (a quarter of the weight bytes).
 - `get_symmetric_quantization_config`: the XNNPACK-style generic recipe the PT2E
   tutorials use — int8 symmetric-range activations, int8 weights (per-tensor by default).
 
@@ -38,6 +40,7 @@ from .quantizer import QuantizationConfig, QuantizationSpec
 __all__ = [
     "get_default_x86_inductor_quantization_config",
     "get_x86_inductor_linear_dynamic_fp16_config",
+    "get_x86_inductor_linear_weight_only_int8_config",
     "get_symmetric_quantization_config",
     "is_dynamic_config",
 ]
@@ -180,6 +183,20 @@ def get_x86_inductor_linear_dynamic_fp16_config() -> QuantizationConfig:
     following relu folded in). Meant for linears (`set_module_type_qconfig(torch.nn.Linear, ...)`):
     a conv given it computes in fp32 on fp16-rounded weights, unfused. The name is upstream's."""
     weight = QuantizationSpec(dtype=torch.float16, observer_or_fake_quant_ctr=PlaceholderObserver)
+    return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)
+
+
+@functools.lru_cache(maxsize=None)
+def get_x86_inductor_linear_weight_only_int8_config() -> QuantizationConfig:
+    """Linear weights stored as int8, symmetric per output channel over [-127, 127]; activations
+    and outputs left float (weight-only int8, "A16W8": a decoder's memory-bound decode reads a
+    quarter of the fp32 weight bytes).
+
+    convert_pt2e leaves `dequantize_per_channel(int8 weight) -> linear(x)`; our passes run it as
+    ATen's `_weight_int8pack_mm` on the int8 weight (fp32 activations). Meant for linears
+    (`set_module_type_qconfig(torch.nn.Linear, ...)` or per module name)."""
+    weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
+                              ch_axis=0, observer_or_fake_quant_ctr=_weight_ctr(False, per_channel=True))
     return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)
 
 

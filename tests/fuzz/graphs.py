@@ -401,6 +401,8 @@ def generate(seed: int, max_ops: int = 7) -> dict:
         spec["quant"] = "fp16_weight"  # linears fp16-weight, the rest int8 (its own stream: older seeds keep their kind)
     if spec["quant"] == "static" and random.Random(seed * 23 + 7).random() < 0.12:
         spec["quant"] = "xnnpack"  # XNNPACK-style int8 activations with zero points (its own stream too)
+    if has_linear and spec["quant"] == "static" and random.Random(seed * 29 + 3).random() < 0.15:
+        spec["quant"] = "woq_int8"  # linears weight-only int8 (float activations), the rest int8 (own stream)
     if random.Random(seed * 19 + 2).random() < 0.25:  # upstream's recipe: every chain ends in q/dq
         spec["recipe"] = "upstream"
     return spec

@@ -40,7 +40,8 @@ import inductor_quant.passes as iq_passes
 from inductor_quant import fast_options, quantize
 from inductor_quant.kernels.cpu import cpu_info
 from inductor_quant.quantizer import (X86InductorQuantizer, get_default_x86_inductor_quantization_config,
-                                      get_x86_inductor_linear_dynamic_fp16_config)
+                                      get_x86_inductor_linear_dynamic_fp16_config,
+                                      get_x86_inductor_linear_weight_only_int8_config)
 from inductor_quant.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
 
 from graphs import SpecModel, inputs, value_shapes
@@ -120,7 +121,8 @@ def install_our_passes():
 
 def _quantizer(spec: dict):
     """static / dynamic int8 everywhere; xnnpack: XNNPACKQuantizer's symmetric config (int8
-    activations); fp16_weight: int8 static, linears with fp16 weights
+    activations); woq_int8: int8 static, linears weight-only int8; fp16_weight: int8 static,
+    linears with fp16 weights
     (upstream's use of get_x86_inductor_linear_dynamic_fp16_config). recipe "upstream": chains
     that only float ops read end in q/dq too (`keep_float_outputs=True`, README "Migrating")."""
     if spec["quant"] == "xnnpack":  # int8 (not uint8) activations with zero points, per-tensor int8 weights
@@ -129,6 +131,8 @@ def _quantizer(spec: dict):
     quantizer = X86InductorQuantizer(keep_float_outputs=spec.get("recipe") == "upstream").set_global(config)
     if spec["quant"] == "fp16_weight":
         quantizer.set_module_type_qconfig(torch.nn.Linear, get_x86_inductor_linear_dynamic_fp16_config())
+    if spec["quant"] == "woq_int8":
+        quantizer.set_module_type_qconfig(torch.nn.Linear, get_x86_inductor_linear_weight_only_int8_config())
     return quantizer
 
 

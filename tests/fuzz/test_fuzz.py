@@ -106,7 +106,7 @@ def test_generator_draws_the_shapes_the_newest_rewrites_meet():
                    and any(o["op"] in graphs.UNARY and o["in"] == [k + 1] for o in ops) for k, op in enumerate(ops))
 
     assert has(sibling_residual) and has(chain) and has(permuted_linear) and has(inplace_add_of_linears)
-    assert {s["quant"] for s in specs} == {"static", "dynamic", "fp16_weight", "xnnpack"}
+    assert {s["quant"] for s in specs} == {"static", "dynamic", "fp16_weight", "xnnpack", "woq_int8"}
     assert {s.get("recipe", "ours") for s in specs} == {"ours", "upstream"}
     assert has(lambda ops: any(op.get("kw", {}).get("shares") is not None for op in ops))  # a Linear called twice
 
