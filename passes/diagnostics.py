@@ -138,8 +138,10 @@ def keep_reason(node: torch.fx.Node, fusion_id: str, phase: str, reason: Reason)
         node.meta[REASON] = Refusal(fusion_id, phase, reason)
 
 
-def _kept(nodes) -> Optional[Reason]:
-    return next((n.meta[REASON].as_reason() for n in nodes if REASON in n.meta), None)
+def _kept(nodes, phases: tuple = ()) -> Optional[Reason]:
+    """The first reason kept on `nodes` (only those of `phases`, if given)."""
+    return next((n.meta[REASON].as_reason() for n in nodes
+                 if REASON in n.meta and (not phases or n.meta[REASON].phase in phases)), None)
 
 
 def why(node: torch.fx.Node) -> Reason:
@@ -147,7 +149,9 @@ def why(node: torch.fx.Node) -> Reason:
     near = [node]  # the failed match kept its reason on its output node: a few ops downstream
     for _ in range(3):  # (one-row linear: mul -> sum -> add bias)
         near += [u for n in near for u in n.users if u not in near]
-    kept = _kept(near)
+    # a layer's own rule's reason; a post-op rule's there ("input is not a fused oneDNN op") only
+    # restates that the layer did not fuse
+    kept = _kept(near, ("prepack",))
     if kept is not None:
         return kept
     if node.target not in (aten.convolution.default, aten.addmm.default, aten.mm.default):

@@ -130,7 +130,7 @@ class Installation:
         registry.phase_passes()  # trace the patterns now, not inside the first compile
         if not self.installed:
             self.registrations.append(registration.register_fake_prepacks())
-            self.registrations.append(lowerings.realize_inputs_first())
+            self.registrations.append(lowerings.realize_binary_extra_inputs())
             self.builtins_before = not self.builtins_off
             self.installed = True
             self.set_builtin_fusions(False)

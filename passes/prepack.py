@@ -12,13 +12,11 @@ import torch
 import torch.fx
 
 from inductor_quant.kernels import onednn as K
-from inductor_quant.kernels import woq
 
 from .fused import Fused, call, propagate_fake, replace_with
 from .kernel_limits import check_conv_kernel, check_int8_exact, check_template_weight_reuse, geometry
 from .reasons import Reason, Why
-from .match import (ACT_DQ, ACT_RANGE, all_zero, args_of, has_symbolic, node_of, same_dims, static_shape, val,
-                    within)
+from .match import ACT_DQ, ACT_RANGE, args_of, node_of, same_dims, static_shape, val, within
 
 if TYPE_CHECKING:
     from torch._inductor.pattern_matcher import Match
@@ -273,41 +271,5 @@ def prepack_fp16_weight_linear(match: Match) -> tuple:
     packed = K.linear_fp16_prepack(build, match.kwargs["w"], static_shape(x))
     relu = node_of(match, aten.relu.default) is not None
     out.replace_all_uses_with(K.linear_fp16(build, x, packed, match.kwargs.get("b"), relu))
-    match.erase_nodes()
-    return ()
-
-
-# --- weight-only int8 -------------------------------------------------------------------------
-
-
-def check_woq_int8_linear(match: Match) -> Optional[Reason]:
-    """fp32 activations and output (bf16 autocast traces another graph), an int8 weight
-    symmetric per output channel (its zero points all 0: `_weight_int8pack_mm` has none), at most
-    the first of the input's sizes symbolic (the view back to N-D)."""
-    x, out, w_dq = match.kwargs["x"], match.output_node(), _weight_dq(match)
-    if {val(n).dtype if val(n) is not None else None for n in (x, out)} != {torch.float32}:
-        return Why.WOQ_FORM(detail="input and output must be fp32")
-    a = args_of(w_dq)
-    if w_dq.target is not qd.dequantize_per_channel.default or a["dtype"] != torch.int8 or a["axis"] != 0:
-        return Why.WOQ_FORM(detail="the weight is not int8 per channel on axis 0")
-    if not all_zero(match.kwargs["w_zp"]):
-        return Why.WOQ_FORM(detail="the weight's zero points are not all 0 (or not constants)")
-    if val(x) is None or has_symbolic(val(x).shape[1:]):
-        return Why.WOQ_FORM(detail="a symbolic size past the first")
-    return check_linear_form(match)
-
-
-def lower_woq_int8_linear(match: Match) -> tuple:
-    # [view](addmm|mm([view](x), permute(dq(w)))) -> [view](_weight_int8pack_mm(x, w, scale) [+ b])
-    out = match.output_node()
-    x = match.kwargs["x"]
-    if node_of(match, aten.bmm.default) is not None:
-        x = _contiguous(x)
-    build = lambda op, args: call(out.graph, out, op, *args)  # noqa: E731
-    w_scale = match.kwargs["w_scale"]
-    if val(w_scale) is not None and val(w_scale).dtype != torch.float32:
-        w_scale = build(prims.convert_element_type.default, (w_scale, torch.float32))
-    out.replace_all_uses_with(woq.linear(build, x, list(val(x).shape), match.kwargs["w"], w_scale,
-                                         match.kwargs.get("b")))
     match.erase_nodes()
     return ()

@@ -19,7 +19,9 @@ class Why(enum.Enum):
     DYNAMIC_CONV = "dynamic (tensor-qparam) activation: fused for linear only"
     DYNAMIC_QPARAMS_SHAPE = "dynamic activation qparams are not one-element tensors"
     ACT_DTYPE = "activation is not uint8/int8 (dtype {dtype} [{lo}, {hi}])"
-    ACT_NOT_DEQUANTIZED = "activation is not dequantized (float activation, int8 weight)"
+    ACT_NOT_DEQUANTIZED = ("activation is not dequantized (float activation, int8 weight: weight-only int8); no kernel "
+                           "here beats the float linear on the dequantized weight, which freezing folds (ATen's "
+                           "_weight_int8pack_mm is 4-40x slower than the fp32 linear with fp32 activations)")
     WEIGHT_DTYPE = "weight is not int8"
     WEIGHT_AXIS = "per-channel weight quantized on an axis other than 0"
     WEIGHT_ZERO_POINT = "per-tensor weight with non-zero zero point"
@@ -35,7 +37,6 @@ class Why(enum.Enum):
     FP16_WEIGHT_FORM = "fp16-weight linear: {detail}"
     FP16_WEIGHT_AUTOCAST = ("fp16-weight linear under bf16 autocast: autocast makes it a bf16 linear (on the weight "
                             "rounded to fp16, then to bf16), which Inductor runs as such")
-    WOQ_FORM = "weight-only int8 linear: {detail}"
     NO_PATTERN = "no pattern matched this form ({detail})"
     # where the kernel would be wrong or crash on this CPU / torch (kernel_limits)
     SATURATION = ("8-bit activations and 8-bit weights on a CPU without VNNI ({isa}): oneDNN would add pairs "

@@ -135,16 +135,6 @@ def _fp16_weight_fusions():
                              R.prepack_fp16_weight_linear)
 
 
-def _woq_int8_fusions():
-    # fp32 activations x int8 weights, no activation quantization (weight-only int8)
-    for bias in (True, False):
-        nb = "" if bias else ".nobias"
-        for rank, rows, dims, layout in linear_forms(bias):
-            yield Fusion(f"linear.woq_int8{dims}{nb}", "prepack", P.woq_int8_linear(bias),
-                         (P.woq_linear_example, rank, bias, rows, layout), R.check_woq_int8_linear,
-                         R.lower_woq_int8_linear)
-
-
 def _post_op_fusions():
     yield Fusion("post.noop.clone", "noop", P.clone, (P.float_example, 1), O.check_noop, O.drop_noop)
     for dt, dtype in DTYPES:  # bf16 decompositions upcast some post-ops: traced per dtype
@@ -177,8 +167,7 @@ def _propagation_fusions():
 @functools.cache
 def fusions() -> tuple:
     """The table, in priority order."""
-    return (*_propagation_fusions(), *_prepack_fusions(), *_fp16_weight_fusions(), *_woq_int8_fusions(),
-            *_post_op_fusions())
+    return (*_propagation_fusions(), *_prepack_fusions(), *_fp16_weight_fusions(), *_post_op_fusions())
 
 
 def fusion_ids() -> list:

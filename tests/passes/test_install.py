@@ -391,8 +391,7 @@ def test_uninstall_puts_torch_back_exactly():
                 "dispatch": [torch._C._dispatch_dump_table(op) for op in OPS],
                 "fake": [singleton.find(op).fake_impl.kernel is None for op in OPS],
                 "py_kernels": [dict(op.py_kernels) for op in (onednn.QCONV.default, onednn.QLINEAR.default)],
-                "lowerings": [id(lowering.lowerings[op]) for op in (onednn.QLINEAR.binary, onednn.QLINEAR.binary_tensor,
-                                                                     torch.ops.aten._weight_int8pack_mm.default)],
+                "lowerings": [id(lowering.lowerings[op]) for op in (onednn.QLINEAR.binary, onednn.QLINEAR.binary_tensor)],
             }
 
         import sys
