@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from compile_utils import compile_and_run
+from test_fp16_weight import Mlp  # the same two linears: up with a bias, relu, down without
 
 from inductor_quant import quantize
 from inductor_quant.generated_code import onednn_int8_calls, weight_only_int8_calls
@@ -17,15 +18,6 @@ from inductor_quant.quantizer import (X86InductorQuantizer, get_default_x86_indu
                                       get_x86_inductor_linear_weight_only_int8_config)
 
 dq_per_channel = torch.ops.quantized_decomposed.dequantize_per_channel.default
-
-
-class Mlp(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 8, bias=False)
-
-    def forward(self, x):
-        return self.down(torch.relu(self.up(x)))
 
 
 @pytest.fixture(scope="module")
