@@ -29,7 +29,7 @@ demo: venv
 test: venv
 	$(PY) -P -m pytest -q -m "not slow" tests
 
-# The README's speed table against the peers, on this machine's CPU (~40 min on 2 cores).
+# The README's speed table against the peers, on this machine's CPU (~21 min on 2 cores).
 BENCH_MODELS ?= resnet50:1,16 bert_base:1,8 mobilenet_v2:1 vit_b16:1
 BENCH_MODES  ?= inductor_fp32 inductor_bf16 int8 int8_bf16 int8_cpp int8_fast int8_bf16_fast int8_builtin
 bench-readme: venv
