@@ -278,8 +278,7 @@ def run_row(name: str, batch: int, modes: list[str], runs: int, warmup: int, thr
     if not alone:
         return results
     row = {r.mode: r for r in results}
-    ours = sorted((r for m, r in row.items() if m.startswith("int8") and m != "int8_builtin" and r.median_ms),
-                  key=lambda r: r.median_ms)[:ALONE_OURS]
+    ours = sorted(_ours(row), key=lambda r: r.median_ms)[:ALONE_OURS]
     peers_run = [r for m, r in row.items() if MODES[m].peer and r.median_ms]
     if not peers_run:
         return results
@@ -353,11 +352,16 @@ def _quantized_mode(mode: str) -> bool:
     return mode.startswith("int8") or MODES[mode].peer
 
 
+def _ours(row: dict[str, Result]) -> list[Result]:
+    """Our int8 modes that ran in this row (torch's built-in path is not ours)."""
+    return [r for m, r in row.items() if m.startswith("int8") and m != "int8_builtin" and r.median_ms]
+
+
 def ours_fastest(row: dict[str, Result]) -> Optional[Result]:
     """Our fastest int8 mode of one (model, batch) row (torch's built-in path is not ours): the one
     whose worse timing (interleaved or alone) is the shortest, among the modes timed alone when
     any was; the peers play no part in the choice."""
-    ours = [r for m, r in row.items() if m.startswith("int8") and m != "int8_builtin" and r.median_ms]
+    ours = _ours(row)
     ours = [r for r in ours if r.alone_ms] or ours
     return min(ours, key=lambda r: max(r.median_ms, r.alone_ms or 0.0), default=None)
 

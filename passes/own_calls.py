@@ -23,6 +23,7 @@ from inductor_quant.kernels import onednn as K
 
 from .fused import call, propagate_fake, record
 from .kernel_limits import gemm_template_may_run
+from .match import static_shape
 from .stats import count_kernel
 
 
@@ -35,10 +36,8 @@ TEMPLATE_FROM_ROWS = 256
 
 
 def _rows(x: torch.fx.Node) -> Optional[int]:
-    shape = x.meta["val"].shape if isinstance(x, torch.fx.Node) and "val" in x.meta else None
-    if shape is None or not all(isinstance(d, int) for d in shape):
-        return None
-    return math.prod(shape[:-1])
+    shape = static_shape(x)
+    return None if shape is None else math.prod(shape[:-1])
 
 
 def routable(f) -> bool:

@@ -20,7 +20,7 @@ class Why(enum.Enum):
     DYNAMIC_QPARAMS_SHAPE = "dynamic activation qparams are not one-element tensors"
     ACT_DTYPE = "activation is not uint8/int8 (dtype {dtype} [{lo}, {hi}])"
     ACT_NOT_DEQUANTIZED = ("activation is not dequantized (float activation, int8 weight: weight-only int8); no kernel "
-                           "here beats the float linear on the dequantized weight, which freezing folds (ATen's "
+                           "here beats the float layer on the dequantized weight, which freezing folds (ATen's "
                            "_weight_int8pack_mm is 4-40x slower than the fp32 linear with fp32 activations)")
     WEIGHT_DTYPE = "weight is not int8"
     WEIGHT_AXIS = "per-channel weight quantized on an axis other than 0"
