@@ -62,11 +62,13 @@ def onednn_fp16_calls(code: str) -> collections.Counter:
     return collections.Counter(next(g for g in m.groups() if g) for m in _ONEDNN_FP16.finditer(code))
 
 
-_WEIGHT_ONLY_INT8 = re.compile(r"extern_kernels\._weight_int8pack_mm\(|aoti_torch_cpu__weight_int8pack_mm\(")
+_WEIGHT_ONLY_INT8 = re.compile(r"extern_kernels\._weight_int8pack_mm\(|aoti_torch_cpu__weight_int8pack_mm\("
+                               r"|torch\.ops\.iq_onednn\.woq_linear\.\w+\(|\"iq_onednn::woq_linear\"")
 
 
 def weight_only_int8_calls(code: str) -> int:
-    """Calls of ATen's weight-only int8 linear (`_weight_int8pack_mm`, Python or C++ wrapper)."""
+    """Calls of a weight-only int8 linear: ours (`iq_onednn.woq_linear`, kernels/native.py) or
+    ATen's `_weight_int8pack_mm`, Python or C++ wrapper."""
     return len(_WEIGHT_ONLY_INT8.findall(code))
 
 

@@ -17,12 +17,18 @@ tensor (no prepack; no weight zero point: symmetric weights, as the X86 quantize
 every argument a scalar (geometry per dim, the unary post-op as a code of `POST_OPS`), so the C++
 wrapper calls it through torch's light dispatcher bridge; channels-last output; for every post-op
 torch's 2-D conv accepts, the result is bitwise torch's.
+
+Contract of `iq_onednn::woq_linear` (weight-only int8): `F.linear(x, w * w_scale[:, None], bias)`
+for x fp32 or bf16 and the plain int8 [out, in] weight, the output in x's dtype, within fp32 /
+bf16 rounding (the weight kept int8 and converted in registers; the scale applied after the sum).
+bf16 activations need AVX-512 (`probe.weight_only_linear_builds`).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import pathlib
 import shutil
@@ -145,6 +151,11 @@ def _register_fakes() -> None:
         return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=out_dtype or torch.float32)
 
 
+    @torch.library.register_fake(f"{LIBRARY}::woq_linear")
+    def _(x, w, w_scale, bias, m_hint):
+        return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
 def _conv_args(f, w_plain) -> tuple:
     (sh, sw), (ph, pw), (dh, dw) = f.geom.stride, f.geom.padding, f.geom.dilation
     return (f.x, f.xq.scale, f.xq.zero_point, w_plain, f.w_scale, f.bias, sh, sw, ph, pw, dh, dw, f.geom.groups,
@@ -177,3 +188,11 @@ def qlinear(call, f, w_plain, m_hint: int):
     return call(torch.ops.iq_onednn.qlinear.default,
                 (f.x, f.xq.scale, f.xq.zero_point, w_plain, f.w_scale, f.bias, int(m_hint), *f.out.op_args(),
                  *_post_op(f.unary)))
+
+
+def woq_linear(call, x, w, w_scale, bias, x_shape):
+    """Our weight-only int8 linear: x (fp32 or bf16) times the int8 [out, in] weight, each output
+    channel times its fp32 scale, plus the bias (x's dtype); the output in x's dtype. The weight's
+    oneDNN layout is picked for the rows of `x_shape` (static), else one row (a decode step)."""
+    rows = math.prod(int(d) for d in x_shape[:-1]) if x_shape is not None else 1
+    return call(torch.ops.iq_onednn.woq_linear.default, (x, w, w_scale, bias, max(rows, 1)))

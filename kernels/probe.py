@@ -71,3 +71,17 @@ def int8_pair_sums_saturate() -> bool:
         packed = qlinear_prepack(eager, w, list(x.shape))
         y = qlinear(eager, x, QParams(1.0, 0), packed, scale, zp, None)
     return bool((y - 255.0 * 127 * k).abs().max() > 0.5)
+
+
+@functools.lru_cache(maxsize=None)
+def weight_only_linear_builds(dtype: torch.dtype) -> bool:
+    """Does oneDNN here build our weight-only int8 matmul (weights converted in registers) for
+    activations of `dtype`? fp32 does from AVX2 on; bf16 needs AVX-512 (without it: "unimplemented",
+    seen with ONEDNN_MAX_CPU_ISA=AVX2). Asks our kernel layer (kernels/native.py), which must be loaded."""
+    try:
+        with compat.real_tensors(), torch.no_grad(), torch.device("cpu"):
+            w, scale = torch.ones(16, 16, dtype=torch.int8), torch.ones(16)
+            out = torch.ops.iq_onednn.woq_linear(torch.ones(2, 16, dtype=dtype), w, scale, None, 2)
+            return bool((out.float() - 16.0).abs().max() == 0)
+    except Exception:  # noqa: BLE001 - not built here, or our library not loaded: no such kernel
+        return False

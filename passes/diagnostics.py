@@ -147,7 +147,7 @@ def _kept(nodes, phases: tuple = ()) -> Optional[Reason]:
 def why(node: torch.fx.Node) -> Reason:
     """Name the check a leftover quantized layer failed (or the first prepack check it fails)."""
     near = [node]  # the failed match kept its reason on its output node: a few ops downstream
-    for _ in range(3):  # (one-row linear: mul -> sum -> add bias)
+    for _ in range(4):  # (one-row linear: mul -> sum -> [mul alpha] -> add bias)
         near += [u for n in near for u in n.users if u not in near]
     # a layer's own rule's reason; a post-op rule's there ("input is not a fused oneDNN op") only
     # restates that the layer did not fuse

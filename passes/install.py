@@ -87,9 +87,10 @@ class QuantFusionPass(CustomGraphPass):
             return
         kind = compat.graph_kind(graph)
         if freezing_active() and kind == "inference":
-            unfused = registry.run(graph)
-            if INSTALLATION.use_own_kernels() and not compat.aot_compilation():
-                own_calls.route(graph)
+            with own_calls.in_this_compile(INSTALLATION.use_own_kernels() and not compat.aot_compilation()):
+                unfused = registry.run(graph)
+                if own_calls.in_use():
+                    own_calls.route(graph)
             if any(u.code == Why.SATURATION.code for u in unfused):
                 INSTALLATION.warn_once("saturation", graph)
         elif has_quantized_ops(graph):

@@ -69,3 +69,35 @@ def float_dtype(match) -> Optional[torch.dtype]:
     y = match.kwargs.get("y")
     v = val(y if isinstance(y, torch.fx.Node) else match.output_node())
     return None if v is None else v.dtype
+
+
+def constant_value(node) -> Optional[torch.Tensor]:
+    """The tensor a weight-like graph input holds in a freezing compile, which freezing makes a
+    constant: a `get_attr`, or a placeholder among the compile's parameters (the first inputs of
+    the graph, as freezing itself maps them). None for anything computed at run time or when the
+    value found does not match the node's fake value."""
+    if not isinstance(node, torch.fx.Node):
+        return None
+    tensor = None
+    if node.op == "get_attr" and node.graph.owning_module is not None:
+        tensor = node.graph.owning_module
+        for part in str(node.target).split("."):
+            tensor = getattr(tensor, part, None)
+    elif node.op == "placeholder":
+        context = torch._guards.TracingContext.try_get()
+        params = getattr(context, "params_flat", None) or []
+        index = list(node.graph.find_nodes(op="placeholder")).index(node)
+        tensor = params[index] if index < len(params) else None
+    fake = val(node)
+    if not isinstance(tensor, torch.Tensor) or fake is None or (tensor.dtype, tensor.shape) != (fake.dtype, fake.shape):
+        return None
+    return tensor
+
+
+def all_zero(node) -> bool:
+    """Whether `node` is a constant (constant_value) whose elements are all 0."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    tensor = constant_value(node)
+    with unset_fake_temporarily():  # the passes run under Inductor's fake mode; this tensor is real
+        return tensor is not None and not bool(tensor.any())

@@ -13,6 +13,8 @@ template against torch's op); one with few rows comes here (`TEMPLATE_FROM_ROWS`
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Optional
 
@@ -33,6 +35,23 @@ from .stats import count_kernel
 # bs1 (128 rows) 11.9 -> 11.6 ms, ViT-B/16 bs1 (197 rows) 19.8 -> 18.4 ms with ours; BERT-base bs8
 # (1024 rows) 70.7 -> 72.4 ms, so the template keeps those. A dynamic row count stays with the autotune.
 TEMPLATE_FROM_ROWS = 256
+
+# whether this compile calls our kernels (set by the pass for one graph: install.py); rules that
+# have no torch op to fall back to (the weight-only int8 linear) read it
+_IN_USE = contextvars.ContextVar("inductor_quant_own_kernels", default=False)
+
+
+@contextlib.contextmanager
+def in_this_compile(enabled: bool):
+    token = _IN_USE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _IN_USE.reset(token)
+
+
+def in_use() -> bool:
+    return _IN_USE.get()
 
 
 def _rows(x: torch.fx.Node) -> Optional[int]:

@@ -131,6 +131,31 @@ def fp16_linear_example(rank: int, bias: bool, rows: int = 4, layout: str = "con
     return args + ([torch.randn(6)] if bias else [])
 
 
+# --- weight-only int8: linear(x, dq(w), b), x a float activation ----------------------------
+# convert_pt2e's form of an int8 weight spec with no activation spec
+# (get_x86_inductor_linear_weight_only_int8_config). Under bf16 autocast the dequantized weight
+# and the bias are cast to bf16 and the input is bf16 already (or cast: `x` matches the cast).
+
+
+@functools.cache
+def woq_int8_linear(bias: bool, bf16: bool):
+    """linear(x, dq_per_channel(w), b), traced like dq_linear (the same forms)."""
+    if bias:
+        def woq_int8_linear(x, w, w_scale, w_zp, b):
+            return F.linear(x, _cast(dq_weight_per_channel(w, w_scale, w_zp), bf16), _cast(b, bf16))
+    else:
+        def woq_int8_linear(x, w, w_scale, w_zp):
+            return F.linear(x, _cast(dq_weight_per_channel(w, w_scale, w_zp), bf16))
+    return woq_int8_linear
+
+
+def woq_linear_example(rank: int, bias: bool, bf16: bool, rows: int = 4, layout: str = "contiguous"):
+    """A float input (bf16 under autocast), an int8 [6, 8] weight with per-channel qparams."""
+    x = torch.randn(*([2] * (rank - 2)), rows, 8).to(torch.bfloat16 if bf16 else torch.float32)
+    args = [laid_out(x, layout), _s8(6, 8), torch.rand(6), torch.zeros(6, dtype=torch.int64)]
+    return args + ([torch.randn(6)] if bias else [])
+
+
 def _u8(*shape):
     return torch.randint(0, 255, shape, dtype=torch.uint8)
 

@@ -11,12 +11,16 @@ from typing import TYPE_CHECKING, Optional
 import torch
 import torch.fx
 
+from inductor_quant.kernels import native
 from inductor_quant.kernels import onednn as K
+from inductor_quant.kernels import probe
 
 from .fused import Fused, call, propagate_fake, replace_with
 from .kernel_limits import check_conv_kernel, check_int8_exact, check_template_weight_reuse, geometry
 from .reasons import Reason, Why
-from .match import ACT_DQ, ACT_RANGE, args_of, node_of, same_dims, static_shape, val, within
+from .match import ACT_DQ, ACT_RANGE, all_zero, args_of, node_of, same_dims, static_shape, val, within
+from .own_calls import in_use as own_kernels_in_use
+from .stats import count_kernel
 
 if TYPE_CHECKING:
     from torch._inductor.pattern_matcher import Match
@@ -272,4 +276,48 @@ def prepack_fp16_weight_linear(match: Match) -> tuple:
     relu = node_of(match, aten.relu.default) is not None
     out.replace_all_uses_with(K.linear_fp16(build, x, packed, match.kwargs.get("b"), relu))
     match.erase_nodes()
+    return ()
+
+
+# --- weight-only int8 -------------------------------------------------------------------------
+
+
+def check_woq_int8_linear(match: Match) -> Optional[Reason]:
+    """A float input (not a dequantize: those are int8 layers), input and output in one float dtype (fp32, or bf16 under autocast), an int8 weight
+    symmetric per output channel (zero points all 0: the kernel takes none), and our kernel layer
+    in this compile: torch has no op that keeps the weight int8 and is faster than the float
+    linear on the dequantized weight, which is what runs otherwise."""
+    x, out, w_dq = match.kwargs["x"], match.output_node(), _weight_dq(match)
+    source = x.args[0] if isinstance(x, torch.fx.Node) and x.target is prims.convert_element_type.default else x
+    if isinstance(source, torch.fx.Node) and source.target in ACT_DQ:  # an int8 layer its rule refused (saturation, say)
+        return Why.OTHER_RULE(detail="the input is dequantized")
+    dtypes = {val(n).dtype if val(n) is not None else None for n in (x, out)}
+    if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.bfloat16}:
+        return Why.WOQ_FORM(detail="input and output must be both fp32 or both bf16")
+    a = args_of(w_dq)
+    if w_dq.target is not qd.dequantize_per_channel.default or a["dtype"] != torch.int8 or a["axis"] != 0:
+        return Why.WOQ_FORM(detail="the weight is not int8 per channel on axis 0")
+    if not own_kernels_in_use():
+        return Why.ACT_NOT_DEQUANTIZED()
+    if not all_zero(match.kwargs["w_zp"]):
+        return Why.WOQ_FORM(detail="the weight's zero points are not all 0 (or not constants)")
+    if not probe.weight_only_linear_builds(val(x).dtype):
+        return Why.WOQ_UNBUILDABLE(dtype=str(val(x).dtype).replace("torch.", ""))
+    return check_linear_form(match)
+
+
+def lower_woq_int8_linear(match: Match) -> tuple:
+    # [view](addmm|mm([view](x), permute([cast](dq(w))))) -> iq_onednn.woq_linear(x, w, scale, [cast](b))
+    out = match.output_node()
+    x = match.kwargs["x"]
+    if node_of(match, aten.bmm.default) is not None:
+        x = _contiguous(x)
+    b = match.kwargs.get("b")
+    if b is not None:
+        b = _as_dtype(b, val(out).dtype)
+    new = native.woq_linear(lambda op, args: call(out.graph, out, op, *args), x, match.kwargs["w"],
+                            _as_dtype(match.kwargs["w_scale"], torch.float32), b, static_shape(x))
+    out.replace_all_uses_with(new)
+    match.erase_nodes()
+    count_kernel("woq_linear")
     return ()

@@ -19,9 +19,14 @@ class Why(enum.Enum):
     DYNAMIC_CONV = "dynamic (tensor-qparam) activation: fused for linear only"
     DYNAMIC_QPARAMS_SHAPE = "dynamic activation qparams are not one-element tensors"
     ACT_DTYPE = "activation is not uint8/int8 (dtype {dtype} [{lo}, {hi}])"
-    ACT_NOT_DEQUANTIZED = ("activation is not dequantized (float activation, int8 weight: weight-only int8); no kernel "
-                           "here beats the float layer on the dequantized weight, which freezing folds (ATen's "
-                           "_weight_int8pack_mm is 4-40x slower than the fp32 linear with fp32 activations)")
+    ACT_NOT_DEQUANTIZED = ("activation is not dequantized (float activation, int8 weight: weight-only int8) and our "
+                           "kernel layer is not in this compile (AOTInductor, INDUCTOR_QUANT_OWN_KERNELS=0, or it "
+                           "could not load: see its warning); torch has no op that keeps the weight int8 and beats the "
+                           "float linear on the dequantized weight, which freezing folds and runs instead")
+    WOQ_FORM = "weight-only int8 linear: {detail}"
+    OTHER_RULE = "{detail}: another rule owns this match (its reason is the one kept)"
+    WOQ_UNBUILDABLE = ("weight-only int8 linear: oneDNN on this CPU has no matmul that converts int8 weights for "
+                       "{dtype} activations (bf16 needs AVX-512); the float linear on the dequantized weight runs")
     WEIGHT_DTYPE = "weight is not int8"
     WEIGHT_AXIS = "per-channel weight quantized on an axis other than 0"
     WEIGHT_ZERO_POINT = "per-tensor weight with non-zero zero point"

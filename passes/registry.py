@@ -41,6 +41,7 @@ from . import propagate as G
 from . import stats as S
 from . import upstream_counters as U
 from .fused import record
+from .reasons import Why
 from .graph_rewrites import (decompose_weight_dequants, drop_noop_views, lift_conv1d, merge_sibling_linears,
                              promote_dequant)
 from .match import float_dtype, node_of, val
@@ -135,6 +136,17 @@ def _fp16_weight_fusions():
                              R.prepack_fp16_weight_linear)
 
 
+def _woq_int8_fusions():
+    # float activations x int8 weights, no activation quantization (weight-only int8)
+    for dt, dtype in DTYPES:
+        for bias in (True, False):
+            nb = "" if bias else ".nobias"
+            for rank, rows, dims, layout in linear_forms(bias):
+                yield Fusion(f"linear.woq_int8{dims}{dt}{nb}", "prepack", P.woq_int8_linear(bias, dtype is BF16),
+                             (P.woq_linear_example, rank, bias, dtype is BF16, rows, layout), R.check_woq_int8_linear,
+                             R.lower_woq_int8_linear, dtype=dtype)
+
+
 def _post_op_fusions():
     yield Fusion("post.noop.clone", "noop", P.clone, (P.float_example, 1), O.check_noop, O.drop_noop)
     for dt, dtype in DTYPES:  # bf16 decompositions upcast some post-ops: traced per dtype
@@ -167,7 +179,8 @@ def _propagation_fusions():
 @functools.cache
 def fusions() -> tuple:
     """The table, in priority order."""
-    return (*_propagation_fusions(), *_prepack_fusions(), *_fp16_weight_fusions(), *_post_op_fusions())
+    return (*_propagation_fusions(), *_prepack_fusions(), *_fp16_weight_fusions(), *_woq_int8_fusions(),
+            *_post_op_fusions())
 
 
 def fusion_ids() -> list:
@@ -208,7 +221,7 @@ def _entry(rows: list):
     def check(match) -> bool:
         fusion = row(match)
         reason = fusion.check(match)
-        if reason:
+        if reason and reason.why is not Why.OTHER_RULE:
             D.keep_reason(match.output_node(), fusion.id, fusion.phase, reason)
         return reason is None
 

@@ -60,6 +60,7 @@ namespace {
   X(dnnl_primitive_attr_set_scales_mask)           \
   X(dnnl_primitive_attr_set_zero_points_mask)      \
   X(dnnl_primitive_attr_set_post_ops)              \
+  X(dnnl_primitive_attr_set_fpmath_mode_v2)        \
   X(dnnl_post_ops_create)                          \
   X(dnnl_post_ops_destroy)                         \
   X(dnnl_post_ops_append_eltwise)                  \
@@ -590,14 +591,21 @@ dnnl_memory_desc_t plain_md(std::vector<int64_t> dims, dnnl_data_type_t dt) {
   return make_md(dims, strides, dt);
 }
 
+// Weight decompression (a weight-only linear): the int8 weights are converted in registers to
+// the activations' type and the product is computed in it (bf16 with bf16 activations, f32 with f32).
+dnnl_fpmath_mode_t decompression_mode(dnnl_data_type_t src) {
+  return src == dnnl_bf16 ? dnnl_fpmath_mode_bf16 : dnnl_fpmath_mode_strict;
+}
+
 // The layout is queried for u8 activations whatever the call's are, as torch's prepack does: a
 // query for s8 gives a layout whose s8 compensation is wrong with a source zero point from N = 96
-// on (AMX Xeon; tests/kernels/test_native.py).
-std::shared_ptr<PackedWeights> pack_linear(const at::Tensor& w, int64_t m_hint) {
+// on (AMX Xeon; tests/kernels/test_native.py). A weight-only linear (float activations: `woq`)
+// queries with its own activation type and weight decompression on.
+std::shared_ptr<PackedWeights> pack_linear(const at::Tensor& w, int64_t m_hint, dnnl_data_type_t woq = dnnl_data_type_undef) {
   auto& a = api();
   const int64_t n = w.size(0), k = w.size(1);
   std::vector<int64_t> key{int64_t(reinterpret_cast<uintptr_t>(w.storage().unsafeGetStorageImpl())),
-                           w.storage_offset(), n, k, m_hint};
+                           w.storage_offset(), n, k, m_hint, int64_t(woq)};
   std::lock_guard<std::mutex> guard(weights_mutex);
   auto it = linear_weights.find(key);
   if (it != linear_weights.end() && it->second->storage.lock().get() == w.storage().unsafeGetStorageImpl())
@@ -605,16 +613,22 @@ std::shared_ptr<PackedWeights> pack_linear(const at::Tensor& w, int64_t m_hint) 
   for (auto e = linear_weights.begin(); e != linear_weights.end();)
     e = e->second->storage.expired() ? linear_weights.erase(e) : std::next(e);
 
+  const bool weight_only = woq != dnnl_data_type_undef;
   MemoryDesc src, wei_any, dst, wei_plain;
-  src.md = plain_md({m_hint, k}, dnnl_u8);
-  dst.md = plain_md({m_hint, n}, dnnl_s32);
+  src.md = plain_md({m_hint, k}, weight_only ? woq : dnnl_u8);
+  dst.md = plain_md({m_hint, n}, weight_only ? woq : dnnl_s32);
   {
     dnnl_dims_t d{k, n};
     check(a.dnnl_memory_desc_create_with_tag(&wei_any.md, 2, d, dnnl_s8, dnnl_format_tag_any), "weights md");
   }
   dnnl_primitive_attr_t attr = nullptr;
   check(a.dnnl_primitive_attr_create(&attr), "attr_create");
-  check(a.dnnl_primitive_attr_set_zero_points_mask(attr, DNNL_ARG_SRC, 0), "src zero point");
+  if (weight_only) {
+    check(a.dnnl_primitive_attr_set_fpmath_mode_v2(attr, decompression_mode(woq), 1), "fpmath mode");
+    check(a.dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_WEIGHTS, 2), "weight scales");
+  } else {
+    check(a.dnnl_primitive_attr_set_zero_points_mask(attr, DNNL_ARG_SRC, 0), "src zero point");
+  }
   dnnl_primitive_desc_t pd = nullptr;
   dnnl_status_t st = a.dnnl_matmul_primitive_desc_create(&pd, a.engine, src.md, wei_any.md, nullptr, dst.md, attr);
   a.dnnl_primitive_attr_destroy(attr);
@@ -654,12 +668,13 @@ struct LinearCall {
   bool src_scale, src_zp, dst_scale, dst_zp;
   int64_t w_scales;  // how many
   Eltwise post;
+  bool weight_only = false;  // float activations and output: the int8 weights decompressed
 };
 
 std::shared_ptr<Layer> build_linear(const LinearCall& c, const at::Tensor& w, const at::Tensor& w_scale) {
   auto& a = api();
   auto layer = std::make_shared<Layer>();
-  auto packed = pack_linear(w, c.m_hint);
+  auto packed = pack_linear(w, c.m_hint, c.weight_only ? dnnl_type(c.x_dtype) : dnnl_data_type_undef);
   layer->shared_packed = packed;
   MemoryDesc src, dst, bias;
   src.md = plain_md({c.m, c.k}, dnnl_type(c.x_dtype));
@@ -668,6 +683,8 @@ std::shared_ptr<Layer> build_linear(const LinearCall& c, const at::Tensor& w, co
   dnnl_primitive_attr_t attr = nullptr;
   dnnl_post_ops_t ops = nullptr;
   check(a.dnnl_primitive_attr_create(&attr), "attr_create");
+  if (c.weight_only)
+    check(a.dnnl_primitive_attr_set_fpmath_mode_v2(attr, decompression_mode(dnnl_type(c.x_dtype)), 1), "fpmath mode");
   if (c.src_scale) check(a.dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_SRC, 0), "src scales");
   check(a.dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_WEIGHTS, c.w_scales > 1 ? 2 : 0), "weight scales");
   if (c.src_zp) check(a.dnnl_primitive_attr_set_zero_points_mask(attr, DNNL_ARG_SRC, 0), "src zero point");
@@ -695,7 +712,7 @@ std::shared_ptr<Layer> linear_layer(const LinearCall& c, const at::Tensor& w, co
   std::vector<int64_t> key{-1,  // not a conv key
                            c.m, c.k, c.n, c.m_hint, int64_t(c.x_dtype), int64_t(c.out_dtype),
                            c.bias_dtype.has_value() ? int64_t(*c.bias_dtype) : -1, c.src_scale, c.src_zp, c.dst_scale,
-                           c.dst_zp, c.w_scales, int64_t(c.post.alg), bits(c.post.alpha), bits(c.post.beta),
+                           c.dst_zp, c.w_scales, int64_t(c.post.alg), bits(c.post.alpha), bits(c.post.beta), c.weight_only,
                            at::get_num_threads(),
                            int64_t(reinterpret_cast<uintptr_t>(w.storage().unsafeGetStorageImpl())), w.storage_offset(),
                            int64_t(reinterpret_cast<uintptr_t>(w_scale.storage().unsafeGetStorageImpl())),
@@ -740,6 +757,34 @@ at::Tensor qlinear(const at::Tensor& x_in, double x_scale, int64_t x_zp, const a
   return out;
 }
 
+// A weight-only int8 linear: x (f32 or bf16) [..., K] times the int8 [N, K] weight, each output
+// channel times its scale, plus the bias; the output in x's dtype. The weight stays int8 in memory
+// (a quarter of f32's bytes, half of bf16's), which is what a memory-bound decode step reads.
+at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
+                      const c10::optional<at::Tensor>& bias, int64_t m_hint) {
+  auto& a = api();
+  TORCH_CHECK(a.error.empty(), "inductor-quant oneDNN kernels are unavailable: ", a.error);
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16,
+              "woq_linear: float32 or bfloat16 activations, got ", x_in.scalar_type());
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && x_in.size(-1) == w.size(1),
+              "woq_linear: an int8 [out, in] weight whose in matches the input's last dim");
+  TORCH_CHECK(w_scale.numel() == w.size(0), "woq_linear: one weight scale per output channel");
+  const int64_t k = w.size(1), n = w.size(0);
+  const at::Tensor x = x_in.reshape({-1, k}).contiguous();
+  std::vector<int64_t> out_sizes(x_in.sizes().begin(), x_in.sizes().end());
+  out_sizes.back() = n;
+  at::Tensor out = at::empty(out_sizes, x.options());
+  if (x.size(0) == 0) return out;
+  LinearCall c{x.size(0), k, n, m_hint, x.scalar_type(), x.scalar_type(),
+               bias.has_value() ? c10::optional<at::ScalarType>(bias->scalar_type()) : c10::nullopt,
+               false, false, false, false, n, Eltwise{}, true};
+  auto layer = linear_layer(c, w, w_scale);
+  const c10::optional<at::Tensor> b = bias.has_value() ? c10::optional<at::Tensor>(bias->contiguous()) : bias;
+  layer->run(x.const_data_ptr(), out.data_ptr(), b.has_value() ? b->const_data_ptr() : nullptr, 1.f, 0, 1.f, 0,
+             "matmul execute (weight-only)");
+  return out;
+}
+
 std::string status() { return api().error; }
 
 int64_t cached_layers() {
@@ -769,6 +814,7 @@ TORCH_LIBRARY(iq_onednn, m) {
       "qlinear(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int m_hint, "
       "float output_scale, int output_zero_point, ScalarType? output_dtype, int post_op, float post_op_alpha, "
       "float post_op_beta) -> Tensor");
+  m.def("woq_linear(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int m_hint) -> Tensor");
   m.def(
       "qconv2d_sum_(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int stride_h, "
       "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, float output_scale, "
@@ -780,4 +826,5 @@ TORCH_LIBRARY_IMPL(iq_onednn, CPU, m) {
   m.impl("qconv2d", qconv2d);
   m.impl("qconv2d_sum_", qconv2d_sum_);
   m.impl("qlinear", qlinear);
+  m.impl("woq_linear", woq_linear);
 }

@@ -12,7 +12,8 @@ import textwrap
 import pytest
 import torch
 
-from inductor_quant.kernels import native
+from inductor_quant.kernels import native, probe
+from inductor_quant.kernels.cpu import cpu_info
 from inductor_quant.kernels import onednn as K
 from kernel_helpers import W_MAX
 
@@ -204,3 +205,51 @@ def test_linear_int8_input_with_zero_point(n, per_tensor):
     for xq, out in ((K.QParams(0.0268, 14), OUTPUTS["fp32"]), (K.QParams(0.02, 0), K.Output(torch.int8, 0.05, 1))):
         theirs, ours = _linear_both(x, w, w_scale, None, xq, out, K.Unary("relu"), [2, 8, 32])
         assert torch.equal(ours, theirs), (xq, (ours.float() - theirs.float()).abs().max())
+
+
+# --- weight-only int8 linear ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("x_shape", [(1, 64), (16, 64), (2, 5, 64)], ids=["decode", "rows", "3d"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_weight_only_linear_is_the_linear_on_the_dequantized_weight(dtype, x_shape, bias):
+    """fp32: within fp32 rounding of F.linear on w * scale (the scale applied after the sum
+    instead of to each weight); bf16: within bf16 rounding of the same, computed in fp32."""
+    g = torch.Generator().manual_seed(9)
+    w = torch.randint(-127, 128, (48, 64), dtype=torch.int8, generator=g)
+    w_scale = torch.rand(48, generator=g) * 0.01 + 0.001
+    b = torch.randn(48, generator=g).to(dtype) if bias else None
+    x = torch.randn(x_shape, generator=g).to(dtype)
+    if not probe.weight_only_linear_builds(dtype):  # bf16 activations need AVX-512 (the passes ask first)
+        assert dtype is torch.bfloat16 and "avx512f" not in cpu_info().features
+        with pytest.raises(RuntimeError, match="primitive descriptor"):
+            torch.ops.iq_onednn.woq_linear(x, w, w_scale, b, 16)
+        return
+    out = torch.ops.iq_onednn.woq_linear(x, w, w_scale, b, 16)
+    ref = torch.nn.functional.linear(x.float(), w.float() * w_scale[:, None], None if b is None else b.float())
+    assert out.shape == ref.shape and out.dtype == dtype
+    tol = 1e-5 if dtype is torch.float32 else 1e-2
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+    # a non-contiguous input computes the same
+    xt = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert torch.equal(torch.ops.iq_onednn.woq_linear(xt, w, w_scale, b, 16), out)
+
+
+def test_weight_only_linear_refuses_what_it_does_not_compute():
+    w, s = torch.zeros(8, 16, dtype=torch.int8), torch.ones(8)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16 activations"):
+        torch.ops.iq_onednn.woq_linear(torch.zeros(2, 16, dtype=torch.float16), w, s, None, 1)
+    with pytest.raises(RuntimeError, match="one weight scale per output channel"):
+        torch.ops.iq_onednn.woq_linear(torch.zeros(2, 16), w, torch.ones(1), None, 1)
+    with pytest.raises(RuntimeError, match="int8 \\[out, in\\] weight"):
+        torch.ops.iq_onednn.woq_linear(torch.zeros(2, 15), w, s, None, 1)
+
+
+def test_weight_only_probe_runs_real_tensors_inside_a_compile():
+    """The passes ask it while Inductor's fake mode is active (a fuzzer finding: its check ran
+    outside the real-tensor scope and the compile crashed)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        assert probe.weight_only_linear_builds.__wrapped__(torch.float32)

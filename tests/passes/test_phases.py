@@ -16,8 +16,9 @@ from qdq_models import (CatDim0, dynamic_q_dq, HandSiblings, int8_weight, O_SCAL
 from variants import VARIANTS, left_fp32_for_saturation
 
 import inductor_quant.passes as iq_passes
+from inductor_quant.kernels import native, probe
 from inductor_quant.kernels.cpu import cpu_info
-from inductor_quant.passes import registry
+from inductor_quant.passes import own_calls, registry
 from inductor_quant.passes.fused import record
 
 FIRED = collections.Counter()
@@ -360,6 +361,65 @@ def test_fp16_weight_under_bf16_autocast_is_left_to_autocast_by_design():
     assert stats["fused"] == {} and [(u.op, u.code) for u in stats["unfused"]] == [("linear", "fp16_weight_autocast")]
 
 
+class WeightOnlyInt8Linear(torch.nn.Module):
+    """linear(x, dq_per_channel(w int8), b): convert_pt2e's form of the weight-only int8 config."""
+
+    def __init__(self, bias: bool, dims):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.dims = dims
+        self.register_buffer("w", torch.randint(-127, 128, (8, 16), dtype=torch.int8, generator=g))
+        self.register_buffer("scale", torch.rand(8, generator=g) * 0.02 + 0.001)
+        self.register_buffer("zp", torch.zeros(8, dtype=torch.int64))
+        self.register_buffer("b", torch.randn(8, generator=g) if bias else None)
+
+    def forward(self, x):
+        if self.dims:
+            x = x.permute(self.dims)
+        dq = torch.ops.quantized_decomposed.dequantize_per_channel(self.w, self.scale, self.zp, 0, -127, 127, torch.int8)
+        return torch.nn.functional.linear(x, dq, self.b)
+
+
+WOQ_CASES = [(shape, dims, form, bias, bf16) for shape, dims, form in FP16_FORMS for bias in (True, False)
+             for bf16 in (False, True) if bias or form != "m1"]
+
+
+def rewrite_with_our_kernels(model, inputs, bf16=False):
+    """As in a freezing compile with our kernel layer: the rule reads the zero points as the
+    compile's constants (the buffers, first among the graph's inputs)."""
+    assert native.available()
+    context = torch._guards.TracingContext(None)
+    context.params_flat = [b for _, b in model.named_buffers()]
+    with own_calls.in_this_compile(True), torch._guards.tracing(context):
+        return rewrite(model, inputs, bf16)
+
+
+@pytest.mark.parametrize("shape,dims,form,bias,bf16", WOQ_CASES,
+                         ids=[f"{f}{'.bf16' if h else ''}{'' if b else '.nobias'}" for _, _, f, b, h in WOQ_CASES])
+def test_weight_only_int8_linear_becomes_our_kernel(shape, dims, form, bias, bf16):
+    model = WeightOnlyInt8Linear(bias, dims).eval()
+    x = torch.randn(shape)
+    gm, flat, stats = rewrite_with_our_kernels(model, (x,), bf16)
+    if not probe.weight_only_linear_builds(torch.bfloat16 if bf16 else torch.float32):  # bf16 without AVX-512
+        assert [u.code for u in stats["unfused"]] == ["woq_unbuildable"], stats
+        return
+    fusion_id = f"linear.woq_int8.{form}{'.bf16' if bf16 else ''}{'' if bias else '.nobias'}"
+    assert stats == {"fused": {fusion_id: 1}, "unfused": [], "kernels": {"woq_linear": 1}}, stats
+    t = targets(gm)
+    assert t["iq_onednn.woq_linear.default"] == 1, gm.code
+    assert not any(t[op] for op in FP32_OPS + ("aten.bmm.default",)), gm.code
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        ref, out = model(x), gm(*flat)
+    tol = 2e-2 if bf16 else 1e-5
+    torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
+
+
+def test_weight_only_int8_linear_outside_our_kernel_layer_is_reported():
+    model = WeightOnlyInt8Linear(True, None).eval()
+    gm, flat, stats = rewrite(model, (torch.randn(4, 16),))  # no own_calls.in_this_compile: as AOTInductor
+    assert stats["fused"] == {} and [u.code for u in stats["unfused"]] == ["act_not_dequantized"], stats
+
+
 def test_every_fusion_id_fired():
     """Layer d: every registered id fires on some variant (re-runs the cheap rewrites if the
     parametrized tests above were deselected)."""
@@ -379,9 +439,14 @@ def test_every_fusion_id_fired():
         rewrite(AddCastBackUnderAutocast().eval(), (torch.randn(4, 16),), bf16=True)
         for form, weight, bias, bf16 in ND_CASES:
             rewrite(Int8LinearOn4D(form, weight, bias).eval(), (torch.randn(LAYOUTS_4D[form][0]),), bf16)
+        for shape, dims, _, bias, bf16 in WOQ_CASES:
+            rewrite_with_our_kernels(WeightOnlyInt8Linear(bias, dims).eval(), (torch.randn(shape),), bf16)
     # without VNNI an int8 activation (8 bits once shifted) never fuses: its shift cannot fire
     needs_vnni = set() if cpu_info().vnni else {"qconv.s8_to_u8"}
-    missing = set(iq_passes.fusion_ids()) - set(FIRED) - needs_vnni
+    # bf16 weight-only linears need AVX-512 (kernels/probe.py)
+    needs_avx512 = set() if probe.weight_only_linear_builds(torch.bfloat16) else {
+        f for f in iq_passes.fusion_ids() if f.startswith("linear.woq_int8") and ".bf16" in f}
+    missing = set(iq_passes.fusion_ids()) - set(FIRED) - needs_vnni - needs_avx512
     assert not missing, f"registered but never fired in the unit layer: {sorted(missing)}"
 
 

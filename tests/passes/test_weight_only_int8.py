@@ -1,9 +1,9 @@
 """Weight-only int8 linears (`get_x86_inductor_linear_weight_only_int8_config`): convert leaves
-dequantize_per_channel(int8 weight) -> linear(float x). No kernel here is faster than the float
-linear on the dequantized weight (ATen's `_weight_int8pack_mm` with fp32 activations measured
-4-40x slower than the fp32 linear, README "Migrating"), so the compile keeps that form (freezing
-folds the dequantize into an fp32 weight) and says so in `stats()["unfused"]`; the numbers are
-the eager converted model's. Builtins off (tests/conftest.py)."""
+dequantize_per_channel(int8 weight) -> linear(float x). The compile runs each as our
+`iq_onednn.woq_linear` (kernels/native.py: oneDNN's matmul with the weight kept int8 and converted
+in registers), fp32 or bf16 under autocast, every linear form; where our kernel layer is off or
+cannot load, the float linear on the dequantized weight (freezing folds it) runs and
+`stats()["unfused"]` says why. Builtins off (tests/conftest.py)."""
 
 import pytest
 import torch
@@ -12,8 +12,10 @@ from torch import nn
 from compile_utils import compile_and_run
 from test_fp16_weight import Mlp  # the same two linears: up with a bias, relu, down without
 
+import inductor_quant.passes as iq_passes
 from inductor_quant import quantize
-from inductor_quant.generated_code import onednn_int8_calls, weight_only_int8_calls
+from inductor_quant.kernels import probe
+from inductor_quant.generated_code import float_compute_calls, onednn_int8_calls, weight_only_int8_calls
 from inductor_quant.quantizer import (X86InductorQuantizer, get_default_x86_inductor_quantization_config,
                                       get_x86_inductor_linear_weight_only_int8_config)
 
@@ -39,14 +41,36 @@ def test_convert_keeps_int8_weights_and_float_activations(mlp):
     assert (converted(x) - model(x)).abs().max() <= 0.02 * model(x).abs().max()  # int8 weights: close to float
 
 
+@pytest.mark.parametrize("cpp_wrapper", [False, True], ids=["py", "cpp"])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
-def test_the_compile_keeps_the_float_linear_and_reports_it(mlp, bf16):
+def test_the_compile_calls_our_weight_only_kernel(mlp, bf16, cpp_wrapper):
     _, converted, x = mlp
-    ref, out, code, stats = compile_and_run(converted, (x,), bf16=bf16)
+    ref, out, code, stats = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper, bf16=bf16)
+    if not probe.weight_only_linear_builds(torch.bfloat16 if bf16 else torch.float32):  # bf16 without AVX-512
+        assert weight_only_int8_calls(code) == 0 and [u.code for u in stats["unfused"]] == ["woq_unbuildable"] * 2
+        torch.testing.assert_close(out, ref, rtol=1e-2, atol=1e-2)
+        return
+    assert weight_only_int8_calls(code) == 2 and not float_compute_calls(code), code
+    assert stats["unfused"] == [], stats
+    assert sum(v for k, v in stats["fused"].items() if k.startswith("linear.woq_int8")) == 2, stats
+    assert stats["kernels"] == {"woq_linear": 2}, stats
+    # fp32: the scale applied after the sum instead of to each weight; bf16: the eager model rounds
+    # each dequantized weight to bf16, ours keeps the int8 value exact and scales the fp32 sum
+    tol = 1e-5 if not bf16 else 2e-2
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol * ref.abs().max().item())
+
+
+def test_without_our_kernel_layer_the_float_linear_runs_and_is_reported(mlp):
+    _, converted, x = mlp
+    assert iq_passes.set_own_kernels(False)
+    try:
+        ref, out, code, stats = compile_and_run(converted, (x,))
+    finally:
+        iq_passes.set_own_kernels(True)
     assert weight_only_int8_calls(code) == 0 and not onednn_int8_calls(code), code
     assert [u.code for u in stats["unfused"]] == ["act_not_dequantized"] * 2, stats
     assert "weight-only int8" in stats["unfused"][0].reason
-    torch.testing.assert_close(out, ref, rtol=1e-5 if not bf16 else 1e-2, atol=1e-5 if not bf16 else 1e-2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_beside_static_int8_layers_those_still_fuse():
@@ -57,5 +81,6 @@ def test_beside_static_int8_layers_those_still_fuse():
     quantizer.set_module_type_qconfig(nn.Linear, get_x86_inductor_linear_weight_only_int8_config())
     converted = quantize(model, (x,), [(x,)], quantizer=quantizer)
     ref, out, code, stats = compile_and_run(converted, (x,))
-    assert sum(onednn_int8_calls(code).values()) == 1 and [u.op for u in stats["unfused"]] == ["linear"], stats
+    assert sum(onednn_int8_calls(code).values()) == 1 and weight_only_int8_calls(code) == 1, code
+    assert stats["unfused"] == [], stats
     assert (out - ref).abs().max() <= 1e-4 * ref.abs().max() + 1e-5
