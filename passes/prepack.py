@@ -283,10 +283,11 @@ def prepack_fp16_weight_linear(match: Match) -> tuple:
 
 
 def check_woq_int8_linear(match: Match) -> Optional[Reason]:
-    """A float input (not a dequantize: those are int8 layers), input and output in one float dtype (fp32, or bf16 under autocast), an int8 weight
-    symmetric per output channel (zero points all 0: the kernel takes none), and our kernel layer
-    in this compile: torch has no op that keeps the weight int8 and is faster than the float
-    linear on the dequantized weight, which is what runs otherwise."""
+    """A float input (not a dequantize: that is an int8 layer, its own rule decides), input and
+    output in one float dtype (fp32, or bf16 under autocast), an int8 weight symmetric per output
+    channel (zero points all 0: the kernel takes none), and our kernel layer in this compile:
+    torch has no op that keeps the weight int8 and is faster than the float linear on the
+    dequantized weight, which is what runs otherwise."""
     x, out, w_dq = match.kwargs["x"], match.output_node(), _weight_dq(match)
     source = x.args[0] if isinstance(x, torch.fx.Node) and x.target is prims.convert_element_type.default else x
     if isinstance(source, torch.fx.Node) and source.target in ACT_DQ:  # an int8 layer its rule refused (saturation, say)
