@@ -2,6 +2,7 @@
 
     python tests/fuzz/fuzz.py --graphs 500                 # the full sweep (every config of harness.CONFIGS)
     python tests/fuzz/fuzz.py --graphs 250 --shard 1/2     # half of it (run 0/2 and 1/2 at once)
+    python tests/fuzz/fuzz.py --graphs 500 --bundle 4      # up to 4 graphs of one quantizer per compile
     python tests/fuzz/fuzz.py --summary fuzz-out           # merge the shards' results
     python tests/fuzz/fuzz.py --replay fuzz-out/repro-*.json
 
@@ -9,6 +10,9 @@ Per graph: one JSON line in <out>/results.jsonl (resumable: graphs already there
 The sweep runs in a child process that notes the graph, the config and the outcomes so far in
 <out>/in-flight-<shard>.json; if the child dies (a segfault inside a kernel) the parent records
 that compile as a crash and starts a new child, which goes on with the graph's other configs.
+With --bundle N, the graphs of each run of N seeds that share a quantizer are compiled together
+(a graph failing in its bundle is checked again alone; a child dying in a bundle makes the next
+child run that bundle's graphs one by one, so the death is pinned on one graph).
 A crash or mismatch is saved as <out>/repro-<seed>-<config>.json (spec + config + error + the
 replay command); the first failure of each kind is minimized (ops dropped while it still fails
 the same way) before saving. A failure the unquantized model shows too is torch's ("upstream"):
@@ -67,41 +71,82 @@ def sweep(args) -> int:
     configs = harness.FULL_CONFIGS + harness.PRODUCT_CONFIGS if args.full_matrix else harness.CONFIGS
     seeds = [s for s in range(args.seed, args.seed + args.graphs * shards) if s % shards == shard][: args.graphs]
     harness.install_our_passes()
-    seen_kinds: set[str] = set()
-    failures = 0
-    in_flight = in_flight_path(args)
-    resumed = json.load(open(in_flight)) if os.path.exists(in_flight) else {}
-    for i, seed in enumerate(seeds):
-        if seed in done:
-            continue
-        state = resumed if resumed.get("seed") == seed else {"seed": seed, "outcomes": []}
-        spec = graphs.generate(seed)
-        start = time.perf_counter()
-        outcomes = [harness.Outcome(**o) for o in state["outcomes"]]
-        for c in configs[len(outcomes):]:  # after a death: the configs the dead process did not reach
-            _write_json(in_flight, {**state, "outcomes": [o.to_json() for o in outcomes], "config": c.name})
-            outcomes.append(check(spec, c))
-        _write_json(in_flight, {**state, "outcomes": [o.to_json() for o in outcomes], "config": None})
-        bad = [o for o in outcomes if o.status != "ok"]
-        for o in bad:
-            failures += o.status != "upstream"
-            small, n_before = spec, None
-            if args.minimize and signature(o) not in seen_kinds and not state.get("died"):
-                small = minimize(spec, harness.Config.parse(o.config), o)
-                n_before = len(spec["ops"])
-            seen_kinds.add(signature(o))
-            path = save_repro(args.out, small, harness.check(small, harness.Config.parse(o.config)) if small is not spec else o,
-                              n_before)
-            print(f"  {o.status} [{o.config}] {o.stage}: {o.error[:160]}\n  -> {path}", flush=True)
-        record = {"seed": seed, "cpu": cpu_facts(), "graph": graphs.describe(spec), "ops": [op["op"] for op in spec["ops"]],
-                  "seconds": round(time.perf_counter() - start, 1), "outcomes": [o.to_json() for o in outcomes]}
-        _append_result(results, record)
-        os.remove(in_flight)
-        status = "ok" if not bad else ", ".join(f"{o.status}@{o.config}" for o in bad)
-        print(f"[{i + 1}/{len(seeds)}] seed {seed} {record['seconds']}s {status} | {graphs.describe(spec)[:110]}",
-              flush=True)
+    ctx = {"args": args, "configs": configs, "results": results, "seen_kinds": set(), "failures": 0,
+           "in_flight": in_flight_path(args), "done": done}
+    resumed = json.load(open(ctx["in_flight"])) if os.path.exists(ctx["in_flight"]) else {}
+    position = {seed: i for i, seed in enumerate(seeds)}
+    for start in range(0, len(seeds), args.bundle):
+        groups: dict = {}  # the chunk's pending graphs, by quantizer: each group is one bundle
+        for seed in seeds[start:start + args.bundle]:
+            if seed not in done:
+                spec = graphs.generate(seed)
+                groups.setdefault((spec["quant"], spec.get("recipe")), []).append(spec)
+        for group in groups.values():
+            seeds_in = [s["seed"] for s in group]
+            alone = (len(group) == 1 or resumed.get("seed") in seeds_in  # a graph's own run was cut short
+                     or (resumed.get("split") and resumed.get("bundle") == seeds_in))  # the bundle's process died
+            if alone:
+                for spec in group:
+                    _sweep_alone(ctx, spec, resumed if resumed.get("seed") == spec["seed"] else {}, position, len(seeds))
+            else:
+                _sweep_bundle(ctx, group, position, len(seeds))
     print(summarize(args.out))
-    return 1 if failures else 0
+    return 1 if ctx["failures"] else 0
+
+
+def _sweep_alone(ctx: dict, spec: dict, resumed: dict, position: dict, total: int) -> None:
+    """One graph, one compile per config; after a process death, the configs not yet reached."""
+    state = resumed or {"seed": spec["seed"], "outcomes": []}
+    start = time.perf_counter()
+    outcomes = [harness.Outcome(**o) for o in state["outcomes"]]
+    for c in ctx["configs"][len(outcomes):]:
+        _write_json(ctx["in_flight"], {**state, "outcomes": [o.to_json() for o in outcomes], "config": c.name})
+        outcomes.append(check(spec, c))
+    _write_json(ctx["in_flight"], {**state, "outcomes": [o.to_json() for o in outcomes], "config": None})
+    _record(ctx, spec, outcomes, time.perf_counter() - start, position, total, died=bool(state.get("died")))
+
+
+def _sweep_bundle(ctx: dict, group: list[dict], position: dict, total: int) -> None:
+    """Graphs of one quantizer compiled together per config (`harness.check_many`: a graph that
+    fails is checked again alone). If the process dies, the supervisor marks the bundle split and
+    the next process runs its graphs one by one (so a death is pinned on one graph)."""
+    start = time.perf_counter()
+    per_graph: list[list] = [[] for _ in group]
+    for c in ctx["configs"]:
+        _write_json(ctx["in_flight"], {"bundle": [s["seed"] for s in group], "config": c.name})
+        for outcomes, outcome in zip(per_graph, check_many(group, c)):
+            outcomes.append(outcome)
+    seconds = (time.perf_counter() - start) / len(group)
+    for spec, outcomes in zip(group, per_graph):
+        _record(ctx, spec, outcomes, seconds, position, total, bundle=[s["seed"] for s in group])
+
+
+def _record(ctx: dict, spec: dict, outcomes: list, seconds: float, position: dict, total: int, died: bool = False,
+            bundle: list | None = None) -> None:
+    """Save repros of the failures (the first of each kind minimized), append the graph's row."""
+    args = ctx["args"]
+    bad = [o for o in outcomes if o.status != "ok"]
+    for o in bad:
+        ctx["failures"] += o.status != "upstream"
+        small, n_before = spec, None
+        if args.minimize and signature(o) not in ctx["seen_kinds"] and not died and not o.bundle:
+            small = minimize(spec, harness.Config.parse(o.config), o)
+            n_before = len(spec["ops"])
+        ctx["seen_kinds"].add(signature(o))
+        path = save_repro(args.out, small, harness.check(small, harness.Config.parse(o.config)) if small is not spec else o,
+                          n_before)
+        print(f"  {o.status} [{o.config}] {o.stage}: {o.error[:160]}\n  -> {path}", flush=True)
+    record = {"seed": spec["seed"], "cpu": cpu_facts(), "graph": graphs.describe(spec), "ops": [op["op"] for op in spec["ops"]],
+              "seconds": round(seconds, 1), "outcomes": [o.to_json() for o in outcomes]}
+    if bundle:
+        record["bundle"] = bundle
+    _append_result(ctx["results"], record)
+    if os.path.exists(ctx["in_flight"]):
+        os.remove(ctx["in_flight"])
+    ctx["done"].add(spec["seed"])
+    status = "ok" if not bad else ", ".join(f"{o.status}@{o.config}" for o in bad)
+    print(f"[{position[spec['seed']] + 1}/{total}] seed {spec['seed']} {record['seconds']}s {status} | "
+          f"{graphs.describe(spec)[:110]}", flush=True)
 
 
 def check(spec: dict, config: harness.Config) -> harness.Outcome:
@@ -113,6 +158,13 @@ def check(spec: dict, config: harness.Config) -> harness.Outcome:
     if spec["seed"] == int(die_at) and config == harness.CONFIGS[1]:
         os.kill(os.getpid(), signal.SIGSEGV)
     return harness.Outcome(config.name, "ok")
+
+
+def check_many(group: list[dict], config: harness.Config) -> list[harness.Outcome]:
+    """harness.check_many; under FUZZ_SELFTEST_DIE_AT, `check`'s stand-in for each graph."""
+    if os.environ.get("FUZZ_SELFTEST_DIE_AT") is None:
+        return harness.check_many(group, config)
+    return [check(spec, config) for spec in group]
 
 
 def in_flight_path(args) -> str:
@@ -140,6 +192,13 @@ def supervise(args, argv: list[str]) -> int:
         if not os.path.exists(in_flight):
             return max(worst, rc)
         state = json.load(open(in_flight))
+        if "bundle" in state:  # died inside a bundle: its graphs go again one by one, which pins the death
+            if state.get("split"):
+                print(f"  bundle {state['bundle']}: the worker died before running its graphs alone; stopping", flush=True)
+                return 1
+            print(f"  bundle {state['bundle']}: the fuzzing process was {_cause(rc)}; its graphs run alone", flush=True)
+            _write_json(in_flight, {**state, "config": None, "split": True})
+            continue
         if state["config"] is None and state.get("died"):  # died again after its configs had run
             print(f"  seed {state['seed']}: the worker died twice after checking it; stopping", flush=True)
             return 1
@@ -213,6 +272,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--shard", default="0/1", help="i/n: this process takes seeds with seed %% n == i")
     p.add_argument("--out", default="fuzz-out")
+    p.add_argument("--bundle", type=int, default=1,
+                   help="compile up to N graphs of one quantizer together (harness.check_many): fewer compiles")
     p.add_argument("--full-matrix", action="store_true", help="all 16 switch configs instead of the 8 of the half fraction")
     p.add_argument("--no-minimize", dest="minimize", action="store_false")
     p.add_argument("--replay", help="re-run a saved repro (exit 1 while it still fails)")

@@ -131,6 +131,24 @@ class SpecModel(nn.Module):
         return outs[0] if len(outs) == 1 else outs
 
 
+class Bundle(nn.Module):
+    """Several specs side by side: input k feeds spec k's graph, the outputs are every spec's
+    outputs in order. One quantize and one compile check them all (the fuzzer's throughput: a
+    compile's fixed cost, C++ builds, autotuning setup, AOTI packaging, is paid once per bundle).
+    The graphs share nothing (own inputs, own parameters), so no rewrite joins two of them."""
+
+    def __init__(self, specs: list[dict]):
+        super().__init__()
+        self.graphs = nn.ModuleList(SpecModel(s) for s in specs)
+
+    def forward(self, *xs):
+        outs: list = []
+        for graph, x in zip(self.graphs, xs):
+            out = graph(x)
+            outs.extend(out if isinstance(out, tuple) else (out,))
+        return tuple(outs)
+
+
 def value_shapes(spec: dict) -> list[tuple]:
     """Shape of every value of a spec (value 0 is the input)."""
     with torch.no_grad():

@@ -22,6 +22,10 @@ scale of the graph; for dynamic quantization the runtime step of the widest tens
 autocast add torch.testing's bf16 tolerance (rtol 1.6e-2) of the reference magnitude and twice
 the largest change bf16 autocast makes to that output in eager mode: float islands after a bf16
 op (layer_norm over a few values) amplify bf16 rounding far beyond 1.6 %, in eager as well.
+
+`check` judges one graph per compile (the sweep, the minimizer, replays); `check_many` compiles the
+graphs that share a quantizer together (`graphs.Bundle`) and judges each on its own outputs and
+its own quantization step (the CI slice: fewer compiles).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from inductor_quant.quantizer import (X86InductorQuantizer, get_default_x86_indu
                                       get_x86_inductor_linear_weight_only_int8_config)
 from inductor_quant.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
 
-from graphs import SpecModel, inputs, value_shapes
+from graphs import Bundle, SpecModel, inputs, value_shapes
 
 qd = torch.ops.quantized_decomposed
 BF16_RTOL = 1.6e-2
@@ -108,9 +112,10 @@ class Outcome:
     err_steps: float = 0.0      # worst |compiled - eager| in units of the allowed error
     fused: dict = field(default_factory=dict)
     trace: str = ""
+    bundle: list = field(default_factory=list)  # seeds compiled together, when only together they fail
 
     def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v not in ("", {}, 0.0) or k == "status"}
+        return {k: v for k, v in asdict(self).items() if v not in ("", {}, [], 0.0) or k == "status"}
 
 
 def install_our_passes():
@@ -136,13 +141,30 @@ def _quantizer(spec: dict):
     return quantizer
 
 
-def quantized(spec: dict, dynamic_batch: bool) -> torch.fx.GraphModule:
-    """export -> prepare -> calibrate on two draws -> convert (batch dynamic if asked)."""
-    model = SpecModel(spec).eval()
-    example = inputs(spec, batch=max(2, spec["input"][0]) if dynamic_batch else None)
-    shapes = ({"x": {0: torch.export.Dim("batch", min=1, max=64)}},) if dynamic_batch else None
-    calibration = [inputs(spec, batch=example.shape[0], salt=s) for s in (1, 2)]
-    return quantize(model, (example,), calibration, quantizer=_quantizer(spec), dynamic_shapes=shapes and shapes[0])
+def _model(specs: list[dict]) -> torch.nn.Module:
+    return SpecModel(specs[0]) if len(specs) == 1 else Bundle(specs)
+
+
+def _batch_dims(n: int) -> list:
+    """One batch dimension per input (a bundle's graphs keep their own, as each alone would)."""
+    return [torch.export.Dim(f"batch{k}" if n > 1 else "batch", min=1, max=64) for k in range(n)]
+
+
+def _example(specs: list[dict], dynamic_batch: bool, salt: int = 0) -> tuple:
+    return tuple(inputs(s, batch=max(2, s["input"][0]) if dynamic_batch else None, salt=salt) for s in specs)
+
+
+def quantized(spec: dict | list[dict], dynamic_batch: bool) -> torch.fx.GraphModule:
+    """export -> prepare -> calibrate on two draws -> convert (batch dynamic if asked). A list of
+    specs (one quantizer: same quant kind and recipe) becomes one `Bundle`."""
+    specs = spec if isinstance(spec, list) else [spec]
+    example = _example(specs, dynamic_batch)
+    calibration = [_example(specs, dynamic_batch, salt=s) for s in (1, 2)]
+    shapes = None
+    if dynamic_batch:
+        dims = [{0: d} for d in _batch_dims(len(specs))]
+        shapes = {"x": dims[0]} if len(specs) == 1 else {"xs": tuple(dims)}
+    return quantize(_model(specs).eval(), example, calibration, quantizer=_quantizer(specs[0]), dynamic_shapes=shapes)
 
 
 def run_batches(spec: dict, config: Config) -> list[int]:
@@ -150,16 +172,15 @@ def run_batches(spec: dict, config: Config) -> list[int]:
     return [3, 1, 5] if config.dynamic_batch else [spec["input"][0]]
 
 
-DYNAMIC_BATCH = torch.export.Dim("batch", min=1, max=64)
-
-
 @contextlib.contextmanager
-def compiled_for(config: Config, model: torch.nn.Module, example: torch.Tensor, compile_fn=torch.compile):
-    """The callable `config` makes of `model` (compiled on first call, except AOTI: ahead)."""
+def compiled_for(config: Config, model: torch.nn.Module, example, compile_fn=torch.compile):
+    """The callable `config` makes of `model` (compiled on first call, except AOTI: ahead).
+    `example`: a tensor, or a tuple of them (a bundle)."""
     if config.mode == "aoti":
+        examples = example if isinstance(example, tuple) else (example,)
         with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), torch._inductor.config.patch(freezing=True):
-            shapes = ({0: DYNAMIC_BATCH},) if config.dynamic_batch else None
-            program = torch.export.export(model, (example,), dynamic_shapes=shapes)
+            shapes = tuple({0: d} for d in _batch_dims(len(examples))) if config.dynamic_batch else None
+            program = torch.export.export(model, examples, dynamic_shapes=shapes)
             path = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(tmp, "model.pt2"))
             yield torch._inductor.aoti_load_package(path)
         return
@@ -182,18 +203,37 @@ def _call_patch(config: Config):
         yield
 
 
-def allowed_error(converted: torch.fx.GraphModule, ref: torch.Tensor, x: torch.Tensor) -> float:
+def allowed_error(converted: torch.fx.GraphModule, ref: torch.Tensor, x: torch.Tensor, within=None) -> float:
     """One quantization step: the largest static activation scale; with dynamic quantization the
     step of the widest runtime range (input or output), (max - min) / 255; with no activation
-    quantized, 1e-4 of the output's magnitude."""
-    scales = [float(n.args[1]) for n in converted.graph.nodes if n.target is qd.quantize_per_tensor.default]
+    quantized, 1e-4 of the output's magnitude. `within`: the nodes of one graph of a bundle."""
+    nodes = [n for n in converted.graph.nodes if within is None or n in within]
+    scales = [float(n.args[1]) for n in nodes if n.target is qd.quantize_per_tensor.default]
     if scales:
         return max(scales)
-    if any(n.target is qd.choose_qparams.tensor for n in converted.graph.nodes):
+    if any(n.target is qd.choose_qparams.tensor for n in nodes):
         widest = max(float(t.max() - t.min()) for t in (x, ref))
         return max(widest / 255, 1e-6)
     # no activation quantized (fp16-rounded weights only): both sides do fp32 math on the same weights
     return 1e-4 * float(ref.abs().max()) + 1e-5
+
+
+def _graph_nodes(converted: torch.fx.GraphModule, specs: list[dict]) -> list:
+    """Per spec of a bundle, the nodes its outputs depend on (None for a lone spec: all)."""
+    if len(specs) == 1:
+        return [None]
+    outputs = list(next(n for n in converted.graph.nodes if n.op == "output").args[0])
+    per_spec, start = [], 0
+    for spec in specs:
+        todo, seen = outputs[start:start + len(spec["outputs"])], set()
+        start += len(spec["outputs"])
+        while todo:
+            node = todo.pop()
+            if isinstance(node, torch.fx.Node) and node not in seen:
+                seen.add(node)
+                todo.extend(node.all_input_nodes)
+        per_spec.append(seen)
+    return per_spec
 
 
 def _as_tuple(out) -> tuple:
@@ -204,7 +244,7 @@ def check(spec: dict, config: Config, compile_fn=torch.compile) -> Outcome:
     """Quantize, compile under `config` (`compile_fn`, replaceable in tests), run, compare with
     the eager converted model. A failure the *float* model shows as well under the same compile
     config is torch's, not ours: status "upstream" (counted apart, with its evidence)."""
-    outcome = _check_quantized(spec, config, compile_fn)
+    outcome = _check_quantized([spec], config, compile_fn)[0]
     if outcome.status != "ok" and compile_fn is torch.compile:
         known = known_upstream(spec, config)
         float_failure = known or float_model_fails(spec, config)
@@ -254,52 +294,99 @@ def float_model_fails(spec: dict, config: Config) -> str:
     return ""
 
 
-def _check_quantized(spec: dict, config: Config, compile_fn) -> Outcome:
+def _check_quantized(specs: list[dict], config: Config, compile_fn) -> list[Outcome]:
+    """One verdict per spec; the specs (one quantizer) are compiled together when there are several."""
     stage = "quantize"
     try:
         with warnings.catch_warnings(), contextlib.ExitStack() as stack:
             warnings.simplefilter("ignore")
-            converted = quantized(spec, config.dynamic_batch)
+            converted = quantized(specs if len(specs) > 1 else specs[0], config.dynamic_batch)
             stage = "compile"
             torch._dynamo.reset()
             iq_passes.reset_stats()
-            batches = run_batches(spec, config)
-            compiled = stack.enter_context(compiled_for(config, converted, inputs(spec, batch=batches[0]), compile_fn))
+            rounds = run_batches(specs[0], config) if config.dynamic_batch else [None]  # None: each its own batch
+            example = tuple(inputs(s, batch=rounds[0]) for s in specs)
+            compiled = stack.enter_context(compiled_for(config, converted, example if len(specs) > 1 else example[0],
+                                                        compile_fn))
             autocast = torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext()
-            worst, detail = 0.0, ""
-            for i, batch in enumerate(batches):
-                x = inputs(spec, batch=batch, salt=3 + i)
+            within = _graph_nodes(converted, specs)
+            worst, detail, broken = [0.0] * len(specs), [""] * len(specs), [None] * len(specs)
+            for i, batch in enumerate(rounds):
+                xs = tuple(inputs(s, batch=batch, salt=3 + i) for s in specs)
                 if config.dynamic_batch and i == 0 and config.mode != "aoti":
-                    torch._dynamo.mark_dynamic(x, 0)
+                    for x in xs:
+                        torch._dynamo.mark_dynamic(x, 0)
                 with torch.no_grad():
-                    refs = _as_tuple(converted(x))
+                    refs = _as_tuple(converted(*xs))
                     with autocast:
-                        eager_autocast = _as_tuple(converted(x)) if config.bf16 else refs
+                        eager_autocast = _as_tuple(converted(*xs)) if config.bf16 else refs
                     with _call_patch(config), autocast:
-                        outs = _as_tuple(compiled(x))
+                        outs = _as_tuple(compiled(*xs))
                 stage = "run"
-                for k, (ref, out, ref_autocast) in enumerate(zip(refs, outs, eager_autocast)):
-                    if out.shape != ref.shape:
-                        return Outcome(config.name, "mismatch", stage, f"output {k}: shape {tuple(out.shape)} != {tuple(ref.shape)}")
-                    step = allowed_error(converted, ref, x)
-                    err = (out.float() - ref).abs()
-                    allowed = step
-                    if config.bf16:
-                        allowed = allowed + BF16_RTOL * ref.abs() + 2 * float((ref_autocast.float() - ref).abs().max())
-                    if not torch.isfinite(out.float()).all() and torch.isfinite(ref).all():
-                        return Outcome(config.name, "mismatch", stage, f"output {k}: non-finite values")
-                    ratio = float((err / allowed).max()) if err.numel() else 0.0
-                    if ratio > worst:
-                        worst = ratio
-                        detail = (f"output {k} batch {batch}: max |compiled - eager| {float(err.max()):.4g}, "
-                                  f"allowed {step:.4g}{' + bf16 rtol' if config.bf16 else ''}")
+                first = 0
+                for g, spec in enumerate(specs):
+                    span = range(first, first + len(spec["outputs"]))
+                    first += len(spec["outputs"])
+                    for k, (ref, out, ref_autocast) in enumerate(zip(*(t[span.start:span.stop] for t in (refs, outs, eager_autocast)))):
+                        if broken[g]:
+                            break
+                        if out.shape != ref.shape:
+                            broken[g] = f"output {k}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+                            break
+                        step = allowed_error(converted, ref, xs[g], within[g])
+                        err = (out.float() - ref).abs()
+                        allowed = step
+                        if config.bf16:
+                            allowed = allowed + BF16_RTOL * ref.abs() + 2 * float((ref_autocast.float() - ref).abs().max())
+                        if not torch.isfinite(out.float()).all() and torch.isfinite(ref).all():
+                            broken[g] = f"output {k}: non-finite values"
+                            break
+                        ratio = float((err / allowed).max()) if err.numel() else 0.0
+                        if ratio > worst[g]:
+                            worst[g] = ratio
+                            detail[g] = (f"output {k} batch {xs[g].shape[0]}: max |compiled - eager| {float(err.max()):.4g}, "
+                                         f"allowed {step:.4g}{' + bf16 rtol' if config.bf16 else ''}")
     except Exception as exc:  # noqa: BLE001 - every failure is a finding
         line = _error_line(exc)
-        return Outcome(config.name, "crash", stage, line[:500], trace=traceback.format_exc()[-4000:])
+        return [Outcome(config.name, "crash", stage, line[:500], trace=traceback.format_exc()[-4000:]) for _ in specs]
     stats = iq_passes.stats()
     fused = {**stats.get("fused", {}), **{f"kernel.{k}": v for k, v in stats.get("kernels", {}).items()}}
-    status = "mismatch" if worst > 1.0 else "ok"
-    return Outcome(config.name, status, "run", detail if status == "mismatch" else "", round(worst, 4), fused)
+    outcomes = []
+    for g in range(len(specs)):
+        if broken[g]:
+            outcomes.append(Outcome(config.name, "mismatch", "run", broken[g]))
+            continue
+        status = "mismatch" if worst[g] > 1.0 else "ok"
+        # a bundle's fusion counters are the compile's: kept once (on its first graph), so tallies add up
+        outcomes.append(Outcome(config.name, status, "run", detail[g] if status == "mismatch" else "",
+                                round(worst[g], 4), fused if g == 0 else {}))
+    return outcomes
+
+
+def check_many(specs: list[dict], config: Config, compile_fn=torch.compile) -> list[Outcome]:
+    """`check` for many specs at a fraction of the compiles: the specs that share a quantizer
+    (quant kind and recipe) are compiled as one `Bundle`. A graph that fails in its bundle is
+    checked again alone, and that verdict stands (its own repro, the float re-check); if it
+    passes alone, the bundle's failure is kept, marked with the bundle's seeds (`Outcome.bundle`:
+    replay them together)."""
+    groups: dict = {}
+    for i, spec in enumerate(specs):
+        groups.setdefault((spec["quant"], spec.get("recipe", "ours")), []).append(i)
+    outcomes: list = [None] * len(specs)
+    for members in groups.values():
+        group = [specs[i] for i in members]
+        together = _check_quantized(group, config, compile_fn) if len(group) > 1 else [None]
+        for i, outcome in zip(members, together):
+            if outcome is not None and outcome.status == "ok":
+                outcomes[i] = outcome
+                continue
+            alone = check(specs[i], config, compile_fn)
+            if outcome is not None and alone.status == "ok":
+                outcome.bundle = [s["seed"] for s in group]
+                outcome.error += " (in its bundle only; alone it passes)"
+                alone = outcome
+            outcomes[i] = alone
+    return outcomes
 
 
 def _error_line(exc: BaseException) -> str:

@@ -25,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = sorted(glob.glob(os.path.join(HERE, "corpus", "*.json")))
 # fixed seeds, x 8 configs (6022: linears with fp16 weights after int8 ops, quant "fp16_weight")
 SLICE = (*range(1000, 1010), 1011, 6022)
+ISSUE_18 = os.path.join(HERE, "corpus", "merged-sibling-used-as-residual.json")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -142,6 +143,37 @@ def test_a_crash_is_reported_with_its_stage():
     assert (outcome.status, outcome.error) == ("crash", "RuntimeError: kernel exploded")
 
 
+LINEAR = {"seed": 6, "input": [3, 8], "quant": "static", "outputs": [1],
+          "ops": [{"op": "linear", "in": [0], "kw": {"out": 5, "bias": True}}]}
+
+
+def _wrong_at(pick):
+    """A stand-in compile whose outputs `pick(outputs)` (indices) are off by 100."""
+    def compile_fn(m):
+        def run(*xs):
+            outs = m(*xs)
+            outs = list(outs) if isinstance(outs, tuple) else [outs]
+            wrong = [o + 100 if i in pick(outs) else o for i, o in enumerate(outs)]
+            return tuple(wrong) if len(wrong) > 1 else wrong[0]
+        return run
+    return compile_fn
+
+
+def test_a_bundle_names_the_graph_that_fails():
+    """Graphs compiled together are judged one by one: only the graph whose output is wrong fails,
+    with the verdict it gets alone (its own repro)."""
+    linear_output = lambda outs: [i for i, o in enumerate(outs) if o.shape == (3, 5)]  # noqa: E731
+    outcomes = harness.check_many([SMALL, LINEAR], EAGER, compile_fn=_wrong_at(linear_output))
+    assert [o.status for o in outcomes] == ["ok", "mismatch"] and outcomes[1].bundle == []
+
+
+def test_a_failure_only_the_bundle_shows_is_kept_with_its_bundle():
+    second_of_several = lambda outs: [1] if len(outs) > 1 else []  # noqa: E731
+    outcomes = harness.check_many([SMALL, LINEAR], EAGER, compile_fn=_wrong_at(second_of_several))
+    assert [o.status for o in outcomes] == ["ok", "mismatch"]
+    assert outcomes[1].bundle == [5, 6] and "bundle" in outcomes[1].error
+
+
 def test_minimizer_keeps_the_failing_part(monkeypatch):
     """A fake failure 'any sigmoid after a linear' must shrink to linear -> sigmoid."""
     spec = {"seed": 1, "input": [2, 8], "quant": "static", "outputs": [5],
@@ -159,9 +191,9 @@ def test_minimizer_keeps_the_failing_part(monkeypatch):
     assert [op["op"] for op in small["ops"]] == ["linear", "sigmoid"], small
 
 
-def _sweep_that_dies_at_seed_1(out, float_dies: bool) -> tuple[int, dict]:
-    env = {**os.environ, "FUZZ_SELFTEST_DIE_AT": "1", "FUZZ_SELFTEST_FLOAT_DIES": "1" if float_dies else ""}
-    rc = subprocess.call([sys.executable, os.path.join(HERE, "fuzz.py"), "--graphs", "3", "--out", str(out)],
+def _sweep_that_dies_at_seed_1(out, float_dies: bool, die_at: int = 1, *extra: str) -> tuple[int, dict]:
+    env = {**os.environ, "FUZZ_SELFTEST_DIE_AT": str(die_at), "FUZZ_SELFTEST_FLOAT_DIES": "1" if float_dies else ""}
+    rc = subprocess.call([sys.executable, os.path.join(HERE, "fuzz.py"), "--graphs", "3", "--out", str(out), *extra],
                          env=env, stdout=subprocess.DEVNULL)
     return rc, {r["seed"]: r for r in map(json.loads, open(out / "results.jsonl"))}
 
@@ -183,6 +215,19 @@ def test_a_process_that_dies_is_recorded_as_a_crash_and_the_sweep_goes_on(tmp_pa
     assert repro["cpu"]["summary"] == summary and all(r["cpu"]["summary"] == summary for r in rows.values())
 
 
+def test_a_death_inside_a_bundle_is_pinned_on_its_graph(tmp_path):
+    """Seeds 0 and 2 share a quantizer, so --bundle 3 compiles them together; when that process
+    dies, the next one runs them alone and the crash lands on seed 2 only."""
+    assert graphs.generate(0)["quant"] == graphs.generate(2)["quant"] != graphs.generate(1)["quant"]
+    rc, rows = _sweep_that_dies_at_seed_1(tmp_path / "whole", False, 99, "--bundle", "3")  # no death
+    assert rc == 0 and rows[0]["bundle"] == rows[2]["bundle"] == [0, 2] and "bundle" not in rows[1]
+    rc, rows = _sweep_that_dies_at_seed_1(tmp_path, False, 2, "--bundle", "3")
+    assert rc == 1 and sorted(rows) == [0, 1, 2]
+    assert [o["status"] for o in rows[2]["outcomes"]] == ["ok", "crash"] + ["ok"] * (len(harness.CONFIGS) - 2)
+    assert all(o["status"] == "ok" for seed in (0, 1) for o in rows[seed]["outcomes"])
+    assert "bundle" not in rows[0] and not list(tmp_path.glob("in-flight-*"))  # run alone after the death
+
+
 def test_a_death_the_float_model_shares_is_upstream(tmp_path):
     rc, rows = _sweep_that_dies_at_seed_1(tmp_path, float_dies=True)
     assert rc == 0 and [o["status"] for o in rows[1]["outcomes"]] == ["ok", "upstream"] + ["ok"] * (len(harness.CONFIGS) - 2)
@@ -192,29 +237,19 @@ def test_a_death_the_float_model_shares_is_upstream(tmp_path):
 # ----------------------------------------------------------------------------- the slice
 
 
-@pytest.mark.parametrize("configs", ["grid", "product"])
-@pytest.mark.parametrize("seed", SLICE)
-def test_fixed_seed_slice(seed, configs):
-    """grid: the 8 switch configs; product: fast_options() and AOTInductor (half of the seeds:
-    their compiles autotune and build packages, seconds each)."""
-    if configs == "product" and seed % 2:
-        pytest.skip("product configs run on the even seeds of the slice (the sweep runs them all)")
-    spec = graphs.generate(seed)
-    chosen = harness.HALF_FRACTION if configs == "grid" else harness.PRODUCT_CONFIGS
-    # "upstream": the unquantized model fails the same compile too (a torch bug, not ours)
-    failures = [o for o in (harness.check(spec, c) for c in chosen) if o.status in ("crash", "mismatch")]
-    assert not failures, (graphs.describe(spec), [(o.config, o.status, o.stage, o.error) for o in failures])
-
-
-ISSUE_18 = os.path.join(HERE, "corpus", "merged-sibling-used-as-residual.json")
-
-
 @pytest.mark.parametrize("config", harness.CONFIGS, ids=[c.name for c in harness.CONFIGS])
-def test_issue_18_repro_is_exact_in_every_config(config):
-    """Merged sibling linears, one of them another linear's residual: wrong by ~2 under default
-    freezing and the C++ wrapper before the fix; exact in every configuration now."""
-    outcome = harness.check(json.load(open(ISSUE_18))["spec"], config)
-    assert outcome.status == "ok", (outcome.status, outcome.error)
+def test_fixed_seed_slice(config):
+    """Every graph of the slice in every config; the graphs that share a quantizer are compiled
+    together (`harness.check_many`: a third of the compiles), each judged on its own outputs.
+    With them, issue 18's repro: merged sibling linears, one of them another linear's residual,
+    wrong by ~2 under default freezing and the C++ wrapper before the fix (alone in its own
+    config below, with the corpus)."""
+    specs = [graphs.generate(seed) for seed in SLICE] + [json.load(open(ISSUE_18))["spec"]]
+    outcomes = harness.check_many(specs, config)
+    # "upstream": the unquantized model fails the same compile too (a torch bug, not ours)
+    failures = [(graphs.describe(s), o.status, o.stage, o.error, o.bundle) for s, o in zip(specs, outcomes)
+                if o.status in ("crash", "mismatch")]
+    assert not failures, failures
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[os.path.basename(p) for p in CORPUS])
