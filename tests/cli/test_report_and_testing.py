@@ -162,11 +162,12 @@ def test_report_json_for_a_fusable_model():
 
 
 def test_bench_quick_smoke(tmp_path):
-    """`bench --quick` as CI runs it: every mode builds and is timed; no timing assertions."""
-    proc = _cli("bench", "--quick", "--runs", "2", "--out", str(tmp_path / "bench"))
+    """`bench --quick` as CI runs it: every mode builds and is timed; no timing assertions. On the
+    quick zoo's transformer only (the demo test runs the convnet through the default modes)."""
+    proc = _cli("bench", "--quick", "--models", "bert_tiny", "--out", str(tmp_path / "bench"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
-    assert {r["model"] for r in rows} == {"resnet_tiny", "bert_tiny"}
+    assert {r["model"] for r in rows} == {"bert_tiny"}
     bf16_modes = {"int8_bf16", "inductor_bf16"}  # run by default only where bf16 is native
     ran = {r["mode"] for r in rows}
     assert {"int8", "int8_cpp", "inductor_fp32"} <= ran and (bf16_modes <= ran) == cpu_info().bf16_native, ran
@@ -178,7 +179,7 @@ def test_bench_quick_smoke(tmp_path):
         if r["mode"] in ("int8", "int8_bf16", "int8_cpp", "int8_dynamic") and not skipped:
             assert r["fused"] and not [u for u in r["unfused"] if u[0] in ("conv", "linear")], r
             assert r["cosine"] > 0.98, r
-    assert "| resnet_tiny | 2 |" in (tmp_path / "bench.md").read_text()
+    assert "| bert_tiny | 2 |" in (tmp_path / "bench.md").read_text()
 
 
 def test_demo_prints_fusion_speed_and_accuracy():
