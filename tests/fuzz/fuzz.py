@@ -46,6 +46,8 @@ def save_repro(out_dir: str, spec: dict, outcome: harness.Outcome, minimized_fro
     record = {"replay": f"python {HERE} --replay {path}", "cpu": cpu_facts(), "config": outcome.config, "status": outcome.status,
               "stage": outcome.stage, "error": outcome.error, "graph": graphs.describe(spec), "spec": spec,
               "ops_before_minimizing": minimized_from, "trace": outcome.trace}
+    if outcome.bundle:  # fails only when compiled with these graphs: the replay compiles them together
+        record["bundle"] = outcome.bundle
     with open(path, "w") as f:
         json.dump(record, f, indent=1)
     return path
@@ -259,7 +261,12 @@ def summarize(out_dir: str) -> str:
 def replay(path: str) -> int:
     record = json.load(open(path))
     harness.install_our_passes()
-    outcome = harness.check(record["spec"], harness.Config.parse(record["config"]))
+    config = harness.Config.parse(record["config"])
+    if record.get("bundle"):
+        specs = [record["spec"] if s == record["spec"]["seed"] else graphs.generate(s) for s in record["bundle"]]
+        outcome = harness.check_many(specs, config)[record["bundle"].index(record["spec"]["seed"])]
+    else:
+        outcome = harness.check(record["spec"], config)
     print(f"{graphs.describe(record['spec'])}\n[{record['config']}] {outcome.status} {outcome.stage} {outcome.error}")
     if outcome.trace:
         print(outcome.trace)

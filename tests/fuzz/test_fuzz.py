@@ -174,6 +174,21 @@ def test_a_failure_only_the_bundle_shows_is_kept_with_its_bundle():
     assert outcomes[1].bundle == [5, 6] and "bundle" in outcomes[1].error
 
 
+def test_the_replay_of_a_bundle_only_failure_compiles_its_bundle(tmp_path, monkeypatch):
+    import fuzz
+
+    calls = []
+
+    def fake_check_many(specs, config):
+        calls.append([s["seed"] for s in specs])
+        return [harness.Outcome(config.name, "ok"), harness.Outcome(config.name, "mismatch", "run", "wrong")]
+
+    monkeypatch.setattr(harness, "check_many", fake_check_many)
+    repro = tmp_path / "repro.json"
+    repro.write_text(json.dumps({"config": EAGER.name, "spec": LINEAR, "bundle": [5, 6]}))
+    assert fuzz.replay(str(repro)) == 1 and calls == [[5, 6]]  # LINEAR is seed 6: the second graph's verdict
+
+
 def test_minimizer_keeps_the_failing_part(monkeypatch):
     """A fake failure 'any sigmoid after a linear' must shrink to linear -> sigmoid."""
     spec = {"seed": 1, "input": [2, 8], "quant": "static", "outputs": [5],
