@@ -78,53 +78,54 @@ def sweep(args) -> int:
     resumed = json.load(open(ctx["in_flight"])) if os.path.exists(ctx["in_flight"]) else {}
     position = {seed: i for i, seed in enumerate(seeds)}
     for start in range(0, len(seeds), args.bundle):
-        groups: dict = {}  # the chunk's pending graphs, by quantizer: each group is one bundle
+        # the chunk's pending graphs by quantizer, each group one bundle; keyed by the seed asked for
+        # (a spec drawn again after a failed draw carries another seed: graphs.generate)
+        groups: dict = {}
         for seed in seeds[start:start + args.bundle]:
             if seed not in done:
                 spec = graphs.generate(seed)
-                groups.setdefault((spec["quant"], spec.get("recipe")), []).append(spec)
+                groups.setdefault((spec["quant"], spec.get("recipe")), {})[seed] = spec
         for group in groups.values():
-            seeds_in = [s["seed"] for s in group]
-            alone = (len(group) == 1 or resumed.get("seed") in seeds_in  # a graph's own run was cut short
-                     or (resumed.get("split") and resumed.get("bundle") == seeds_in))  # the bundle's process died
+            alone = (len(group) == 1 or resumed.get("seed") in group  # a graph's own run was cut short
+                     or (resumed.get("split") and resumed.get("bundle") == list(group)))  # the bundle's process died
             if alone:
-                for spec in group:
-                    _sweep_alone(ctx, spec, resumed if resumed.get("seed") == spec["seed"] else {}, position, len(seeds))
+                for seed, spec in group.items():
+                    _sweep_alone(ctx, seed, spec, resumed if resumed.get("seed") == seed else {}, position, len(seeds))
             else:
                 _sweep_bundle(ctx, group, position, len(seeds))
     print(summarize(args.out))
     return 1 if ctx["failures"] else 0
 
 
-def _sweep_alone(ctx: dict, spec: dict, resumed: dict, position: dict, total: int) -> None:
+def _sweep_alone(ctx: dict, seed: int, spec: dict, resumed: dict, position: dict, total: int) -> None:
     """One graph, one compile per config; after a process death, the configs not yet reached."""
-    state = resumed or {"seed": spec["seed"], "outcomes": []}
+    state = resumed or {"seed": seed, "outcomes": []}
     start = time.perf_counter()
     outcomes = [harness.Outcome(**o) for o in state["outcomes"]]
     for c in ctx["configs"][len(outcomes):]:
         _write_json(ctx["in_flight"], {**state, "outcomes": [o.to_json() for o in outcomes], "config": c.name})
         outcomes.append(check(spec, c))
     _write_json(ctx["in_flight"], {**state, "outcomes": [o.to_json() for o in outcomes], "config": None})
-    _record(ctx, spec, outcomes, time.perf_counter() - start, position, total, died=bool(state.get("died")))
+    _record(ctx, seed, spec, outcomes, time.perf_counter() - start, position, total, died=bool(state.get("died")))
 
 
-def _sweep_bundle(ctx: dict, group: list[dict], position: dict, total: int) -> None:
+def _sweep_bundle(ctx: dict, group: dict, position: dict, total: int) -> None:
     """Graphs of one quantizer compiled together per config (`harness.check_many`: a graph that
     fails is checked again alone). If the process dies, the supervisor marks the bundle split and
     the next process runs its graphs one by one (so a death is pinned on one graph)."""
     start = time.perf_counter()
     per_graph: list[list] = [[] for _ in group]
     for c in ctx["configs"]:
-        _write_json(ctx["in_flight"], {"bundle": [s["seed"] for s in group], "config": c.name})
-        for outcomes, outcome in zip(per_graph, check_many(group, c)):
+        _write_json(ctx["in_flight"], {"bundle": list(group), "config": c.name})
+        for outcomes, outcome in zip(per_graph, check_many(list(group.values()), c)):
             outcomes.append(outcome)
     seconds = (time.perf_counter() - start) / len(group)
-    for spec, outcomes in zip(group, per_graph):
-        _record(ctx, spec, outcomes, seconds, position, total, bundle=[s["seed"] for s in group])
+    for (seed, spec), outcomes in zip(group.items(), per_graph):
+        _record(ctx, seed, spec, outcomes, seconds, position, total, bundle=list(group))
 
 
-def _record(ctx: dict, spec: dict, outcomes: list, seconds: float, position: dict, total: int, died: bool = False,
-            bundle: list | None = None) -> None:
+def _record(ctx: dict, seed: int, spec: dict, outcomes: list, seconds: float, position: dict, total: int,
+            died: bool = False, bundle: list | None = None) -> None:
     """Save repros of the failures (the first of each kind minimized), append the graph's row."""
     args = ctx["args"]
     bad = [o for o in outcomes if o.status != "ok"]
@@ -138,16 +139,16 @@ def _record(ctx: dict, spec: dict, outcomes: list, seconds: float, position: dic
         path = save_repro(args.out, small, harness.check(small, harness.Config.parse(o.config)) if small is not spec else o,
                           n_before)
         print(f"  {o.status} [{o.config}] {o.stage}: {o.error[:160]}\n  -> {path}", flush=True)
-    record = {"seed": spec["seed"], "cpu": cpu_facts(), "graph": graphs.describe(spec), "ops": [op["op"] for op in spec["ops"]],
+    record = {"seed": seed, "cpu": cpu_facts(), "graph": graphs.describe(spec), "ops": [op["op"] for op in spec["ops"]],
               "seconds": round(seconds, 1), "outcomes": [o.to_json() for o in outcomes]}
     if bundle:
         record["bundle"] = bundle
     _append_result(ctx["results"], record)
     if os.path.exists(ctx["in_flight"]):
         os.remove(ctx["in_flight"])
-    ctx["done"].add(spec["seed"])
+    ctx["done"].add(seed)
     status = "ok" if not bad else ", ".join(f"{o.status}@{o.config}" for o in bad)
-    print(f"[{position[spec['seed']] + 1}/{total}] seed {spec['seed']} {record['seconds']}s {status} | "
+    print(f"[{position[seed] + 1}/{total}] seed {seed} {record['seconds']}s {status} | "
           f"{graphs.describe(spec)[:110]}", flush=True)
 
 

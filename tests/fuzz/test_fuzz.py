@@ -243,6 +243,14 @@ def test_a_death_inside_a_bundle_is_pinned_on_its_graph(tmp_path):
     assert "bundle" not in rows[0] and not list(tmp_path.glob("in-flight-*"))  # run alone after the death
 
 
+def test_a_sweep_keys_each_row_by_the_seed_asked_for(tmp_path):
+    """Seed 1006's first draw fails and is drawn again (its spec carries seed 10001025): its row,
+    its place in the bundle and the resume bookkeeping still use 1006."""
+    assert graphs.generate(1006)["seed"] != 1006
+    rc, rows = _sweep_that_dies_at_seed_1(tmp_path, False, 99, "--seed", "1005", "--bundle", "3")
+    assert rc == 0 and sorted(rows) == [1005, 1006, 1007], rows.keys()
+
+
 def test_a_death_the_float_model_shares_is_upstream(tmp_path):
     rc, rows = _sweep_that_dies_at_seed_1(tmp_path, float_dies=True)
     assert rc == 0 and [o["status"] for o in rows[1]["outcomes"]] == ["ok", "upstream"] + ["ok"] * (len(harness.CONFIGS) - 2)
