@@ -206,7 +206,9 @@ def test_minimizer_keeps_the_failing_part(monkeypatch):
     assert [op["op"] for op in small["ops"]] == ["linear", "sigmoid"], small
 
 
-def _sweep_that_dies_at_seed_1(out, float_dies: bool, die_at: int = 1, *extra: str) -> tuple[int, dict]:
+def _stand_in_sweep(out, float_dies: bool, die_at: int = 1, *extra: str) -> tuple[int, dict]:
+    """fuzz.py over 3 seeds with `check`'s stand-in (no compiles), which kills the process at
+    seed `die_at`'s second config; the rows by seed."""
     env = {**os.environ, "FUZZ_SELFTEST_DIE_AT": str(die_at), "FUZZ_SELFTEST_FLOAT_DIES": "1" if float_dies else ""}
     rc = subprocess.call([sys.executable, os.path.join(HERE, "fuzz.py"), "--graphs", "3", "--out", str(out), *extra],
                          env=env, stdout=subprocess.DEVNULL)
@@ -216,7 +218,7 @@ def _sweep_that_dies_at_seed_1(out, float_dies: bool, die_at: int = 1, *extra: s
 def test_a_process_that_dies_is_recorded_as_a_crash_and_the_sweep_goes_on(tmp_path):
     """A segfault inside a kernel once ended a sweep shard silently: the supervisor must record
     the graph in flight as a crash and finish the remaining graphs in a new process."""
-    rc, rows = _sweep_that_dies_at_seed_1(tmp_path, float_dies=False)
+    rc, rows = _stand_in_sweep(tmp_path, float_dies=False)
     assert rc == 1 and sorted(rows) == [0, 1, 2]
     died = rows[1]["outcomes"]
     assert [o["config"] for o in died] == [c.name for c in harness.CONFIGS]  # the other configs still ran
@@ -234,9 +236,9 @@ def test_a_death_inside_a_bundle_is_pinned_on_its_graph(tmp_path):
     """Seeds 0 and 2 share a quantizer, so --bundle 3 compiles them together; when that process
     dies, the next one runs them alone and the crash lands on seed 2 only."""
     assert graphs.generate(0)["quant"] == graphs.generate(2)["quant"] != graphs.generate(1)["quant"]
-    rc, rows = _sweep_that_dies_at_seed_1(tmp_path / "whole", False, 99, "--bundle", "3")  # no death
+    rc, rows = _stand_in_sweep(tmp_path / "whole", False, 99, "--bundle", "3")  # no death
     assert rc == 0 and rows[0]["bundle"] == rows[2]["bundle"] == [0, 2] and "bundle" not in rows[1]
-    rc, rows = _sweep_that_dies_at_seed_1(tmp_path, False, 2, "--bundle", "3")
+    rc, rows = _stand_in_sweep(tmp_path, False, 2, "--bundle", "3")
     assert rc == 1 and sorted(rows) == [0, 1, 2]
     assert [o["status"] for o in rows[2]["outcomes"]] == ["ok", "crash"] + ["ok"] * (len(harness.CONFIGS) - 2)
     assert all(o["status"] == "ok" for seed in (0, 1) for o in rows[seed]["outcomes"])
@@ -247,12 +249,12 @@ def test_a_sweep_keys_each_row_by_the_seed_asked_for(tmp_path):
     """Seed 1006's first draw fails and is drawn again (its spec carries seed 10001025): its row,
     its place in the bundle and the resume bookkeeping still use 1006."""
     assert graphs.generate(1006)["seed"] != 1006
-    rc, rows = _sweep_that_dies_at_seed_1(tmp_path, False, 99, "--seed", "1005", "--bundle", "3")
+    rc, rows = _stand_in_sweep(tmp_path, False, 99, "--seed", "1005", "--bundle", "3")
     assert rc == 0 and sorted(rows) == [1005, 1006, 1007], rows.keys()
 
 
 def test_a_death_the_float_model_shares_is_upstream(tmp_path):
-    rc, rows = _sweep_that_dies_at_seed_1(tmp_path, float_dies=True)
+    rc, rows = _stand_in_sweep(tmp_path, float_dies=True)
     assert rc == 0 and [o["status"] for o in rows[1]["outcomes"]] == ["ok", "upstream"] + ["ok"] * (len(harness.CONFIGS) - 2)
     assert "float model" in rows[1]["outcomes"][1]["error"]
 
