@@ -44,11 +44,15 @@ def test_import_changes_no_compiler_state():
 
 
 def test_install_is_idempotent_and_keeps_user_passes():
+    """From the suite's state set up afresh (built-ins off before the first install), whatever
+    the tests before it in this process left (under pytest-xdist, another order)."""
     def user_pass(graph):
         pass
 
     saved = config.joint_custom_pre_pass
     try:
+        iq_passes.uninstall()
+        iq_passes.set_builtin_fusions(False)
         config.joint_custom_pre_pass = user_pass
         iq_passes.install()
         iq_passes.install()
