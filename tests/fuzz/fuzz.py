@@ -84,7 +84,7 @@ def sweep(args) -> int:
         for seed in seeds[start:start + args.bundle]:
             if seed not in done:
                 spec = graphs.generate(seed)
-                groups.setdefault((spec["quant"], spec.get("recipe")), {})[seed] = spec
+                groups.setdefault(harness.quantizer_key(spec), {})[seed] = spec
         for group in groups.values():
             alone = (len(group) == 1 or resumed.get("seed") in group  # a graph's own run was cut short
                      or (resumed.get("split") and resumed.get("bundle") == list(group)))  # the bundle's process died

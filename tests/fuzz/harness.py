@@ -124,6 +124,11 @@ def install_our_passes():
     iq_passes.install()
 
 
+def quantizer_key(spec: dict) -> tuple:
+    """What `_quantizer` builds its quantizer from: specs with one key can share a bundle."""
+    return spec["quant"], spec.get("recipe", "ours")
+
+
 def _quantizer(spec: dict):
     """static / dynamic int8 everywhere; xnnpack: XNNPACKQuantizer's symmetric config (int8
     activations); woq_int8: int8 static, linears weight-only int8; fp16_weight: int8 static,
@@ -371,7 +376,7 @@ def check_many(specs: list[dict], config: Config, compile_fn=torch.compile) -> l
     replay them together)."""
     groups: dict = {}
     for i, spec in enumerate(specs):
-        groups.setdefault((spec["quant"], spec.get("recipe", "ours")), []).append(i)
+        groups.setdefault(quantizer_key(spec), []).append(i)
     outcomes: list = [None] * len(specs)
     for members in groups.values():
         group = [specs[i] for i in members]
