@@ -1,7 +1,9 @@
 """The last step of a freezing compile when our own kernel calls are on: each fused 2-D int8
 conv goes to `iq_onednn.qconv2d` (kernels/native.py), which builds the layer's oneDNN primitive
 once instead of on every call, and each residual conv (oneDNN's `sum`) to `iq_onednn.qconv2d_sum_`,
-which also writes over its accumulator instead of returning a copy. Same numbers (bitwise,
+which also writes over its accumulator instead of returning a copy. Fused int8 linears go to
+`iq_onednn.qlinear`, residual ones with `sum` into a contiguous accumulator to
+`iq_onednn.qlinear_sum_`; a linear `add` (a new output) stays torch's op. Same numbers (bitwise,
 tests/kernels/test_native.py).
 
 It runs after every other rewrite, so every decision before it is made on torch's op form; it
@@ -25,7 +27,7 @@ from inductor_quant.kernels import onednn as K
 
 from .fused import call, propagate_fake, record
 from .kernel_limits import gemm_template_may_run
-from .match import static_shape
+from .match import static_shape, val
 from .stats import count_kernel
 
 
@@ -65,11 +67,22 @@ def routable(f) -> bool:
     if f.kind == "qlinear":
         if gemm_template_may_run() and (_rows(f.x) or TEMPLATE_FROM_ROWS) >= TEMPLATE_FROM_ROWS:
             return False
-        return f.binary is None and f.w.target is K.QLINEAR_PREPACK and native.post_op_code(f.unary) is not None
+        if f.w.target is not K.QLINEAR_PREPACK:
+            return False
+        if f.binary is None:
+            return native.post_op_code(f.unary) is not None
+        # the accumulator is written as the [rows, out] output: contiguous
+        return _sums_in_place(f) and val(f.other) is not None and val(f.other).is_contiguous()
     if len(f.geom.stride) != 2 or f.w.target is not K.QCONV_PREPACK:
         return False
     if f.binary is None:
         return native.post_op_code(f.unary) is not None
+    return _sums_in_place(f)
+
+
+def _sums_in_place(f) -> bool:
+    """oneDNN's `sum` into a graph tensor with scalar qparams, then a post-op we have: our `_sum_`
+    call (torch's `add`, a new output, stays torch's op)."""
     b = f.binary
     return (b.name == "sum" and b.alpha == 1.0 and not b.other.is_tensor and isinstance(f.other, torch.fx.Node)
             and native.post_op_code(b.unary) is not None)
@@ -83,7 +96,7 @@ def _m_hint(prepack: torch.fx.Node) -> int:
 
 def route(graph: torch.fx.Graph) -> int:
     """Fused convs and linears moved to our kernel calls (their prepack goes: ours packs at first call).
-    A residual conv writes over its accumulator, which the passes made private to it
+    A residual conv or linear writes over its accumulator, which the passes made private to it
     (accumulators.py, the same contract torch's op relies on), and its users read that."""
     routed = 0
     for node in list(graph.nodes):
@@ -95,8 +108,11 @@ def route(graph: torch.fx.Graph) -> int:
         if f.kind == "qconv" and w.meta["val"].dim() == 3:  # a 1-D conv in its 2-D form (graph_rewrites.lift_conv1d): [O, I, 1, k]
             w = call(graph, node, torch.ops.aten.unsqueeze.default, w, 2)
         with graph.inserting_before(node):
-            if f.kind == "qlinear":
+            if f.kind == "qlinear" and f.binary is None:
                 new = native.qlinear(graph.call_function, f, w, _m_hint(prepack))
+            elif f.kind == "qlinear":
+                native.qlinear_sum_(graph.call_function, f, w, _m_hint(prepack))
+                new = f.other
             elif f.binary is None:
                 new = native.qconv2d(graph.call_function, f, w)
             else:
@@ -108,6 +124,6 @@ def route(graph: torch.fx.Graph) -> int:
         graph.erase_node(node)
         if not prepack.users:
             graph.erase_node(prepack)
-        count_kernel("qlinear" if f.kind == "qlinear" else "qconv2d" if f.binary is None else "qconv2d_sum_")
+        count_kernel(("qlinear" if f.kind == "qlinear" else "qconv2d") + ("" if f.binary is None else "_sum_"))
         routed += 1
     return routed

@@ -669,6 +669,9 @@ struct LinearCall {
   int64_t w_scales;  // how many
   Eltwise post;
   bool weight_only = false;  // float activations and output: the int8 weights decompressed
+  bool sum = false;          // oneDNN's `sum`: the output buffer holds a residual, accumulated in place
+  float sum_scale = 1.f;
+  int32_t sum_zp = 0;
 };
 
 std::shared_ptr<Layer> build_linear(const LinearCall& c, const at::Tensor& w, const at::Tensor& w_scale) {
@@ -691,6 +694,7 @@ std::shared_ptr<Layer> build_linear(const LinearCall& c, const at::Tensor& w, co
   if (c.dst_scale) check(a.dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_DST, 0), "dst scales");
   if (c.dst_zp) check(a.dnnl_primitive_attr_set_zero_points_mask(attr, DNNL_ARG_DST, 0), "dst zero point");
   check(a.dnnl_post_ops_create(&ops), "post_ops_create");
+  if (c.sum) check(a.dnnl_post_ops_append_sum(ops, c.sum_scale, c.sum_zp, dnnl_data_type_undef), "sum");
   if (c.post.alg != dnnl_alg_kind_undef)
     check(a.dnnl_post_ops_append_eltwise(ops, c.post.alg, c.post.alpha, c.post.beta), "eltwise");
   check(a.dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops");
@@ -713,7 +717,7 @@ std::shared_ptr<Layer> linear_layer(const LinearCall& c, const at::Tensor& w, co
                            c.m, c.k, c.n, c.m_hint, int64_t(c.x_dtype), int64_t(c.out_dtype),
                            c.bias_dtype.has_value() ? int64_t(*c.bias_dtype) : -1, c.src_scale, c.src_zp, c.dst_scale,
                            c.dst_zp, c.w_scales, int64_t(c.post.alg), bits(c.post.alpha), bits(c.post.beta), c.weight_only,
-                           at::get_num_threads(),
+                           c.sum, bits(c.sum_scale), c.sum_zp, at::get_num_threads(),
                            int64_t(reinterpret_cast<uintptr_t>(w.storage().unsafeGetStorageImpl())), w.storage_offset(),
                            int64_t(reinterpret_cast<uintptr_t>(w_scale.storage().unsafeGetStorageImpl())),
                            w_scale.storage_offset()};
@@ -727,9 +731,12 @@ std::shared_ptr<Layer> linear_layer(const LinearCall& c, const at::Tensor& w, co
   return layer;
 }
 
-at::Tensor qlinear(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
-                   const c10::optional<at::Tensor>& bias, int64_t m_hint, double out_scale, int64_t out_zp,
-                   c10::optional<at::ScalarType> out_dtype, int64_t post_op, double post_alpha, double post_beta) {
+// Checks the call, gets (or builds) its layer, executes into `out` (the accumulator for a sum,
+// which must be the output's size, dtype and contiguous: it is written as the [M, N] output).
+void run_linear(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
+                const c10::optional<at::Tensor>& bias, int64_t m_hint, double out_scale, int64_t out_zp,
+                at::ScalarType odt, const Eltwise& post, const at::Tensor* accum, double sum_scale, int64_t sum_zp,
+                at::Tensor& out) {
   auto& a = api();
   TORCH_CHECK(a.error.empty(), "inductor-quant oneDNN kernels are unavailable: ", a.error);
   TORCH_CHECK(x_in.scalar_type() == at::kByte || x_in.scalar_type() == at::kChar,
@@ -738,23 +745,51 @@ at::Tensor qlinear(const at::Tensor& x_in, double x_scale, int64_t x_zp, const a
               "qlinear: an int8 [out, in] weight whose in matches the input's last dim");
   const int64_t k = w.size(1), n = w.size(0);
   const at::Tensor x = x_in.reshape({-1, k}).contiguous();
-  at::ScalarType odt = out_dtype.value_or(at::kFloat);
   bool quantized_out = odt == at::kByte || odt == at::kChar;
   float xs = float(x_scale), os = float(out_scale);
   int32_t xz = int32_t(x_zp), oz = int32_t(out_zp);
   TORCH_CHECK(quantized_out || (os == 1.f && oz == 0), "qlinear: a float output takes output scale 1 and zero point 0");
   std::vector<int64_t> out_sizes(x_in.sizes().begin(), x_in.sizes().end());
   out_sizes.back() = n;
-  at::Tensor out = at::empty(out_sizes, x.options().dtype(odt));
-  if (x.size(0) == 0) return out;
+  if (accum != nullptr) {
+    TORCH_CHECK(accum->sizes() == at::IntArrayRef(out_sizes) && accum->scalar_type() == odt && accum->is_contiguous(),
+                "qlinear_sum_: the accumulator must be contiguous, of the linear output's shape ",
+                at::IntArrayRef(out_sizes), " and the output dtype ", odt, "; got ", accum->sizes(), " ",
+                accum->scalar_type(), accum->is_contiguous() ? "" : " (not contiguous)");
+    TORCH_CHECK(quantized_out || (sum_scale == 1.0 && sum_zp == 0),
+                "qlinear_sum_: a float accumulator takes scale 1 and zero point 0");
+  } else {
+    out = at::empty(out_sizes, x.options().dtype(odt));
+  }
+  if (x.size(0) == 0) return;
   LinearCall c{x.size(0), k, n, m_hint, x.scalar_type(), odt,
                bias.has_value() ? c10::optional<at::ScalarType>(bias->scalar_type()) : c10::nullopt,
-               xs != 1.f, xz != 0, os != 1.f, oz != 0, w_scale.numel(), eltwise(post_op, post_alpha, post_beta)};
+               xs != 1.f, xz != 0, os != 1.f, oz != 0, w_scale.numel(), post, false,
+               accum != nullptr, float(sum_scale), int32_t(sum_zp)};
   auto layer = linear_layer(c, w, w_scale);
   const c10::optional<at::Tensor> b = bias.has_value() ? c10::optional<at::Tensor>(bias->contiguous()) : bias;
   layer->run(x.const_data_ptr(), out.data_ptr(), b.has_value() ? b->const_data_ptr() : nullptr, xs, xz, os, oz,
              "matmul execute");
+}
+
+at::Tensor qlinear(const at::Tensor& x, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
+                   const c10::optional<at::Tensor>& bias, int64_t m_hint, double out_scale, int64_t out_zp,
+                   c10::optional<at::ScalarType> out_dtype, int64_t post_op, double post_alpha, double post_beta) {
+  at::Tensor out;
+  run_linear(x, x_scale, x_zp, w, w_scale, bias, m_hint, out_scale, out_zp, out_dtype.value_or(at::kFloat),
+             eltwise(post_op, post_alpha, post_beta), nullptr, 1.0, 0, out);
   return out;
+}
+
+// The linear with oneDNN's `sum` post-op: out = post(linear(x) + accum_scale * (accum - accum_zp)),
+// requantized, written over `accum` in place (torch's `qlinear_pointwise.binary` with `sum` writes
+// into its extra input too, through ATen's layer on every call).
+void qlinear_sum_(const at::Tensor& x, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
+                  const c10::optional<at::Tensor>& bias, int64_t m_hint, double out_scale, int64_t out_zp,
+                  c10::optional<at::ScalarType> out_dtype, at::Tensor& accum, double accum_scale, int64_t accum_zp,
+                  int64_t post_op, double post_alpha, double post_beta) {
+  run_linear(x, x_scale, x_zp, w, w_scale, bias, m_hint, out_scale, out_zp, out_dtype.value_or(at::kFloat),
+             eltwise(post_op, post_alpha, post_beta), &accum, accum_scale, accum_zp, accum);
 }
 
 // A weight-only int8 linear: x (f32 or bf16) [..., K] times the int8 [N, K] weight, each output
@@ -814,6 +849,10 @@ TORCH_LIBRARY(iq_onednn, m) {
       "qlinear(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int m_hint, "
       "float output_scale, int output_zero_point, ScalarType? output_dtype, int post_op, float post_op_alpha, "
       "float post_op_beta) -> Tensor");
+  m.def(
+      "qlinear_sum_(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int m_hint, "
+      "float output_scale, int output_zero_point, ScalarType? output_dtype, Tensor(a!) accum, float accum_scale, "
+      "int accum_zero_point, int post_op, float post_op_alpha, float post_op_beta) -> ()");
   m.def("woq_linear(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int m_hint) -> Tensor");
   m.def(
       "qconv2d_sum_(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int stride_h, "
@@ -826,5 +865,6 @@ TORCH_LIBRARY_IMPL(iq_onednn, CPU, m) {
   m.impl("qconv2d", qconv2d);
   m.impl("qconv2d_sum_", qconv2d_sum_);
   m.impl("qlinear", qlinear);
+  m.impl("qlinear_sum_", qlinear_sum_);
   m.impl("woq_linear", woq_linear);
 }

@@ -193,6 +193,45 @@ def test_linear_bitwise_torch(unary, output):
             assert torch.equal(ours, theirs), (x_shape, xq, (ours.float() - theirs.float()).abs().max())
 
 
+@pytest.mark.parametrize("output", ["u8", "fp32", "bf16"])
+@pytest.mark.parametrize("unary", ["none", "relu"])
+@pytest.mark.parametrize("x_shape", [(6, 24), (2, 5, 24)], ids=["2d", "3d"])
+def test_linear_residual_sum_writes_over_the_accumulator_bitwise_torch(output, unary, x_shape):
+    """torch's `qlinear_pointwise.binary` (sum) against ours, which writes over its accumulator
+    and returns nothing: the same values in the accumulator."""
+    g = torch.Generator().manual_seed(9)
+    w = torch.randint(-W_MAX, W_MAX + 1, (40, 24), dtype=torch.int8, generator=g)
+    w_scale, bias = torch.rand(40, generator=g) * 0.01 + 0.001, torch.randn(40, generator=g)
+    x = torch.randint(0, 256, x_shape, dtype=torch.uint8, generator=g)
+    out = OUTPUTS[output]
+    acc_q = K.QParams(0.04, 6) if out.quantized else K.QParams(1.0, 0)
+    shape = (*x_shape[:-1], 40)
+    accum = (torch.randint(0, 256, shape, dtype=torch.uint8, generator=g) if out.quantized
+             else torch.randn(shape, generator=g).to(out.dtype))
+    for xq in (K.QParams(0.02, 0), K.QParams(0.02, 9)):
+        f = K.FusedOp("qlinear", x, xq, K.qlinear_prepack(E, w, list(x_shape)), w_scale,
+                      torch.zeros(40, dtype=torch.long), bias, None, out,
+                      binary=K.Binary("sum", 1.0, acc_q, UNARY[unary]), other=accum.clone())
+        theirs = K.emit(E, f)
+        ours_acc = accum.clone()
+        m_hint = x_shape[0] if len(x_shape) == 2 else 1
+        assert native.qlinear_sum_(E, dataclasses.replace(f, other=ours_acc), w, m_hint) is None
+        assert torch.equal(ours_acc, theirs), (xq, (ours_acc.float() - theirs.float()).abs().max())
+        assert not torch.equal(ours_acc, accum)  # it did write
+
+
+def test_linear_residual_sum_refuses_an_accumulator_it_cannot_write_as_the_output():
+    g = torch.Generator().manual_seed(10)
+    w = torch.randint(-W_MAX, W_MAX + 1, (8, 16), dtype=torch.int8, generator=g)
+    x = torch.randint(0, 256, (4, 16), dtype=torch.uint8, generator=g)
+    f = K.FusedOp("qlinear", x, K.QParams(0.02, 0), None, torch.full((8,), 0.01), None, None, None, K.Output(),
+                  binary=K.Binary("sum", 1.0, K.QParams(1.0, 0), K.Unary()), other=None)
+    for bad, why in ((torch.zeros(8, 4).t(), "not contiguous"), (torch.zeros(4, 9), "shape"),
+                     (torch.zeros(4, 8, dtype=torch.bfloat16), "dtype")):
+        with pytest.raises(RuntimeError, match="qlinear_sum_: the accumulator must be contiguous"):
+            native.qlinear_sum_(E, dataclasses.replace(f, other=bad), w, 4)
+
+
 @pytest.mark.parametrize("n", [16, 96, 128])
 @pytest.mark.parametrize("per_tensor", [False, True], ids=["per-channel", "per-tensor"])
 def test_linear_int8_input_with_zero_point(n, per_tensor):

@@ -1,5 +1,6 @@
 """Own kernel calls on (`passes.set_own_kernels(True)`): every fused 2-D int8 conv calls
 `iq_onednn.qconv2d` in the generated code, the residual conv `iq_onednn.qconv2d_sum_` (in place),
+linears `iq_onednn.qlinear` and residual ones `iq_onednn.qlinear_sum_` (in place),
 with the Python and the C++ wrapper, static and dynamic batch; an AOTInductor compile keeps
 torch's ops; the output is the same as with torch's ops. Builtins off (tests/conftest.py)."""
 
@@ -122,6 +123,36 @@ def test_linears_call_our_kernels_and_compute_the_same(own):
         assert "ops.onednn.qlinear" not in code or routed < 2  # a linear with the residual keeps torch's op
         with iq_passes.own_kernels(False):
             _, theirs, _, _ = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper)
+        assert torch.equal(ours, theirs)
+
+
+class ResidualMlp(nn.Module):
+    """A residual computed in the graph (`h`, read by `up` first): the sum linear writes over it."""
+
+    def __init__(self, requantized: bool):
+        super().__init__()
+        self.requantized = requantized
+        self.inp, self.up, self.down, self.head = nn.Linear(16, 16), nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 8)
+
+    def forward(self, x):
+        h = self.inp(x)
+        y = self.down(nn.functional.gelu(self.up(h))) + h
+        return self.head(y) if self.requantized else y  # head: y is requantized to uint8 for it
+
+
+@pytest.mark.parametrize("requantized", [False, True], ids=["float-out", "uint8-out"])
+def test_residual_linear_sums_in_place_through_our_kernel(own, requantized):
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    converted = quantize(ResidualMlp(requantized).eval(), (x,), [(torch.randn(2, 5, 16),) for _ in range(4)])
+    for cpp_wrapper in (False, True):
+        _, ours, code, stats = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper)
+        assert stats["kernels"] == {"qlinear": 2 + requantized, "qlinear_sum_": 1}, stats
+        assert own_kernel_calls(code) == 3 + requantized and "ops.onednn.qlinear" not in code, code
+        assert "qlinear_pointwise" not in code.replace("iq_onednn", "")  # none of torch's left (C++ shims too)
+        with iq_passes.own_kernels(False):
+            _, theirs, code_torch, _ = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper)
+        assert own_kernel_calls(code_torch) == 0
         assert torch.equal(ours, theirs)
 
 
