@@ -17,11 +17,11 @@ _ONEDNN_INT8 = re.compile(
     r"torch\.ops\.onednn\.(q(?:conv|linear)\w*?_pointwise)\.\w+\("
     r"|aoti_torch_cpu__?(q(?:conv|linear)\w*?_pointwise)\w*\("
     r"|aoti_torch_call_dispatcher\(\s*\"onednn::(q(?:conv|linear)\w*?_pointwise)\""
-    r"|torch\.ops\.iq_onednn\.(q(?:conv2d|linear)(?:_sum_)?)\.\w+\("
-    r"|\"iq_onednn::(q(?:conv2d|linear)(?:_sum_)?)\""
+    r"|torch\.ops\.iq_onednn\.(qconv2d(?:_sum_)?|qlinear(?:_sum_|_add)?)\.\w+\("
+    r"|\"iq_onednn::(qconv2d(?:_sum_)?|qlinear(?:_sum_|_add)?)\""
 )
 _OWN_AS = {"qconv2d": "qconv_pointwise", "qconv2d_sum_": "qconv2d_pointwise", "qlinear": "qlinear_pointwise",
-           "qlinear_sum_": "qlinear_pointwise"}
+           "qlinear_sum_": "qlinear_pointwise", "qlinear_add": "qlinear_pointwise"}
 # fp32/bf16 convolution and GEMM: float layers, or quantized ones that did not fuse
 _FLOAT_COMPUTE = re.compile(
     r"extern_kernels\.(convolution|mm|addmm|bmm)\b"

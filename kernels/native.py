@@ -18,9 +18,10 @@ every argument a scalar (geometry per dim, the unary post-op as a code of `POST_
 wrapper calls it through torch's light dispatcher bridge; channels-last output; for every post-op
 torch's 2-D conv accepts, the result is bitwise torch's.
 
-Contract of `iq_onednn::qlinear` / `qlinear_sum_`: torch's `onednn.qlinear_pointwise` (`.default`;
-`.binary` with `sum`, alpha 1, for `qlinear_sum_`, which writes over its contiguous accumulator and
-returns nothing), with the plain int8 [out, in] weight; bitwise torch's.
+Contract of `iq_onednn::qlinear` / `qlinear_sum_` / `qlinear_add`: torch's `onednn.qlinear_pointwise`
+(`.default`; `.binary` with `sum`, alpha 1, for `qlinear_sum_`, which writes over its contiguous
+accumulator and returns nothing; `.binary` with `add`, alpha 1, a float extra input, for
+`qlinear_add`), with the plain int8 [out, in] weight; bitwise torch's.
 
 Contract of `iq_onednn::woq_linear` (weight-only int8): `F.linear(x, w * w_scale[:, None], bias)`
 for x fp32 or bf16 and the plain int8 [out, in] weight, the output in x's dtype, within fp32 /
@@ -161,6 +162,12 @@ def _register_fakes() -> None:
         return None  # writes `accum` in place
 
 
+    @torch.library.register_fake(f"{LIBRARY}::qlinear_add")
+    def _(x, x_scale, x_zp, w, w_scale, bias, m_hint, out_scale, out_zp, out_dtype, other, post_op, post_alpha,
+          post_beta):
+        return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=out_dtype or torch.float32)
+
+
     @torch.library.register_fake(f"{LIBRARY}::woq_linear")
     def _(x, w, w_scale, bias, m_hint):
         return x.new_empty((*x.shape[:-1], w.shape[0]))
@@ -207,6 +214,14 @@ def qlinear_sum_(call, f, w_plain, m_hint: int):
     return call(torch.ops.iq_onednn.qlinear_sum_.default,
                 (f.x, f.xq.scale, f.xq.zero_point, w_plain, f.w_scale, f.bias, int(m_hint), *f.out.op_args(),
                  f.other, float(acc.scale), int(acc.zero_point), *_post_op(f.binary.unary)))
+
+
+def qlinear_add(call, f, w_plain, m_hint: int):
+    """Our residual linear for the record `f` of torch's `qlinear_pointwise.binary` with `add`
+    (alpha 1): `f.other` (float) added, a new output."""
+    return call(torch.ops.iq_onednn.qlinear_add.default,
+                (f.x, f.xq.scale, f.xq.zero_point, w_plain, f.w_scale, f.bias, int(m_hint), *f.out.op_args(),
+                 f.other, *_post_op(f.binary.unary)))
 
 
 def woq_linear(call, x, w, w_scale, bias, x_shape):

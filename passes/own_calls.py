@@ -3,8 +3,8 @@ conv goes to `iq_onednn.qconv2d` (kernels/native.py), which builds the layer's o
 once instead of on every call, and each residual conv (oneDNN's `sum`) to `iq_onednn.qconv2d_sum_`,
 which also writes over its accumulator instead of returning a copy. Fused int8 linears go to
 `iq_onednn.qlinear`, residual ones with `sum` into a contiguous accumulator to
-`iq_onednn.qlinear_sum_`; a linear `add` (a new output) stays torch's op. Same numbers (bitwise,
-tests/kernels/test_native.py).
+`iq_onednn.qlinear_sum_`, ones with `add` (a new output) to `iq_onednn.qlinear_add`. Same numbers
+(bitwise, tests/kernels/test_native.py).
 
 It runs after every other rewrite, so every decision before it is made on torch's op form; it
 reads each conv's record from the node as it is (passes/fused.py). Left on torch's op: tensor
@@ -71,6 +71,10 @@ def routable(f) -> bool:
             return False
         if f.binary is None:
             return native.post_op_code(f.unary) is not None
+        if _adds(f):
+            # under the GEMM template's autotune a residual linear keeps it: the template beat
+            # torch's op on the residual linears it was measured on (docs/ARCHITECTURE.md)
+            return not gemm_template_may_run()
         # the accumulator is written as the [rows, out] output: contiguous
         return _sums_in_place(f) and val(f.other) is not None and val(f.other).is_contiguous()
     if len(f.geom.stride) != 2 or f.w.target is not K.QCONV_PREPACK:
@@ -78,6 +82,13 @@ def routable(f) -> bool:
     if f.binary is None:
         return native.post_op_code(f.unary) is not None
     return _sums_in_place(f)
+
+
+def _adds(f) -> bool:
+    """oneDNN's binary `add` of a float graph tensor, then a post-op we have: our `qlinear_add`."""
+    b = f.binary
+    return (b.name == "add" and b.alpha == 1.0 and isinstance(f.other, torch.fx.Node) and val(f.other) is not None
+            and val(f.other).dtype in (torch.float32, torch.bfloat16) and native.post_op_code(b.unary) is not None)
 
 
 def _sums_in_place(f) -> bool:
@@ -110,6 +121,8 @@ def route(graph: torch.fx.Graph) -> int:
         with graph.inserting_before(node):
             if f.kind == "qlinear" and f.binary is None:
                 new = native.qlinear(graph.call_function, f, w, _m_hint(prepack))
+            elif f.kind == "qlinear" and f.binary.name == "add":
+                new = native.qlinear_add(graph.call_function, f, w, _m_hint(prepack))
             elif f.kind == "qlinear":
                 native.qlinear_sum_(graph.call_function, f, w, _m_hint(prepack))
                 new = f.other
@@ -124,6 +137,7 @@ def route(graph: torch.fx.Graph) -> int:
         graph.erase_node(node)
         if not prepack.users:
             graph.erase_node(prepack)
-        count_kernel(("qlinear" if f.kind == "qlinear" else "qconv2d") + ("" if f.binary is None else "_sum_"))
+        count_kernel(("qlinear" if f.kind == "qlinear" else "qconv2d")
+                     + ("" if f.binary is None else "_add" if f.binary.name == "add" else "_sum_"))
         routed += 1
     return routed

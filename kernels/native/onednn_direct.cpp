@@ -65,6 +65,7 @@ namespace {
   X(dnnl_post_ops_destroy)                         \
   X(dnnl_post_ops_append_eltwise)                  \
   X(dnnl_post_ops_append_sum)                      \
+  X(dnnl_post_ops_append_binary)                   \
   X(dnnl_convolution_forward_primitive_desc_create) \
   X(dnnl_matmul_primitive_desc_create)             \
   X(dnnl_reorder_primitive_desc_create)            \
@@ -251,6 +252,7 @@ struct Layer {
   dnnl_memory_t src = nullptr, dst = nullptr, bias = nullptr, weights = nullptr;
   dnnl_memory_t src_scale_mem = nullptr, dst_scale_mem = nullptr, src_zp_mem = nullptr, dst_zp_mem = nullptr;
   dnnl_memory_t w_scales = nullptr;
+  dnnl_memory_t addend = nullptr;  // a linear's binary `add` input (post-op 0), when it has one
   std::unique_ptr<uint8_t, void (*)(void*)> packed{nullptr, std::free};
   std::shared_ptr<void> shared_packed;  // a linear's weights, shared by its layers of every row count
   std::vector<float> weight_scale_values;
@@ -296,7 +298,7 @@ struct Layer {
   // One call: the tensors' pointers and the quantization values into the kept memory objects,
   // then execute.
   void run(const void* src_ptr, void* dst_ptr, const void* bias_ptr, float xs, int32_t xz, float os, int32_t oz,
-           const char* what) {
+           const char* what, const void* addend_ptr = nullptr) {
     auto& a = api();
     std::lock_guard<std::mutex> guard(mutex);
     check(a.dnnl_memory_set_data_handle(src, const_cast<void*>(src_ptr)), "src");
@@ -305,7 +307,7 @@ struct Layer {
     check(a.dnnl_memory_set_data_handle(src_zp_mem, &xz), "src zp");
     check(a.dnnl_memory_set_data_handle(dst_scale_mem, &os), "dst scale");
     check(a.dnnl_memory_set_data_handle(dst_zp_mem, &oz), "dst zp");
-    dnnl_exec_arg_t args[10];
+    dnnl_exec_arg_t args[11];
     int n = 0;
     args[n++] = {DNNL_ARG_SRC, src};
     args[n++] = {DNNL_ARG_WEIGHTS, weights};
@@ -318,6 +320,10 @@ struct Layer {
     if (bias_ptr != nullptr) {
       check(a.dnnl_memory_set_data_handle(bias, const_cast<void*>(bias_ptr)), "bias");
       args[n++] = {DNNL_ARG_BIAS, bias};
+    }
+    if (addend != nullptr) {
+      check(a.dnnl_memory_set_data_handle(addend, const_cast<void*>(addend_ptr)), "addend");
+      args[n++] = {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, addend};
     }
     check(a.dnnl_primitive_execute(primitive, a.stream, n, args), what);
   }
@@ -672,6 +678,7 @@ struct LinearCall {
   bool sum = false;          // oneDNN's `sum`: the output buffer holds a residual, accumulated in place
   float sum_scale = 1.f;
   int32_t sum_zp = 0;
+  c10::optional<at::ScalarType> add_dtype;  // oneDNN's binary `add` of a float [M, N] tensor: a new output
 };
 
 std::shared_ptr<Layer> build_linear(const LinearCall& c, const at::Tensor& w, const at::Tensor& w_scale) {
@@ -695,6 +702,11 @@ std::shared_ptr<Layer> build_linear(const LinearCall& c, const at::Tensor& w, co
   if (c.dst_zp) check(a.dnnl_primitive_attr_set_zero_points_mask(attr, DNNL_ARG_DST, 0), "dst zero point");
   check(a.dnnl_post_ops_create(&ops), "post_ops_create");
   if (c.sum) check(a.dnnl_post_ops_append_sum(ops, c.sum_scale, c.sum_zp, dnnl_data_type_undef), "sum");
+  MemoryDesc addend;
+  if (c.add_dtype.has_value()) {
+    addend.md = plain_md({c.m, c.n}, dnnl_type(*c.add_dtype));
+    check(a.dnnl_post_ops_append_binary(ops, dnnl_binary_add, addend.md), "binary add");
+  }
   if (c.post.alg != dnnl_alg_kind_undef)
     check(a.dnnl_post_ops_append_eltwise(ops, c.post.alg, c.post.alpha, c.post.beta), "eltwise");
   check(a.dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops");
@@ -709,6 +721,7 @@ std::shared_ptr<Layer> build_linear(const LinearCall& c, const at::Tensor& w, co
 
   layer->weights = layer->memory(packed->md, packed->data.get());
   layer->bind(src.md, dst.md, bias.md, w, w_scale, c.src_scale, c.src_zp, c.dst_scale, c.dst_zp);
+  if (addend.md != nullptr) layer->addend = layer->memory(addend.md, DNNL_MEMORY_NONE);
   return layer;
 }
 
@@ -717,7 +730,8 @@ std::shared_ptr<Layer> linear_layer(const LinearCall& c, const at::Tensor& w, co
                            c.m, c.k, c.n, c.m_hint, int64_t(c.x_dtype), int64_t(c.out_dtype),
                            c.bias_dtype.has_value() ? int64_t(*c.bias_dtype) : -1, c.src_scale, c.src_zp, c.dst_scale,
                            c.dst_zp, c.w_scales, int64_t(c.post.alg), bits(c.post.alpha), bits(c.post.beta), c.weight_only,
-                           c.sum, bits(c.sum_scale), c.sum_zp, at::get_num_threads(),
+                           c.sum, bits(c.sum_scale), c.sum_zp,
+                           c.add_dtype.has_value() ? int64_t(*c.add_dtype) : -1, at::get_num_threads(),
                            int64_t(reinterpret_cast<uintptr_t>(w.storage().unsafeGetStorageImpl())), w.storage_offset(),
                            int64_t(reinterpret_cast<uintptr_t>(w_scale.storage().unsafeGetStorageImpl())),
                            w_scale.storage_offset()};
@@ -736,7 +750,7 @@ std::shared_ptr<Layer> linear_layer(const LinearCall& c, const at::Tensor& w, co
 void run_linear(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
                 const c10::optional<at::Tensor>& bias, int64_t m_hint, double out_scale, int64_t out_zp,
                 at::ScalarType odt, const Eltwise& post, const at::Tensor* accum, double sum_scale, int64_t sum_zp,
-                at::Tensor& out) {
+                at::Tensor& out, const at::Tensor* addend_in = nullptr) {
   auto& a = api();
   TORCH_CHECK(a.error.empty(), "inductor-quant oneDNN kernels are unavailable: ", a.error);
   TORCH_CHECK(x_in.scalar_type() == at::kByte || x_in.scalar_type() == at::kChar,
@@ -761,15 +775,24 @@ void run_linear(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::
   } else {
     out = at::empty(out_sizes, x.options().dtype(odt));
   }
+  at::Tensor addend;
+  if (addend_in != nullptr) {
+    TORCH_CHECK(addend_in->sizes() == at::IntArrayRef(out_sizes) &&
+                    (addend_in->scalar_type() == at::kFloat || addend_in->scalar_type() == at::kBFloat16),
+                "qlinear_add: the addend must be float32 or bfloat16 of the linear output's shape ",
+                at::IntArrayRef(out_sizes), "; got ", addend_in->sizes(), " ", addend_in->scalar_type());
+    addend = addend_in->reshape({-1, n}).contiguous();
+  }
   if (x.size(0) == 0) return;
   LinearCall c{x.size(0), k, n, m_hint, x.scalar_type(), odt,
                bias.has_value() ? c10::optional<at::ScalarType>(bias->scalar_type()) : c10::nullopt,
                xs != 1.f, xz != 0, os != 1.f, oz != 0, w_scale.numel(), post, false,
-               accum != nullptr, float(sum_scale), int32_t(sum_zp)};
+               accum != nullptr, float(sum_scale), int32_t(sum_zp),
+               addend.defined() ? c10::optional<at::ScalarType>(addend.scalar_type()) : c10::nullopt};
   auto layer = linear_layer(c, w, w_scale);
   const c10::optional<at::Tensor> b = bias.has_value() ? c10::optional<at::Tensor>(bias->contiguous()) : bias;
   layer->run(x.const_data_ptr(), out.data_ptr(), b.has_value() ? b->const_data_ptr() : nullptr, xs, xz, os, oz,
-             "matmul execute");
+             "matmul execute", addend.defined() ? addend.const_data_ptr() : nullptr);
 }
 
 at::Tensor qlinear(const at::Tensor& x, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
@@ -790,6 +813,18 @@ void qlinear_sum_(const at::Tensor& x, double x_scale, int64_t x_zp, const at::T
                   int64_t post_op, double post_alpha, double post_beta) {
   run_linear(x, x_scale, x_zp, w, w_scale, bias, m_hint, out_scale, out_zp, out_dtype.value_or(at::kFloat),
              eltwise(post_op, post_alpha, post_beta), &accum, accum_scale, accum_zp, accum);
+}
+
+// The linear with oneDNN's binary `add` post-op: post(linear(x) + other), requantized, in a new
+// output (torch's `qlinear_pointwise.binary` with `add`: a float `other` added as it is).
+at::Tensor qlinear_add(const at::Tensor& x, double x_scale, int64_t x_zp, const at::Tensor& w, const at::Tensor& w_scale,
+                       const c10::optional<at::Tensor>& bias, int64_t m_hint, double out_scale, int64_t out_zp,
+                       c10::optional<at::ScalarType> out_dtype, const at::Tensor& other, int64_t post_op,
+                       double post_alpha, double post_beta) {
+  at::Tensor out;
+  run_linear(x, x_scale, x_zp, w, w_scale, bias, m_hint, out_scale, out_zp, out_dtype.value_or(at::kFloat),
+             eltwise(post_op, post_alpha, post_beta), nullptr, 1.0, 0, out, &other);
+  return out;
 }
 
 // A weight-only int8 linear: x (f32 or bf16) [..., K] times the int8 [N, K] weight, each output
@@ -853,6 +888,10 @@ TORCH_LIBRARY(iq_onednn, m) {
       "qlinear_sum_(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int m_hint, "
       "float output_scale, int output_zero_point, ScalarType? output_dtype, Tensor(a!) accum, float accum_scale, "
       "int accum_zero_point, int post_op, float post_op_alpha, float post_op_beta) -> ()");
+  m.def(
+      "qlinear_add(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int m_hint, "
+      "float output_scale, int output_zero_point, ScalarType? output_dtype, Tensor other, int post_op, "
+      "float post_op_alpha, float post_op_beta) -> Tensor");
   m.def("woq_linear(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int m_hint) -> Tensor");
   m.def(
       "qconv2d_sum_(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int stride_h, "
@@ -866,5 +905,6 @@ TORCH_LIBRARY_IMPL(iq_onednn, CPU, m) {
   m.impl("qconv2d_sum_", qconv2d_sum_);
   m.impl("qlinear", qlinear);
   m.impl("qlinear_sum_", qlinear_sum_);
+  m.impl("qlinear_add", qlinear_add);
   m.impl("woq_linear", woq_linear);
 }

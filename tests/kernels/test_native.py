@@ -220,6 +220,31 @@ def test_linear_residual_sum_writes_over_the_accumulator_bitwise_torch(output, u
         assert not torch.equal(ours_acc, accum)  # it did write
 
 
+@pytest.mark.parametrize("output", ["fp32", "bf16", "u8"])
+@pytest.mark.parametrize("addend", ["fp32", "bf16"])
+@pytest.mark.parametrize("unary", ["none", "relu"])
+def test_linear_residual_add_is_bitwise_torch(output, addend, unary):
+    """torch's `qlinear_pointwise.binary` with `add` (a float extra input, a new output) against ours."""
+    out = OUTPUTS[output]
+    other_dtype = torch.float32 if addend == "fp32" else torch.bfloat16
+    if not probe.qlinear_binary_builds(out.dtype, other_dtype, "add"):
+        pytest.skip(f"torch's op has no `add` of {other_dtype} into {out.dtype} on this CPU")
+    g = torch.Generator().manual_seed(11)
+    w = torch.randint(-W_MAX, W_MAX + 1, (40, 24), dtype=torch.int8, generator=g)
+    w_scale, bias = torch.rand(40, generator=g) * 0.01 + 0.001, torch.randn(40, generator=g)
+    for x_shape in ((6, 24), (2, 5, 24)):
+        x = torch.randint(0, 256, x_shape, dtype=torch.uint8, generator=g)
+        other = torch.randn((*x_shape[:-1], 40), generator=g).to(other_dtype)
+        for xq in (K.QParams(0.02, 0), K.QParams(0.02, 9)):
+            f = K.FusedOp("qlinear", x, xq, K.qlinear_prepack(E, w, list(x_shape)), w_scale,
+                          torch.zeros(40, dtype=torch.long), bias, None, out,
+                          binary=K.Binary("add", 1.0, K.QParams(), UNARY[unary]), other=other)
+            theirs = K.emit(E, f)
+            ours = native.qlinear_add(E, f, w, x_shape[0] if len(x_shape) == 2 else 1)
+            assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+            assert torch.equal(ours, theirs), (x_shape, xq, (ours.float() - theirs.float()).abs().max())
+
+
 def test_linear_residual_sum_refuses_an_accumulator_it_cannot_write_as_the_output():
     g = torch.Generator().manual_seed(10)
     w = torch.randint(-W_MAX, W_MAX + 1, (8, 16), dtype=torch.int8, generator=g)
