@@ -108,6 +108,30 @@ def lift_conv1d(graph: torch.fx.Graph) -> int:
     return lifted
 
 
+_VIEWS = (aten.view.default, aten._unsafe_view.default)
+
+
+def views_after_convs_as_reshape(graph: torch.fx.Graph) -> int:
+    """Every view downstream of a fused conv becomes `reshape` (the same values; a copy only where
+    the strides allow no view). The kernel writes channels-last where the float conv it replaced
+    was traced contiguous; when Inductor re-derives every value's strides from ours (it does for
+    layout optimization, whenever a float conv is left in the graph) a view traced on the
+    contiguous value failed the compile (fuzz sweep; tests/passes/test_layouts.py).
+    Returns the views changed."""
+    todo = [n for n in graph.nodes if (f := record(n)) is not None and f.kind == "qconv"]
+    seen, changed = set(todo), 0
+    while todo:
+        for user in todo.pop().users:
+            if user in seen:
+                continue
+            seen.add(user)
+            todo.append(user)
+            if user.target in _VIEWS:
+                user.target = aten.reshape.default
+                changed += 1
+    return changed
+
+
 def decompose_weight_dequants(graph: torch.fx.Graph) -> None:
     """A layer left unfused keeps `dequantize(w_int8)` in the graph, and constant folding never
     folds a dequantize (it keeps int8 weights int8 for the prepack): the fp32 fallback would

@@ -43,7 +43,7 @@ from . import upstream_counters as U
 from .fused import record
 from .reasons import Why
 from .graph_rewrites import (decompose_weight_dequants, drop_noop_views, lift_conv1d, merge_sibling_linears,
-                             promote_dequant)
+                             promote_dequant, views_after_convs_as_reshape)
 from .match import float_dtype, node_of, val
 
 aten = torch.ops.aten
@@ -85,6 +85,8 @@ STEPS = (
     Step("merge.sibling_linears.absorbed", "output", "a linear merged into a sibling's GEMM (one oneDNN call fewer)"),
     Step("post.binary.resettled", "output", "an in-place `sum` a later rewrite made unsafe: now `add`, or the op "
                                             "taken apart (accumulators.settle)"),
+    Step("layout.view_as_reshape", "output", "a view downstream of a fused conv (channels-last where the float conv "
+                                             "was contiguous) read as reshape (graph_rewrites.views_after_convs)"),
 )
 DTYPES = (("", F32), (".bf16", BF16))  # int8-fp32, int8-mixed-bf16 (autocast)
 # how a linear traces: (input rank, rows, id suffix, input layout: patterns.laid_out); the
@@ -267,4 +269,6 @@ def run(graph: torch.fx.Graph) -> list:
     U.count_lowered(graph)
     unfused = D.report_unfused(graph)
     decompose_weight_dequants(graph)
+    for _ in range(views_after_convs_as_reshape(graph)):
+        _count("layout.view_as_reshape")
     return unfused

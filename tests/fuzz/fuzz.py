@@ -263,7 +263,10 @@ def replay(path: str) -> int:
     record = json.load(open(path))
     harness.install_our_passes()
     config = harness.Config.parse(record["config"])
-    if record.get("bundle"):
+    if record.get("bundle_specs"):  # a corpus entry keeps its bundle's specs (a generator change cannot move it)
+        specs = record["bundle_specs"]
+        outcome = harness.check_many(specs, config)[specs.index(record["spec"])]
+    elif record.get("bundle"):
         specs = [record["spec"] if s == record["spec"]["seed"] else graphs.generate(s) for s in record["bundle"]]
         outcome = harness.check_many(specs, config)[record["bundle"].index(record["spec"]["seed"])]
     else:
