@@ -80,6 +80,30 @@ def test_dequant_promotion():
         torch.testing.assert_close(gm(*flat), model(*flat[-1:]), atol=2e-3, rtol=1e-3)
 
 
+class ConvFlattened(torch.nn.Module):
+    """A fused conv's output flattened: its channels-last output cannot be viewed as traced."""
+
+    def __init__(self):
+        super().__init__()
+        from variants import conv
+        self.a = QDQLayer(conv("a"))
+
+    def forward(self, x):
+        return self.a.tail(q_dq(x, X_SCALE, X_ZP)).flatten(1)
+
+
+def test_a_view_after_a_fused_conv_reads_as_reshape():
+    model = ConvFlattened().eval()
+    gm, flat, stats = rewrite(model, (torch.randn(2, 8, 7, 7),))
+    t = targets(gm)
+    assert stats["fused"]["layout.view_as_reshape"] == 1 and t["aten.reshape.default"] == 1, gm.code
+    assert not t["aten.view.default"] and t["onednn.qconv_pointwise.default"] == 1, gm.code
+    with torch.no_grad():
+        out = gm(*flat)
+        assert out.is_contiguous()  # a copy of the channels-last conv output, in the traced layout
+        torch.testing.assert_close(out, model(*flat[-1:]), atol=2e-3, rtol=1e-3)
+
+
 class SharedDynamicDQ(torch.nn.Module):
     """Dynamic quantization: one choose_qparams -> q.tensor -> dq.tensor feeding three linears (q/k/v)."""
 
@@ -429,6 +453,7 @@ def test_every_fusion_id_fired():
                 model = QDQLayer(v).eval()
                 rewrite(model, model.example_inputs(bf16), bf16)
         rewrite(TwoBranch().eval(), (torch.randn(2, 8, 7, 7),))
+        test_a_view_after_a_fused_conv_reads_as_reshape()
         test_int8_activation_conv_is_shifted_to_uint8()
         test_int8_propagation()
         test_int8_propagation_cat_of_three_then_view()
