@@ -10,7 +10,8 @@ It runs after every other rewrite, so every decision before it is made on torch'
 reads each conv's record from the node as it is (passes/fused.py). Left on torch's op: tensor
 activation qparams, 3-D convs, and any compile for AOTInductor (a package must load without our
 library). Under max-autotune a linear with many rows is left to Inductor's autotune (its C++ GEMM
-template against torch's op); one with few rows comes here (`TEMPLATE_FROM_ROWS`).
+template against torch's op); one with few rows comes here (`TEMPLATE_FROM_ROWS`), unless it adds
+a residual (the template won those where measured: they keep the autotune).
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def _adds(f) -> bool:
 
 
 def _sums_in_place(f) -> bool:
-    """oneDNN's `sum` into a graph tensor with scalar qparams, then a post-op we have: our `_sum_`
-    call (torch's `add`, a new output, stays torch's op)."""
+    """oneDNN's `sum` into a graph tensor with scalar qparams, then a post-op we have: our
+    `qconv2d_sum_` / `qlinear_sum_` call."""
     b = f.binary
     return (b.name == "sum" and b.alpha == 1.0 and not b.other.is_tensor and isinstance(f.other, torch.fx.Node)
             and native.post_op_code(b.unary) is not None)

@@ -86,7 +86,8 @@ STEPS = (
     Step("post.binary.resettled", "output", "an in-place `sum` a later rewrite made unsafe: now `add`, or the op "
                                             "taken apart (accumulators.settle)"),
     Step("layout.view_as_reshape", "output", "a view downstream of a fused conv (channels-last where the float conv "
-                                             "was contiguous) read as reshape (graph_rewrites.views_after_convs)"),
+                                             "was contiguous) read as reshape "
+                                             "(graph_rewrites.views_after_convs_as_reshape)"),
 )
 DTYPES = (("", F32), (".bf16", BF16))  # int8-fp32, int8-mixed-bf16 (autocast)
 # how a linear traces: (input rank, rows, id suffix, input layout: patterns.laid_out); the
