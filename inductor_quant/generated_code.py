@@ -101,10 +101,21 @@ def inductor_kernel_calls(code: str) -> int:
     return sum(len(re.findall(rf"(?<!void )\b{name}\(", code)) for name in names)
 
 
+_ATTENTION = re.compile(r"torch\.ops\.iq_onednn\.attention\.\w+\(|\"iq_onednn::attention\""
+                        r"|torch\.ops\.aten\.(_scaled_dot_product_flash_attention_for_cpu)\.\w+\("
+                        r"|aoti_torch_cpu_(_scaled_dot_product_flash_attention_for_cpu)\(")
+
+
+def attention_calls(code: str) -> collections.Counter:
+    """{"ours": n, "torch": m}: fused attention calls in `code`, ours (`iq_onednn.attention`,
+    passes/attention.py) or torch's CPU flash attention."""
+    return collections.Counter("torch" if m.group(1) or m.group(2) else "ours" for m in _ATTENTION.finditer(code))
+
+
 def prepacks_at_runtime(code: str) -> bool:
     """A weight prepack still called at run time (freezing did not fold it into a constant)."""
     return bool(_PREPACK.search(code))
 
 
-__all__ = ["onednn_int8_calls", "own_kernel_calls", "onednn_fp16_calls", "count", "float_compute_calls", "int8_gemm_template_calls",
+__all__ = ["onednn_int8_calls", "own_kernel_calls", "attention_calls", "onednn_fp16_calls", "count", "float_compute_calls", "int8_gemm_template_calls",
            "inductor_kernel_calls", "prepacks_at_runtime"]

@@ -27,6 +27,12 @@ Contract of `iq_onednn::woq_linear` (weight-only int8): `F.linear(x, w * w_scale
 for x fp32 or bf16 and the plain int8 [out, in] weight, the output in x's dtype, within fp32 /
 bf16 rounding (the weight kept int8 and converted in registers; the scale applied after the sum).
 bf16 activations need AVX-512 (`probe.weight_only_linear_builds`).
+
+Contract of `iq_onednn::attention`: `softmax(q @ k.transpose(-2, -1) * scale + mask, -1) @ v` for
+4-D [B, H, S, D] q, k, v, all fp32 or all bf16, and an optional fp32/bf16 additive mask that
+broadcasts to [B, H, Sq, Sk]; scores and softmax in fp32, the output in q's dtype, laid out as
+torch's `_scaled_dot_product_flash_attention_for_cpu` lays out its own ([B, S, H, D] memory);
+within fp32 / bf16 rounding of that op.
 """
 
 from __future__ import annotations
@@ -171,6 +177,12 @@ def _register_fakes() -> None:
     @torch.library.register_fake(f"{LIBRARY}::woq_linear")
     def _(x, w, w_scale, bias, m_hint):
         return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+    @torch.library.register_fake(f"{LIBRARY}::attention")
+    def _(q, k, v, mask, scale):
+        # [B, S, H, D] memory seen as [B, H, S, D]: torch's CPU flash attention's output layout
+        return q.new_empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3])).transpose(1, 2)
 
 
 def _conv_args(f, w_plain) -> tuple:

@@ -85,3 +85,18 @@ def weight_only_linear_builds(dtype: torch.dtype) -> bool:
             return bool((out.float() - 16.0).abs().max() == 0)
     except Exception:  # noqa: BLE001 - not built here, or our library not loaded: no such kernel
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def attention_builds(dtype: torch.dtype) -> bool:
+    """Does our attention (kernels/native.py) build and compute softmax(q k^T) v here for `dtype`?
+    Asks our kernel layer, which must be loaded."""
+    try:
+        with compat.real_tensors(), torch.no_grad(), torch.device("cpu"):
+            g = torch.Generator().manual_seed(0)
+            q, k, v = (torch.randn(1, 2, 4, 8, generator=g).to(dtype) for _ in range(3))
+            got = torch.ops.iq_onednn.attention(q, k, v, None, 0.5).float()
+            want = torch.softmax(q.float() @ k.float().transpose(-2, -1) * 0.5, -1) @ v.float()
+            return bool((got - want).abs().max() <= (1e-5 if dtype == torch.float32 else 5e-2))
+    except Exception:  # noqa: BLE001 - not built here, or our library not loaded: no such kernel
+        return False

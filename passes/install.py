@@ -13,6 +13,9 @@ Decision (torch 2.13-2.14):
   so the packed weight is a frozen constant (prepacked once, at compile time). torch has no
   fake kernels for `onednn.q*_prepack`, and `freeze()` fake-propagates before it folds:
   install() registers them (kernels/registration.py), which changes no numerics.
+* A second `CustomGraphPass` in `joint_custom_post_pass` (same graph, after Inductor's own
+  joint-graph patterns, which fuse matmul -> softmax -> matmul into one attention call): in a
+  graph the first pass sent to our kernel layer, attention goes there too (attention.py).
 * Only the freezing compile is rewritten. The same slot also runs inside `partition_fn` when
   grad is enabled and a parameter requires grad; grad is disabled there too, so
   `freezing_active()` alone would accept that graph. It is the joint forward+backward graph
@@ -31,8 +34,8 @@ Decision (torch 2.13-2.14):
   realizes its extra input first, as torch's own pattern lowering did (lowerings.py).
 * Decompositions: while installed, Inductor's decomposition of choose_qparams.tensor is
   replaced by one that computes what eager computes (decompositions.py).
-* The user's config is composed with, never overwritten: install appends to whatever the slot
-  holds (None, one pass or a list); uninstall removes only our object.
+* The user's config is composed with, never overwritten: install appends to whatever each slot
+  holds (None, one pass or a list); uninstall removes only our objects.
 * Without freezing (config.freezing off, or grad enabled) the pass rewrites nothing: the
   compiled model stays correct (dq -> fp32 conv -> q) and one warning per process says how to
   turn freezing on; stats list the layers as unfused with that reason.
@@ -53,7 +56,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from inductor_quant.kernels import compat, native, registration
 from inductor_quant.kernels.cpu import cpu_info
 
-from . import builtins, decompositions, lowerings, own_calls, registry
+from . import attention, builtins, decompositions, lowerings, own_calls, registry
 from .diagnostics import has_quantized_ops, report_unfused
 from .kernel_limits import SATURATION_WARNING
 from .reasons import Why
@@ -102,6 +105,23 @@ class QuantFusionPass(CustomGraphPass):
         return INSTALLATION.cache_key()
 
 
+class AttentionPass(CustomGraphPass):
+    """The object in `joint_custom_post_pass`: after Inductor's attention fusion, the attention of a
+    graph our first pass sent to our kernel layer goes there too (attention.py)."""
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        if INSTALLATION.installed and freezing_active() and _calls_our_kernels(graph):
+            attention.route(graph)
+
+    def uuid(self) -> str:
+        return INSTALLATION.cache_key()
+
+
+def _calls_our_kernels(graph: torch.fx.Graph) -> bool:
+    """Our first pass routed this graph's layers to our kernel layer (so every condition for it held)."""
+    return any(getattr(n.target, "namespace", None) == native.LIBRARY for n in graph.nodes if n.op == "call_function")
+
+
 class Installation:
     """Everything installing our passes changes in the process, and how to undo it."""
 
@@ -110,7 +130,7 @@ class Installation:
         self.builtins_off = False
         self.removed: list = []          # builtins.Removed entries, put back when switched on
         self.builtins_before = True      # the switch state found at install, restored at uninstall
-        self.user_value = None           # the config slot as found, restored when we leave
+        self.user_values: dict = {}      # each config slot as found, restored when we leave
         self.registrations: list = []    # registration / lowering handles, undone at uninstall
         self.decompositions: list = []   # what decompositions.install replaced, put back at uninstall
         # fused convs/linears call our kernel layer (kernels/native.py) where it loads; on unless
@@ -118,6 +138,7 @@ class Installation:
         self.own_kernels = os.environ.get("INDUCTOR_QUANT_OWN_KERNELS", "1") != "0"
         self.warned: set = set()
         self.pass_ = QuantFusionPass()
+        self.attention_pass = AttentionPass()
 
     # --- the switches ---------------------------------------------------------------------
 
@@ -168,16 +189,17 @@ class Installation:
         return self.own_kernels and native.available()
 
     def sync_config(self) -> None:
-        """Our pass is in the slot iff installed or built-ins off; the user's passes stay."""
-        current = _as_list(config.joint_custom_pre_pass)
+        """Our passes are in their slots iff installed or built-ins off; the user's passes stay."""
         want = self.installed or self.builtins_off
-        if want and self.pass_ not in current:
-            self.user_value = config.joint_custom_pre_pass
-            config.joint_custom_pre_pass = current + [self.pass_]
-        elif not want and self.pass_ in current:
-            rest = [p for p in current if p is not self.pass_]
-            original, self.user_value = self.user_value, None
-            config.joint_custom_pre_pass = original if rest == _as_list(original) else (rest or None)
+        for slot, ours in (("joint_custom_pre_pass", self.pass_), ("joint_custom_post_pass", self.attention_pass)):
+            current = _as_list(getattr(config, slot))
+            if want and ours not in current:
+                self.user_values[slot] = getattr(config, slot)
+                setattr(config, slot, current + [ours])
+            elif not want and ours in current:
+                rest = [p for p in current if p is not ours]
+                original = self.user_values.pop(slot, None)
+                setattr(config, slot, original if rest == _as_list(original) else (rest or None))
 
     # --- what the pass reads --------------------------------------------------------------
 

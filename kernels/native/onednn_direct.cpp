@@ -32,6 +32,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -69,6 +70,7 @@ namespace {
   X(dnnl_convolution_forward_primitive_desc_create) \
   X(dnnl_matmul_primitive_desc_create)             \
   X(dnnl_reorder_primitive_desc_create)            \
+  X(dnnl_softmax_forward_primitive_desc_create)    \
   X(dnnl_primitive_desc_query_md)                  \
   X(dnnl_primitive_desc_destroy)                   \
   X(dnnl_primitive_create)                         \
@@ -855,6 +857,178 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
   return out;
 }
 
+
+// ---- attention -------------------------------------------------------------------------------
+//
+// softmax(q k^T * scale + mask) v for 4-D [B, H, S, D] q, k, v (any strides with the last dim's 1,
+// as the slices of a merged Q/K/V output arrive), as three oneDNN primitives built once per shape:
+// a batched matmul writing f32 scores with the scale and the mask as post-ops, softmax over the
+// last dim (f32; written as bf16 for bf16 inputs), and a batched matmul with v that writes the
+// context straight into a [B, S, H, D] buffer, returned as its [B, H, S, D] transpose (the layout
+// torch's CPU flash attention returns, so the permute + reshape after it stays a view). The scores
+// buffer is kept with the primitives: no fresh pages per call. What torch's flash attention
+// computes in blocks of queries with an online softmax, this computes whole; the numbers differ
+// from it by float rounding only (tests/kernels/test_native.py).
+
+struct Attention {
+  dnnl_primitive_t scores = nullptr, softmax = nullptr, context = nullptr;
+  std::vector<dnnl_memory_t> owned;
+  dnnl_memory_t q = nullptr, k = nullptr, v = nullptr, mask = nullptr, s = nullptr, p = nullptr, out = nullptr;
+  at::Tensor s_buf, p_buf;
+  std::mutex mutex;
+  ~Attention() {
+    for (auto m : owned) api().dnnl_memory_destroy(m);
+    for (auto prim : {scores, softmax, context})
+      if (prim) api().dnnl_primitive_destroy(prim);
+  }
+  dnnl_memory_t memory(const_dnnl_memory_desc_t md, void* handle) {
+    dnnl_memory_t m = nullptr;
+    check(api().dnnl_memory_create(&m, md, api().engine, handle), "memory_create");
+    owned.push_back(m);
+    return m;
+  }
+};
+
+std::mutex attention_mutex;
+std::unordered_map<std::vector<int64_t>, std::shared_ptr<Attention>, KeyHash> attention_cache;
+
+dnnl_primitive_t make_primitive(dnnl_primitive_desc_t pd, dnnl_status_t st, const char* what) {
+  check(st, what);
+  dnnl_primitive_t prim = nullptr;
+  st = api().dnnl_primitive_create(&prim, pd);
+  api().dnnl_primitive_desc_destroy(pd);
+  check(st, what);
+  return prim;
+}
+
+// `mask4`: the mask viewed as 4-D with its broadcast dims of size 1 (undefined: none).
+std::shared_ptr<Attention> build_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           const at::Tensor& mask4, float scale) {
+  auto& a = api();
+  auto att = std::make_shared<Attention>();
+  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3), Sk = k.size(2), Dv = v.size(3);
+  const dnnl_data_type_t dt = dnnl_type(q.scalar_type());
+  const bool reduced = dt != dnnl_f32;
+  MemoryDesc q_md, kt_md, s_md, p_md, v_md, out_md, mask_md;
+  q_md.md = make_md(q.sizes(), q.strides(), dt);
+  kt_md.md = make_md({B, H, D, Sk}, {k.stride(0), k.stride(1), k.stride(3), k.stride(2)}, dt);
+  s_md.md = plain_md({B, H, Sq, Sk}, dnnl_f32);
+  p_md.md = plain_md({B, H, Sq, Sk}, dt);
+  v_md.md = make_md(v.sizes(), v.strides(), dt);
+  out_md.md = make_md({B, H, Sq, Dv}, {Sq * H * Dv, Dv, H * Dv, 1}, dt);
+  if (mask4.defined()) mask_md.md = make_md(mask4.sizes(), mask4.strides(), dnnl_type(mask4.scalar_type()));
+
+  dnnl_primitive_attr_t attr = nullptr;
+  dnnl_post_ops_t ops = nullptr;
+  check(a.dnnl_primitive_attr_create(&attr), "attr_create");
+  check(a.dnnl_post_ops_create(&ops), "post_ops_create");
+  check(a.dnnl_post_ops_append_eltwise(ops, dnnl_eltwise_linear, scale, 0.f), "scale");
+  if (mask4.defined()) check(a.dnnl_post_ops_append_binary(ops, dnnl_binary_add, mask_md.md), "mask");
+  check(a.dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops");
+  dnnl_primitive_desc_t pd = nullptr;
+  dnnl_status_t st = a.dnnl_matmul_primitive_desc_create(&pd, a.engine, q_md.md, kt_md.md, nullptr, s_md.md, attr);
+  a.dnnl_post_ops_destroy(ops);
+  a.dnnl_primitive_attr_destroy(attr);
+  att->scores = make_primitive(pd, st, "attention scores matmul");
+
+  st = a.dnnl_softmax_forward_primitive_desc_create(&pd, a.engine, dnnl_forward_inference, dnnl_softmax_accurate,
+                                                    s_md.md, reduced ? p_md.md : s_md.md, 3, nullptr);
+  att->softmax = make_primitive(pd, st, "attention softmax");
+  st = a.dnnl_matmul_primitive_desc_create(&pd, a.engine, reduced ? p_md.md : s_md.md, v_md.md, nullptr, out_md.md,
+                                           nullptr);
+  att->context = make_primitive(pd, st, "attention context matmul");
+
+  att->s_buf = at::empty({B, H, Sq, Sk}, q.options().dtype(at::kFloat));
+  att->s = att->memory(s_md.md, att->s_buf.data_ptr());
+  if (reduced) {
+    att->p_buf = at::empty({B, H, Sq, Sk}, q.options());
+    att->p = att->memory(p_md.md, att->p_buf.data_ptr());
+  } else {
+    att->p = att->s;
+  }
+  att->q = att->memory(q_md.md, DNNL_MEMORY_NONE);
+  att->k = att->memory(kt_md.md, DNNL_MEMORY_NONE);
+  att->v = att->memory(v_md.md, DNNL_MEMORY_NONE);
+  att->out = att->memory(out_md.md, DNNL_MEMORY_NONE);
+  if (mask4.defined()) att->mask = att->memory(mask_md.md, DNNL_MEMORY_NONE);
+  return att;
+}
+
+at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                     const c10::optional<at::Tensor>& mask_in, double scale) {
+  auto& a = api();
+  TORCH_CHECK(a.error.empty(), "inductor-quant oneDNN kernels are unavailable: ", a.error);
+  TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, "attention: 4-D q, k, v [B, H, S, D]");
+  TORCH_CHECK((q_in.scalar_type() == at::kFloat || q_in.scalar_type() == at::kBFloat16) &&
+                  k_in.scalar_type() == q_in.scalar_type() && v_in.scalar_type() == q_in.scalar_type(),
+              "attention: q, k, v all float32 or all bfloat16");
+  auto last_dense = [](const at::Tensor& t) { return t.stride(3) == 1 || t.size(3) == 1 ? t : t.contiguous(); };
+  const at::Tensor q = last_dense(q_in), k = last_dense(k_in), v = last_dense(v_in);
+  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), Sk = k.size(2), Dv = v.size(3);
+  TORCH_CHECK(k.size(0) == B && v.size(0) == B && k.size(1) == H && v.size(1) == H && k.size(3) == q.size(3) &&
+                  v.size(2) == Sk,
+              "attention: q [B, H, Sq, D], k [B, H, Sk, D] and v [B, H, Sk, Dv] of one B and H");
+  at::Tensor mask4;
+  if (mask_in.has_value()) {
+    const at::Tensor& m = *mask_in;
+    TORCH_CHECK((m.scalar_type() == at::kFloat || m.scalar_type() == at::kBFloat16) && m.dim() <= 4,
+                "attention: a float32 or bfloat16 additive mask of at most 4 dims");
+    // as 4-D, each broadcast dim (size 1, or expanded with stride 0) of size 1
+    std::vector<int64_t> sizes(4 - m.dim(), 1), strides(4 - m.dim(), 0);
+    const int64_t full[4] = {B, H, Sq, Sk};
+    for (int64_t i = 0; i < m.dim(); ++i) {
+      const int64_t d = 4 - m.dim() + i;
+      TORCH_CHECK(m.size(i) == 1 || m.size(i) == full[d], "attention: the mask does not broadcast to [B, H, Sq, Sk]");
+      const bool broadcast = m.size(i) == 1 || m.stride(i) == 0;
+      sizes.push_back(broadcast ? 1 : m.size(i));
+      strides.push_back(broadcast ? 0 : m.stride(i));
+    }
+    // a size-1 dim is never stepped: give it the stride of a dense layout, which oneDNN accepts
+    int64_t span = 1;
+    for (int i = 3; i >= 0; --i) {
+      if (sizes[i] == 1) strides[i] = span;
+      span = std::max(span, strides[i] * sizes[i]);
+    }
+    mask4 = m.as_strided(sizes, strides);
+  }
+  at::Tensor out = at::empty({B, Sq, H, Dv}, q.options());
+  if (out.numel() == 0) return out.transpose(1, 2);
+  std::vector<int64_t> key{int64_t(q.scalar_type()), bits(scale), at::get_num_threads(), mask4.defined()};
+  for (const at::Tensor* t : {&q, &k, &v}) {
+    for (auto d : t->sizes()) key.push_back(d);
+    for (auto d : t->strides()) key.push_back(d);
+  }
+  if (mask4.defined()) {
+    key.push_back(int64_t(mask4.scalar_type()));
+    for (auto d : mask4.sizes()) key.push_back(d);
+    for (auto d : mask4.strides()) key.push_back(d);
+  }
+  std::shared_ptr<Attention> att;
+  {
+    std::lock_guard<std::mutex> guard(attention_mutex);
+    auto it = attention_cache.find(key);
+    if (it == attention_cache.end()) it = attention_cache.emplace(key, build_attention(q, k, v, mask4, float(scale))).first;
+    att = it->second;
+  }
+  std::lock_guard<std::mutex> guard(att->mutex);
+  check(a.dnnl_memory_set_data_handle(att->q, const_cast<void*>(q.const_data_ptr())), "q");
+  check(a.dnnl_memory_set_data_handle(att->k, const_cast<void*>(k.const_data_ptr())), "k");
+  check(a.dnnl_memory_set_data_handle(att->v, const_cast<void*>(v.const_data_ptr())), "v");
+  check(a.dnnl_memory_set_data_handle(att->out, out.data_ptr()), "out");
+  dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, att->q}, {DNNL_ARG_WEIGHTS, att->k}, {DNNL_ARG_DST, att->s}};
+  int n = 3;
+  if (mask4.defined()) {
+    check(a.dnnl_memory_set_data_handle(att->mask, const_cast<void*>(mask4.const_data_ptr())), "mask");
+    args[n++] = {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, att->mask};
+  }
+  check(a.dnnl_primitive_execute(att->scores, a.stream, n, args), "attention scores execute");
+  dnnl_exec_arg_t sargs[2] = {{DNNL_ARG_SRC, att->s}, {DNNL_ARG_DST, att->p}};
+  check(a.dnnl_primitive_execute(att->softmax, a.stream, 2, sargs), "attention softmax execute");
+  dnnl_exec_arg_t cargs[3] = {{DNNL_ARG_SRC, att->p}, {DNNL_ARG_WEIGHTS, att->v}, {DNNL_ARG_DST, att->out}};
+  check(a.dnnl_primitive_execute(att->context, a.stream, 3, cargs), "attention context execute");
+  return out.transpose(1, 2);
+}
+
 std::string status() { return api().error; }
 
 int64_t cached_layers() {
@@ -865,6 +1039,10 @@ int64_t cached_layers() {
 void clear_cache() {
   std::lock_guard<std::mutex> guard(cache_mutex);
   cache.clear();
+  {
+    std::lock_guard<std::mutex> attention_guard(attention_mutex);
+    attention_cache.clear();
+  }
   std::lock_guard<std::mutex> weights_guard(weights_mutex);
   linear_weights.clear();
 }
@@ -893,6 +1071,7 @@ TORCH_LIBRARY(iq_onednn, m) {
       "float output_scale, int output_zero_point, ScalarType? output_dtype, Tensor other, int post_op, "
       "float post_op_alpha, float post_op_beta) -> Tensor");
   m.def("woq_linear(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int m_hint) -> Tensor");
+  m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
   m.def(
       "qconv2d_sum_(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int stride_h, "
       "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, float output_scale, "
@@ -907,4 +1086,5 @@ TORCH_LIBRARY_IMPL(iq_onednn, CPU, m) {
   m.impl("qlinear_sum_", qlinear_sum_);
   m.impl("qlinear_add", qlinear_add);
   m.impl("woq_linear", woq_linear);
+  m.impl("attention", attention);
 }

@@ -317,3 +317,88 @@ def test_weight_only_probe_runs_real_tensors_inside_a_compile():
 
     with FakeTensorMode():
         assert probe.weight_only_linear_builds.__wrapped__(torch.float32)
+
+
+# ----------------------------------------------------------------------------- attention
+
+MASKS = {  # (shape of the mask as the model holds it, how it is laid out), for B=2, H=3, S=10
+    "none": None,
+    "key-padding": (2, 1, 1, 10),
+    "per-query": (10, 10),
+    "full": (2, 3, 10, 10),
+    "expanded": "expanded",  # [S, S] expanded to [B, H, S, S]: stride-0 dims
+}
+
+
+def _attention_inputs(dtype, mask_kind, seed=0):
+    """q, k, v as slices of one merged [B, S, 3 * H * D] projection, viewed as [B, H, S, D]
+    (the layout our Q/K/V merge gives attention), and an additive mask."""
+    g = torch.Generator().manual_seed(seed)
+    b, h, s, d = 2, 3, 10, 8
+    qkv = torch.randn(b, s, 3 * h * d, generator=g).to(dtype)
+    q, k, v = (qkv[..., i * h * d:(i + 1) * h * d].view(b, s, h, d).permute(0, 2, 1, 3) for i in range(3))
+    shape = MASKS[mask_kind]
+    if shape is None:
+        mask = None
+    elif shape == "expanded":
+        mask = torch.randn(s, s, generator=g).expand(b, h, s, s)
+    else:
+        mask = torch.randn(*shape, generator=g)
+    return q, k, v, mask
+
+
+def _attention_reference(q, k, v, mask, scale):
+    scores = q.double() @ k.double().transpose(-2, -1) * scale
+    if mask is not None:
+        scores = scores + mask.double()
+    return scores.softmax(-1) @ v.double()
+
+
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_attention_is_softmax_of_scaled_scores_times_v(dtype, mask_kind):
+    if dtype == torch.bfloat16 and not cpu_info().bf16_native:
+        pytest.skip("bf16 attention is routed only where bf16 is native (passes/attention.py)")
+    q, k, v, mask = _attention_inputs(dtype, mask_kind)
+    scale = 0.3
+    ours = torch.ops.iq_onednn.attention(q, k, v, mask, scale)
+    theirs = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
+                                                                        scale=scale)[0]
+    want = _attention_reference(q, k, v, mask, scale)
+    # torch's flash attention's output layout, so the permute + reshape after it stays a view
+    assert ours.dtype == dtype and ours.shape == theirs.shape and ours.stride() == theirs.stride()
+    ours_err = (ours.double() - want).abs().max().item()
+    theirs_err = (theirs.double() - want).abs().max().item()
+    if dtype == torch.float32:
+        assert ours_err < 1e-5, ours_err
+    else:  # one bf16 rounding of the output, and of the probabilities before the second matmul
+        assert ours_err <= max(2 * theirs_err, 2 ** -7 * want.abs().max().item()), (ours_err, theirs_err)
+
+
+def test_attention_of_new_shapes_and_threads():
+    """A primitive per shape and thread count: a new sequence length or batch is computed right,
+    and so is the first shape again after them."""
+    q, k, v, _ = _attention_inputs(torch.float32, "none")
+    first = torch.ops.iq_onednn.attention(q, k, v, None, 0.5)
+    for b, s in ((1, 10), (2, 7), (3, 1)):
+        g = torch.Generator().manual_seed(b * 100 + s)
+        x = [torch.randn(b, 3, s, 8, generator=g) for _ in range(3)]
+        got = torch.ops.iq_onednn.attention(*x, None, 0.5)
+        assert (got.double() - _attention_reference(*x, None, 0.5)).abs().max() < 1e-5
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # another primitive (other blocking): the same up to rounding
+        assert (torch.ops.iq_onednn.attention(q, k, v, None, 0.5) - first).abs().max() < 1e-6
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(torch.ops.iq_onednn.attention(q, k, v, None, 0.5), first)
+
+
+def test_attention_refuses_what_it_does_not_compute():
+    q, k, v, _ = _attention_inputs(torch.float32, "none")
+    with pytest.raises(RuntimeError, match="all float32 or all bfloat16"):
+        torch.ops.iq_onednn.attention(q, k.double(), v, None, 0.5)
+    with pytest.raises(RuntimeError, match="does not broadcast"):
+        torch.ops.iq_onednn.attention(q, k, v, torch.zeros(4, 10), 0.5)
+    with pytest.raises(RuntimeError, match="additive mask"):
+        torch.ops.iq_onednn.attention(q, k, v, torch.zeros(10, 10, dtype=torch.bool), 0.5)

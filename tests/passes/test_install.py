@@ -11,16 +11,16 @@ import torch
 from torch._inductor import config
 
 import inductor_quant.passes as iq_passes
-from inductor_quant.passes.install import NO_FREEZING, QuantFusionPass, reset_warning
+from inductor_quant.passes.install import NO_FREEZING, AttentionPass, QuantFusionPass, reset_warning
 
 from compile_utils import compile_and_run, onednn_calls
 from qdq_models import QDQLayer
 from variants import BY_ID
 
 
-def ours(slot):
+def ours(slot, kind=QuantFusionPass):
     slot = slot if isinstance(slot, (list, tuple)) else [slot]
-    return [p for p in slot if isinstance(p, QuantFusionPass)]
+    return [p for p in slot if isinstance(p, kind)]
 
 
 def run_py(code, env=None):
@@ -49,15 +49,19 @@ def test_install_is_idempotent_and_keeps_user_passes():
     def user_pass(graph):
         pass
 
-    saved = config.joint_custom_pre_pass
+    def user_post_pass(graph):
+        pass
+
+    saved, saved_post = config.joint_custom_pre_pass, config.joint_custom_post_pass
     try:
         iq_passes.uninstall()
         iq_passes.set_builtin_fusions(False)
-        config.joint_custom_pre_pass = user_pass
+        config.joint_custom_pre_pass, config.joint_custom_post_pass = user_pass, user_post_pass
         iq_passes.install()
         iq_passes.install()
-        slot = config.joint_custom_pre_pass
+        slot, post = config.joint_custom_pre_pass, config.joint_custom_post_pass
         assert slot[0] is user_pass and len(ours(slot)) == 1
+        assert post[0] is user_post_pass and len(ours(post, AttentionPass)) == 1
         iq_passes.uninstall()
         iq_passes.uninstall()
         # built-ins were off before install in this session: uninstall leaves them off, so our
@@ -65,11 +69,12 @@ def test_install_is_idempotent_and_keeps_user_passes():
         assert config.joint_custom_pre_pass[0] is user_pass and len(ours(config.joint_custom_pre_pass)) == 1
         with iq_passes.builtin_fusions(True):
             assert config.joint_custom_pre_pass is user_pass  # restored exactly
+            assert config.joint_custom_post_pass is user_post_pass
         with iq_passes.installed():
             assert iq_passes.is_installed()
         assert not iq_passes.is_installed()
     finally:
-        config.joint_custom_pre_pass = saved
+        config.joint_custom_pre_pass, config.joint_custom_post_pass = saved, saved_post
         iq_passes.install()
 
 
@@ -369,7 +374,7 @@ def test_int8_compile_is_quiet(vid):
 
 
 def test_uninstall_puts_torch_back_exactly():
-    """A fresh process: torch's state that install() touches -- the config slot, the global
+    """A fresh process: torch's state that install() touches -- the config slots, the global
     pattern passes (entries by identity, in order), Inductor's decomposition tables and its
     lowerings of the binary int8 linear, the onednn ops' dispatcher tables and fake kernels -- read before install() and after install(), a
     fused int8 compile and uninstall(): identical. (torch registers some of its own patterns at
@@ -389,6 +394,7 @@ def test_uninstall_puts_torch_back_exactly():
         def snapshot():
             return {
                 "slot": config.joint_custom_pre_pass,
+                "post_slot": config.joint_custom_post_pass,
                 "passes": [[(str(k), [id(e) for e in v]) for k, v in p.patterns.items()] for p in compat.builtin_passes()],
                 "decompositions": [sorted((str(op), id(fn)) for op, fn in t.items() if "quantized_decomposed" in str(op))
                                    for t in compat.decomposition_tables()],

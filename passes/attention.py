@@ -1,0 +1,82 @@
+"""Attention through our kernel layer: in a compile our passes fused int8 layers in, each call of
+torch's CPU flash attention (`aten._scaled_dot_product_flash_attention_for_cpu`, what Inductor's
+attention fusion makes of matmul -> softmax -> matmul) becomes `iq_onednn.attention`
+(kernels/native.py): two batched oneDNN matmuls and a oneDNN softmax, built once per shape.
+
+Why: on the transformer rows the int8 GEMMs run at par with OpenVINO's, and the gap was attention
+(docs/PERFORMANCE.md, section 4): torch's flash attention walks 128 x 64 heads in blocks of 32
+queries, 2.5x slower there than the three primitives. Same result up to float rounding (the
+whole softmax at once instead of an online one): tests/kernels/test_native.py.
+
+When: Inductor fuses attention in its joint-graph patterns, after our phases, so this runs from
+the slot after them (`joint_custom_post_pass`, install.py), on the same freezing inference graph,
+under the same conditions as the rest of our kernel calls (available, not an AOTInductor build).
+Left to torch: dropout, causal masks, a boolean mask, a logsumexp someone reads, other dtypes,
+bf16 where this CPU emulates it (kernels/cpu.py).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Optional
+
+import torch
+
+from inductor_quant.kernels import probe
+from inductor_quant.kernels.cpu import cpu_info
+
+from .fused import propagate_fake
+from .match import val
+from .stats import count_kernel
+
+aten = torch.ops.aten
+FLASH = aten._scaled_dot_product_flash_attention_for_cpu.default
+FLOATS = (torch.float32, torch.bfloat16)
+
+
+def _why_not(node: torch.fx.Node) -> Optional[str]:
+    """Why this flash-attention call stays torch's (None: ours computes it)."""
+    q, k, v = node.args[:3]
+    dropout = node.args[3] if len(node.args) > 3 else node.kwargs.get("dropout_p", 0.0)
+    causal = node.args[4] if len(node.args) > 4 else node.kwargs.get("is_causal", False)
+    if dropout != 0.0 or causal:
+        return "dropout or a causal mask"
+    if any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users):
+        return "its logsumexp is read"
+    vals = [val(t) if isinstance(t, torch.fx.Node) else None for t in (q, k, v)]
+    if any(t is None or t.dim() != 4 or t.dtype not in FLOATS or t.dtype != vals[0].dtype for t in vals):
+        return "q, k, v are not 4-D fp32 or bf16 tensors of one dtype"
+    if vals[0].dtype == torch.bfloat16 and not cpu_info().bf16_native:
+        return "bf16 is emulated on this CPU (oneDNN has no fast bf16 matmul here)"
+    if not probe.attention_builds(vals[0].dtype):
+        return "our attention does not build here"
+    mask = node.kwargs.get("attn_mask")
+    if mask is not None and (not isinstance(mask, torch.fx.Node) or val(mask) is None or val(mask).dtype not in FLOATS
+                             or val(mask).dim() > 4):
+        return "the mask is not an fp32 or bf16 additive mask"
+    if node.kwargs.get("scale") is None and not isinstance(vals[0].shape[-1], int):
+        return "no scale and a symbolic head size"
+    return None
+
+
+def route(graph: torch.fx.Graph) -> int:
+    """Each flash-attention call ours can compute, replaced by `iq_onednn.attention`; how many."""
+    routed = 0
+    for node in list(graph.find_nodes(op="call_function", target=FLASH)):
+        if _why_not(node) is not None:
+            continue
+        q, k, v = node.args[:3]
+        scale = node.kwargs.get("scale")
+        scale = 1.0 / math.sqrt(val(q).shape[-1]) if scale is None else float(scale)
+        with graph.inserting_before(node):
+            new = graph.call_function(torch.ops.iq_onednn.attention.default,
+                                      (q, k, v, node.kwargs.get("attn_mask"), scale))
+        propagate_fake(new)
+        for user in list(node.users):
+            user.replace_all_uses_with(new)
+            graph.erase_node(user)
+        graph.erase_node(node)
+        count_kernel("attention")
+        routed += 1
+    return routed
