@@ -15,6 +15,7 @@ drawn, so every spec is valid by construction. Every op keeps the batch dimensio
 from __future__ import annotations
 
 import copy
+import math
 import random
 from typing import Callable
 
@@ -75,7 +76,24 @@ def _apply(op: dict, mod: nn.Module | None, xs: list[torch.Tensor]) -> torch.Ten
         return x.permute(*kw["dims"])
     if name == "softmax":
         return torch.softmax(x, dim=-1)
+    if name == "attention":
+        return _attention(*xs, kw["heads"], kw["mask"])
     raise ValueError(f"unknown op {name!r}")
+
+
+def _attention(q, k, v, heads: int, mask: str) -> torch.Tensor:
+    """Multi-head self-attention on [B, S, W] q, k, v as a model writes it (matmul, scale, an
+    additive mask, softmax, matmul), which Inductor fuses into one attention call."""
+    s, w = q.shape[1], q.shape[2]
+    d = w // heads
+    split = lambda t: t.reshape(t.shape[0], s, heads, d).permute(0, 2, 1, 3)  # noqa: E731
+    scores = split(q) @ split(k).transpose(-1, -2) / math.sqrt(d)
+    if mask == "causal":
+        scores = scores + torch.full((s, s), -1e4).triu(1)
+    elif mask == "padding":  # the last third of the keys masked out
+        scores = scores + torch.where(torch.arange(s) >= s - s // 3, -1e4, 0.0).view(1, 1, 1, s)
+    ctx = scores.softmax(-1) @ split(v)
+    return ctx.permute(0, 2, 1, 3).reshape(ctx.shape[0], s, w)
 
 
 def _module(op: dict, shape: tuple) -> nn.Module | None:
@@ -314,13 +332,28 @@ def _inplace_add_after_linears(r: random.Random, vals: list, src: int):
             (r.choice(("relu", "relu", "gelu", "hardtanh")), [n + 2], {})], []
 
 
+def _self_attention(r: random.Random, vals: list, src: int):
+    """Q, K, V linears on one [B, S, F] input (merged into one GEMM), attention over them (our
+    kernel layer's `attention` in place of torch's), an output projection with a residual."""
+    shape = vals[src]
+    if len(shape) != 3:
+        return None
+    n, width = len(vals), r.choice((8, 16))
+    heads, mask = r.choice((1, 2, 4)), r.choice(("none", "none", "causal", "padding"))
+    ops = [_linear_op(src, width), _linear_op(src, width), _linear_op(src, width),   # n, n + 1, n + 2
+           ("attention", [n, n + 1, n + 2], {"heads": heads, "mask": mask}),         # n + 3
+           _linear_op(n + 3, width), (r.choice(("add", "add_relu")), [n + 4, n], {})]
+    return ops, []
+
+
 MOTIFS = (("siblings_with_residual", _siblings_with_residual), ("residual_chain", _residual_chain),
           ("linear_on_permuted", _linear_on_permuted), ("inplace_add_after_linears", _inplace_add_after_linears))
 
 
-def _try_motif(r: random.Random, spec: dict, vals: list, probe: list, extra_outputs: list) -> bool:
-    """Append one motif's ops if they all run on the probe values and fit; else leave spec as is."""
-    _, fn = r.choice(MOTIFS)
+def _try_motif(r: random.Random, spec: dict, vals: list, probe: list, extra_outputs: list, fn=None) -> bool:
+    """Append one motif's ops (`fn`, else one drawn) if they all run on the probe values and fit;
+    else leave spec as is."""
+    fn = fn or r.choice(MOTIFS)[1]
     src = len(vals) - 1 if r.random() < 0.7 else r.randrange(len(vals))
     drawn = fn(r, vals, src)
     if drawn is None:
@@ -368,6 +401,9 @@ def generate(seed: int, max_ops: int = 7) -> dict:
     motifs = random.Random(seed * 131 + 3)  # its own stream, like the siblings'
     extra_outputs: list = []
     n_ops = r.randint(2, max_ops)
+    attention = random.Random(seed * 41 + 13)  # its own stream: graphs without it stay as they were
+    if len(vals[0]) == 3 and attention.random() < 0.25:
+        _try_motif(attention, spec, vals, probe, extra_outputs, _self_attention)
     tries = 0
     while len(spec["ops"]) < n_ops and tries < 200:
         tries += 1

@@ -23,8 +23,11 @@ import minimize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = sorted(glob.glob(os.path.join(HERE, "corpus", "*.json")))
-# fixed seeds, x 8 configs (6022: linears with fp16 weights after int8 ops, quant "fp16_weight")
+# fixed seeds, x 8 configs (6022: linears with fp16 weights after int8 ops, quant "fp16_weight";
+# 1006 and 1011 draw self-attention since the generator has it), and fixed specs: graphs that
+# seeds of the slice drew before the generator changed (slice_specs.json says which and why)
 SLICE = (*range(1000, 1010), 1011, 6022)
+SLICE_SPECS = os.path.join(HERE, "slice_specs.json")
 ISSUE_18 = os.path.join(HERE, "corpus", "merged-sibling-used-as-residual.json")
 
 
@@ -76,8 +79,8 @@ def test_configs_are_a_half_fraction_meeting_every_pair_plus_the_products_own():
 def test_generator_draws_the_shapes_the_newest_rewrites_meet():
     """Sibling linears whose first output is another linear's residual (the merge + in-place sum),
     residual chains (linear + add + requantize), cats of 2-6 inputs, linears on permuted 3-D
-    inputs, in-place adds of two linears' outputs then a unary: each drawn somewhere in the first
-    300 seeds."""
+    inputs, in-place adds of two linears' outputs then a unary, self-attention: each drawn
+    somewhere in the first 300 seeds."""
     specs = [graphs.generate(seed) for seed in range(300)]
     cat_sizes = {len(op["in"]) for s in specs for op in s["ops"] if op["op"] == "cat"}
     assert set(range(2, 7)) <= cat_sizes, cat_sizes
@@ -107,6 +110,9 @@ def test_generator_draws_the_shapes_the_newest_rewrites_meet():
                    and any(o["op"] in graphs.UNARY and o["in"] == [k + 1] for o in ops) for k, op in enumerate(ops))
 
     assert has(sibling_residual) and has(chain) and has(permuted_linear) and has(inplace_add_of_linears)
+    # self-attention over Q/K/V linears (passes/attention.py), with every mask kind
+    masks = {op["kw"]["mask"] for s in specs for op in s["ops"] if op["op"] == "attention"}
+    assert masks == {"none", "causal", "padding"}, masks
     assert {s["quant"] for s in specs} == {"static", "dynamic", "fp16_weight", "xnnpack", "woq_int8"}
     assert {s.get("recipe", "ours") for s in specs} == {"ours", "upstream"}
     assert has(lambda ops: any(op.get("kw", {}).get("shares") is not None for op in ops))  # a Linear called twice
@@ -269,12 +275,26 @@ def test_fixed_seed_slice(config):
     With them, issue 18's repro: merged sibling linears, one of them another linear's residual,
     wrong by ~2 under default freezing and the C++ wrapper before the fix (alone in its own
     config below, with the corpus)."""
-    specs = [graphs.generate(seed) for seed in SLICE] + [json.load(open(ISSUE_18))["spec"]]
+    specs = ([graphs.generate(seed) for seed in SLICE] + json.load(open(SLICE_SPECS))["specs"]
+             + [json.load(open(ISSUE_18))["spec"]])
     outcomes = harness.check_many(specs, config)
     # "upstream": the unquantized model fails the same compile too (a torch bug, not ours)
     failures = [(graphs.describe(s), o.status, o.stage, o.error, o.bundle) for s, o in zip(specs, outcomes)
                 if o.status in ("crash", "mismatch")]
     assert not failures, failures
+
+
+@pytest.mark.parametrize("config", ["freeze-py-fp32-dynbatch", "freeze-cpp-bf16-dynbatch"])
+def test_the_slice_reaches_our_attention(config):
+    """Seed 1006 of the slice draws self-attention: in a config with our kernel layer it runs
+    `iq_onednn.attention` (a rule the fuzzer cannot reach is unproven); bf16 where it is native."""
+    if "bf16" in config and not inductor_quant.cpu_info().bf16_native:
+        pytest.skip("bf16 attention stays torch's where bf16 is emulated (passes/attention.py)")
+    spec = graphs.generate(1006)
+    assert any(op["op"] == "attention" for op in spec["ops"]), graphs.describe(spec)
+    outcome = harness.check(spec, harness.Config.parse(config))
+    # >= 1: a dynamic batch compiles batch 1 apart (torch's 0/1 rule)
+    assert outcome.status == "ok" and outcome.fused.get("kernel.attention", 0) >= 1, (outcome.error, outcome.fused)
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[os.path.basename(p) for p in CORPUS])
