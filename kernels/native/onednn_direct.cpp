@@ -248,9 +248,22 @@ dnnl_memory_desc_t scalar_md(dnnl_data_type_t dt, int64_t n = 1) {
 
 // A layer's primitive and what it owns. `weight` and `weight_scales` are checked on every call
 // through weak references: a freed and reallocated tensor at the same address is a new layer.
-struct Layer {
-  dnnl_primitive_t primitive = nullptr;
+// The oneDNN memory objects a cached entry creates, destroyed with it.
+struct OwnedMemories {
   std::vector<dnnl_memory_t> owned;
+  ~OwnedMemories() {
+    for (auto m : owned) api().dnnl_memory_destroy(m);
+  }
+  dnnl_memory_t memory(const_dnnl_memory_desc_t md, void* handle) {
+    dnnl_memory_t m = nullptr;
+    check(api().dnnl_memory_create(&m, md, api().engine, handle), "memory_create");
+    owned.push_back(m);
+    return m;
+  }
+};
+
+struct Layer : OwnedMemories {
+  dnnl_primitive_t primitive = nullptr;
   dnnl_memory_t src = nullptr, dst = nullptr, bias = nullptr, weights = nullptr;
   dnnl_memory_t src_scale_mem = nullptr, dst_scale_mem = nullptr, src_zp_mem = nullptr, dst_zp_mem = nullptr;
   dnnl_memory_t w_scales = nullptr;
@@ -264,14 +277,7 @@ struct Layer {
   std::mutex mutex;  // one call at a time: the memory objects' data handles are per call
 
   ~Layer() {
-    for (auto m : owned) api().dnnl_memory_destroy(m);
     if (primitive) api().dnnl_primitive_destroy(primitive);
-  }
-  dnnl_memory_t memory(const_dnnl_memory_desc_t md, void* handle) {
-    dnnl_memory_t m = nullptr;
-    check(api().dnnl_memory_create(&m, md, api().engine, handle), "memory_create");
-    owned.push_back(m);
-    return m;
   }
   // After the primitive and the weights: the weight scales (copied), the memory objects a call
   // fills in, which runtime arguments it takes, and the weak references that identify the layer.
@@ -870,22 +876,14 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
 // computes in blocks of queries with an online softmax, this computes whole; the numbers differ
 // from it by float rounding only (tests/kernels/test_native.py).
 
-struct Attention {
+struct Attention : OwnedMemories {
   dnnl_primitive_t scores = nullptr, softmax = nullptr, context = nullptr;
-  std::vector<dnnl_memory_t> owned;
   dnnl_memory_t q = nullptr, k = nullptr, v = nullptr, mask = nullptr, s = nullptr, p = nullptr, out = nullptr;
-  at::Tensor s_buf, p_buf;
-  std::mutex mutex;
+  at::Tensor s_buf, p_buf;  // the scores and (bf16) probabilities, reused by every call
+  std::mutex mutex;         // one call at a time: the memory objects' data handles are per call
   ~Attention() {
-    for (auto m : owned) api().dnnl_memory_destroy(m);
     for (auto prim : {scores, softmax, context})
       if (prim) api().dnnl_primitive_destroy(prim);
-  }
-  dnnl_memory_t memory(const_dnnl_memory_desc_t md, void* handle) {
-    dnnl_memory_t m = nullptr;
-    check(api().dnnl_memory_create(&m, md, api().engine, handle), "memory_create");
-    owned.push_back(m);
-    return m;
   }
 };
 
