@@ -28,6 +28,7 @@ from inductor_quant.kernels.cpu import cpu_info
 
 from .fused import propagate_fake
 from .match import val
+from .reasons import Reason, Why
 from .stats import count_kernel
 
 aten = torch.ops.aten
@@ -35,28 +36,28 @@ FLASH = aten._scaled_dot_product_flash_attention_for_cpu.default
 FLOATS = (torch.float32, torch.bfloat16)
 
 
-def _why_not(node: torch.fx.Node) -> Optional[str]:
+def why_not(node: torch.fx.Node) -> Optional[Reason]:
     """Why this flash-attention call stays torch's (None: ours computes it)."""
     q, k, v = node.args[:3]
     dropout = node.args[3] if len(node.args) > 3 else node.kwargs.get("dropout_p", 0.0)
     causal = node.args[4] if len(node.args) > 4 else node.kwargs.get("is_causal", False)
     if dropout != 0.0 or causal:
-        return "dropout or a causal mask"
+        return Why.ATTN_DROPOUT_OR_CAUSAL()
     if any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users):
-        return "its logsumexp is read"
+        return Why.ATTN_LOGSUMEXP()
     vals = [val(t) if isinstance(t, torch.fx.Node) else None for t in (q, k, v)]
     if any(t is None or t.dim() != 4 or t.dtype not in FLOATS or t.dtype != vals[0].dtype for t in vals):
-        return "q, k, v are not 4-D fp32 or bf16 tensors of one dtype"
+        return Why.ATTN_OPERANDS()
     if vals[0].dtype == torch.bfloat16 and not cpu_info().bf16_native:
-        return "bf16 is emulated on this CPU (oneDNN has no fast bf16 matmul here)"
+        return Why.ATTN_BF16_EMULATED()
     if not probe.attention_builds(vals[0].dtype):
-        return "our attention does not build here"
+        return Why.ATTN_UNBUILDABLE()
     mask = node.kwargs.get("attn_mask")
     if mask is not None and (not isinstance(mask, torch.fx.Node) or val(mask) is None or val(mask).dtype not in FLOATS
                              or val(mask).dim() > 4):
-        return "the mask is not an fp32 or bf16 additive mask"
+        return Why.ATTN_MASK()
     if node.kwargs.get("scale") is None and not isinstance(vals[0].shape[-1], int):
-        return "no scale and a symbolic head size"
+        return Why.ATTN_SYMBOLIC_SCALE()
     return None
 
 
@@ -64,7 +65,7 @@ def route(graph: torch.fx.Graph) -> int:
     """Each flash-attention call ours can compute, replaced by `iq_onednn.attention`; how many."""
     routed = 0
     for node in list(graph.find_nodes(op="call_function", target=FLASH)):
-        if _why_not(node) is not None:
+        if why_not(node) is not None:
             continue
         q, k, v = node.args[:3]
         scale = node.kwargs.get("scale")

@@ -79,6 +79,14 @@ class Why(enum.Enum):
     PROPAGATE_QPARAMS = "inputs and output quantized differently"
     AVG_POOL = "average pooling is not exact on int8 (rounding): computed in fp32 between dequantize and quantize"
     NO_INT8_FORM = "no int8 form of {op} matched (see passes/patterns.py)"
+    # attention left to torch's flash attention (passes/attention.py; not a quantized op, so not in "unfused")
+    ATTN_DROPOUT_OR_CAUSAL = "dropout or a causal mask"
+    ATTN_LOGSUMEXP = "its logsumexp is read"
+    ATTN_OPERANDS = "q, k, v are not 4-D fp32 or bf16 tensors of one dtype"
+    ATTN_BF16_EMULATED = "bf16 is emulated on this CPU (oneDNN has no fast bf16 matmul here)"
+    ATTN_UNBUILDABLE = "our attention does not build here"
+    ATTN_MASK = "the mask is not an fp32 or bf16 additive mask"
+    ATTN_SYMBOLIC_SCALE = "no scale and a symbolic head size"
     # the whole graph
     FREEZING_OFF = "freezing off (config.freezing / torch.no_grad())"
     UNKNOWN_GRAPH = "graph inputs named in a way this version of inductor_quant does not know (torch version)"

@@ -15,6 +15,7 @@ from compile_utils import compile_and_run
 import inductor_quant.passes as iq_passes
 from inductor_quant import quantize
 from inductor_quant.generated_code import attention_calls
+from inductor_quant.passes.attention import FLASH, why_not
 from inductor_quant.kernels.cpu import cpu_info
 
 BF16 = [False, True] if cpu_info().bf16_native else [False]
@@ -120,3 +121,29 @@ def test_aot_inductor_keeps_torchs_attention(layer, own, tmp_path):
         got, want = torch._inductor.aoti_load_package(path)(*x), converted(*x)
     assert "attention" not in iq_passes.stats()["kernels"]
     assert (got - want).abs().max() < 1e-4
+
+
+def _flash_node(q_shape=(1, 2, 8, 4), dtype=torch.float32, mask=None, **kwargs):
+    """The flash-attention node of a traced call (fake values in meta, as Inductor's graph has)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def call(q, k, v, *m):
+        extra = {"attn_mask": m[0]} if m else {}
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, **kwargs, **extra)[0]
+
+    args = [torch.randn(q_shape, dtype=dtype) for _ in range(3)] + ([mask] if mask is not None else [])
+    graph = make_fx(call, tracing_mode="fake")(*args).graph
+    graph.eliminate_dead_code()  # the unread logsumexp, as in the graph Inductor hands our pass
+    return next(iter(graph.find_nodes(op="call_function", target=FLASH)))
+
+
+@pytest.mark.parametrize("kwargs, mask, why", [
+    ({}, None, None),
+    ({}, torch.zeros(1, 1, 1, 8), None),
+    ({"is_causal": True}, None, "ATTN_DROPOUT_OR_CAUSAL"),
+    ({"dropout_p": 0.1}, None, "ATTN_DROPOUT_OR_CAUSAL"),
+    ({}, torch.ones(1, 1, 8, 8, dtype=torch.bool), "ATTN_MASK"),
+], ids=["plain", "additive-mask", "causal", "dropout", "boolean-mask"])
+def test_what_stays_torchs_attention_has_a_code(own, kwargs, mask, why):
+    reason = why_not(_flash_node(mask=mask, **kwargs))
+    assert (reason and reason.why.name) == why, reason
