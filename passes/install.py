@@ -31,7 +31,9 @@ Decision (torch 2.13-2.14):
   switch or ISA cap never serves a stale artifact. Our pass is in the config while installed
   *or* while the built-ins are off, so both states key.
 * Lowering: while installed, Inductor's lowering of the fused linear with a binary post-op
-  realizes its extra input first, as torch's own pattern lowering did (lowerings.py).
+  realizes its extra input first, as torch's own pattern lowering did, and under max-autotune
+  a bmm with a dynamic second operand is lowered with ATen alone (torch's C++ template timing
+  overwrites that operand's symbolic sizes; lowerings.py).
 * Decompositions: while installed, Inductor's decomposition of choose_qparams.tensor is
   replaced by one that computes what eager computes (decompositions.py).
 * The user's config is composed with, never overwritten: install appends to whatever each slot
@@ -153,6 +155,7 @@ class Installation:
         if not self.installed:
             self.registrations.append(registration.register_fake_prepacks())
             self.registrations.append(lowerings.realize_binary_extra_inputs())
+            self.registrations.append(lowerings.keep_dynamic_bmm_on_aten())
             self.builtins_before = not self.builtins_off
             self.installed = True
             self.set_builtin_fusions(False)

@@ -1,5 +1,6 @@
-"""One change to Inductor's lowering of the fused int8 linear with a binary post-op: its extra
-input is realized (held in a buffer of its own) before the lowering reads it.
+"""Two changes to Inductor's lowerings while our passes are installed, each undone by `undo()`:
+the fused int8 linear with a binary post-op realizes its extra input first (below), and a bmm with
+a dynamic second operand keeps off the C++ GEMM template under max-autotune (at the end).
 
 Inductor's `onednn.qlinear_pointwise.binary` lowering reads the extra input as it comes; when
 that is an unrealized pointwise value (say `sin(z)`), the compile fails (an assertion on a
@@ -54,5 +55,44 @@ def _realizing(original):
         if hasattr(extra, "realize"):
             extra.realize()
         return original(*args, **kwargs)
+
+    return lower
+
+
+# --- dynamic-batch bmm under max-autotune: no C++ GEMM template (torch 2.13-2.14) -------------
+#
+# While max-autotune times the C++ bmm template, the template's input preprocessor
+# (`CppGemmTemplate.add_choices`, `normalize_shapes`) overwrites the second operand's symbolic sizes
+# with their example values in place, in the layout object the other choices share. When ATen's bmm
+# then wins the timing, the C++ wrapper calls it with that operand at the example batch, and any
+# other batch fails at run time (`aoti_torch_cpu_bmm_out ... API call failed`; fuzz sweep of the
+# attention rule: Q·Kᵀ of dequantized Q and K under upstream's recipe, `fast_options()` and a
+# dynamic batch). Which choice wins depends on timing, so the crash came and went. While installed,
+# a bmm whose second operand has a symbolic size is lowered with ATen as its only backend: nothing
+# is timed, nothing overwritten. Static bmm, and every mm (the int8 linear templates), keep the template.
+
+def keep_dynamic_bmm_on_aten() -> WrappedLowerings:
+    from torch._inductor import lowering
+
+    originals = {}
+    for op in (torch.ops.aten.bmm, torch.ops.aten.bmm.default):
+        original = lowering.lowerings.get(op)
+        if original is not None:
+            originals[op] = original
+            lowering.lowerings[op] = _aten_if_dynamic(original)
+    return WrappedLowerings(originals)
+
+
+def _aten_if_dynamic(original):
+    def lower(mat1, mat2, *args, **kwargs):
+        from torch._inductor import config
+        from torch._inductor.utils import has_free_symbols
+
+        backends = [b.strip() for b in str(config.max_autotune_gemm_backends).split(",") if b.strip()]
+        size = mat2.get_size() if hasattr(mat2, "get_size") else ()
+        if "CPP" in (b.upper() for b in backends) and has_free_symbols(size):
+            with config.patch(max_autotune_gemm_backends="ATEN"):
+                return original(mat1, mat2, *args, **kwargs)
+        return original(mat1, mat2, *args, **kwargs)
 
     return lower

@@ -376,7 +376,7 @@ def test_int8_compile_is_quiet(vid):
 def test_uninstall_puts_torch_back_exactly():
     """A fresh process: torch's state that install() touches -- the config slots, the global
     pattern passes (entries by identity, in order), Inductor's decomposition tables and its
-    lowerings of the binary int8 linear, the onednn ops' dispatcher tables and fake kernels -- read before install() and after install(), a
+    lowerings of the binary int8 linear and of bmm, the onednn ops' dispatcher tables and fake kernels -- read before install() and after install(), a
     fused int8 compile and uninstall(): identical. (torch registers some of its own patterns at
     its first compile: one compile runs before the first reading.)"""
     r = run_py("""
@@ -401,7 +401,8 @@ def test_uninstall_puts_torch_back_exactly():
                 "dispatch": [torch._C._dispatch_dump_table(op) for op in OPS],
                 "fake": [singleton.find(op).fake_impl.kernel is None for op in OPS],
                 "py_kernels": [dict(op.py_kernels) for op in (onednn.QCONV.default, onednn.QLINEAR.default)],
-                "lowerings": [id(lowering.lowerings[op]) for op in (onednn.QLINEAR.binary, onednn.QLINEAR.binary_tensor)],
+                "lowerings": [id(lowering.lowerings[op]) for op in (onednn.QLINEAR.binary, onednn.QLINEAR.binary_tensor,
+                                                                    torch.ops.aten.bmm, torch.ops.aten.bmm.default)],
             }
 
         import sys
