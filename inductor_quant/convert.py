@@ -2,6 +2,8 @@
 
   static activation : x -> quantize_per_tensor(x, s, zp) -> dequantize_per_tensor(...)   (scalars)
   constant (weight) : int8 constant (get_attr) -> dequantize_per_channel / per_tensor
+                      (group-wise: the constant is the [out * in / group, group] view, the
+                      dequantize per channel of it, then reshape back to [out, in])
                       (fold_quantize=False keeps fp32 weight -> quantize -> dequantize)
   dynamic           : choose_qparams.tensor -> quantize_per_tensor.tensor -> dequantize_per_tensor.tensor
   float16 spec      : x -> convert_element_type.no_fuse(fp16) -> no_fuse(fp32) (weights: the
@@ -25,6 +27,7 @@ from .observers import (
     channel_axis,
     is_dynamic,
     is_observer,
+    group_size,
     is_per_channel,
     qparams_of,
     quant_range,
@@ -139,14 +142,24 @@ def _replace(gm: GraphModule, obs: Node, qparams, fold_quantize: bool) -> None:
                 qargs = (float(scale.item()), int(zp.item()), qmin, qmax, dtype)
                 q_op, dq_op = qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default
                 new = []
+            group = group_size(mod)
             if const is not None and fold_quantize:
-                qval = q_op(const.detach(), *[fetch_attr(gm, a.target) if isinstance(a, Node) else a for a in qargs])
+                grouped = const.detach() if group is None else const.detach().reshape(-1, group)
+                qval = q_op(grouped, *[fetch_attr(gm, a.target) if isinstance(a, Node) else a for a in qargs])
                 q = g.get_attr(new_attr(gm, f"{x.target}_quantized", qval))
                 q.meta["val"] = qval
-            else:
+            elif group is None:
                 q = g.call_function(q_op, (x,) + qargs)
+            else:  # group-wise: per channel over the [out * in / group, group] view
+                grouped = g.call_function(torch.ops.aten.reshape.default, (x, [-1, group]))
+                q = g.call_function(q_op, (grouped,) + qargs)
+                new.append(grouped)
             dq = g.call_function(dq_op, (q,) + qargs)
             new += [q, dq]
+            if group is not None:  # back to the weight's [out, in]
+                new.append(dq)
+                shape = const.shape if const is not None else x.meta["val"].shape
+                dq = g.call_function(torch.ops.aten.reshape.default, (dq, list(shape)))
     for n in new:
         copy_meta(n, obs)
     if "val" in obs.meta:

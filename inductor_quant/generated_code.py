@@ -29,7 +29,7 @@ _FLOAT_COMPUTE = re.compile(
     r"|(_convolution_pointwise|_linear_pointwise|mkl_linear)"
     r"|aoti_torch_(?:cpu_)?_?(convolution|mm_out|addmm_out|bmm_out)\w*\("
 )
-_PREPACK = re.compile(r"q(?:conv|linear)_prepack|linear_prepack_fp16")
+_PREPACK = re.compile(r"q(?:conv|linear)_prepack|linear_prepack_fp16|_convert_weight_to_int4pack")
 # oneDNN fp32 x fp16-weight linear (get_x86_inductor_linear_dynamic_fp16_config)
 _ONEDNN_FP16 = re.compile(
     r"torch\.ops\.onednn\.(linear\w*?_dynamic_fp16)\.\w+\("
@@ -71,6 +71,16 @@ def weight_only_int8_calls(code: str) -> int:
     """Calls of a weight-only int8 linear: ours (`iq_onednn.woq_linear`, kernels/native.py) or
     ATen's `_weight_int8pack_mm`, Python or C++ wrapper."""
     return len(_WEIGHT_ONLY_INT8.findall(code))
+
+
+_WEIGHT_ONLY_INT4 = re.compile(r"torch\.ops\.quantized\.int4mm_packed_weight_cpu\.default\("
+                               r"|aoti_torch_cpu__weight_int4pack_mm_cpu_tensor\(|CppWoqInt4GemmTemplate")
+
+
+def weight_only_int4_calls(code: str) -> int:
+    """Calls of torch's int4 CPU GEMM (`_weight_int4pack_mm_for_cpu`, run as
+    `quantized.int4mm_packed_weight_cpu`; Python or C++ wrapper), or its GEMM-template kernels."""
+    return len(_WEIGHT_ONLY_INT4.findall(code))
 
 
 def float_compute_calls(code: str) -> collections.Counter:
@@ -118,4 +128,4 @@ def prepacks_at_runtime(code: str) -> bool:
 
 
 __all__ = ["onednn_int8_calls", "own_kernel_calls", "attention_calls", "onednn_fp16_calls", "count", "float_compute_calls", "int8_gemm_template_calls",
-           "inductor_kernel_calls", "prepacks_at_runtime"]
+           "inductor_kernel_calls", "prepacks_at_runtime", "weight_only_int4_calls"]

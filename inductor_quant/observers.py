@@ -21,6 +21,7 @@ from torch.ao.quantization.observer import (
 )
 
 from .errors import CalibrationError
+from .quantizer.groupwise_observer import GroupwiseMinMaxObserver
 from .quantizer.quantizer import (
     DerivedQuantizationSpec,
     FixedQParamsQuantizationSpec,
@@ -82,6 +83,12 @@ class FiniteInputCheck:
                 "quantization parameters exist. Fix: check the model/inputs for NaN/inf "
                 "(torch.isfinite(x).all()) and calibrate with finite data."
             )
+
+
+def group_size(mod: nn.Module) -> Optional[int]:
+    """The group size of a group-wise weight observer (None: not group-wise)."""
+    inner = getattr(mod, "activation_post_process", mod)
+    return getattr(inner, "group_size", None) if isinstance(inner, GroupwiseMinMaxObserver) else None
 
 
 def make_observer(spec, is_qat: bool) -> nn.Module:

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Optional
 import torch
 import torch.fx
 
-from inductor_quant.kernels import native
+from inductor_quant.kernels import int4pack, native, probe
 from inductor_quant.kernels import onednn as K
-from inductor_quant.kernels import probe
 
 from .fused import Fused, call, propagate_fake, replace_with
 from .kernel_limits import check_conv_kernel, check_int8_exact, check_template_weight_reuse, geometry
@@ -321,4 +320,64 @@ def lower_woq_int8_linear(match: Match) -> tuple:
     out.replace_all_uses_with(new)
     match.erase_nodes()
     count_kernel("woq_linear")
+    return ()
+
+
+# --- weight-only int4 (group-wise) -------------------------------------------------------------
+
+
+def _int4_geometry(match: Match) -> tuple:
+    """(N, K, group) of the matched weight: the grouped constant [N * K / group, group] reshaped to [N, K]."""
+    w_dq = _weight_dq(match)
+    reshape = next(iter(w_dq.users))
+    (n, k), group = val(reshape).shape, val(match.kwargs["w"]).shape[1]
+    return int(n), int(k), int(group)
+
+
+def check_woq_int4_linear(match: Match) -> Optional[Reason]:
+    """A float input (not a dequantize), input and output in one float dtype (fp32, or bf16 under
+    autocast), a 4-bit weight symmetric per group (values in [-8, 7], zero points all 0), and a
+    geometry torch's int4 CPU GEMM takes (kernels/int4pack.py). An ATen op: every wrapper and
+    AOTInductor run it, with or without our kernel layer."""
+    x, out, w_dq = match.kwargs["x"], match.output_node(), _weight_dq(match)
+    source = x.args[0] if isinstance(x, torch.fx.Node) and x.target is prims.convert_element_type.default else x
+    if isinstance(source, torch.fx.Node) and source.target in ACT_DQ:
+        return Why.OTHER_RULE(detail="the input is dequantized")
+    dtypes = {val(n).dtype if val(n) is not None else None for n in (x, out)}
+    if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.bfloat16}:
+        return Why.WOQ_INT4_FORM(detail="input and output must be both fp32 or both bf16")
+    a = args_of(w_dq)
+    if (w_dq.target is not qd.dequantize_per_channel.default or a["dtype"] != torch.int8 or a["axis"] != 0
+            or not within(a, (-8, 7))):
+        return Why.WOQ_INT4_FORM(detail="the weight is not 4-bit ([-8, 7]) per group")
+    if not all_zero(match.kwargs["w_zp"]):
+        return Why.WOQ_INT4_FORM(detail="the weight's zero points are not all 0 (or not constants)")
+    n, k, group = _int4_geometry(match)
+    if not int4pack.supports(n, k, group):
+        return Why.WOQ_INT4_GEOMETRY(n=n, k=k, group=group)
+    return check_linear_form(match)
+
+
+def lower_woq_int4_linear(match: Match) -> tuple:
+    # [view](addmm|mm([view](x), permute([cast](reshape(dq(w)))))) -> view(int4pack_mm(x as [M, K], pack(w), g, sz) [+ b])
+    out = match.output_node()
+    graph = out.graph
+    x = match.kwargs["x"]
+    if node_of(match, aten.bmm.default) is not None:
+        x = _contiguous(x)
+    n, k, group = _int4_geometry(match)
+    dtype = val(out).dtype
+    c = lambda op, args: call(graph, out, op, *args)  # noqa: E731
+    packed = int4pack.pack(c, match.kwargs["w"], n, k)
+    sz = int4pack.scale_zeros(c, match.kwargs["w_scale"], n, k, group, dtype)
+    y = int4pack.mm(c, c(aten.view.default, (x, [-1, k])), packed, group, sz)
+    b = match.kwargs.get("b")
+    if b is not None:
+        y = c(aten.add.Tensor, (y, _as_dtype(b, dtype)))
+    leading = [d if isinstance(d, int) else c(aten.sym_size.int, (x, i)) for i, d in enumerate(val(x).shape[:-1])]
+    if len(leading) != 1:
+        y = c(aten.view.default, (y, [*leading, n]))
+    out.replace_all_uses_with(y)
+    match.erase_nodes()
+    count_kernel("woq_int4_linear")
     return ()

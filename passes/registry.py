@@ -150,6 +150,18 @@ def _woq_int8_fusions():
                              R.lower_woq_int8_linear, dtype=dtype)
 
 
+def _woq_int4_fusions():
+    # float activations x group-wise 4-bit weights (weight-only int4). No one-row form: Inductor
+    # decomposes a one-row addmm only up to 16 inputs, and a group is at least 32
+    for dt, dtype in DTYPES:
+        for bias in (True, False):
+            nb = "" if bias else ".nobias"
+            for rank, rows, dims, layout in (f for f in linear_forms(bias) if f[2] != ".m1"):
+                yield Fusion(f"linear.woq_int4{dims}{dt}{nb}", "prepack", P.woq_int4_linear(bias, dtype is BF16),
+                             (P.woq_int4_linear_example, rank, bias, dtype is BF16, rows, layout),
+                             R.check_woq_int4_linear, R.lower_woq_int4_linear, dtype=dtype)
+
+
 def _post_op_fusions():
     yield Fusion("post.noop.clone", "noop", P.clone, (P.float_example, 1), O.check_noop, O.drop_noop)
     for dt, dtype in DTYPES:  # bf16 decompositions upcast some post-ops: traced per dtype
@@ -182,7 +194,7 @@ def _propagation_fusions():
 @functools.cache
 def fusions() -> tuple:
     """The table, in priority order."""
-    return (*_propagation_fusions(), *_prepack_fusions(), *_fp16_weight_fusions(), *_woq_int8_fusions(),
+    return (*_propagation_fusions(), *_prepack_fusions(), *_fp16_weight_fusions(), *_woq_int4_fusions(), *_woq_int8_fusions(),
             *_post_op_fusions())
 
 

@@ -10,6 +10,8 @@ static and dynamic layers holds exactly two config objects.
   quantization of activations at all: half the weight bytes, fp32 math); linear only.
 - `get_x86_inductor_linear_weight_only_int8_config`: int8 weights (per output channel),
   float activations: the weight-only recipe of LLM decoders (a quarter of the weight bytes).
+- `get_x86_inductor_linear_weight_only_int4_config`: 4-bit weights, one scale per group of
+  input channels, float activations (an eighth of the weight bytes).
 - `get_symmetric_quantization_config`: the XNNPACK-style generic recipe the PT2E
   tutorials use — int8 symmetric-range activations, int8 weights (per-tensor by default).
 
@@ -35,12 +37,14 @@ from torch.ao.quantization.observer import (
 
 from inductor_quant.kernels.cpu import cpu_info
 
+from .groupwise_observer import GroupwiseMinMaxObserver
 from .quantizer import QuantizationConfig, QuantizationSpec
 
 __all__ = [
     "get_default_x86_inductor_quantization_config",
     "get_x86_inductor_linear_dynamic_fp16_config",
     "get_x86_inductor_linear_weight_only_int8_config",
+    "get_x86_inductor_linear_weight_only_int4_config",
     "get_symmetric_quantization_config",
     "is_dynamic_config",
 ]
@@ -198,6 +202,28 @@ def get_x86_inductor_linear_weight_only_int8_config() -> QuantizationConfig:
     or per module name)."""
     weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
                               ch_axis=0, observer_or_fake_quant_ctr=_weight_ctr(False, per_channel=True))
+    return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)
+
+
+@functools.lru_cache(maxsize=None)
+def get_x86_inductor_linear_weight_only_int4_config(group_size: int = 128) -> QuantizationConfig:
+    """Linear weights stored as 4-bit integers in [-8, 7], symmetric, one scale per group of
+    `group_size` consecutive input channels of each output channel; activations and outputs left
+    float (weight-only int4, "A16W4": an eighth of the fp32 weight bytes).
+
+    convert_pt2e keeps the values in an int8 constant seen as [out * in / group_size, group_size]
+    and leaves `dequantize_per_channel` of it -> reshape [out, in] -> linear(x). The compile packs
+    the weight two values a byte and runs torch's int4 CPU GEMM (`_weight_int4pack_mm_for_cpu`),
+    which takes group sizes 32, 64, 128 and 256 and an `out` that is a multiple of 16; other
+    linears stay float on the dequantized weight and `stats()["unfused"]` says why. Meant for
+    linears (`set_module_type_qconfig(torch.nn.Linear, ...)` or per module name) whose in_features
+    divide by `group_size`."""
+    if group_size not in (32, 64, 128, 256):
+        raise ValueError(f"group_size={group_size}: torch's int4 CPU GEMM takes 32, 64, 128 or 256")
+    weight = QuantizationSpec(dtype=torch.int8, quant_min=-8, quant_max=7, qscheme=torch.per_channel_symmetric,
+                              ch_axis=0,
+                              observer_or_fake_quant_ctr=GroupwiseMinMaxObserver.with_args(group_size=group_size,
+                                                                                            eps=_EPS))
     return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)
 
 

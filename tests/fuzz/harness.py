@@ -45,6 +45,7 @@ from inductor_quant import fast_options, quantize
 from inductor_quant.kernels.cpu import cpu_info
 from inductor_quant.quantizer import (X86InductorQuantizer, get_default_x86_inductor_quantization_config,
                                       get_x86_inductor_linear_dynamic_fp16_config,
+                                      get_x86_inductor_linear_weight_only_int4_config,
                                       get_x86_inductor_linear_weight_only_int8_config)
 from inductor_quant.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
 
@@ -129,12 +130,25 @@ def quantizer_key(spec: dict) -> tuple:
     return spec["quant"], spec.get("recipe", "ours")
 
 
-def _quantizer(spec: dict):
+INT4_GROUP = 32  # the fuzzer's group size: the smallest torch's int4 GEMM takes, so more drawn linears qualify
+
+
+def int4_linears(spec: dict) -> list[int]:
+    """Indices of the linears a woq_int4 spec quantizes weight-only int4: in_features divisible by
+    the group (the others stay int8 static: a group-wise weight needs whole groups)."""
+    shapes = value_shapes(spec)
+    return [i for i, op in enumerate(spec["ops"])
+            if op["op"] == "linear" and "shares" not in op["kw"] and shapes[op["in"][0]][-1] % INT4_GROUP == 0]
+
+
+def _quantizer(specs: list[dict]):
     """static / dynamic int8 everywhere; xnnpack: XNNPACKQuantizer's symmetric config (int8
-    activations); woq_int8: int8 static, linears weight-only int8; fp16_weight: int8 static,
+    activations); woq_int8: int8 static, linears weight-only int8; woq_int4: int8 static, the
+    linears `int4_linears` names weight-only int4 in groups of 32; fp16_weight: int8 static,
     linears with fp16 weights
     (upstream's use of get_x86_inductor_linear_dynamic_fp16_config). recipe "upstream": chains
     that only float ops read end in q/dq too (`keep_float_outputs=True`, README "Migrating")."""
+    spec = specs[0]
     if spec["quant"] == "xnnpack":  # int8 (not uint8) activations with zero points, per-tensor int8 weights
         return XNNPACKQuantizer().set_global(get_symmetric_quantization_config())
     config = get_default_x86_inductor_quantization_config(is_dynamic=spec["quant"] == "dynamic")
@@ -143,6 +157,12 @@ def _quantizer(spec: dict):
         quantizer.set_module_type_qconfig(torch.nn.Linear, get_x86_inductor_linear_dynamic_fp16_config())
     if spec["quant"] == "woq_int8":
         quantizer.set_module_type_qconfig(torch.nn.Linear, get_x86_inductor_linear_weight_only_int8_config())
+    if spec["quant"] == "woq_int4":
+        int4 = get_x86_inductor_linear_weight_only_int4_config(INT4_GROUP)
+        for k, one in enumerate(specs):
+            prefix = f"graphs.{k}." if len(specs) > 1 else ""
+            for i in int4_linears(one):
+                quantizer.set_module_name_qconfig(f"{prefix}layers.{i}", int4)
     return quantizer
 
 
@@ -169,7 +189,7 @@ def quantized(spec: dict | list[dict], dynamic_batch: bool) -> torch.fx.GraphMod
     if dynamic_batch:
         dims = [{0: d} for d in _batch_dims(len(specs))]
         shapes = {"x": dims[0]} if len(specs) == 1 else {"xs": tuple(dims)}
-    return quantize(_model(specs).eval(), example, calibration, quantizer=_quantizer(specs[0]), dynamic_shapes=shapes)
+    return quantize(_model(specs).eval(), example, calibration, quantizer=_quantizer(specs), dynamic_shapes=shapes)
 
 
 def run_batches(spec: dict, config: Config) -> list[int]:

@@ -24,9 +24,10 @@ import minimize
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = sorted(glob.glob(os.path.join(HERE, "corpus", "*.json")))
 # fixed seeds, x 8 configs (6022: linears with fp16 weights after int8 ops, quant "fp16_weight";
-# 1006 and 1011 draw self-attention since the generator has it), and fixed specs: graphs that
+# 1006 and 1011 draw self-attention since the generator has it; 203: weight-only int4 linears, three
+# that torch's int4 GEMM takes and one it does not, residual adds, a cat), and fixed specs: graphs that
 # seeds of the slice drew before the generator changed (slice_specs.json says which and why)
-SLICE = (*range(1000, 1010), 1011, 6022)
+SLICE = (*range(1000, 1010), 1011, 6022, 203)
 SLICE_SPECS = os.path.join(HERE, "slice_specs.json")
 ISSUE_18 = os.path.join(HERE, "corpus", "merged-sibling-used-as-residual.json")
 
@@ -113,7 +114,7 @@ def test_generator_draws_the_shapes_the_newest_rewrites_meet():
     # self-attention over Q/K/V linears (passes/attention.py), with every mask kind
     masks = {op["kw"]["mask"] for s in specs for op in s["ops"] if op["op"] == "attention"}
     assert masks == {"none", "causal", "padding"}, masks
-    assert {s["quant"] for s in specs} == {"static", "dynamic", "fp16_weight", "xnnpack", "woq_int8"}
+    assert {s["quant"] for s in specs} == {"static", "dynamic", "fp16_weight", "xnnpack", "woq_int8", "woq_int4"}
     assert {s.get("recipe", "ours") for s in specs} == {"ours", "upstream"}
     assert has(lambda ops: any(op.get("kw", {}).get("shares") is not None for op in ops))  # a Linear called twice
 
@@ -295,6 +296,17 @@ def test_the_slice_reaches_our_attention(config):
     outcome = harness.check(spec, harness.Config.parse(config))
     # >= 1: a dynamic batch compiles batch 1 apart (torch's 0/1 rule)
     assert outcome.status == "ok" and outcome.fused.get("kernel.attention", 0) >= 1, (outcome.error, outcome.fused)
+
+
+@pytest.mark.parametrize("config", ["freeze-py-fp32-dynbatch", "fast-fp32-static"])
+def test_the_slice_reaches_weight_only_int4(config):
+    """Seed 203 of the slice quantizes four linears weight-only int4: the three whose out_features
+    torch's int4 GEMM takes run it (passes/prepack.py), under a dynamic batch and `fast_options()`."""
+    spec = graphs.generate(203)
+    assert spec["quant"] == "woq_int4" and len(harness.int4_linears(spec)) == 4, graphs.describe(spec)
+    outcome = harness.check(spec, harness.Config.parse(config))
+    assert outcome.status == "ok" and outcome.fused.get("kernel.woq_int4_linear", 0) >= 3, (outcome.error,
+                                                                                            outcome.fused)
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[os.path.basename(p) for p in CORPUS])

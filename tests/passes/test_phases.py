@@ -408,14 +408,20 @@ WOQ_CASES = [(shape, dims, form, bias, bf16) for shape, dims, form in FP16_FORMS
              for bf16 in (False, True) if bias or form != "m1"]
 
 
-def rewrite_with_our_kernels(model, inputs, bf16=False):
-    """As in a freezing compile with our kernel layer: the rule reads the zero points as the
-    compile's constants (the buffers, first among the graph's inputs)."""
-    assert native.available()
+def rewrite_with_constants(model, inputs, bf16=False):
+    """As in a freezing compile: the rule reads the zero points as the compile's constants (the
+    buffers, first among the graph's inputs)."""
     context = torch._guards.TracingContext(None)
     context.params_flat = [b for _, b in model.named_buffers()]
-    with own_calls.in_this_compile(True), torch._guards.tracing(context):
+    with torch._guards.tracing(context):
         return rewrite(model, inputs, bf16)
+
+
+def rewrite_with_our_kernels(model, inputs, bf16=False):
+    """rewrite_with_constants with our kernel layer in the compile."""
+    assert native.available()
+    with own_calls.in_this_compile(True):
+        return rewrite_with_constants(model, inputs, bf16)
 
 
 @pytest.mark.parametrize("shape,dims,form,bias,bf16", WOQ_CASES,
@@ -444,6 +450,48 @@ def test_weight_only_int8_linear_outside_our_kernel_layer_is_reported():
     assert stats["fused"] == {} and [u.code for u in stats["unfused"]] == ["act_not_dequantized"], stats
 
 
+class WeightOnlyInt4Linear(torch.nn.Module):
+    """linear(x, reshape(dq_per_channel(w as [16 * 32 / 32, 32], [-8, 7]), [16, 32]), b): convert_pt2e's
+    form of the weight-only int4 config (group 32; 16 outputs, which torch's int4 GEMM takes)."""
+
+    def __init__(self, bias: bool, dims):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.dims = dims
+        self.register_buffer("w", torch.randint(-8, 8, (16, 32), dtype=torch.int8, generator=g))
+        self.register_buffer("scale", torch.rand(16, generator=g) * 0.02 + 0.001)
+        self.register_buffer("zp", torch.zeros(16, dtype=torch.int64))
+        self.register_buffer("b", torch.randn(16, generator=g) if bias else None)
+
+    def forward(self, x):
+        if self.dims:
+            x = x.permute(self.dims)
+        dq = torch.ops.quantized_decomposed.dequantize_per_channel(self.w, self.scale, self.zp, 0, -8, 7, torch.int8)
+        return torch.nn.functional.linear(x, dq.reshape(16, 32), self.b)
+
+
+# the weight-only forms with 32 input features (one group); no one-row form (passes/registry.py)
+INT4_CASES = [(tuple(32 if d == 16 else d for d in shape), dims, form, bias, bf16)
+              for shape, dims, form, bias, bf16 in WOQ_CASES if form != "m1"]
+
+
+@pytest.mark.parametrize("shape,dims,form,bias,bf16", INT4_CASES,
+                         ids=[f"{f}{'.bf16' if h else ''}{'' if b else '.nobias'}" for _, _, f, b, h in INT4_CASES])
+def test_weight_only_int4_linear_becomes_torchs_int4_gemm(shape, dims, form, bias, bf16):
+    model = WeightOnlyInt4Linear(bias, dims).eval()
+    x = torch.randn(shape)
+    gm, flat, stats = rewrite_with_constants(model, (x,), bf16)  # an ATen op: no kernel layer needed
+    fusion_id = f"linear.woq_int4.{form}{'.bf16' if bf16 else ''}{'' if bias else '.nobias'}"
+    assert stats == {"fused": {fusion_id: 1}, "unfused": [], "kernels": {"woq_int4_linear": 1}}, stats
+    t = targets(gm)
+    assert t["aten._weight_int4pack_mm_for_cpu.default"] == 1, gm.code
+    assert not any(t[op] for op in FP32_OPS + ("aten.bmm.default",)), gm.code
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        ref, out = model(x), gm(*flat)
+    tol = 2e-2 if bf16 else 1e-5
+    torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
+
+
 def test_every_fusion_id_fired():
     """Layer d: every registered id fires on some variant (re-runs the cheap rewrites if the
     parametrized tests above were deselected)."""
@@ -466,6 +514,8 @@ def test_every_fusion_id_fired():
             rewrite(Int8LinearOn4D(form, weight, bias).eval(), (torch.randn(LAYOUTS_4D[form][0]),), bf16)
         for shape, dims, _, bias, bf16 in WOQ_CASES:
             rewrite_with_our_kernels(WeightOnlyInt8Linear(bias, dims).eval(), (torch.randn(shape),), bf16)
+        for shape, dims, _, bias, bf16 in INT4_CASES:
+            rewrite_with_constants(WeightOnlyInt4Linear(bias, dims).eval(), (torch.randn(shape),), bf16)
     # without VNNI an int8 activation (8 bits once shifted) never fuses: its shift cannot fire
     needs_vnni = set() if cpu_info().vnni else {"qconv.s8_to_u8"}
     # bf16 weight-only linears need AVX-512 (kernels/probe.py)

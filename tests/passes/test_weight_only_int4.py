@@ -1,0 +1,100 @@
+"""Weight-only int4 linears (`get_x86_inductor_linear_weight_only_int4_config(group_size)`): convert
+keeps 4-bit values in an int8 constant seen as [out * in / group, group] and leaves
+dequantize_per_channel -> reshape [out, in] -> linear(float x). The compile packs the weight (two
+values a byte, at freezing) and runs torch's int4 CPU GEMM, fp32 or bf16 under autocast, Python or
+C++ wrapper, static or dynamic batch; a linear it cannot take stays float on the dequantized
+weight and `stats()["unfused"]` says why. Builtins off (tests/conftest.py)."""
+
+import pytest
+import torch
+from torch import nn
+
+from compile_utils import compile_and_run, prepacks_at_runtime
+
+from inductor_quant import quantize
+from inductor_quant.generated_code import float_compute_calls, weight_only_int4_calls
+from inductor_quant.numerics import Agreement
+from inductor_quant.quantizer import X86InductorQuantizer, get_x86_inductor_linear_weight_only_int4_config
+
+dq_per_channel = torch.ops.quantized_decomposed.dequantize_per_channel.default
+
+
+class Mlp(nn.Module):
+    """up (bias) -> relu -> down (no bias); `down_out` 8 is a width torch's int4 GEMM does not take."""
+
+    def __init__(self, down_out=16):
+        super().__init__()
+        self.up, self.down = nn.Linear(64, 32), nn.Linear(32, down_out, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+def _int4(model, x, group=32, dynamic_shapes=None):
+    quantizer = X86InductorQuantizer().set_module_type_qconfig(
+        nn.Linear, get_x86_inductor_linear_weight_only_int4_config(group))
+    return quantize(model, (x,), [(x,)], quantizer=quantizer, dynamic_shapes=dynamic_shapes)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 64)
+    model = Mlp().eval()
+    return model, _int4(model, x), x
+
+
+def test_convert_keeps_4bit_groups_and_float_activations(mlp):
+    model, converted, x = mlp
+    dqs = [n for n in converted.graph.nodes if n.target is dq_per_channel]
+    assert [tuple(n.args[4:7]) for n in dqs] == [(-8, 7, torch.int8)] * 2
+    # the constants: [out * in / 32, 32] int8 in [-8, 7], viewed back to each weight's [out, in]
+    consts = [getattr(converted, n.args[0].target) for n in dqs]
+    assert [tuple(c.shape) for c in consts] == [(32 * 64 // 32, 32), (16 * 32 // 32, 32)]
+    assert all(c.dtype is torch.int8 and c.min() >= -8 and c.max() <= 7 for c in consts)
+    assert [list(next(iter(n.users)).args[1]) for n in dqs] == [[32, 64], [16, 32]]
+    assert not any("quantize_per_tensor" in str(n.target) for n in converted.graph.nodes)
+    with torch.no_grad():
+        assert Agreement().add(model(x), converted(x)).sqnr > 15  # dB: 4 bits, one scale per 32 weights
+
+
+def test_a_width_that_is_not_whole_groups_is_a_clear_error():
+    with pytest.raises(ValueError, match="multiple of group_size=32"):
+        _int4(nn.Linear(40, 16).eval(), torch.randn(2, 40))
+
+
+@pytest.mark.parametrize("cpp_wrapper", [False, True], ids=["py", "cpp"])
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_the_compile_calls_torchs_int4_gemm(mlp, bf16, cpp_wrapper):
+    _, converted, x = mlp
+    ref, out, code, stats = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper, bf16=bf16)
+    assert weight_only_int4_calls(code) == 2 and not float_compute_calls(code), code
+    assert not prepacks_at_runtime(code), code  # packed once, at freezing
+    assert stats["unfused"] == [] and stats["kernels"] == {"woq_int4_linear": 2}, stats
+    # fp32: the same products summed in another order; bf16: the eager model rounds each
+    # dequantized weight to bf16, the kernel the product
+    tol = 1e-5 if not bf16 else 2e-2
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol * ref.abs().max().item())
+
+
+def test_dynamic_batch():
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 64)
+    batch = torch.export.Dim("batch", min=1, max=16)
+    converted = _int4(Mlp().eval(), x, dynamic_shapes=({0: batch},))
+    for b in (3, 1, 5):
+        xb = torch.randn(b, 7, 64)
+        ref, out, code, stats = compile_and_run(converted, (xb,))
+        assert weight_only_int4_calls(code) == 2, code
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_a_width_torchs_gemm_does_not_take_stays_float_and_is_reported():
+    torch.manual_seed(0)
+    x = torch.randn(4, 64)
+    converted = _int4(Mlp(down_out=8).eval(), x)
+    ref, out, code, stats = compile_and_run(converted, (x,))
+    assert weight_only_int4_calls(code) == 1, code  # up runs int4; down (8 outputs) does not
+    assert [u.code for u in stats["unfused"]] == ["woq_int4_geometry"], stats
+    assert "[8, 32] in groups of 32" in stats["unfused"][0].reason
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
