@@ -3,6 +3,7 @@
     python tests/fuzz/fuzz.py --graphs 500                 # the full sweep (every config of harness.CONFIGS)
     python tests/fuzz/fuzz.py --graphs 250 --shard 1/2     # half of it (run 0/2 and 1/2 at once)
     python tests/fuzz/fuzz.py --graphs 500 --bundle 4      # up to 4 graphs of one quantizer per compile
+    python tests/fuzz/fuzz.py --graphs 20 --only attention,woq_int4   # only graphs a new rule meets
     python tests/fuzz/fuzz.py --summary fuzz-out           # merge the shards' results
     python tests/fuzz/fuzz.py --replay fuzz-out/repro-*.json
 
@@ -63,15 +64,32 @@ def signature(o: harness.Outcome) -> str:
     return f"{o.status}:{o.stage}:{o.error.split(':')[0] if o.status == 'crash' else ''}"
 
 
+def seeds_of(args) -> list[int]:
+    """This shard's seeds: --graphs of them from --seed on; with --only, the first --graphs whose
+    spec has one of those ops or quant kinds (a new rule's targeted sweep, e.g. attention,woq_int4)."""
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    candidates = (s for s in range(args.seed, args.seed + 1000 * args.graphs * shards) if s % shards == shard)
+    if not args.only:
+        return [s for _, s in zip(range(args.graphs), candidates)]
+    wanted = set(args.only.split(","))
+    picked = []
+    for seed in candidates:
+        spec = graphs.generate(seed)
+        if wanted & ({op["op"] for op in spec["ops"]} | {spec["quant"]}):
+            picked.append(seed)
+            if len(picked) == args.graphs:
+                break
+    return picked
+
+
 def sweep(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     results = os.path.join(args.out, "results.jsonl")
     done = set()
     if os.path.exists(results):
         done = {json.loads(line)["seed"] for line in open(results)}
-    shard, shards = (int(v) for v in args.shard.split("/"))
     configs = harness.FULL_CONFIGS + harness.PRODUCT_CONFIGS if args.full_matrix else harness.CONFIGS
-    seeds = [s for s in range(args.seed, args.seed + args.graphs * shards) if s % shards == shard][: args.graphs]
+    seeds = seeds_of(args)
     harness.install_our_passes()
     ctx = {"args": args, "configs": configs, "results": results, "seen_kinds": set(), "failures": 0,
            "in_flight": in_flight_path(args), "done": done}
@@ -285,6 +303,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="fuzz-out")
     p.add_argument("--bundle", type=int, default=1,
                    help="compile up to N graphs of one quantizer together (harness.check_many): fewer compiles")
+    p.add_argument("--only", help="comma-separated ops or quant kinds: sweep only graphs that have one")
     p.add_argument("--full-matrix", action="store_true", help="all 16 switch configs instead of the 8 of the half fraction")
     p.add_argument("--no-minimize", dest="minimize", action="store_false")
     p.add_argument("--replay", help="re-run a saved repro (exit 1 while it still fails)")

@@ -260,6 +260,19 @@ def test_a_sweep_keys_each_row_by_the_seed_asked_for(tmp_path):
     assert rc == 0 and sorted(rows) == [1005, 1006, 1007], rows.keys()
 
 
+def test_a_targeted_sweep_takes_only_graphs_with_the_ops_or_kinds_asked_for():
+    import argparse
+
+    import fuzz
+    args = argparse.Namespace(graphs=4, seed=40000, shard="0/1", only="attention,woq_int4")
+    seeds = fuzz.seeds_of(args)
+    assert len(seeds) == 4 and seeds == sorted(seeds) and seeds[-1] > 40003
+    for seed in seeds:
+        spec = graphs.generate(seed)
+        assert spec["quant"] == "woq_int4" or any(op["op"] == "attention" for op in spec["ops"]), graphs.describe(spec)
+    assert fuzz.seeds_of(argparse.Namespace(graphs=3, seed=7, shard="1/2", only=None)) == [7, 9, 11]
+
+
 def test_a_death_the_float_model_shares_is_upstream(tmp_path):
     rc, rows = _stand_in_sweep(tmp_path, float_dies=True)
     assert rc == 0 and [o["status"] for o in rows[1]["outcomes"]] == ["ok", "upstream"] + ["ok"] * (len(harness.CONFIGS) - 2)
