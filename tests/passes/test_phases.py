@@ -385,23 +385,28 @@ def test_fp16_weight_under_bf16_autocast_is_left_to_autocast_by_design():
     assert stats["fused"] == {} and [(u.op, u.code) for u in stats["unfused"]] == [("linear", "fp16_weight_autocast")]
 
 
-class WeightOnlyInt8Linear(torch.nn.Module):
-    """linear(x, dq_per_channel(w int8), b): convert_pt2e's form of the weight-only int8 config."""
+class WeightOnlyLinear(torch.nn.Module):
+    """convert_pt2e's forms of the weight-only configs: int8, linear(x, dq_per_channel(w [8, 16] in
+    [-127, 127]), b); int4 (`bits=4`), linear(x, reshape(dq_per_channel(w [16 * 32 / 32, 32] in
+    [-8, 7])), [16, 32]), b), group 32 and 16 outputs, which torch's int4 GEMM takes."""
 
-    def __init__(self, bias: bool, dims):
+    def __init__(self, bias: bool, dims, bits: int = 8):
         super().__init__()
         g = torch.Generator().manual_seed(0)
-        self.dims = dims
-        self.register_buffer("w", torch.randint(-127, 128, (8, 16), dtype=torch.int8, generator=g))
-        self.register_buffer("scale", torch.rand(8, generator=g) * 0.02 + 0.001)
-        self.register_buffer("zp", torch.zeros(8, dtype=torch.int64))
-        self.register_buffer("b", torch.randn(8, generator=g) if bias else None)
+        self.dims, self.bits = dims, bits
+        out, qmax = (8, 127) if bits == 8 else (16, 7)
+        self.shape = (out, 16 if bits == 8 else 32)
+        self.register_buffer("w", torch.randint(-qmax, qmax + 1, self.shape, dtype=torch.int8, generator=g))
+        self.register_buffer("scale", torch.rand(out, generator=g) * 0.02 + 0.001)
+        self.register_buffer("zp", torch.zeros(out, dtype=torch.int64))
+        self.register_buffer("b", torch.randn(out, generator=g) if bias else None)
 
     def forward(self, x):
         if self.dims:
             x = x.permute(self.dims)
-        dq = torch.ops.quantized_decomposed.dequantize_per_channel(self.w, self.scale, self.zp, 0, -127, 127, torch.int8)
-        return torch.nn.functional.linear(x, dq, self.b)
+        qmin, qmax = (-127, 127) if self.bits == 8 else (-8, 7)
+        dq = torch.ops.quantized_decomposed.dequantize_per_channel(self.w, self.scale, self.zp, 0, qmin, qmax, torch.int8)
+        return torch.nn.functional.linear(x, dq if self.bits == 8 else dq.reshape(self.shape), self.b)
 
 
 WOQ_CASES = [(shape, dims, form, bias, bf16) for shape, dims, form in FP16_FORMS for bias in (True, False)
@@ -424,20 +429,31 @@ def rewrite_with_our_kernels(model, inputs, bf16=False):
         return rewrite_with_constants(model, inputs, bf16)
 
 
-@pytest.mark.parametrize("shape,dims,form,bias,bf16", WOQ_CASES,
-                         ids=[f"{f}{'.bf16' if h else ''}{'' if b else '.nobias'}" for _, _, f, b, h in WOQ_CASES])
-def test_weight_only_int8_linear_becomes_our_kernel(shape, dims, form, bias, bf16):
-    model = WeightOnlyInt8Linear(bias, dims).eval()
+# the int4 forms have 32 input features (one group) and no one-row form (passes/registry.py)
+INT4_CASES = [(tuple(32 if d == 16 else d for d in shape), dims, form, bias, bf16)
+              for shape, dims, form, bias, bf16 in WOQ_CASES if form != "m1"]
+# bits -> (kernel count key, op the rewritten graph calls, how the rule sees the compile)
+WEIGHT_ONLY_KERNELS = {8: ("woq_linear", "iq_onednn.woq_linear.default", rewrite_with_our_kernels),
+                       4: ("woq_int4_linear", "aten._weight_int4pack_mm_for_cpu.default", rewrite_with_constants)}
+
+
+@pytest.mark.parametrize("bits,shape,dims,form,bias,bf16", [(8, *c) for c in WOQ_CASES] + [(4, *c) for c in INT4_CASES],
+                         ids=[f"int{n}.{f}{'.bf16' if h else ''}{'' if b else '.nobias'}"
+                              for n, cases in ((8, WOQ_CASES), (4, INT4_CASES)) for _, _, f, b, h in cases])
+def test_weight_only_linear_becomes_its_kernel(bits, shape, dims, form, bias, bf16):
+    """int8: our kernel layer's woq_linear; int4: torch's int4 GEMM (an ATen op: no kernel layer needed)."""
+    kernel, op, rewrite_as_compiled = WEIGHT_ONLY_KERNELS[bits]
+    model = WeightOnlyLinear(bias, dims, bits).eval()
     x = torch.randn(shape)
-    gm, flat, stats = rewrite_with_our_kernels(model, (x,), bf16)
-    if not probe.weight_only_linear_builds(torch.bfloat16 if bf16 else torch.float32):  # bf16 without AVX-512
-        assert [u.code for u in stats["unfused"]] == ["woq_unbuildable"], stats
+    gm, flat, stats = rewrite_as_compiled(model, (x,), bf16)
+    if bits == 8 and not probe.weight_only_linear_builds(torch.bfloat16 if bf16 else torch.float32):
+        assert [u.code for u in stats["unfused"]] == ["woq_unbuildable"], stats  # bf16 without AVX-512
         return
-    fusion_id = f"linear.woq_int8.{form}{'.bf16' if bf16 else ''}{'' if bias else '.nobias'}"
-    assert stats == {"fused": {fusion_id: 1}, "unfused": [], "kernels": {"woq_linear": 1}}, stats
+    fusion_id = f"linear.woq_int{bits}.{form}{'.bf16' if bf16 else ''}{'' if bias else '.nobias'}"
+    assert stats == {"fused": {fusion_id: 1}, "unfused": [], "kernels": {kernel: 1}}, stats
     t = targets(gm)
-    assert t["iq_onednn.woq_linear.default"] == 1, gm.code
-    assert not any(t[op] for op in FP32_OPS + ("aten.bmm.default",)), gm.code
+    assert t[op] == 1, gm.code
+    assert not any(t[o] for o in FP32_OPS + ("aten.bmm.default",)), gm.code
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         ref, out = model(x), gm(*flat)
     tol = 2e-2 if bf16 else 1e-5
@@ -445,51 +461,9 @@ def test_weight_only_int8_linear_becomes_our_kernel(shape, dims, form, bias, bf1
 
 
 def test_weight_only_int8_linear_outside_our_kernel_layer_is_reported():
-    model = WeightOnlyInt8Linear(True, None).eval()
+    model = WeightOnlyLinear(True, None).eval()
     gm, flat, stats = rewrite(model, (torch.randn(4, 16),))  # no own_calls.in_this_compile: as AOTInductor
     assert stats["fused"] == {} and [u.code for u in stats["unfused"]] == ["act_not_dequantized"], stats
-
-
-class WeightOnlyInt4Linear(torch.nn.Module):
-    """linear(x, reshape(dq_per_channel(w as [16 * 32 / 32, 32], [-8, 7]), [16, 32]), b): convert_pt2e's
-    form of the weight-only int4 config (group 32; 16 outputs, which torch's int4 GEMM takes)."""
-
-    def __init__(self, bias: bool, dims):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.dims = dims
-        self.register_buffer("w", torch.randint(-8, 8, (16, 32), dtype=torch.int8, generator=g))
-        self.register_buffer("scale", torch.rand(16, generator=g) * 0.02 + 0.001)
-        self.register_buffer("zp", torch.zeros(16, dtype=torch.int64))
-        self.register_buffer("b", torch.randn(16, generator=g) if bias else None)
-
-    def forward(self, x):
-        if self.dims:
-            x = x.permute(self.dims)
-        dq = torch.ops.quantized_decomposed.dequantize_per_channel(self.w, self.scale, self.zp, 0, -8, 7, torch.int8)
-        return torch.nn.functional.linear(x, dq.reshape(16, 32), self.b)
-
-
-# the weight-only forms with 32 input features (one group); no one-row form (passes/registry.py)
-INT4_CASES = [(tuple(32 if d == 16 else d for d in shape), dims, form, bias, bf16)
-              for shape, dims, form, bias, bf16 in WOQ_CASES if form != "m1"]
-
-
-@pytest.mark.parametrize("shape,dims,form,bias,bf16", INT4_CASES,
-                         ids=[f"{f}{'.bf16' if h else ''}{'' if b else '.nobias'}" for _, _, f, b, h in INT4_CASES])
-def test_weight_only_int4_linear_becomes_torchs_int4_gemm(shape, dims, form, bias, bf16):
-    model = WeightOnlyInt4Linear(bias, dims).eval()
-    x = torch.randn(shape)
-    gm, flat, stats = rewrite_with_constants(model, (x,), bf16)  # an ATen op: no kernel layer needed
-    fusion_id = f"linear.woq_int4.{form}{'.bf16' if bf16 else ''}{'' if bias else '.nobias'}"
-    assert stats == {"fused": {fusion_id: 1}, "unfused": [], "kernels": {"woq_int4_linear": 1}}, stats
-    t = targets(gm)
-    assert t["aten._weight_int4pack_mm_for_cpu.default"] == 1, gm.code
-    assert not any(t[op] for op in FP32_OPS + ("aten.bmm.default",)), gm.code
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        ref, out = model(x), gm(*flat)
-    tol = 2e-2 if bf16 else 1e-5
-    torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
 
 
 def test_every_fusion_id_fired():
@@ -513,9 +487,9 @@ def test_every_fusion_id_fired():
         for form, weight, bias, bf16 in ND_CASES:
             rewrite(Int8LinearOn4D(form, weight, bias).eval(), (torch.randn(LAYOUTS_4D[form][0]),), bf16)
         for shape, dims, _, bias, bf16 in WOQ_CASES:
-            rewrite_with_our_kernels(WeightOnlyInt8Linear(bias, dims).eval(), (torch.randn(shape),), bf16)
+            rewrite_with_our_kernels(WeightOnlyLinear(bias, dims).eval(), (torch.randn(shape),), bf16)
         for shape, dims, _, bias, bf16 in INT4_CASES:
-            rewrite_with_constants(WeightOnlyInt4Linear(bias, dims).eval(), (torch.randn(shape),), bf16)
+            rewrite_with_constants(WeightOnlyLinear(bias, dims, bits=4).eval(), (torch.randn(shape),), bf16)
     # without VNNI an int8 activation (8 bits once shifted) never fuses: its shift cannot fire
     needs_vnni = set() if cpu_info().vnni else {"qconv.s8_to_u8"}
     # bf16 weight-only linears need AVX-512 (kernels/probe.py)
