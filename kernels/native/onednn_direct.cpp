@@ -899,6 +899,19 @@ dnnl_primitive_t make_primitive(dnnl_primitive_desc_t pd, dnnl_status_t st, cons
   return prim;
 }
 
+// `t` with each size-1 dim given the stride of a dense layout: such a dim is never stepped, but
+// Inductor may give it any stride (0 for the batch of a batch-1 slice), and oneDNN's matmul read
+// q, k and v wrong with a 0 batch stride (fuzz seed 13 at batch 1).
+at::Tensor unit_dims_dense(const at::Tensor& t) {
+  std::vector<int64_t> strides(t.strides().begin(), t.strides().end());
+  int64_t span = 1;
+  for (int64_t i = t.dim() - 1; i >= 0; --i) {
+    if (t.size(i) == 1) strides[i] = span;
+    span = std::max(span, strides[i] * t.size(i));
+  }
+  return strides == t.strides().vec() ? t : t.as_strided(t.sizes(), strides);
+}
+
 // `mask4`: the mask viewed as 4-D with its broadcast dims of size 1 (undefined: none).
 std::shared_ptr<Attention> build_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                            const at::Tensor& mask4, float scale) {
@@ -960,7 +973,9 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
   TORCH_CHECK((q_in.scalar_type() == at::kFloat || q_in.scalar_type() == at::kBFloat16) &&
                   k_in.scalar_type() == q_in.scalar_type() && v_in.scalar_type() == q_in.scalar_type(),
               "attention: q, k, v all float32 or all bfloat16");
-  auto last_dense = [](const at::Tensor& t) { return t.stride(3) == 1 || t.size(3) == 1 ? t : t.contiguous(); };
+  auto last_dense = [](const at::Tensor& t) {
+    return unit_dims_dense(t.stride(3) == 1 || t.size(3) == 1 ? t : t.contiguous());
+  };
   const at::Tensor q = last_dense(q_in), k = last_dense(k_in), v = last_dense(v_in);
   const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), Sk = k.size(2), Dv = v.size(3);
   TORCH_CHECK(k.size(0) == B && v.size(0) == B && k.size(1) == H && v.size(1) == H && k.size(3) == q.size(3) &&
@@ -981,13 +996,7 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
       sizes.push_back(broadcast ? 1 : m.size(i));
       strides.push_back(broadcast ? 0 : m.stride(i));
     }
-    // a size-1 dim is never stepped: give it the stride of a dense layout, which oneDNN accepts
-    int64_t span = 1;
-    for (int i = 3; i >= 0; --i) {
-      if (sizes[i] == 1) strides[i] = span;
-      span = std::max(span, strides[i] * sizes[i]);
-    }
-    mask4 = m.as_strided(sizes, strides);
+    mask4 = unit_dims_dense(m.as_strided(sizes, strides));
   }
   at::Tensor out = at::empty({B, Sq, H, Dv}, q.options());
   if (out.numel() == 0) return out.transpose(1, 2);
