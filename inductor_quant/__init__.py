@@ -16,6 +16,7 @@ from .compile_options import fast_options  # noqa: E402
 from .kernels.cpu import cpu_info  # noqa: E402
 from .export_utils import move_exported_model_to_eval, move_exported_model_to_train  # noqa: E402
 from .quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e  # noqa: E402
+from .smooth_quant import smooth_quant  # noqa: E402
 
 __all__ = [
     "prepare_pt2e",
@@ -24,6 +25,7 @@ __all__ = [
     "move_exported_model_to_eval",
     "move_exported_model_to_train",
     "quantize",
+    "smooth_quant",
     "cpu_info",
     "fast_options",
     "X86InductorQuantizer",

@@ -6,6 +6,7 @@
                       dequantize per channel of it, then reshape back to [out, in])
                       (fold_quantize=False keeps fp32 weight -> quantize -> dequantize)
   dynamic           : choose_qparams.tensor -> quantize_per_tensor.tensor -> dequantize_per_tensor.tensor
+  per-token dynamic : choose_qparams_per_token -> quantize_per_token -> dequantize_per_token
   float16 spec      : x -> convert_element_type.no_fuse(fp16) -> no_fuse(fp32) (weights: the
                       fp16-weight linear, get_x86_inductor_linear_dynamic_fp16_config)
   other float spec  : observer removed, value passes through
@@ -29,6 +30,7 @@ from .observers import (
     is_observer,
     group_size,
     is_per_channel,
+    per_token,
     qparams_of,
     quant_range,
     saw_data,
@@ -119,7 +121,13 @@ def _replace(gm: GraphModule, obs: Node, qparams, fold_quantize: bool) -> None:
         return
     qmin, qmax = quant_range(mod)
     with g.inserting_before(obs):
-        if is_dynamic(mod):
+        if per_token(mod):  # symmetric int8 per row of the last dimension, chosen at run time
+            cq = g.call_function(qd.choose_qparams_per_token.default, (x, dtype))
+            s, zp = (g.call_function(operator.getitem, (cq, i)) for i in (0, 1))
+            q = g.call_function(qd.quantize_per_token.default, (x, s, zp, qmin, qmax, dtype))
+            dq = g.call_function(qd.dequantize_per_token.default, (q, s, zp, qmin, qmax, dtype, torch.float32))
+            new = [cq, s, zp, q, dq]
+        elif is_dynamic(mod):
             eps = _dynamic_eps(mod)
             cq = g.call_function(qd.choose_qparams.tensor, (x, qmin, qmax, eps, dtype))
             s, zp = (g.call_function(operator.getitem, (cq, i)) for i in (0, 1))

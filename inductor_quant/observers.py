@@ -21,7 +21,7 @@ from torch.ao.quantization.observer import (
 )
 
 from .errors import CalibrationError
-from .quantizer.groupwise_observer import GroupwiseMinMaxObserver
+from .quantizer.llm_observers import GroupwiseMinMaxObserver, PerTokenDynamicObserver
 from .quantizer.quantizer import (
     DerivedQuantizationSpec,
     FixedQParamsQuantizationSpec,
@@ -89,6 +89,11 @@ def group_size(mod: nn.Module) -> Optional[int]:
     """The group size of a group-wise weight observer (None: not group-wise)."""
     inner = getattr(mod, "activation_post_process", mod)
     return getattr(inner, "group_size", None) if isinstance(inner, GroupwiseMinMaxObserver) else None
+
+
+def per_token(mod: nn.Module) -> bool:
+    """A per-token dynamic activation observer (one scale per row, chosen at run time)."""
+    return isinstance(getattr(mod, "activation_post_process", mod), PerTokenDynamicObserver)
 
 
 def make_observer(spec, is_qat: bool) -> nn.Module:

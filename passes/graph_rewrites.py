@@ -6,6 +6,7 @@ traced with), and the weights of layers refused for saturation fold to fp32."""
 from __future__ import annotations
 
 import dataclasses
+import operator
 
 import torch
 import torch.fx
@@ -162,6 +163,43 @@ def decompose_weight_dequants(graph: torch.fx.Graph) -> None:
             w = call(graph, node, aten.mul.Tensor, call(graph, node, aten.sub.Tensor, w, a["zero_point"]), a["scale"])
         node.replace_all_uses_with(w)
         graph.erase_node(node)
+
+
+def decompose_per_token_quant(graph: torch.fx.Graph) -> int:
+    """choose_qparams_per_token, quantize_per_token and dequantize_per_token as the ATen ops their
+    eager implementations run (same arithmetic, same order: abs -> amax over the last dim ->
+    clamp(1e-5) -> / 127; x * (1 / s) + zp -> round -> clamp -> int8; (q - zp) * s). Inductor has
+    no lowering for them and would call each as a Python op; as ATen ops they fuse into the kernels
+    around them. Returns the ops replaced."""
+    replaced = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _PER_TOKEN:
+            continue
+        a = args_of(node)
+        c = lambda op, *args: call(graph, node, op, *args)  # noqa: E731
+        if node.target is qd.choose_qparams_per_token.default:
+            if a["dtype"] != torch.int8 or any(u.target is not operator.getitem for u in node.users):
+                continue
+            amax = c(aten.amax.default, c(aten.abs.default, a["input"]), [-1], True)
+            scales = c(aten.div.Tensor, c(aten.clamp_min.default, amax, 1e-5), 127)
+            results = (scales, c(aten.mul.Tensor, scales, 0))  # zeros (a constructor has no lowering here)
+            for user in list(node.users):
+                user.replace_all_uses_with(results[user.args[1]])
+                graph.erase_node(user)
+        elif node.target is qd.quantize_per_token.default:
+            y = c(aten.mul.Tensor, a["input"], c(aten.reciprocal.default, a["scales"]))
+            y = c(aten.round.default, c(aten.add.Tensor, y, a["zero_points"]))
+            y = c(aten.clamp_max.default, c(aten.clamp_min.default, y, a["quant_min"]), a["quant_max"])
+            node.replace_all_uses_with(c(prims.convert_element_type.default, y, a["dtype"]))
+        else:
+            y = c(aten.mul.Tensor, c(aten.sub.Tensor, a["input"], a["zero_points"]), a["scales"])
+            node.replace_all_uses_with(c(prims.convert_element_type.default, y, a["output_dtype"]))
+        graph.erase_node(node)
+        replaced += 1
+    return replaced
+
+
+_PER_TOKEN = (qd.choose_qparams_per_token.default, qd.quantize_per_token.default, qd.dequantize_per_token.default)
 
 
 def merge_sibling_linears(graph: torch.fx.Graph) -> list:

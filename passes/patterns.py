@@ -156,6 +156,33 @@ def woq_linear_example(rank: int, bias: bool, bf16: bool, rows: int = 4, layout:
     return args + ([torch.randn(6)] if bias else [])
 
 
+# --- per-token dynamic int8: linear(dq_per_token(x), dq(w), b) ------------------------------
+# convert_pt2e's form of get_x86_inductor_linear_dynamic_per_token_config: x int8, its row scales
+# and zero points tensors computed at run time (choose_qparams_per_token), weights per channel.
+
+
+@functools.cache
+def per_token_linear(bias: bool, bf16: bool):
+    """linear(dq_per_token(x, s, zp), dq_per_channel(w), b), the forms of dq_linear."""
+    def act(x, x_scale, x_zp):
+        return _cast(qd.dequantize_per_token.default(x, x_scale, x_zp, -127, 127, torch.int8, torch.float32), bf16)
+    if bias:
+        def per_token_linear(x, x_scale, x_zp, w, w_scale, w_zp, b):
+            return F.linear(act(x, x_scale, x_zp), _cast(dq_weight_per_channel(w, w_scale, w_zp), bf16), _cast(b, bf16))
+    else:
+        def per_token_linear(x, x_scale, x_zp, w, w_scale, w_zp):
+            return F.linear(act(x, x_scale, x_zp), _cast(dq_weight_per_channel(w, w_scale, w_zp), bf16))
+    return per_token_linear
+
+
+def per_token_linear_example(rank: int, bias: bool, rows: int = 4, layout: str = "contiguous"):
+    """An int8 input with one scale and zero point per row, an int8 [6, 8] per-channel weight."""
+    x = laid_out(_s8(*([2] * (rank - 2)), rows, 8), layout)
+    args = [x, torch.rand(*x.shape[:-1], 1), torch.zeros(*x.shape[:-1], 1), _s8(6, 8), torch.rand(6),
+            torch.zeros(6, dtype=torch.int64)]
+    return args + ([torch.randn(6)] if bias else [])
+
+
 # --- weight-only int4: linear(x, reshape(dq(w_grouped)), b) ----------------------------------
 # convert_pt2e's form of a group-wise weight spec (get_x86_inductor_linear_weight_only_int4_config):
 # the int8 constant holds 4-bit values as [out * in / group, group], dequantized per row of that

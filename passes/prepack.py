@@ -6,6 +6,7 @@ the ids of the table's sub-steps it performed (registry.STEPS), for `stats()`.
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -14,7 +15,7 @@ import torch.fx
 from inductor_quant.kernels import int4pack, native, probe
 from inductor_quant.kernels import onednn as K
 
-from .fused import Fused, call, propagate_fake, replace_with
+from .fused import Fused, call, emit_before, propagate_fake, replace_with
 from .kernel_limits import check_conv_kernel, check_int8_exact, check_template_weight_reuse, geometry
 from .reasons import Reason, Why
 from .match import ACT_DQ, ACT_RANGE, all_zero, args_of, node_of, same_dims, static_shape, val, within
@@ -281,6 +282,12 @@ def prepack_fp16_weight_linear(match: Match) -> tuple:
 # --- weight-only int8 -------------------------------------------------------------------------
 
 
+def _dequantized(x) -> bool:
+    """x (or its bf16 cast) is a dequantized activation: an int8 layer, which its own rule decides."""
+    source = x.args[0] if isinstance(x, torch.fx.Node) and x.target is prims.convert_element_type.default else x
+    return isinstance(source, torch.fx.Node) and source.target in (*ACT_DQ, qd.dequantize_per_token.default)
+
+
 def check_woq_int8_linear(match: Match) -> Optional[Reason]:
     """A float input (not a dequantize: that is an int8 layer, its own rule decides), input and
     output in one float dtype (fp32, or bf16 under autocast), an int8 weight symmetric per output
@@ -288,8 +295,7 @@ def check_woq_int8_linear(match: Match) -> Optional[Reason]:
     torch has no op that keeps the weight int8 and is faster than the float linear on the
     dequantized weight, which is what runs otherwise."""
     x, out, w_dq = match.kwargs["x"], match.output_node(), _weight_dq(match)
-    source = x.args[0] if isinstance(x, torch.fx.Node) and x.target is prims.convert_element_type.default else x
-    if isinstance(source, torch.fx.Node) and source.target in ACT_DQ:  # an int8 layer its rule refused (saturation, say)
+    if _dequantized(x):  # an int8 layer its rule refused (saturation, say)
         return Why.OTHER_RULE(detail="the input is dequantized")
     dtypes = {val(n).dtype if val(n) is not None else None for n in (x, out)}
     if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.bfloat16}:
@@ -340,8 +346,7 @@ def check_woq_int4_linear(match: Match) -> Optional[Reason]:
     geometry torch's int4 CPU GEMM takes (kernels/int4pack.py). An ATen op: every wrapper and
     AOTInductor run it, with or without our kernel layer."""
     x, out, w_dq = match.kwargs["x"], match.output_node(), _weight_dq(match)
-    source = x.args[0] if isinstance(x, torch.fx.Node) and x.target is prims.convert_element_type.default else x
-    if isinstance(source, torch.fx.Node) and source.target in ACT_DQ:
+    if _dequantized(x):  # an int8 layer its rule refused (saturation, say)
         return Why.OTHER_RULE(detail="the input is dequantized")
     dtypes = {val(n).dtype if val(n) is not None else None for n in (x, out)}
     if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.bfloat16}:
@@ -380,4 +385,45 @@ def lower_woq_int4_linear(match: Match) -> tuple:
     out.replace_all_uses_with(y)
     match.erase_nodes()
     count_kernel("woq_int4_linear")
+    return ()
+
+
+# --- per-token dynamic int8 ----------------------------------------------------------------------
+
+
+def check_per_token_linear(match: Match) -> Optional[Reason]:
+    """Row scales from choose_qparams_per_token (symmetric: the zero points are zeros by
+    construction), an int8 per-channel weight, a linear form, and a kernel exact on this CPU."""
+    act_dq, w_dq = node_of(match, qd.dequantize_per_token.default), _weight_dq(match)
+    a = args_of(act_dq)
+    chosen = {n.args[0].target if isinstance(n, torch.fx.Node) and n.target is operator.getitem else None
+              for n in (a["scales"], a["zero_points"])}
+    if chosen != {qd.choose_qparams_per_token.default} or a["dtype"] != torch.int8 or not within(a, (-128, 127)):
+        return Why.PER_TOKEN_FORM(detail="the activation is not int8 with row scales from choose_qparams_per_token")
+    if w_dq.target is not qd.dequantize_per_channel.default:
+        return Why.PER_TOKEN_FORM(detail="the weight is not quantized per channel")
+    return (check_linear_form(match) or check_float_compute(match.output_node()) or check_weight_dq(w_dq)
+            or check_int8_exact(act_dq, w_dq) or check_template_weight_reuse(match.kwargs["w"]))
+
+
+def prepack_per_token_linear(match: Match) -> tuple:
+    # linear(dq_per_token(x, s), dq(w), b) == qlinear(x as int8 with scale 1, w) * s + b: the
+    # int32 sums are exact, each row then takes its scale (Inductor fuses the epilogue)
+    out = match.output_node()
+    graph, x = out.graph, match.kwargs["x"]
+    scales = args_of(node_of(match, qd.dequantize_per_token.default))["scales"]
+    if node_of(match, aten.bmm.default) is not None:
+        x = _contiguous(x)
+    w_scale, w_zp = _weight_qparams(match, _weight_dq(match), out, torch.int32)
+    packed = K.qlinear_prepack(lambda op, args: call(graph, out, op, *args), match.kwargs["w"], static_shape(x))
+    fused = emit_before(out, Fused("qlinear", x, K.QParams(1.0, 0), packed, w_scale, w_zp, None,
+                                   out=K.Output(torch.float32)))
+    y = call(graph, out, aten.mul.Tensor, fused, _as_dtype(scales, torch.float32))
+    b = match.kwargs.get("b")
+    if b is not None:
+        y = call(graph, out, aten.add.Tensor, y, _as_dtype(b, torch.float32))
+    if val(out).dtype != torch.float32:  # bf16 autocast: the linear's output dtype
+        y = call(graph, out, prims.convert_element_type.default, y, val(out).dtype)
+    out.replace_all_uses_with(y)
+    match.erase_nodes()
     return ()

@@ -25,6 +25,7 @@ class Why(enum.Enum):
                            "float linear on the dequantized weight, which freezing folds and runs instead")
     WOQ_FORM = "weight-only int8 linear: {detail}"
     OTHER_RULE = "{detail}: another rule owns this match (its reason is the one kept)"
+    PER_TOKEN_FORM = "per-token dynamic int8 linear: {detail}"
     WOQ_INT4_FORM = "weight-only int4 linear: {detail}"
     WOQ_INT4_GEOMETRY = ("weight-only int4 linear [{n}, {k}] in groups of {group}: torch's int4 CPU GEMM needs a "
                          "group of 32, 64, 128 or 256 dividing in_features and out_features a multiple of 16; the "

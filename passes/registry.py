@@ -42,7 +42,7 @@ from . import stats as S
 from . import upstream_counters as U
 from .fused import record
 from .reasons import Why
-from .graph_rewrites import (decompose_weight_dequants, drop_noop_views, lift_conv1d, merge_sibling_linears,
+from .graph_rewrites import (decompose_per_token_quant, decompose_weight_dequants, drop_noop_views, lift_conv1d, merge_sibling_linears,
                              promote_dequant, views_after_convs_as_reshape)
 from .match import float_dtype, node_of, val
 
@@ -150,6 +150,17 @@ def _woq_int8_fusions():
                              R.lower_woq_int8_linear, dtype=dtype)
 
 
+def _per_token_fusions():
+    # int8 activations with run-time row scales x int8 weights per channel (dynamic per-token)
+    for dt, dtype in DTYPES:
+        for bias in (True, False):
+            nb = "" if bias else ".nobias"
+            for rank, rows, dims, layout in linear_forms(bias):
+                yield Fusion(f"qlinear.per_token{dims}{dt}{nb}", "prepack", P.per_token_linear(bias, dtype is BF16),
+                             (P.per_token_linear_example, rank, bias, rows, layout), R.check_per_token_linear,
+                             R.prepack_per_token_linear, dtype=dtype)
+
+
 def _woq_int4_fusions():
     # float activations x group-wise 4-bit weights (weight-only int4). No one-row form: Inductor
     # decomposes a one-row addmm only up to 16 inputs, and a group is at least 32
@@ -194,7 +205,7 @@ def _propagation_fusions():
 @functools.cache
 def fusions() -> tuple:
     """The table, in priority order."""
-    return (*_propagation_fusions(), *_prepack_fusions(), *_fp16_weight_fusions(), *_woq_int4_fusions(), *_woq_int8_fusions(),
+    return (*_propagation_fusions(), *_prepack_fusions(), *_fp16_weight_fusions(), *_per_token_fusions(), *_woq_int4_fusions(), *_woq_int8_fusions(),
             *_post_op_fusions())
 
 
@@ -282,6 +293,7 @@ def run(graph: torch.fx.Graph) -> list:
     U.count_lowered(graph)
     unfused = D.report_unfused(graph)
     decompose_weight_dequants(graph)
+    decompose_per_token_quant(graph)
     for _ in range(views_after_convs_as_reshape(graph)):
         _count("layout.view_as_reshape")
     return unfused

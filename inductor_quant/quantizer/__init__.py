@@ -9,6 +9,7 @@ from .configs import (
     get_default_x86_inductor_quantization_config,
     get_symmetric_quantization_config,
     get_x86_inductor_linear_dynamic_fp16_config,
+    get_x86_inductor_linear_dynamic_per_token_config,
     get_x86_inductor_linear_weight_only_int4_config,
     get_x86_inductor_linear_weight_only_int8_config,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "get_x86_inductor_linear_dynamic_fp16_config",
     "get_x86_inductor_linear_weight_only_int8_config",
     "get_x86_inductor_linear_weight_only_int4_config",
+    "get_x86_inductor_linear_dynamic_per_token_config",
     "XNNPACKQuantizer",
     "get_symmetric_quantization_config",
     "AnnotationReport",

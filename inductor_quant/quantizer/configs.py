@@ -12,6 +12,8 @@ static and dynamic layers holds exactly two config objects.
   float activations: the weight-only recipe of LLM decoders (a quarter of the weight bytes).
 - `get_x86_inductor_linear_weight_only_int4_config`: 4-bit weights, one scale per group of
   input channels, float activations (an eighth of the weight bytes).
+- `get_x86_inductor_linear_dynamic_per_token_config`: int8 activations with one run-time scale
+  per token, int8 weights per channel, float outputs.
 - `get_symmetric_quantization_config`: the XNNPACK-style generic recipe the PT2E
   tutorials use — int8 symmetric-range activations, int8 weights (per-tensor by default).
 
@@ -37,7 +39,7 @@ from torch.ao.quantization.observer import (
 
 from inductor_quant.kernels.cpu import cpu_info
 
-from .groupwise_observer import GroupwiseMinMaxObserver
+from .llm_observers import GroupwiseMinMaxObserver, PerTokenDynamicObserver
 from .quantizer import QuantizationConfig, QuantizationSpec
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "get_x86_inductor_linear_dynamic_fp16_config",
     "get_x86_inductor_linear_weight_only_int8_config",
     "get_x86_inductor_linear_weight_only_int4_config",
+    "get_x86_inductor_linear_dynamic_per_token_config",
     "get_symmetric_quantization_config",
     "is_dynamic_config",
 ]
@@ -225,6 +228,33 @@ def get_x86_inductor_linear_weight_only_int4_config(group_size: int = 128) -> Qu
                               observer_or_fake_quant_ctr=GroupwiseMinMaxObserver.with_args(group_size=group_size,
                                                                                             eps=_EPS))
     return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)
+
+
+def get_x86_inductor_linear_dynamic_per_token_config(reduce_range: Union[bool, str] = "auto") -> QuantizationConfig:
+    """Linear activations quantized at run time to int8, symmetric, one scale per token (row of the
+    last dimension: choose_qparams_per_token); weights int8 symmetric per output channel; outputs
+    float ("W8A8 dynamic", the prefill recipe of LLM decoders).
+
+    The compile runs such a linear as oneDNN's int8 linear on the int8 rows with the row scales
+    applied to its output (and the bias after them). Weights in [-127, 127]; `reduce_range="auto"`
+    narrows them to this CPU's exact range where oneDNN has no VNNI (see the default config),
+    True to 7 bits everywhere. Meant for linears (`set_module_type_qconfig(torch.nn.Linear, ...)`)."""
+    if reduce_range == "auto":
+        low, high = cpu_info().int8_weight_range
+        return _per_token_config(max(low, -127), high)
+    if not isinstance(reduce_range, bool):
+        raise ValueError(f"reduce_range must be True, False or 'auto', got {reduce_range!r}")
+    return _per_token_config(-64, 63) if reduce_range else _per_token_config(-127, 127)
+
+
+@functools.lru_cache(maxsize=None)
+def _per_token_config(weight_min: int, weight_max: int) -> QuantizationConfig:
+    act = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_tensor_symmetric,
+                           is_dynamic=True, observer_or_fake_quant_ctr=PerTokenDynamicObserver)
+    weight = QuantizationSpec(dtype=torch.int8, quant_min=weight_min, quant_max=weight_max,
+                              qscheme=torch.per_channel_symmetric, ch_axis=0,
+                              observer_or_fake_quant_ctr=_weight_ctr(False, per_channel=True))
+    return QuantizationConfig(input_activation=act, output_activation=None, weight=weight, bias=None)
 
 
 def is_dynamic_config(config: QuantizationConfig) -> bool:

@@ -1,9 +1,9 @@
-"""The weight observer of group-wise (int4) weight-only quantization."""
+"""Observers of the LLM recipes: group-wise (int4) weights, per-token dynamic activations."""
 
 from __future__ import annotations
 
 import torch
-from torch.ao.quantization.observer import PerChannelMinMaxObserver
+from torch.ao.quantization.observer import PerChannelMinMaxObserver, PlaceholderObserver
 
 
 class GroupwiseMinMaxObserver(PerChannelMinMaxObserver):
@@ -26,3 +26,15 @@ class GroupwiseMinMaxObserver(PerChannelMinMaxObserver):
                 f"nn.Linear layers whose in_features divide by the group size, or pick another group size.")
         super().forward(x.detach().reshape(-1, self.group_size))
         return x
+
+
+class PerTokenDynamicObserver(PlaceholderObserver):
+    """Nothing to calibrate: each token (row over the last dimension) gets its own symmetric int8
+    scale at run time. convert_pt2e emits choose_qparams_per_token -> quantize_per_token ->
+    dequantize_per_token (`quantized_decomposed`); the compile runs such a linear as an int8 GEMM
+    with the row scales applied to its output."""
+
+    def __init__(self, **kwargs):
+        kwargs["is_dynamic"] = True
+        kwargs.setdefault("dtype", torch.int8)
+        super().__init__(**kwargs)

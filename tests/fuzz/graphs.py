@@ -457,6 +457,8 @@ def generate(seed: int, max_ops: int = 7) -> dict:
         spec["quant"] = "xnnpack"  # XNNPACK-style int8 activations with zero points (its own stream too)
     if has_linear and spec["quant"] == "static" and random.Random(seed * 29 + 3).random() < 0.15:
         spec["quant"] = "woq_int8"  # linears weight-only int8 (float activations), the rest int8 (own stream)
+    if has_linear and spec["quant"] == "static" and random.Random(seed * 47 + 29).random() < 0.12:
+        spec["quant"] = "dyn_token"  # linears dynamic int8 per token, the rest int8 static (own stream)
     int4_ready = any(op["op"] == "linear" and vals[op["in"][0]][-1] % 32 == 0 for op in spec["ops"])
     if int4_ready and spec["quant"] == "static" and random.Random(seed * 43 + 17).random() < 0.6:
         spec["quant"] = "woq_int4"  # linears of 32k inputs weight-only int4 (harness.int4_linears), own stream

@@ -45,6 +45,7 @@ from inductor_quant import fast_options, quantize
 from inductor_quant.kernels.cpu import cpu_info
 from inductor_quant.quantizer import (X86InductorQuantizer, get_default_x86_inductor_quantization_config,
                                       get_x86_inductor_linear_dynamic_fp16_config,
+                                      get_x86_inductor_linear_dynamic_per_token_config,
                                       get_x86_inductor_linear_weight_only_int4_config,
                                       get_x86_inductor_linear_weight_only_int8_config)
 from inductor_quant.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
@@ -143,7 +144,8 @@ def int4_linears(spec: dict) -> list[int]:
 
 def _quantizer(specs: list[dict]):
     """static / dynamic int8 everywhere; xnnpack: XNNPACKQuantizer's symmetric config (int8
-    activations); woq_int8: int8 static, linears weight-only int8; woq_int4: int8 static, the
+    activations); woq_int8: int8 static, linears weight-only int8; dyn_token: int8 static, linears
+    dynamic int8 per token; woq_int4: int8 static, the
     linears `int4_linears` names weight-only int4 in groups of 32; fp16_weight: int8 static,
     linears with fp16 weights
     (upstream's use of get_x86_inductor_linear_dynamic_fp16_config). recipe "upstream": chains
@@ -157,6 +159,8 @@ def _quantizer(specs: list[dict]):
         quantizer.set_module_type_qconfig(torch.nn.Linear, get_x86_inductor_linear_dynamic_fp16_config())
     if spec["quant"] == "woq_int8":
         quantizer.set_module_type_qconfig(torch.nn.Linear, get_x86_inductor_linear_weight_only_int8_config())
+    if spec["quant"] == "dyn_token":
+        quantizer.set_module_type_qconfig(torch.nn.Linear, get_x86_inductor_linear_dynamic_per_token_config())
     if spec["quant"] == "woq_int4":
         int4 = get_x86_inductor_linear_weight_only_int4_config(INT4_GROUP)
         for k, one in enumerate(specs):

@@ -25,9 +25,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = sorted(glob.glob(os.path.join(HERE, "corpus", "*.json")))
 # fixed seeds, x 8 configs (6022: linears with fp16 weights after int8 ops, quant "fp16_weight";
 # 1006 and 1011 draw self-attention since the generator has it; 203: weight-only int4 linears, three
-# that torch's int4 GEMM takes and one it does not, residual adds, a cat), and fixed specs: graphs that
+# that torch's int4 GEMM takes and one it does not, residual adds, a cat; 13: self-attention over
+# per-token dynamic int8 Q/K/V linears), and fixed specs: graphs that
 # seeds of the slice drew before the generator changed (slice_specs.json says which and why)
-SLICE = (*range(1000, 1010), 1011, 6022, 203)
+SLICE = (*range(1000, 1010), 1011, 6022, 203, 13)
 SLICE_SPECS = os.path.join(HERE, "slice_specs.json")
 ISSUE_18 = os.path.join(HERE, "corpus", "merged-sibling-used-as-residual.json")
 
@@ -114,7 +115,8 @@ def test_generator_draws_the_shapes_the_newest_rewrites_meet():
     # self-attention over Q/K/V linears (passes/attention.py), with every mask kind
     masks = {op["kw"]["mask"] for s in specs for op in s["ops"] if op["op"] == "attention"}
     assert masks == {"none", "causal", "padding"}, masks
-    assert {s["quant"] for s in specs} == {"static", "dynamic", "fp16_weight", "xnnpack", "woq_int8", "woq_int4"}
+    assert {s["quant"] for s in specs} == {"static", "dynamic", "fp16_weight", "xnnpack", "woq_int8", "woq_int4",
+                                             "dyn_token"}
     assert {s.get("recipe", "ours") for s in specs} == {"ours", "upstream"}
     assert has(lambda ops: any(op.get("kw", {}).get("shares") is not None for op in ops))  # a Linear called twice
 
@@ -320,6 +322,17 @@ def test_the_slice_reaches_weight_only_int4(config):
     outcome = harness.check(spec, harness.Config.parse(config))
     assert outcome.status == "ok" and outcome.fused.get("kernel.woq_int4_linear", 0) >= 3, (outcome.error,
                                                                                             outcome.fused)
+
+
+@pytest.mark.parametrize("config", ["freeze-cpp-fp32-static", "fast-fp32-dynbatch"])
+def test_the_slice_reaches_per_token_dynamic_int8(config):
+    """Seed 13 of the slice quantizes its Q/K/V and output linears per token: all four run as int8
+    linears with row scales (passes/prepack.py), and the attention between them is ours."""
+    spec = graphs.generate(13)
+    assert spec["quant"] == "dyn_token", graphs.describe(spec)
+    outcome = harness.check(spec, harness.Config.parse(config))
+    fused = sum(v for k, v in outcome.fused.items() if k.startswith("qlinear.per_token"))
+    assert outcome.status == "ok" and fused >= 4, (outcome.error, outcome.fused)
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[os.path.basename(p) for p in CORPUS])

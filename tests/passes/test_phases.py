@@ -466,6 +466,47 @@ def test_weight_only_int8_linear_outside_our_kernel_layer_is_reported():
     assert stats["fused"] == {} and [u.code for u in stats["unfused"]] == ["act_not_dequantized"], stats
 
 
+class PerTokenLinear(torch.nn.Module):
+    """linear(dq_per_token(q_per_token(x)), dq_per_channel(w 7-bit: exact on every CPU), b):
+    convert_pt2e's form of the per-token dynamic config."""
+
+    def __init__(self, bias: bool, dims):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.dims = dims
+        self.register_buffer("w", torch.randint(-64, 64, (8, 16), dtype=torch.int8, generator=g))
+        self.register_buffer("scale", torch.rand(8, generator=g) * 0.02 + 0.001)
+        self.register_buffer("zp", torch.zeros(8, dtype=torch.int64))
+        self.register_buffer("b", torch.randn(8, generator=g) if bias else None)
+
+    def forward(self, x):
+        if self.dims:
+            x = x.permute(self.dims)
+        qd = torch.ops.quantized_decomposed
+        s, zp = qd.choose_qparams_per_token(x, torch.int8)
+        q = qd.quantize_per_token(x, s, zp, -127, 127, torch.int8)
+        dq_x = qd.dequantize_per_token(q, s, zp, -127, 127, torch.int8, torch.float32)
+        dq_w = qd.dequantize_per_channel(self.w, self.scale, self.zp, 0, -64, 63, torch.int8)
+        return torch.nn.functional.linear(dq_x, dq_w, self.b)
+
+
+@pytest.mark.parametrize("shape,dims,form,bias,bf16", WOQ_CASES,
+                         ids=[f"{f}{'.bf16' if h else ''}{'' if b else '.nobias'}" for _, _, f, b, h in WOQ_CASES])
+def test_per_token_linear_becomes_an_int8_linear_times_row_scales(shape, dims, form, bias, bf16):
+    model = PerTokenLinear(bias, dims).eval()
+    x = torch.randn(shape) * 3
+    gm, flat, stats = rewrite_with_constants(model, (x,), bf16)
+    fusion_id = f"qlinear.per_token.{form}{'.bf16' if bf16 else ''}{'' if bias else '.nobias'}"
+    assert stats["fused"] == {fusion_id: 1} and stats["unfused"] == [], stats
+    t = targets(gm)
+    assert t["onednn.qlinear_pointwise.default"] == 1, gm.code
+    assert not any(t[op] for op in FP32_OPS + ("aten.bmm.default",)) and "per_token" not in gm.code, gm.code
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        ref, out = model(x), gm(*flat)
+    tol = 2e-2 if bf16 else 1e-5
+    torch.testing.assert_close(out.float(), ref.float(), atol=tol * ref.abs().max().item(), rtol=tol)
+
+
 def test_every_fusion_id_fired():
     """Layer d: every registered id fires on some variant (re-runs the cheap rewrites if the
     parametrized tests above were deselected)."""
@@ -488,6 +529,8 @@ def test_every_fusion_id_fired():
             rewrite(Int8LinearOn4D(form, weight, bias).eval(), (torch.randn(LAYOUTS_4D[form][0]),), bf16)
         for shape, dims, _, bias, bf16 in WOQ_CASES:
             rewrite_with_our_kernels(WeightOnlyLinear(bias, dims).eval(), (torch.randn(shape),), bf16)
+        for shape, dims, _, bias, bf16 in WOQ_CASES:
+            rewrite_with_constants(PerTokenLinear(bias, dims).eval(), (torch.randn(shape),), bf16)
         for shape, dims, _, bias, bf16 in INT4_CASES:
             rewrite_with_constants(WeightOnlyLinear(bias, dims, bits=4).eval(), (torch.randn(shape),), bf16)
     # without VNNI an int8 activation (8 bits once shifted) never fuses: its shift cannot fire
