@@ -242,16 +242,17 @@ def test_a_process_that_dies_is_recorded_as_a_crash_and_the_sweep_goes_on(tmp_pa
 
 
 def test_a_death_inside_a_bundle_is_pinned_on_its_graph(tmp_path):
-    """Seeds 0 and 2 share a quantizer, so --bundle 3 compiles them together; when that process
-    dies, the next one runs them alone and the crash lands on seed 2 only."""
-    assert graphs.generate(0)["quant"] == graphs.generate(2)["quant"] != graphs.generate(1)["quant"]
-    rc, rows = _stand_in_sweep(tmp_path / "whole", False, 99, "--bundle", "3")  # no death
-    assert rc == 0 and rows[0]["bundle"] == rows[2]["bundle"] == [0, 2] and "bundle" not in rows[1]
-    rc, rows = _stand_in_sweep(tmp_path, False, 2, "--bundle", "3")
-    assert rc == 1 and sorted(rows) == [0, 1, 2]
-    assert [o["status"] for o in rows[2]["outcomes"]] == ["ok", "crash"] + ["ok"] * (len(harness.CONFIGS) - 2)
-    assert all(o["status"] == "ok" for seed in (0, 1) for o in rows[seed]["outcomes"])
-    assert "bundle" not in rows[0] and not list(tmp_path.glob("in-flight-*"))  # run alone after the death
+    """Seeds 15 and 17 share a quantizer, so --bundle 3 compiles them together; when that process
+    dies, the next one runs them alone and the crash lands on seed 17 only."""
+    assert graphs.generate(15)["quant"] == graphs.generate(17)["quant"] != graphs.generate(16)["quant"]
+    assert graphs.generate(17)["seed"] == 17  # not drawn again (the stand-in dies by spec seed)
+    rc, rows = _stand_in_sweep(tmp_path / "whole", False, 99, "--bundle", "3", "--seed", "15")  # no death
+    assert rc == 0 and rows[15]["bundle"] == rows[17]["bundle"] == [15, 17] and "bundle" not in rows[16]
+    rc, rows = _stand_in_sweep(tmp_path, False, 17, "--bundle", "3", "--seed", "15")
+    assert rc == 1 and sorted(rows) == [15, 16, 17]
+    assert [o["status"] for o in rows[17]["outcomes"]] == ["ok", "crash"] + ["ok"] * (len(harness.CONFIGS) - 2)
+    assert all(o["status"] == "ok" for seed in (15, 16) for o in rows[seed]["outcomes"])
+    assert "bundle" not in rows[15] and not list(tmp_path.glob("in-flight-*"))  # run alone after the death
 
 
 def test_a_sweep_keys_each_row_by_the_seed_asked_for(tmp_path):
