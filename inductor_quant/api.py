@@ -29,18 +29,26 @@ def quantize(
     calibration: Iterable[Any],
     quantizer=None,
     dynamic_shapes: Optional[Any] = None,
+    smooth: Optional[float] = None,
 ) -> torch.fx.GraphModule:
     """Export `model` on `example_inputs`, prepare, run each `calibration` batch, convert.
 
     A batch is a tensor or a tuple of positional inputs. The default quantizer is
-    X86InductorQuantizer with the default (static uint8/int8) config. A progress bar is shown
-    only on a TTY.
+    X86InductorQuantizer with the default (static uint8/int8) config. `smooth`: SmoothQuant's
+    alpha (0.5 is the usual), applied to the exported model on the calibration batches before
+    prepare (`smooth_quant`; for per-token dynamic int8 linears). A progress bar is shown only on
+    a TTY.
     """
     example_inputs = _as_args(example_inputs)
     try:
         exported = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes).module()
     except Exception as exc:  # show the export error, plus the usual fixes
         raise export_failed(exc) from exc
+    if smooth is not None:
+        from .smooth_quant import smooth_quant
+
+        calibration = list(calibration)  # read twice: the smoothing maxima, then the observers
+        smooth_quant(exported, [_as_args(b) for b in calibration], alpha=smooth)
     prepared = prepare_pt2e(exported, quantizer if quantizer is not None else _default_quantizer())
     batches = calibration
     if sys.stderr.isatty():

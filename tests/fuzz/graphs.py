@@ -459,6 +459,8 @@ def generate(seed: int, max_ops: int = 7) -> dict:
         spec["quant"] = "woq_int8"  # linears weight-only int8 (float activations), the rest int8 (own stream)
     if has_linear and spec["quant"] == "static" and random.Random(seed * 47 + 29).random() < 0.12:
         spec["quant"] = "dyn_token"  # linears dynamic int8 per token, the rest int8 static (own stream)
+        if random.Random(seed * 59 + 31).random() < 0.5:
+            spec["smooth"] = 0.5  # SmoothQuant first (harness.quantized)
     int4_ready = any(op["op"] == "linear" and vals[op["in"][0]][-1] % 32 == 0 for op in spec["ops"])
     if int4_ready and spec["quant"] == "static" and random.Random(seed * 43 + 17).random() < 0.6:
         spec["quant"] = "woq_int4"  # linears of 32k inputs weight-only int4 (harness.int4_linears), own stream
@@ -470,5 +472,5 @@ def generate(seed: int, max_ops: int = 7) -> dict:
 def describe(spec: dict) -> str:
     """One line: input shape and op chain, e.g. `[2, 4, 9, 9] conv(0) relu(1) add(2,0) | out 3`."""
     ops = " ".join(f"{op['op']}({','.join(map(str, op['in']))})" for op in spec["ops"])
-    recipe = "/upstream" if spec.get("recipe") == "upstream" else ""
+    recipe = ("/upstream" if spec.get("recipe") == "upstream" else "") + ("/smooth" if spec.get("smooth") else "")
     return f"{spec['quant']}{recipe} {spec['input']} {ops} | out {','.join(map(str, spec['outputs']))}"

@@ -128,7 +128,7 @@ def install_our_passes():
 
 def quantizer_key(spec: dict) -> tuple:
     """What `_quantizer` builds its quantizer from: specs with one key can share a bundle."""
-    return spec["quant"], spec.get("recipe", "ours")
+    return spec["quant"], spec.get("recipe", "ours"), spec.get("smooth")
 
 
 INT4_GROUP = 32  # the fuzzer's group size: the smallest torch's int4 GEMM takes, so more drawn linears qualify
@@ -193,7 +193,8 @@ def quantized(spec: dict | list[dict], dynamic_batch: bool) -> torch.fx.GraphMod
     if dynamic_batch:
         dims = [{0: d} for d in _batch_dims(len(specs))]
         shapes = {"x": dims[0]} if len(specs) == 1 else {"xs": tuple(dims)}
-    return quantize(_model(specs).eval(), example, calibration, quantizer=_quantizer(specs), dynamic_shapes=shapes)
+    return quantize(_model(specs).eval(), example, calibration, quantizer=_quantizer(specs), dynamic_shapes=shapes,
+                    smooth=specs[0].get("smooth"))
 
 
 def run_batches(spec: dict, config: Config) -> list[int]:

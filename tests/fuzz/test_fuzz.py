@@ -26,7 +26,7 @@ CORPUS = sorted(glob.glob(os.path.join(HERE, "corpus", "*.json")))
 # fixed seeds, x 8 configs (6022: linears with fp16 weights after int8 ops, quant "fp16_weight";
 # 1006 and 1011 draw self-attention since the generator has it; 203: weight-only int4 linears, three
 # that torch's int4 GEMM takes and one it does not, residual adds, a cat; 13: self-attention over
-# per-token dynamic int8 Q/K/V linears), and fixed specs: graphs that
+# per-token dynamic int8 Q/K/V linears, SmoothQuant first), and fixed specs: graphs that
 # seeds of the slice drew before the generator changed (slice_specs.json says which and why)
 SLICE = (*range(1000, 1010), 1011, 6022, 203, 13)
 SLICE_SPECS = os.path.join(HERE, "slice_specs.json")
@@ -118,6 +118,7 @@ def test_generator_draws_the_shapes_the_newest_rewrites_meet():
     assert {s["quant"] for s in specs} == {"static", "dynamic", "fp16_weight", "xnnpack", "woq_int8", "woq_int4",
                                              "dyn_token"}
     assert {s.get("recipe", "ours") for s in specs} == {"ours", "upstream"}
+    assert any(s.get("smooth") for s in specs) and all(s["quant"] == "dyn_token" for s in specs if s.get("smooth"))
     assert has(lambda ops: any(op.get("kw", {}).get("shares") is not None for op in ops))  # a Linear called twice
 
     def linear_rows(spec):  # rows of each linear's input, as the static graph has them
