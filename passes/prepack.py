@@ -282,10 +282,18 @@ def prepack_fp16_weight_linear(match: Match) -> tuple:
 # --- weight-only int8 -------------------------------------------------------------------------
 
 
-def _dequantized(x) -> bool:
-    """x (or its bf16 cast) is a dequantized activation: an int8 layer, which its own rule decides."""
+def _float_activation(match: Match, form: Why) -> Optional[Reason]:
+    """A weight-only rule's input: a float activation (not a dequantized one: that is an int8
+    layer, its own rule decides, even when it refused), input and output in one float dtype (fp32,
+    or bf16 under autocast)."""
+    x = match.kwargs["x"]
     source = x.args[0] if isinstance(x, torch.fx.Node) and x.target is prims.convert_element_type.default else x
-    return isinstance(source, torch.fx.Node) and source.target in (*ACT_DQ, qd.dequantize_per_token.default)
+    if isinstance(source, torch.fx.Node) and source.target in (*ACT_DQ, qd.dequantize_per_token.default):
+        return Why.OTHER_RULE(detail="the input is dequantized")
+    dtypes = {val(n).dtype if val(n) is not None else None for n in (x, match.output_node())}
+    if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.bfloat16}:
+        return form(detail="input and output must be both fp32 or both bf16")
+    return None
 
 
 def check_woq_int8_linear(match: Match) -> Optional[Reason]:
@@ -294,12 +302,10 @@ def check_woq_int8_linear(match: Match) -> Optional[Reason]:
     channel (zero points all 0: the kernel takes none), and our kernel layer in this compile:
     torch has no op that keeps the weight int8 and is faster than the float linear on the
     dequantized weight, which is what runs otherwise."""
-    x, out, w_dq = match.kwargs["x"], match.output_node(), _weight_dq(match)
-    if _dequantized(x):  # an int8 layer its rule refused (saturation, say)
-        return Why.OTHER_RULE(detail="the input is dequantized")
-    dtypes = {val(n).dtype if val(n) is not None else None for n in (x, out)}
-    if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.bfloat16}:
-        return Why.WOQ_FORM(detail="input and output must be both fp32 or both bf16")
+    x, w_dq = match.kwargs["x"], _weight_dq(match)
+    reason = _float_activation(match, Why.WOQ_FORM)
+    if reason is not None:
+        return reason
     a = args_of(w_dq)
     if w_dq.target is not qd.dequantize_per_channel.default or a["dtype"] != torch.int8 or a["axis"] != 0:
         return Why.WOQ_FORM(detail="the weight is not int8 per channel on axis 0")
@@ -345,12 +351,10 @@ def check_woq_int4_linear(match: Match) -> Optional[Reason]:
     autocast), a 4-bit weight symmetric per group (values in [-8, 7], zero points all 0), and a
     geometry torch's int4 CPU GEMM takes (kernels/int4pack.py). An ATen op: every wrapper and
     AOTInductor run it, with or without our kernel layer."""
-    x, out, w_dq = match.kwargs["x"], match.output_node(), _weight_dq(match)
-    if _dequantized(x):  # an int8 layer its rule refused (saturation, say)
-        return Why.OTHER_RULE(detail="the input is dequantized")
-    dtypes = {val(n).dtype if val(n) is not None else None for n in (x, out)}
-    if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.bfloat16}:
-        return Why.WOQ_INT4_FORM(detail="input and output must be both fp32 or both bf16")
+    w_dq = _weight_dq(match)
+    reason = _float_activation(match, Why.WOQ_INT4_FORM)
+    if reason is not None:
+        return reason
     a = args_of(w_dq)
     if (w_dq.target is not qd.dequantize_per_channel.default or a["dtype"] != torch.int8 or a["axis"] != 0
             or not within(a, (-8, 7))):

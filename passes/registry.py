@@ -139,38 +139,35 @@ def _fp16_weight_fusions():
                              R.prepack_fp16_weight_linear)
 
 
-def _woq_int8_fusions():
-    # float activations x int8 weights, no activation quantization (weight-only int8)
+def _float_linear_fusions(name: str, search, example, check, rewrite, no_one_row: bool = False):
+    """One linear rule in every traced form, fp32 and bf16 (autocast), with and without a bias:
+    `search(bias, bf16)` and `example(rank, bias, bf16, rows, layout)` give each variant."""
     for dt, dtype in DTYPES:
         for bias in (True, False):
             nb = "" if bias else ".nobias"
             for rank, rows, dims, layout in linear_forms(bias):
-                yield Fusion(f"linear.woq_int8{dims}{dt}{nb}", "prepack", P.woq_int8_linear(bias, dtype is BF16),
-                             (P.woq_linear_example, rank, bias, dtype is BF16, rows, layout), R.check_woq_int8_linear,
-                             R.lower_woq_int8_linear, dtype=dtype)
+                if not (no_one_row and dims == ".m1"):
+                    yield Fusion(f"{name}{dims}{dt}{nb}", "prepack", search(bias, dtype is BF16),
+                                 (example, rank, bias, dtype is BF16, rows, layout), check, rewrite, dtype=dtype)
+
+
+def _woq_int8_fusions():
+    # float activations x int8 weights, no activation quantization (weight-only int8)
+    return _float_linear_fusions("linear.woq_int8", P.woq_int8_linear, P.woq_linear_example,
+                                 R.check_woq_int8_linear, R.lower_woq_int8_linear)
 
 
 def _per_token_fusions():
     # int8 activations with run-time row scales x int8 weights per channel (dynamic per-token)
-    for dt, dtype in DTYPES:
-        for bias in (True, False):
-            nb = "" if bias else ".nobias"
-            for rank, rows, dims, layout in linear_forms(bias):
-                yield Fusion(f"qlinear.per_token{dims}{dt}{nb}", "prepack", P.per_token_linear(bias, dtype is BF16),
-                             (P.per_token_linear_example, rank, bias, rows, layout), R.check_per_token_linear,
-                             R.prepack_per_token_linear, dtype=dtype)
+    return _float_linear_fusions("qlinear.per_token", P.per_token_linear, P.per_token_linear_example,
+                                 R.check_per_token_linear, R.prepack_per_token_linear)
 
 
 def _woq_int4_fusions():
     # float activations x group-wise 4-bit weights (weight-only int4). No one-row form: Inductor
     # decomposes a one-row addmm only up to 16 inputs, and a group is at least 32
-    for dt, dtype in DTYPES:
-        for bias in (True, False):
-            nb = "" if bias else ".nobias"
-            for rank, rows, dims, layout in (f for f in linear_forms(bias) if f[2] != ".m1"):
-                yield Fusion(f"linear.woq_int4{dims}{dt}{nb}", "prepack", P.woq_int4_linear(bias, dtype is BF16),
-                             (P.woq_int4_linear_example, rank, bias, dtype is BF16, rows, layout),
-                             R.check_woq_int4_linear, R.lower_woq_int4_linear, dtype=dtype)
+    return _float_linear_fusions("linear.woq_int4", P.woq_int4_linear, P.woq_int4_linear_example,
+                                 R.check_woq_int4_linear, R.lower_woq_int4_linear, no_one_row=True)
 
 
 def _post_op_fusions():

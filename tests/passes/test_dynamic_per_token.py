@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from compile_utils import compile_and_run
+from test_weight_only_int4 import Mlp  # 64 -> 32 (bias) -> relu -> 16 (no bias)
 
 from inductor_quant import quantize
 from inductor_quant.generated_code import float_compute_calls, onednn_int8_calls
@@ -19,15 +20,6 @@ from inductor_quant.quantizer import X86InductorQuantizer, get_x86_inductor_line
 
 qd = torch.ops.quantized_decomposed
 BF16 = [False, True] if cpu_info().bf16_native else [False]
-
-
-class Mlp(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.up, self.down = nn.Linear(64, 32), nn.Linear(32, 16, bias=False)
-
-    def forward(self, x):
-        return self.down(torch.relu(self.up(x)))
 
 
 def _tokens(batch=2, seq=5):
