@@ -58,7 +58,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from inductor_quant.kernels import compat, native, registration
 from inductor_quant.kernels.cpu import cpu_info
 
-from . import attention, builtins, decompositions, lowerings, own_calls, registry
+from . import attention, builtins, decompositions, graph_rewrites, lowerings, own_calls, registry
 from .diagnostics import has_quantized_ops, report_unfused
 from .kernel_limits import SATURATION_WARNING
 from .reasons import Why
@@ -102,6 +102,11 @@ class QuantFusionPass(CustomGraphPass):
             reason = Why.UNKNOWN_GRAPH() if kind == "unknown" else Why.FREEZING_OFF()
             report_unfused(graph, reason)
             INSTALLATION.warn_once("unknown_graph" if kind == "unknown" else "no_freezing", graph)
+            if kind == "inference":
+                # unfused, the per-token ops would run as fallbacks, and torch's fake kernel of
+                # choose_qparams_per_token says float64 scales where the op returns float32:
+                # torch 2.14 checks and fails. As ATen ops they compute the same, and fuse.
+                graph_rewrites.decompose_per_token_quant(graph)
 
     def uuid(self) -> str:
         return INSTALLATION.cache_key()
