@@ -15,9 +15,9 @@ FX nodes from frozen constants, which freezing folds (pack and scales computed o
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import torch
+
+from .onednn import Call
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -26,8 +26,6 @@ GROUPS = (32, 64, 128, 256)
 N_MULTIPLE = 16
 MM = aten._weight_int4pack_mm_for_cpu.default
 PACK = aten._convert_weight_to_int4pack_for_cpu.default
-
-Call = Callable[[Any, tuple], Any]
 
 
 def supports(n: int, k: int, group: int) -> bool:

@@ -176,7 +176,8 @@ def per_token_linear(bias: bool, bf16: bool):
 
 
 def per_token_linear_example(rank: int, bias: bool, bf16: bool = False, rows: int = 4, layout: str = "contiguous"):
-    """An int8 input with one scale and zero point per row, an int8 [6, 8] per-channel weight."""
+    """An int8 input with one scale and zero point per row, an int8 [6, 8] per-channel weight
+    (`bf16`: the table's signature; the int8 input is the same under autocast)."""
     x = laid_out(_s8(*([2] * (rank - 2)), rows, 8), layout)
     args = [x, torch.rand(*x.shape[:-1], 1), torch.zeros(*x.shape[:-1], 1), _s8(6, 8), torch.rand(6),
             torch.zeros(6, dtype=torch.int64)]

@@ -37,6 +37,7 @@ from torch.ao.quantization.observer import (
     PlaceholderObserver,
 )
 
+from inductor_quant.kernels import int4pack
 from inductor_quant.kernels.cpu import cpu_info
 
 from .llm_observers import GroupwiseMinMaxObserver, PerTokenDynamicObserver
@@ -221,8 +222,8 @@ def get_x86_inductor_linear_weight_only_int4_config(group_size: int = 128) -> Qu
     linears stay float on the dequantized weight and `stats()["unfused"]` says why. Meant for
     linears (`set_module_type_qconfig(torch.nn.Linear, ...)` or per module name) whose in_features
     divide by `group_size`."""
-    if group_size not in (32, 64, 128, 256):
-        raise ValueError(f"group_size={group_size}: torch's int4 CPU GEMM takes 32, 64, 128 or 256")
+    if group_size not in int4pack.GROUPS:
+        raise ValueError(f"group_size={group_size}: torch's int4 CPU GEMM takes one of {int4pack.GROUPS}")
     weight = QuantizationSpec(dtype=torch.int8, quant_min=-8, quant_max=7, qscheme=torch.per_channel_symmetric,
                               ch_axis=0,
                               observer_or_fake_quant_ctr=GroupwiseMinMaxObserver.with_args(group_size=group_size,

@@ -22,3 +22,18 @@ def compile_and_run(model, inputs, cpp_wrapper=False, bf16=False):
     for before, after in zip(snapshot, inputs):
         assert torch.equal(before, after), "compiled model mutated its input"
     return ref, out, "\n".join(codes), iq_passes.stats()
+
+
+def compile_once_and_run(model, batches, dynamic=True):
+    """One compile (dynamic batch by default) run on each input tuple of `batches`: the outputs as
+    (eager, compiled) pairs, the generated code of every graph it made, and the stats."""
+    torch._dynamo.reset()
+    iq_passes.reset_stats()
+    compiled = torch.compile(model, dynamic=dynamic)
+    pairs, codes = [], []
+    with torch.no_grad():
+        for inputs in batches:
+            out, code = run_and_get_code(compiled, *inputs)
+            pairs.append((model(*inputs), out))
+            codes += code
+    return pairs, "\n".join(codes), iq_passes.stats()
