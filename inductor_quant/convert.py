@@ -188,9 +188,20 @@ def convert_observed(gm: GraphModule, fold_quantize: bool) -> GraphModule:
         delattr(gm, name)
     if fold_quantize:
         _drop_unread_constants(gm)
+    _drop_dtype_assertions(gm)
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def _drop_dtype_assertions(gm: GraphModule) -> None:
+    """torch.export records what it saw before each `.float()` / `.to(dtype)` as an assertion
+    (`aten._assert_tensor_metadata`). Under bf16 autocast around the converted model
+    (int8-mixed-bf16) a linear's output is bf16 and the assertion would refuse the run, eager or
+    compiled; the conversion after it is what the model asked for, so the assertions go."""
+    for n in list(gm.graph.find_nodes(op="call_function", target=torch.ops.aten._assert_tensor_metadata.default)):
+        if not n.users:
+            gm.graph.erase_node(n)
 
 
 def _drop_unread_constants(gm: GraphModule) -> None:

@@ -200,10 +200,11 @@ def get_x86_inductor_linear_weight_only_int8_config() -> QuantizationConfig:
     and outputs left float (weight-only int8, "A16W8": a decoder's memory-bound decode reads a
     quarter of the fp32 weight bytes).
 
-    convert_pt2e leaves `dequantize_per_channel(int8 weight) -> linear(x)`. No kernel here is
-    faster than the float linear yet (README "Migrating"), so the compile keeps that form and
-    `stats()["unfused"]` says so. Meant for linears (`set_module_type_qconfig(torch.nn.Linear, ...)`
-    or per module name)."""
+    convert_pt2e leaves `dequantize_per_channel(int8 weight) -> linear(x)`; the compile runs it as
+    our kernel layer's weight-only int8 GEMM on the int8 weight (`iq_onednn.woq_linear`, fp32 or
+    bf16 activations), or leaves the float linear on the dequantized weight where that kernel is
+    not available and `stats()["unfused"]` says so. Meant for linears
+    (`set_module_type_qconfig(torch.nn.Linear, ...)` or per module name)."""
     weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
                               ch_axis=0, observer_or_fake_quant_ctr=_weight_ctr(False, per_channel=True))
     return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)

@@ -238,3 +238,35 @@ def test_shared_spec_is_transitive_tutorial_cat():
     conv_outs = [n for n in prepared.graph.nodes if n.op == "call_module" and n.args[0].target == aten.conv2d.default]
     mods = {id(prepared.get_submodule(n.target)) for n in conv_outs + [a for a in cat.args[0] if a.op == "call_module"]}
     assert len(conv_outs) == 2 and len(mods) == 1  # conv1 out, conv2 out and both cat inputs: ONE observer
+
+
+class _NormThenLinear(torch.nn.Module):
+    """`.float()` after a linear, as in an RMS norm: export records the dtype it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(16, 16), torch.nn.Linear(16, 8)
+
+    def forward(self, x):
+        h = self.a(x).float()
+        return self.b(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+def test_converted_model_runs_under_bf16_autocast_despite_dtype_conversions():
+    """int8-mixed-bf16 (autocast around the converted model): the linear's output is bf16 where
+    export saw fp32, and export's dtype assertion before `.float()` must not refuse it."""
+    from inductor_quant.quantizer import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 16)
+    prepared = prepare_pt2e(export(_NormThenLinear().eval(), x),
+                            X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config()))
+    assert aten._assert_tensor_metadata.default in call_targets(prepared)  # what export records
+    prepared(x)
+    converted = convert_pt2e(prepared)
+    assert aten._assert_tensor_metadata.default not in call_targets(converted)
+    with torch.no_grad():
+        expected = converted(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            mixed = converted(x)
+    torch.testing.assert_close(mixed.float(), expected, rtol=0.05, atol=0.05)

@@ -1,0 +1,91 @@
+"""The LLM recipes by name: what each quantizes, and in which float type the rest runs.
+
+| recipe | linears | LM head | float parts |
+|---|---|---|---|
+| `fp32` | float | float | fp32 |
+| `bf16` | float, bf16 weights | bf16 | bf16 (where bf16 is native) |
+| `woq_int8` | int8 weights per channel | int8 | bf16 where native, else fp32 |
+| `woq_int4` | 4-bit weights in groups of 64 | int8 (it is the tied embedding) | same |
+| `dyn_int8` | per-token dynamic int8 x int8 | same | same |
+| `dyn_int8_sq` | `dyn_int8` after SmoothQuant (alpha 0.5) | same | same |
+
+The LM head of a Gemma is the token embedding (262k x 640 on Gemma-3-270M, most of the weights
+a decode step reads), so every quantized recipe quantizes it; the int4 recipe keeps it int8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from ..kernels.cpu import cpu_info
+
+
+def _quantizer(global_config: Callable, head_config: Optional[Callable] = None):
+    def build():
+        from ..quantizer.x86_inductor_quantizer import X86InductorQuantizer
+
+        q = X86InductorQuantizer().set_global(global_config())
+        if head_config is not None:
+            q.set_module_name_qconfig("lm_head", head_config())
+        return q
+
+    return build
+
+
+def _woq_int8():
+    from ..quantizer.configs import get_x86_inductor_linear_weight_only_int8_config
+
+    return get_x86_inductor_linear_weight_only_int8_config()
+
+
+def _woq_int4():
+    from ..quantizer.configs import get_x86_inductor_linear_weight_only_int4_config
+
+    return get_x86_inductor_linear_weight_only_int4_config(group_size=INT4_GROUP)
+
+
+def _dyn_int8():
+    from ..quantizer.configs import get_x86_inductor_linear_dynamic_per_token_config
+
+    return get_x86_inductor_linear_dynamic_per_token_config()
+
+
+INT4_GROUP = 64
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    quantizer: Optional[Callable] = None  # () -> Quantizer; None: the float model
+    smooth: Optional[float] = None        # SmoothQuant alpha
+    bf16_weights: bool = False            # the float baseline in bf16
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantizer is not None
+
+    def float_dtype(self) -> torch.dtype:
+        """What the float parts compute in: bf16 where this CPU has it natively (or asked for by
+        the bf16 baseline), else fp32 (emulated bf16 is several times slower than fp32)."""
+        if self.name == "fp32":
+            return torch.float32
+        return torch.bfloat16 if (self.bf16_weights or cpu_info().bf16_native) else torch.float32
+
+
+RECIPES = {r.name: r for r in (
+    Recipe("fp32"),
+    Recipe("bf16", bf16_weights=True),
+    Recipe("woq_int8", _quantizer(_woq_int8)),
+    Recipe("woq_int4", _quantizer(_woq_int4, head_config=_woq_int8)),
+    Recipe("dyn_int8", _quantizer(_dyn_int8)),
+    Recipe("dyn_int8_sq", _quantizer(_dyn_int8), smooth=0.5),
+)}
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; one of {', '.join(RECIPES)}")
+    return RECIPES[name]

@@ -1,0 +1,173 @@
+"""LLM decoders (inductor_quant.llm): our Gemma-3-shaped decoder computes what transformers'
+computes; every recipe compiles into two graphs (prompt chunks, decode steps) whose output is
+the eager converted model's; the generated code runs our kernels; decoding never recompiles.
+
+One tiny random-weight decoder (2 layers: one sliding-window, one global; 4 query heads on 1 KV
+head), compiled once per recipe for the module. Builtins off (tests/conftest.py)."""
+
+from unittest import mock
+
+import pytest
+import torch
+from torch._inductor.graph import GraphLowering
+
+import inductor_quant.passes as iq_passes
+from inductor_quant.generated_code import (attention_calls, float_compute_calls, onednn_int8_calls,
+                                           weight_only_int4_calls, weight_only_int8_calls)
+from inductor_quant.kernels.cpu import cpu_info
+from inductor_quant.llm import CompiledLM, Decoder, DecoderConfig, sample
+
+CHUNK, MAX_LEN = 8, 288
+LINEARS = 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the LM head
+
+
+def _weights(model):
+    torch.manual_seed(0)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _weights(Decoder(DecoderConfig.tiny()))
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    torch.manual_seed(1)
+    return torch.randint(0, 512, (1, 11))  # one full chunk and a padded one
+
+
+_BUILT = {}
+
+
+@pytest.fixture(scope="module")
+def built(model, our_passes_only):
+    """(recipe, float dtype) -> (CompiledLM, generated code of both graphs, stats), compiled once."""
+    def get(name, dtype=torch.float32):
+        if (name, dtype) not in _BUILT:
+            torch.manual_seed(2)
+            calibration = [torch.randint(0, 512, (1, 20)) for _ in range(2)]
+            iq_passes.reset_stats()
+            lm = CompiledLM(model, name, calibration=calibration, chunk=CHUNK, max_len=MAX_LEN,
+                            options={"freezing": True}, float_dtype=dtype)
+            codes = []  # as run_and_get_code, without its dynamo reset (the other models' graphs stay)
+            with mock.patch.object(GraphLowering, "save_output_code", codes.append):
+                lm.warm_up()
+            _BUILT[name, dtype] = lm, "\n".join(codes), iq_passes.stats()
+        return _BUILT[name, dtype]
+
+    yield get
+    _BUILT.clear()
+
+
+def _prefill_and_steps(lm, prompt, fn, steps=3):
+    """Logits after the prompt and after each of `steps` greedy tokens."""
+    lm.reset()
+    out = [lm.prefill(prompt, fn=fn)]
+    for i in range(steps):
+        out.append(lm.step(out[-1].argmax(-1), prompt.shape[1] + i, fn=fn))
+    return torch.stack(out)
+
+
+def test_decoder_matches_transformers_gemma3():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Gemma3TextConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"])
+    hf = _weights(transformers.Gemma3ForCausalLM(config))
+    ours = Decoder.from_transformers(hf, all_logits=True)
+    ids = torch.randint(0, 512, (1, 12))  # longer than the window of 4: the sliding mask matters
+    with torch.no_grad():
+        expected = hf(ids).logits
+        k, v = ours.new_cache(1, 16)
+        whole = ours(ids, torch.arange(12), k, v)
+        ours.all_logits = False
+        k, v = ours.new_cache(1, 16)
+        stepped = torch.cat([ours(ids[:, i:i + 1], torch.tensor([i]), k, v) for i in range(12)], 1)
+    torch.testing.assert_close(whole, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(stepped, expected, rtol=1e-4, atol=1e-4)
+
+
+# recipe -> what the generated code must call for the 15 linears
+KERNELS = {
+    "woq_int8": lambda code: weight_only_int8_calls(code) == 2 * LINEARS,
+    # int4 blocks (14 linears in each graph); the LM head int8
+    "woq_int4": lambda code: weight_only_int4_calls(code) == 2 * (LINEARS - 1) and weight_only_int8_calls(code) == 2,
+    # per-token int8: Q/K/V merged into one, gate/up into one: 4 GEMMs a layer + the head
+    "dyn_int8": lambda code: onednn_int8_calls(code)["qlinear_pointwise"] == 2 * (2 * 4 + 1),
+    "dyn_int8_sq": lambda code: onednn_int8_calls(code)["qlinear_pointwise"] == 2 * (2 * 4 + 1),
+}
+
+
+@pytest.mark.parametrize("name", ["fp32", "bf16", "woq_int8", "woq_int4", "dyn_int8", "dyn_int8_sq"])
+def test_recipe_compiles_to_two_graphs_equal_to_eager(built, prompt, name):
+    lm, code, stats = built(name, torch.bfloat16 if name == "bf16" else torch.float32)
+    assert lm.compiles == 2  # prompt chunk, decode step
+    eager = _prefill_and_steps(lm, prompt, lm.module)
+    compiled = _prefill_and_steps(lm, prompt, lm.compiled)
+    tol = 0.05 if name == "bf16" else 1e-4  # bf16: the two orders of rounding
+    torch.testing.assert_close(compiled, eager, rtol=tol, atol=tol * eager.abs().max().item())
+    assert lm.compiles == 2
+    if name in KERNELS:
+        assert KERNELS[name](code), code[:2000]
+        assert not float_compute_calls(code), float_compute_calls(code)
+        assert stats["unfused"] == []
+        assert attention_calls(code)["ours"] == 2 * 2  # both layers, both graphs
+
+
+@pytest.mark.skipif(not cpu_info().bf16_native, reason="int8-mixed-bf16 is recommended only where bf16 is native")
+@pytest.mark.parametrize("name", ["woq_int8", "dyn_int8_sq"])
+def test_recipe_under_bf16_autocast(built, prompt, name):
+    lm, code, stats = built(name, torch.bfloat16)
+    eager = _prefill_and_steps(lm, prompt, lm.module)
+    compiled = _prefill_and_steps(lm, prompt, lm.compiled)
+    # bf16 rounds at different places in the two; a per-token quantize can then round a value
+    # one step the other way
+    torch.testing.assert_close(compiled, eager, rtol=0.03, atol=0.03 * eager.abs().max().item())
+    assert KERNELS[name](code) and stats["unfused"] == []
+
+
+def test_256_decode_steps_do_not_recompile(built, prompt):
+    lm, _, _ = built("woq_int8")
+    before = lm.compiles
+    result = lm.generate(prompt, max_new_tokens=257)
+    assert result.steps == 256 and result.tokens.shape == (1, 257)
+    assert lm.compiles == before == 2
+    # the same tokens as the eager converted model, greedy, for the first steps
+    lm.reset()
+    logits, tokens = lm.prefill(prompt, fn=lm.module), []
+    for i in range(16):
+        tokens.append(logits.argmax(-1))
+        logits = lm.step(tokens[-1], prompt.shape[1] + i, fn=lm.module)
+    assert torch.equal(result.tokens[0, :16], torch.stack(tokens, 1)[0])
+
+
+def test_sampling_is_reproducible_and_stops_at_a_stop_token(built, prompt):
+    lm, _, _ = built("woq_int8")
+    a = lm.generate(prompt, 12, temperature=0.8, top_k=20, seed=7)
+    b = lm.generate(prompt, 12, temperature=0.8, top_k=20, seed=7)
+    assert torch.equal(a.tokens, b.tokens)
+    stop = int(a.tokens[0, 3])
+    c = lm.generate(prompt, 12, temperature=0.8, top_k=20, seed=7, stop_tokens=[stop])
+    first = int((a.tokens[0] == stop).nonzero()[0])
+    assert torch.equal(c.tokens[0], a.tokens[0, :first + 1])
+
+
+def test_sample_top_k_never_draws_outside_the_k_best():
+    logits = torch.tensor([[0.0, 5.0, 4.0, -1.0, 3.0]])
+    drawn = {int(sample(logits, 1.0, 2, torch.Generator().manual_seed(s))) for s in range(50)}
+    assert drawn == {1, 2}
+    assert int(sample(logits, 0.0, None)) == 1
+
+
+def test_clear_errors_for_what_does_not_fit(built, prompt):
+    lm, _, _ = built("fp32")
+    with pytest.raises(ValueError, match="exceed max_len"):
+        lm.generate(prompt, MAX_LEN)
+    with pytest.raises(ValueError, match="built for batch=1"):
+        lm.prefill(torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="unknown recipe 'int3'"):
+        CompiledLM(lm.model, "int3")
