@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,accuracy,peers]" "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test,accuracy,peers,llm]" "$(TORCH)"
 	touch $(STAMP)
 
 demo: venv
@@ -57,7 +57,7 @@ test-slow: venv
 test-torch214:
 	test -x $(PY214) || $(PYTHON) -m venv $(VENV214)
 	$(PY214) -m pip install -q "torch==2.14.1"
-	$(PY214) -m pip install -q -e ".[test,accuracy,peers]" "torch==2.14.1"
+	$(PY214) -m pip install -q -e ".[test,accuracy,peers,llm]" "torch==2.14.1"
 	$(PY214) -P -m pytest -q -n 2 -m "not slow" tests -p no:cacheprovider
 
 clean:

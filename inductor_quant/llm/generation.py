@@ -51,6 +51,7 @@ class CompiledLM:
     batch: int = 1
     options: Optional[dict] = None
     float_dtype: Optional[torch.dtype] = None  # default: the recipe's choice for this CPU
+    all_logits: bool = False  # the prompt graph returns every token's logits (`score`), not the last
     compiles: int = field(default=0, init=False)  # graphs Inductor compiled for this model
 
     def __post_init__(self):
@@ -87,10 +88,17 @@ class CompiledLM:
         return calls
 
     def _build(self) -> torch.nn.Module:
+        was, self.model.all_logits = self.model.all_logits, self.all_logits  # read by export
+        try:
+            return self._export()
+        finally:
+            self.model.all_logits = was
+
+    def _export(self) -> torch.nn.Module:
         tokens = torch.export.Dim("tokens", min=1, max=self.chunk)
         dynamic = ({1: tokens}, {0: tokens}, None, None, None)
         if self.recipe.bf16_weights:
-            model = Decoder(self.model.cfg, all_logits=self.model.all_logits)
+            model = Decoder(self.model.cfg, all_logits=self.all_logits)
             model.load_state_dict(self.model.state_dict())
             model = model.to(torch.bfloat16).eval()
             return torch.export.export(model, self._example(self.chunk, self.batch), dynamic_shapes=dynamic).module()
@@ -140,14 +148,29 @@ class CompiledLM:
         if -(-n // self.chunk) * self.chunk > self.max_len:
             raise ValueError(f"a {n}-token prompt needs {-(-n // self.chunk) * self.chunk} cache slots; max_len={self.max_len}")
         logits = None
-        for start in range(0, n, self.chunk):
+        for part, start, m in self._chunks(ids):
+            logits = self._call(fn, part, torch.arange(start, start + self.chunk), torch.tensor([m - 1]))
+        return logits[:, -1].float()
+
+    def _chunks(self, ids: torch.Tensor):
+        """(chunk of `ids` padded to `chunk` tokens, its first position, its real tokens)."""
+        for start in range(0, ids.shape[1], self.chunk):
             # a fresh [batch, chunk] tensor: a slice keeps the prompt's strides, which the
             # compiled graph guards on
             part = ids.new_zeros(self.batch, self.chunk)
-            m = min(self.chunk, n - start)
+            m = min(self.chunk, ids.shape[1] - start)
             part[:, :m] = ids[:, start:start + m]
-            logits = self._call(fn, part, torch.arange(start, start + self.chunk), torch.tensor([m - 1]))
-        return logits[:, -1].float()
+            yield part, start, m
+
+    def score(self, ids: torch.Tensor) -> torch.Tensor:
+        """Every token's logits [batch, n, V] for the texts `ids` [batch, n] (teacher forcing;
+        built with `all_logits=True`)."""
+        if not self.all_logits:
+            raise ValueError("score() needs a CompiledLM built with all_logits=True")
+        ids = self._check(ids)
+        out = [self._call(self.compiled, part, torch.arange(start, start + self.chunk), torch.zeros(1, dtype=torch.long))[:, :m]
+               for part, start, m in self._chunks(ids)]
+        return torch.cat(out, 1).float()
 
     def step(self, tokens: torch.Tensor, position: int, fn: Optional[Callable] = None) -> torch.Tensor:
         """Feed one token per sequence ([batch]) at `position`; logits of it [batch, V]."""

@@ -173,3 +173,15 @@ def test_clear_errors_for_what_does_not_fit(built, prompt):
         lm.prefill(torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="unknown recipe 'int3'"):
         CompiledLM(lm.model, "int3")
+
+
+def test_score_gives_every_tokens_logits_as_the_eager_model(model, prompt, our_passes_only):
+    """Teacher forcing (the accuracy benchmark): each position's logits, across a padded chunk."""
+    lm = CompiledLM(model, "fp32", chunk=CHUNK, max_len=16, options={"freezing": True}, all_logits=True)
+    got = lm.score(prompt)
+    with torch.no_grad():
+        model.all_logits = True
+        k, v = model.new_cache(1, 16)
+        expected = model(prompt, torch.arange(prompt.shape[1]), k, v)
+        model.all_logits = False
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
