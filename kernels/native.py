@@ -74,12 +74,17 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "g++"))
 
 
+# -fopenmp: at::parallel_for is OpenMP inlined into this library (without it our GEMV ran on one thread)
+FLAGS = ("-O2", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-w")
+
+
 def _build_key(cxx: str) -> str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
     torch_lib = pathlib.Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     st = torch_lib.stat() if torch_lib.exists() else None
-    h = hashlib.sha256(SOURCE.read_bytes())
-    for part in (torch.__version__, str(torch_lib), str(st and (st.st_size, st.st_mtime_ns)), version, sys.platform):
+    h = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(SOURCE.parent.glob("*.[ch]*"))))  # the .cpp and its headers
+    for part in (torch.__version__, str(torch_lib), str(st and (st.st_size, st.st_mtime_ns)), version, sys.platform,
+                 " ".join(FLAGS)):
         h.update(part.encode())
     return h.hexdigest()[:20]
 
@@ -91,7 +96,7 @@ def _compile(cxx: str, out: pathlib.Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".so", delete=False) as tmp:
         partial = pathlib.Path(tmp.name)
-    cmd = [cxx, "-O2", "-std=c++20", "-fPIC", "-shared", "-w", str(SOURCE), "-o", str(partial),
+    cmd = [cxx, *FLAGS, str(SOURCE), "-o", str(partial),
            *(f"-I{p}" for p in include_paths()),
            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
            f"-L{torch_lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
@@ -125,12 +130,25 @@ def load() -> str:
         torch.ops.load_library(str(library_path()))
         reason = torch.ops.iq_onednn.status()
     except Exception as e:  # noqa: BLE001 - any failure means: keep torch's ops, say why once
-        reason = f"{type(e).__name__}: {e}"
+        reason = f"{type(e).__name__}: {e}{_loader_error()}"
     if reason:
         warnings.warn(f"inductor-quant: own oneDNN kernel calls are unavailable ({reason}); "
                       "fused layers call torch's onednn ops (same numbers, slower per call).", stacklevel=2)
         return reason
     _register_fakes()
+    return ""
+
+
+def _loader_error() -> str:
+    """The dynamic loader's own words (an undefined symbol, say), which torch's message omits."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(str(library_path()))
+    except OSError as e:
+        return f" ({e})"
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        pass
     return ""
 
 

@@ -69,6 +69,24 @@ NO_FREEZING = (
     "torch._inductor.config.freezing = True, and compile/run under torch.no_grad()."
 )
 
+WEIGHTS_NOT_FROZEN = (
+    "inductor_quant: this compile freezes (freezing given as a torch.compile option), but Dynamo "
+    "traced the model's weights as graph inputs: it makes them constants only when "
+    "torch._inductor.config.freezing is on while it traces. Nothing was frozen, and the layers whose "
+    "rules read weight values (weight-only int8/int4 linears) stayed float. Fix: set "
+    "torch._inductor.config.freezing = True (or TORCHINDUCTOR_FREEZING=1) before the first call; "
+    "options= can keep the rest."
+)
+
+
+def weights_not_frozen(graph: torch.fx.Graph) -> bool:
+    """A freezing compile in which Dynamo handed the weights over as plain inputs: no get_attr
+    constants and no parameters recorded for freezing to fold (match.constant_value finds none)."""
+    context = torch._guards.TracingContext.try_get()
+    if getattr(context, "params_flat", None):
+        return False
+    return not any(graph.find_nodes(op="get_attr"))
+
 
 @functools.cache
 def source_hash() -> str:
@@ -92,6 +110,8 @@ class QuantFusionPass(CustomGraphPass):
             return
         kind = compat.graph_kind(graph)
         if freezing_active() and kind == "inference":
+            if has_quantized_ops(graph) and weights_not_frozen(graph):
+                INSTALLATION.warn_once("weights_not_frozen", graph)
             with own_calls.in_this_compile(INSTALLATION.use_own_kernels() and not compat.aot_compilation()):
                 unfused = registry.run(graph)
                 if own_calls.in_use():
@@ -220,7 +240,7 @@ class Installation:
     def warn_once(self, cause: str, graph: torch.fx.Graph) -> None:
         """One warning per process and cause: "no_freezing" (inference or joint graph),
         "unknown_graph" (input names this code does not know), "saturation" (8 x 8-bit layers
-        left in fp32 on a CPU without VNNI)."""
+        left in fp32 on a CPU without VNNI), "weights_not_frozen" (freezing only as a compile option)."""
         if cause in self.warned:
             return
         self.warned.add(cause)
@@ -229,6 +249,8 @@ class Installation:
             message = compat.UNKNOWN_GRAPH_WARNING.format(version=torch.__version__, names=names)
         elif cause == "saturation":
             message = SATURATION_WARNING.format(isa=cpu_info().isa())
+        elif cause == "weights_not_frozen":
+            message = WEIGHTS_NOT_FROZEN
         else:
             message = NO_FREEZING
         warnings.warn(message, UserWarning, stacklevel=3)

@@ -410,17 +410,30 @@ def check_per_token_linear(match: Match) -> Optional[Reason]:
             or check_int8_exact(act_dq, w_dq) or check_template_weight_reuse(match.kwargs["w"]))
 
 
+def _signed_as_unsigned(x: torch.fx.Node) -> torch.fx.Node:
+    """int8 values as uint8 with zero point 128 (x + 128, exact). oneDNN's fast int8 GEMMs on
+    VNNI take u8 activations against weights packed with a zero-point compensation (how every
+    linear here is packed); with s8 activations they need another compensation, and oneDNN fell
+    back to its reference matmul (`ref_int8`, ~100x slower: Gemma-3-270M per-token linears,
+    ONEDNN_VERBOSE). Shared (_shared_after), so siblings still read one node and merge."""
+    wide = _shared_after(x, prims.convert_element_type.default, (torch.int16,), {})
+    shifted = _shared_after(wide, aten.add.Tensor, (128,), {})
+    return _shared_after(shifted, prims.convert_element_type.default, (torch.uint8,), {})
+
+
 def prepack_per_token_linear(match: Match) -> tuple:
-    # linear(dq_per_token(x, s), dq(w), b) == qlinear(x as int8 with scale 1, w) * s + b: the
-    # int32 sums are exact, each row then takes its scale (Inductor fuses the epilogue)
+    # linear(dq_per_token(x, s), dq(w), b) == qlinear(x + 128 as u8 with scale 1 and zero point
+    # 128, w) * s + b: the int32 sums are exact, each row then takes its scale (Inductor fuses the
+    # shift into the quantize kernel and the epilogue after the GEMM)
     out = match.output_node()
     graph, x = out.graph, match.kwargs["x"]
     scales = args_of(node_of(match, qd.dequantize_per_token.default))["scales"]
     if node_of(match, aten.bmm.default) is not None:
         x = _contiguous(x)
+    x = _signed_as_unsigned(x)
     w_scale, w_zp = _weight_qparams(match, _weight_dq(match), out, torch.int32)
     packed = K.qlinear_prepack(lambda op, args: call(graph, out, op, *args), match.kwargs["w"], static_shape(x))
-    fused = emit_before(out, Fused("qlinear", x, K.QParams(1.0, 0), packed, w_scale, w_zp, None,
+    fused = emit_before(out, Fused("qlinear", x, K.QParams(1.0, 128), packed, w_scale, w_zp, None,
                                    out=K.Output(torch.float32)))
     y = call(graph, out, aten.mul.Tensor, fused, _as_dtype(scales, torch.float32))
     b = match.kwargs.get("b")

@@ -40,6 +40,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "woq_gemv.h"
+
 namespace {
 
 // ---- the oneDNN C API, resolved from libtorch_cpu's symbol table --------------------------
@@ -853,6 +855,16 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
   out_sizes.back() = n;
   at::Tensor out = at::empty(out_sizes, x.options());
   if (x.size(0) == 0) return out;
+  if (x.size(0) <= woq_gemv::kMaxRows && w.is_contiguous()) {  // a decode step: stream the weight
+    const at::Tensor xf = x.to(at::kFloat).contiguous(), scale = w_scale.to(at::kFloat).contiguous();
+    const c10::optional<at::Tensor> bf =
+        bias.has_value() ? c10::optional<at::Tensor>(bias->to(at::kFloat).contiguous()) : c10::nullopt;
+    at::Tensor yf = out.scalar_type() == at::kFloat ? out : at::empty(out_sizes, x.options().dtype(at::kFloat));
+    woq_gemv::run({xf.const_data_ptr<float>(), w.const_data_ptr<int8_t>(), scale.const_data_ptr<float>(),
+                   bf.has_value() ? bf->const_data_ptr<float>() : nullptr, yf.data_ptr<float>(), x.size(0), k, n});
+    if (!yf.is_same(out)) out.copy_(yf);
+    return out;
+  }
   LinearCall c{x.size(0), k, n, m_hint, x.scalar_type(), x.scalar_type(),
                bias.has_value() ? c10::optional<at::ScalarType>(bias->scalar_type()) : c10::nullopt,
                false, false, false, false, n, Eltwise{}, true};

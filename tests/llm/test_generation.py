@@ -185,3 +185,13 @@ def test_score_gives_every_tokens_logits_as_the_eager_model(model, prompt, our_p
         expected = model(prompt, torch.arange(prompt.shape[1]), k, v)
         model.all_logits = False
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_batch_of_prompts_decodes_each_as_alone(model, prompt, our_passes_only):
+    """batch=2 (the benchmark's batched decode): each row what batch 1 gives."""
+    lm = CompiledLM(model, "fp32", chunk=CHUNK, max_len=32, batch=2, options={"freezing": True})
+    other = torch.randint(0, 512, (1, prompt.shape[1]))
+    both = lm.generate(torch.cat([prompt, other]), 6)
+    single = CompiledLM(model, "fp32", chunk=CHUNK, max_len=32, options={"freezing": True})
+    for row, ids in enumerate((prompt, other)):
+        assert torch.equal(both.tokens[row], single.generate(ids, 6).tokens[0])

@@ -13,6 +13,7 @@ from compile_utils import compile_and_run
 from test_fp16_weight import Mlp  # the same two linears: up with a bias, relu, down without
 
 import inductor_quant.passes as iq_passes
+from inductor_quant.passes.install import reset_warning
 from inductor_quant import quantize
 from inductor_quant.kernels import probe
 from inductor_quant.generated_code import float_compute_calls, onednn_int8_calls, weight_only_int8_calls
@@ -84,3 +85,19 @@ def test_beside_static_int8_layers_those_still_fuse():
     assert sum(onednn_int8_calls(code).values()) == 1 and weight_only_int8_calls(code) == 1, code
     assert stats["unfused"] == [], stats
     assert (out - ref).abs().max() <= 1e-4 * ref.abs().max() + 1e-5
+
+
+def test_freezing_only_as_a_compile_option_warns_with_the_fix(mlp):
+    """`torch.compile(m, options={"freezing": True})` alone: Dynamo reads the global flag when it
+    traces, so the weights arrive as plain inputs and nothing is frozen. The weight-only rule
+    cannot read the zero points and leaves the linears float; the user is told how to fix it."""
+    _, converted, x = mlp
+    reset_warning()
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(freezing=False), torch.no_grad(), \
+            pytest.warns(UserWarning, match=r"freezing given as a torch.compile option.*freezing = True"):
+        torch.compile(converted, options={"freezing": True})(x)
+    with torch._inductor.config.patch(freezing=True), torch.no_grad(), iq_passes.isolated_stats():
+        torch._dynamo.reset()
+        torch.compile(converted, options={"freezing": True})(x)  # the fix: the global flag
+        assert iq_passes.stats()["kernels"].get("woq_linear") == 2 or not probe.weight_only_linear_builds(torch.float32)
