@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Optional
 
 import torch
 
@@ -91,18 +90,22 @@ def interleaved(args) -> dict:
             for n in built}
 
 
-def accuracy(args, name: str, reference: Optional[list] = None) -> dict:
-    """Teacher-forced perplexity, KL(float || recipe) and top-1 agreement on held-out passages."""
+def evaluation_passages(args, tokenizer) -> list:
+    return [torch.tensor([p]) for p in text.passages(tokenizer, args.prompt_tokens, args.accuracy,
+                                                     skip=text.CALIBRATION)]
+
+
+def accuracy(args, name: str, reference: list) -> dict:
+    """Teacher-forced perplexity, KL(float || recipe) and top-1 agreement on held-out passages
+    (`reference`: the float model's log-probabilities for each, from `_float_logits`). The
+    compile is the Python wrapper with freezing: the same kernels as the C++ one, sooner."""
     decoder, tokenizer = models.load(args.model)
-    passages = text.passages(tokenizer, args.prompt_tokens, args.accuracy, skip=text.CALIBRATION + 200)
     chosen = recipe_named(name)
     lm = CompiledLM(decoder, chosen, calibration=command.calibration(tokenizer, args.prompt_tokens, chosen),
-                    chunk=args.prompt_tokens, max_len=args.prompt_tokens, all_logits=True)
+                    chunk=args.prompt_tokens, max_len=args.prompt_tokens, all_logits=True, options={"freezing": True})
     nll, kl, agree, count = 0.0, 0.0, 0, 0
-    for ids in passages:
-        ids = torch.tensor([ids])
+    for ids, ref in zip(evaluation_passages(args, tokenizer), reference):
         logits = lm.score(ids)[0, :-1].float().log_softmax(-1)
-        ref = _float_logits(decoder, ids)[0, :-1].log_softmax(-1)
         target = ids[0, 1:]
         nll += -logits.gather(-1, target[:, None]).sum().item()
         kl += (ref.exp() * (ref - logits)).sum().item()
@@ -113,11 +116,12 @@ def accuracy(args, name: str, reference: Optional[list] = None) -> dict:
 
 
 def _float_logits(decoder, ids):
+    """The eager fp32 model's log-probabilities for every next token of `ids` but the last's."""
     decoder.all_logits = True
     try:
         with torch.no_grad():
             k, v = decoder.new_cache(1, ids.shape[1])
-            return decoder(ids, torch.arange(ids.shape[1]), k, v)
+            return decoder(ids, torch.arange(ids.shape[1]), k, v)[0, :-1].log_softmax(-1)
     finally:
         decoder.all_logits = False
 
@@ -145,8 +149,14 @@ def main(argv=None) -> int:
                "prompt_tokens": args.prompt_tokens, "model": args.model}
     rows = []
     if args.accuracy:
+        decoder, tokenizer = models.load(args.model)
+        torch.set_num_threads(args.threads)
+        passages = evaluation_passages(args, tokenizer)
+        reference = [_float_logits(decoder, ids) for ids in passages]
+        nll = -sum(float(r.gather(-1, ids[0, 1:, None]).sum()) for r, ids in zip(reference, passages))
+        machine["float_ppl"] = round(math.exp(nll / sum(ids.shape[1] - 1 for ids in passages)), 3)
         for name in args.recipes:
-            rows.append({**machine, "kind": "accuracy", **accuracy(args, name)})
+            rows.append({**machine, "kind": "accuracy", **accuracy(args, name, reference)})
             print(json.dumps(rows[-1]), flush=True)
     else:
         for name in args.recipes:

@@ -30,6 +30,7 @@ qd = torch.ops.quantized_decomposed
 prims = torch.ops.prims
 
 S8_TO_U8 = "qconv.s8_to_u8"  # a sub-step id (registry.STEPS)
+S8_TO_U8_LINEAR = "qlinear.s8_to_u8"
 
 
 def check_act_dq(dq_node: torch.fx.Node, kind: str) -> Optional[Reason]:
@@ -120,13 +121,10 @@ def check_dq_conv(match: Match) -> Optional[Reason]:
             or check_conv_kernel(conv, act_dq, w_dq))
 
 
-def shift_s8_to_u8(x, xq: K.QParams, anchor):
-    # s * (x_s8 - z) == s * ((x_s8 + 128) - (z + 128)): exact; qconv takes uint8 only
-    g = anchor.graph
-    wide = call(g, anchor, prims.convert_element_type.default, x, torch.int16)
-    shifted = call(g, anchor, aten.add.Tensor, wide, 128)
-    x_u8 = call(g, anchor, prims.convert_element_type.default, shifted, torch.uint8)
-    return x_u8, K.QParams(xq.scale, xq.zero_point + 128)
+def shift_s8_to_u8(x, xq: K.QParams):
+    # s * (x_s8 - z) == s * ((x_s8 + 128) - (z + 128)): exact; qconv takes uint8 only, and a
+    # linear's s8 activations fall to oneDNN's reference matmul on VNNI CPUs (_signed_as_unsigned)
+    return _signed_as_unsigned(x), K.QParams(xq.scale, xq.zero_point + 128)
 
 
 def prepack_qconv(match: Match) -> tuple:
@@ -135,7 +133,7 @@ def prepack_qconv(match: Match) -> tuple:
     geom = geometry(conv)
     xq, x, steps = _x_qparams(_act_dq(match)), match.kwargs["x"], ()
     if args_of(_act_dq(match))["dtype"] == torch.int8:
-        x, xq = shift_s8_to_u8(x, xq, conv)
+        x, xq = shift_s8_to_u8(x, xq)
         steps = (S8_TO_U8,)
     w_scale, w_zp = _weight_qparams(match, _weight_dq(match), conv, torch.int64)
     packed = K.qconv_prepack(lambda op, args: call(conv.graph, conv, op, *args), match.kwargs["w"], w_scale, xq,
@@ -242,12 +240,16 @@ def prepack_qlinear(match: Match) -> tuple:
     xq, x = _runtime_qparams_as_kernels_take(_x_qparams(_act_dq(match)), out), match.kwargs["x"]
     if node_of(match, aten.bmm.default) is not None:
         x = _contiguous(x)
+    steps = ()
+    if args_of(_act_dq(match))["dtype"] == torch.int8 and isinstance(xq.zero_point, int):
+        x, xq = shift_s8_to_u8(x, xq)
+        steps = (S8_TO_U8_LINEAR,)
     # int32 zero points: the form Inductor's qlinear lowering keeps (it re-creates an int64 one)
     w_scale, w_zp = _weight_qparams(match, _weight_dq(match), out, torch.int32)
     packed = K.qlinear_prepack(lambda op, args: call(out.graph, out, op, *args), match.kwargs["w"], static_shape(x))
     replace_with(out, Fused("qlinear", x, xq, packed, w_scale, w_zp, match.kwargs.get("b"), out=_float_out(out)))
     match.erase_nodes()
-    return ()
+    return steps
 
 
 # --- fp16 weights ----------------------------------------------------------------------------

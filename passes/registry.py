@@ -81,6 +81,8 @@ class Step:
 STEPS = (
     Step("dequant.promote", "promote", "a shared dequantize duplicated for one of its users"),
     Step(R.S8_TO_U8, "prepack", "an int8 conv activation shifted to uint8 (qconv takes uint8 only)"),
+    Step(R.S8_TO_U8_LINEAR, "prepack", "an int8 linear activation shifted to uint8 (oneDNN ran s8 ones in its "
+                                       "reference matmul on VNNI CPUs without AMX)"),
     Step("merge.sibling_linears", "output", "fused linears on one input (Q, K, V) merged into one GEMM"),
     Step("merge.sibling_linears.absorbed", "output", "a linear merged into a sibling's GEMM (one oneDNN call fewer)"),
     Step("post.binary.resettled", "output", "an in-place `sum` a later rewrite made unsafe: now `add`, or the op "
