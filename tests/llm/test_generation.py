@@ -187,11 +187,24 @@ def test_score_gives_every_tokens_logits_as_the_eager_model(model, prompt, our_p
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_a_batch_of_prompts_decodes_each_as_alone(model, prompt, our_passes_only):
+def test_a_batch_of_prompts_decodes_each_as_alone(built, model, prompt):
     """batch=2 (the benchmark's batched decode): each row what batch 1 gives."""
-    lm = CompiledLM(model, "fp32", chunk=CHUNK, max_len=32, batch=2, options={"freezing": True})
+    lm = CompiledLM(model, "fp32", chunk=CHUNK, max_len=MAX_LEN, batch=2, options={"freezing": True})
     other = torch.randint(0, 512, (1, prompt.shape[1]))
     both = lm.generate(torch.cat([prompt, other]), 6)
-    single = CompiledLM(model, "fp32", chunk=CHUNK, max_len=32, options={"freezing": True})
+    single, _, _ = built("fp32")  # batch 1, compiled once for the module
     for row, ids in enumerate((prompt, other)):
         assert torch.equal(both.tokens[row], single.generate(ids, 6).tokens[0])
+
+
+def test_the_default_options_cpp_wrapper_run_our_kernels(model, prompt, our_passes_only):
+    """What `inductor-quant generate` compiles with (freezing + the C++ wrapper), global freezing
+    off: the same numbers as eager, our weight-only kernel in the C++ code of both graphs."""
+    lm = CompiledLM(model, "woq_int8", chunk=CHUNK, max_len=32, float_dtype=torch.float32)
+    codes = []
+    with mock.patch.object(GraphLowering, "save_output_code", codes.append), \
+            torch._inductor.config.patch(freezing=False):
+        eager = _prefill_and_steps(lm, prompt, lm.module)
+        compiled = _prefill_and_steps(lm, prompt, lm.compiled)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4 * eager.abs().max().item())
+    assert lm.compiles == 2 and KERNELS["woq_int8"]("\n".join(codes))
