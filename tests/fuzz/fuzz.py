@@ -209,6 +209,8 @@ def supervise(args, argv: list[str]) -> int:
     os.makedirs(args.out, exist_ok=True)
     in_flight, worst = in_flight_path(args), 0
     while True:
+        for path in drop_truncated_libraries():
+            print(f"  removed a truncated library from Inductor's cache (a killed compile left it): {path}", flush=True)
         rc = subprocess.call([sys.executable, os.path.abspath(__file__), *argv, "--worker"])
         if not os.path.exists(in_flight):
             return max(worst, rc)
@@ -234,6 +236,30 @@ def supervise(args, argv: list[str]) -> int:
             worst = max(worst, int(outcome.status == "crash"))
             print(f"  {outcome.status} [{state['config']}] seed {state['seed']}: {outcome.error}; continuing", flush=True)
         _write_json(in_flight, {**state, "config": None, "died": True})
+
+
+def drop_truncated_libraries(cache: str | None = None, older_than_s: float = 600.0) -> list[str]:
+    """Remove the shared libraries in Inductor's on-disk cache that a killed compile left cut short
+    (no full ELF header). A process or VM killed while the C++ compiler wrote one leaves the file
+    in place, and every later compile of that code loads it and fails ("file too short"): a crash
+    of the cache, not of the graph. Only files older than `older_than_s` go (a sweep running beside
+    this one may be writing a library right now). Returns the removed paths."""
+    if cache is None:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        cache = cache_dir()
+    removed, now = [], time.time()
+    for path in glob.glob(os.path.join(cache, "**", "*.so"), recursive=True):
+        try:
+            if now - os.path.getmtime(path) < older_than_s:
+                continue
+            with open(path, "rb") as f:
+                header = f.read(64)
+        except OSError:  # removed meanwhile by another process
+            continue
+        if len(header) < 64 or header[:4] != b"\x7fELF":
+            os.remove(path)
+            removed.append(path)
+    return removed
 
 
 def _cause(rc: int) -> str:

@@ -283,6 +283,24 @@ def test_a_death_the_float_model_shares_is_upstream(tmp_path):
     assert "float model" in rows[1]["outcomes"][1]["error"]
 
 
+def test_a_resumed_sweep_drops_the_libraries_a_killed_compile_cut_short(tmp_path):
+    """A VM restart during a compile left a 0-byte .so in Inductor's cache, and the resumed sweep
+    loaded it: six "crashes" of the cache, not of the graphs. The supervisor removes such files
+    (cut-short or not ELF) before each worker, but leaves whole libraries and fresh files alone
+    (another sweep may be writing one)."""
+    import fuzz
+    lib = open(torch._C.__file__, "rb").read(4096)  # a real shared library's first bytes
+    old = {"empty.so": b"", "cut.so": lib[:40], "whole.so": lib, "notes.txt": b""}
+    for name, data in old.items():
+        (tmp_path / "ab").mkdir(exist_ok=True)
+        (tmp_path / "ab" / name).write_bytes(data)
+        os.utime(tmp_path / "ab" / name, (0, 0))
+    (tmp_path / "fresh.so").write_bytes(b"")
+    removed = fuzz.drop_truncated_libraries(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == ["cut.so", "empty.so"]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["fresh.so", "notes.txt", "whole.so"]
+
+
 # ----------------------------------------------------------------------------- the slice
 
 
