@@ -78,6 +78,8 @@ def _apply(op: dict, mod: nn.Module | None, xs: list[torch.Tensor]) -> torch.Ten
         return torch.softmax(x, dim=-1)
     if name == "attention":
         return _attention(*xs, kw["heads"], kw["mask"])
+    if name == "rms_norm":
+        return _rms_norm(x)
     raise ValueError(f"unknown op {name!r}")
 
 
@@ -94,6 +96,14 @@ def _attention(q, k, v, heads: int, mask: str) -> torch.Tensor:
         scores = scores + torch.where(torch.arange(s) >= s - s // 3, -1e4, 0.0).view(1, 1, 1, s)
     ctx = scores.softmax(-1) @ split(v)
     return ctx.permute(0, 2, 1, 3).reshape(ctx.shape[0], s, w)
+
+
+def _rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm as LLMs write it: computed in fp32 whatever the input's dtype, then cast back. The
+    `.float()` exports a dtype assertion (fp32, as traced) that int8-mixed-bf16 would break, where
+    the input is bf16: convert drops those assertions (inductor_quant/convert.py)."""
+    h = x.float()
+    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).type_as(x)
 
 
 def _module(op: dict, shape: tuple) -> nn.Module | None:
@@ -404,6 +414,7 @@ def generate(seed: int, max_ops: int = 7) -> dict:
     attention = random.Random(seed * 41 + 13)  # its own stream: graphs without it stay as they were
     if len(vals[0]) == 3 and attention.random() < 0.25:
         _try_motif(attention, spec, vals, probe, extra_outputs, _self_attention)
+    upcast = random.Random(seed * 61 + 37)  # its own stream: graphs without it stay as they were
     tries = 0
     while len(spec["ops"]) < n_ops and tries < 200:
         tries += 1
@@ -443,6 +454,8 @@ def generate(seed: int, max_ops: int = 7) -> dict:
                                     "kw": {}})
                 probe.append(_apply(spec["ops"][-1], None, [probe[j] for j in spec["ops"][-1]["in"]]))
                 vals.append(tuple(probe[-1].shape))
+        if name in ("conv", "linear") and upcast.random() < 0.1:  # an RMSNorm in fp32 on what it made
+            _append(spec, vals, probe, [{"op": "rms_norm", "in": [len(vals) - 1], "kw": {}}])
     if not any(op["op"] in ("conv", "linear") for op in spec["ops"]):
         return generate(seed + 10_000_019, max_ops)  # deterministic redraw
     spec["outputs"] = [len(vals) - 1]
