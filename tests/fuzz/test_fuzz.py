@@ -382,3 +382,42 @@ def test_known_torch_bug_is_classified_upstream_only_under_bf16():
     assert not harness.known_upstream(spec, harness.Config(True, False, False, False))
     spec["ops"][0]["kw"]["stride"] = 1
     assert not harness.known_upstream(spec, harness.Config(True, False, True, False))
+
+
+# ----------------------------------------------------------------------------- decoders (decoders.py)
+
+
+def test_the_decoder_generator_draws_every_recipe_option_and_shape():
+    """CompiledLM's configuration (dynamic token dim, in-place KV cache, options patched global)
+    is fuzzed with every recipe, both float dtypes where bf16 is native, the three option sets,
+    both attention kinds, grouped-query heads, batch 2, prompts shorter and longer than a chunk."""
+    import decoders
+    specs = [decoders.draw(seed) for seed in range(60)]
+    assert specs == [decoders.draw(seed) for seed in range(60)] and json.loads(json.dumps(specs)) == specs
+    bf16 = inductor_quant.cpu_info().bf16_native
+    assert {s["recipe"] for s in specs} == {n for n in decoders.RECIPES if bf16 or n != "bf16"}
+    assert {s["dtype"] for s in specs} == ({"float32", "bfloat16"} if bf16 else {"float32"})
+    assert {s["options"] for s in specs} == {"default", "python", "fast"}
+    assert {t for s in specs for t in s["config"]["layer_types"]} == {decoders.SLIDING, decoders.FULL}
+    assert any(s["config"]["num_key_value_heads"] < s["config"]["num_attention_heads"] for s in specs)
+    assert {s["batch"] for s in specs} == {1, 2}
+    assert any(s["prompt"] < s["chunk"] for s in specs) and any(s["prompt"] > s["chunk"] for s in specs)
+
+
+def test_a_decoder_whose_compiled_logits_differ_is_a_mismatch(monkeypatch):
+    import decoders
+    real = decoders._logits
+    monkeypatch.setattr(decoders, "_logits", lambda lm, prompt, fn: real(lm, prompt, lm.module) + (fn is lm.compiled))
+    spec = next(decoders.draw(s) for s in range(60) if decoders.draw(s)["recipe"] == "woq_int8")
+    result = decoders.check(spec)
+    assert result["status"] == "mismatch" and "allowed" in result["error"], result
+
+
+def test_a_drawn_decoder_compiles_equal_to_eager():
+    """Seed 6: weight-only int4 blocks (int8 LM head), prompt over two chunks of 4, Python wrapper."""
+    import decoders
+    spec = decoders.draw(6)
+    assert spec["recipe"] == "woq_int4" and spec["prompt"] > spec["chunk"], decoders.describe(spec)
+    result = decoders.check(spec)
+    assert result["status"] == "ok", result
+    assert result["fused"].get("linear.woq_int4.nd.nobias") and result["fused"].get("linear.woq_int8.nd.nobias"), result
