@@ -4,8 +4,9 @@ weight packed two 4-bit values a byte, the group scales in the activation's dtyp
     _convert_weight_to_int4pack_for_cpu(w int32 [N, K] in [0, 15], inner_k_tiles) -> uint8 [N, K / 2]
     _weight_int4pack_mm_for_cpu(x [M, K] fp32|bf16, packed, group, scale_zeros [K / group, N, 2]) -> [M, N]
 
-It computes x @ ((u - 8) * scale + zero)ᵀ per group of `group` input channels, so a symmetric int4
-value q in [-8, 7] is stored as u = q + 8 with zero 0. Limits (checked by the op, probed on torch
+It computes x @ ((u - 8) * scale + zero)ᵀ per group of `group` input channels, so an int4 value
+q in [-8, 7] with an integer zero point zp (PT2E's (q - zp) * scale) is stored as u = q + 8 with
+zero = -zp * scale: 0 for symmetric weights, a per-group offset for asymmetric ones. Limits (checked by the op, probed on torch
 2.13): group 32, 64, 128 or 256; N a multiple of 16. fp32 output is exact against the dequantized
 weight; bf16 rounds the product (tests/kernels/test_int4pack.py).
 
@@ -39,14 +40,18 @@ def pack(call: Call, w_grouped, n: int, k: int):
     return call(PACK, (w, 1))
 
 
-def scale_zeros(call: Call, scale, n: int, k: int, group: int, dtype: torch.dtype):
-    """Per-group scales [N * K / group] (one per row of the grouped view) -> [K / group, N, 2]
-    (scale, zero 0) in `dtype`. The zeros come from the scales (times 0), not a constructor, so
-    that constant folding folds them too."""
-    s = call(aten.permute.default, (call(aten.view.default, (scale, [n, k // group])), [1, 0]))
-    s = call(prims.convert_element_type.default, (s, dtype))
-    s = call(aten.unsqueeze.default, (s, -1))
-    return call(aten.cat.default, ([s, call(aten.mul.Tensor, (s, 0))], -1))
+def scale_zeros(call: Call, scale, zero_point, n: int, k: int, group: int, dtype: torch.dtype):
+    """Per-group scales and integer zero points [N * K / group] (one per row of the grouped view)
+    -> [K / group, N, 2] of (scale, -zero_point * scale) in `dtype`, computed in fp32 from the
+    two constants (no constructor), so that constant folding folds them too."""
+    def per_group(t):
+        t = call(prims.convert_element_type.default, (t, torch.float32))
+        return call(aten.permute.default, (call(aten.view.default, (t, [n, k // group])), [1, 0]))
+
+    s = per_group(scale)
+    zero = call(aten.mul.Tensor, (call(aten.neg.default, (per_group(zero_point),)), s))
+    pair = [call(aten.unsqueeze.default, (call(prims.convert_element_type.default, (t, dtype)), -1)) for t in (s, zero)]
+    return call(aten.cat.default, (pair, -1))
 
 
 def mm(call: Call, x2d, packed, group: int, scale_zeros_):

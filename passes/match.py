@@ -101,3 +101,12 @@ def all_zero(node) -> bool:
     tensor = constant_value(node)
     with unset_fake_temporarily():  # the passes run under Inductor's fake mode; this tensor is real
         return tensor is not None and not bool(tensor.any())
+
+
+def constant_within(node, lo: int, hi: int) -> bool:
+    """Whether `node` is a constant (constant_value) whose elements all lie in [lo, hi]."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    tensor = constant_value(node)
+    with unset_fake_temporarily():
+        return tensor is not None and bool(((tensor >= lo) & (tensor <= hi)).all())

@@ -18,7 +18,7 @@ from inductor_quant.kernels import onednn as K
 from .fused import Fused, call, emit_before, propagate_fake, replace_with
 from .kernel_limits import check_conv_kernel, check_int8_exact, check_template_weight_reuse, geometry
 from .reasons import Reason, Why
-from .match import ACT_DQ, ACT_RANGE, all_zero, args_of, node_of, same_dims, static_shape, val, within
+from .match import ACT_DQ, ACT_RANGE, all_zero, args_of, constant_within, node_of, same_dims, static_shape, val, within
 from .own_calls import in_use as own_kernels_in_use
 from .stats import count_kernel
 
@@ -350,7 +350,8 @@ def _int4_geometry(match: Match) -> tuple:
 
 def check_woq_int4_linear(match: Match) -> Optional[Reason]:
     """A float input (not a dequantize), input and output in one float dtype (fp32, or bf16 under
-    autocast), a 4-bit weight symmetric per group (values in [-8, 7], zero points all 0), and a
+    autocast), a 4-bit weight per group (values in [-8, 7], zero points constants in that range:
+    0 when symmetric), and a
     geometry torch's int4 CPU GEMM takes (kernels/int4pack.py). An ATen op: every wrapper and
     AOTInductor run it, with or without our kernel layer."""
     w_dq = _weight_dq(match)
@@ -361,8 +362,8 @@ def check_woq_int4_linear(match: Match) -> Optional[Reason]:
     if (w_dq.target is not qd.dequantize_per_channel.default or a["dtype"] != torch.int8 or a["axis"] != 0
             or not within(a, (-8, 7))):
         return Why.WOQ_INT4_FORM(detail="the weight is not 4-bit ([-8, 7]) per group")
-    if not all_zero(match.kwargs["w_zp"]):
-        return Why.WOQ_INT4_FORM(detail="the weight's zero points are not all 0 (or not constants)")
+    if not constant_within(match.kwargs["w_zp"], -8, 7):
+        return Why.WOQ_INT4_FORM(detail="the weight's zero points are not constants in [-8, 7]")
     n, k, group = _int4_geometry(match)
     if not int4pack.supports(n, k, group):
         return Why.WOQ_INT4_GEOMETRY(n=n, k=k, group=group)
@@ -380,7 +381,7 @@ def lower_woq_int4_linear(match: Match) -> tuple:
     dtype = val(out).dtype
     c = lambda op, args: call(graph, out, op, *args)  # noqa: E731
     packed = int4pack.pack(c, match.kwargs["w"], n, k)
-    sz = int4pack.scale_zeros(c, match.kwargs["w_scale"], n, k, group, dtype)
+    sz = int4pack.scale_zeros(c, match.kwargs["w_scale"], match.kwargs["w_zp"], n, k, group, dtype)
     y = int4pack.mm(c, c(aten.view.default, (x, [-1, k])), packed, group, sz)
     b = match.kwargs.get("b")
     if b is not None:

@@ -211,10 +211,12 @@ def get_x86_inductor_linear_weight_only_int8_config() -> QuantizationConfig:
 
 
 @functools.lru_cache(maxsize=None)
-def get_x86_inductor_linear_weight_only_int4_config(group_size: int = 128) -> QuantizationConfig:
-    """Linear weights stored as 4-bit integers in [-8, 7], symmetric, one scale per group of
-    `group_size` consecutive input channels of each output channel; activations and outputs left
-    float (weight-only int4, "A16W4": an eighth of the fp32 weight bytes).
+def get_x86_inductor_linear_weight_only_int4_config(group_size: int = 128, symmetric: bool = True) -> QuantizationConfig:
+    """Linear weights stored as 4-bit integers in [-8, 7], one scale per group of `group_size`
+    consecutive input channels of each output channel; activations and outputs left float
+    (weight-only int4, "A16W4": an eighth of the fp32 weight bytes). `symmetric=False` gives each
+    group a zero point too (its min and max map to -8 and 7): all 16 levels cover the group's
+    range, which suits weights that are not centred on 0 (a GGUF Q4_K model's are on such a grid).
 
     convert_pt2e keeps the values in an int8 constant seen as [out * in / group_size, group_size]
     and leaves `dequantize_per_channel` of it -> reshape [out, in] -> linear(x). The compile packs
@@ -225,8 +227,8 @@ def get_x86_inductor_linear_weight_only_int4_config(group_size: int = 128) -> Qu
     divide by `group_size`."""
     if group_size not in int4pack.GROUPS:
         raise ValueError(f"group_size={group_size}: torch's int4 CPU GEMM takes one of {int4pack.GROUPS}")
-    weight = QuantizationSpec(dtype=torch.int8, quant_min=-8, quant_max=7, qscheme=torch.per_channel_symmetric,
-                              ch_axis=0,
+    qscheme = torch.per_channel_symmetric if symmetric else torch.per_channel_affine
+    weight = QuantizationSpec(dtype=torch.int8, quant_min=-8, quant_max=7, qscheme=qscheme, ch_axis=0,
                               observer_or_fake_quant_ctr=GroupwiseMinMaxObserver.with_args(group_size=group_size,
                                                                                             eps=_EPS))
     return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)

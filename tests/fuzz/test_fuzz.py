@@ -120,6 +120,8 @@ def test_generator_draws_the_shapes_the_newest_rewrites_meet():
                                              "dyn_token"}
     assert {s.get("recipe", "ours") for s in specs} == {"ours", "upstream"}
     assert any(s.get("smooth") for s in specs) and all(s["quant"] == "dyn_token" for s in specs if s.get("smooth"))
+    zero_points = {s.get("int4_zero_points", False) for s in specs if s["quant"] == "woq_int4"}
+    assert zero_points == {False, True} and all(s["quant"] == "woq_int4" for s in specs if s.get("int4_zero_points"))
     assert has(lambda ops: any(op.get("kw", {}).get("shares") is not None for op in ops))  # a Linear called twice
 
     def linear_rows(spec):  # rows of each linear's input, as the static graph has them
