@@ -855,13 +855,13 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
   out_sizes.back() = n;
   at::Tensor out = at::empty(out_sizes, x.options());
   if (x.size(0) == 0) return out;
-  if (x.size(0) <= woq_gemv::kMaxRows && w.is_contiguous()) {  // a decode step: stream the weight
+  if (x.size(0) == 1 && w.is_contiguous()) {  // a decode step at batch 1: stream the weight
     const at::Tensor xf = x.to(at::kFloat).contiguous(), scale = w_scale.to(at::kFloat).contiguous();
     const c10::optional<at::Tensor> bf =
         bias.has_value() ? c10::optional<at::Tensor>(bias->to(at::kFloat).contiguous()) : c10::nullopt;
     at::Tensor yf = out.scalar_type() == at::kFloat ? out : at::empty(out_sizes, x.options().dtype(at::kFloat));
     woq_gemv::run({xf.const_data_ptr<float>(), w.const_data_ptr<int8_t>(), scale.const_data_ptr<float>(),
-                   bf.has_value() ? bf->const_data_ptr<float>() : nullptr, yf.data_ptr<float>(), x.size(0), k, n});
+                   bf.has_value() ? bf->const_data_ptr<float>() : nullptr, yf.data_ptr<float>(), k, n});
     if (!yf.is_same(out)) out.copy_(yf);
     return out;
   }

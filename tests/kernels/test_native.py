@@ -304,17 +304,17 @@ def test_weight_only_linear_is_the_linear_on_the_dequantized_weight(dtype, x_sha
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("k", [640, 37, 8], ids=["k640", "k37-tail", "k8"])
 def test_weight_only_decode_rows_stream_the_weight(dtype, k):
-    """1-4 rows (a decode step) take our GEMV (kernels/native/woq_gemv.h), 5 rows oneDNN: both
-    the linear on the dequantized weight within fp32 rounding, channels not a multiple of the
-    GEMV's block of 4 and K with a vector tail included."""
+    """One row (a decode step at batch 1) takes our GEMV (kernels/native/woq_gemv.h), more rows
+    oneDNN: both the linear on the dequantized weight within fp32 rounding, channels not a
+    multiple of the GEMV's block of 4 and K with a vector tail included."""
     g = torch.Generator().manual_seed(10)
     n = 4 * 37 + 3
     w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
     w_scale = torch.rand(n, generator=g) * 0.01 + 0.001
     b = torch.randn(n, generator=g).to(dtype)
-    for rows in (1, 2, 3, 4, 5):
+    for rows in (1, 2, 4):
         x = torch.randn(rows, k, generator=g).to(dtype)
-        if rows == 5 and not probe.weight_only_linear_builds(dtype):
+        if rows > 1 and not probe.weight_only_linear_builds(dtype):
             continue
         out = torch.ops.iq_onednn.woq_linear(x, w, w_scale, b, 1)
         ref = torch.nn.functional.linear(x.float(), w.float() * w_scale[:, None], b.float())
