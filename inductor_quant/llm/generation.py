@@ -112,7 +112,7 @@ class CompiledLM:
             if self.recipe.smooth is not None:
                 raise ValueError(f"recipe {self.recipe.name!r} calibrates SmoothQuant: give calibration text")
             calls = [ex]
-        return quantize(self.model, ex, calls, quantizer=self.recipe.quantizer(), dynamic_shapes=dynamic,
+        return quantize(self.model, ex, calls, quantizer=self.recipe.quantizer(self.model), dynamic_shapes=dynamic,
                         smooth=self.recipe.smooth)
 
     def _backend(self, gm, example_inputs):

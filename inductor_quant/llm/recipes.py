@@ -5,7 +5,7 @@
 | `fp32` | float | float | fp32 |
 | `bf16` | float, bf16 weights | bf16 | bf16 (where bf16 is native) |
 | `woq_int8` | int8 weights per channel | int8 | bf16 where native, else fp32 |
-| `woq_int4` | 4-bit weights in groups of 32, a zero point each | int8 (it is the tied embedding) | same |
+| `woq_int4` | 4-bit weights in groups of 32, a zero point each (int8 where `in` is not whole groups) | int8 (it is the tied embedding) | same |
 | `dyn_int8` | per-token dynamic int8 x int8 | same | same |
 | `dyn_int8_sq` | `dyn_int8` after SmoothQuant (alpha 0.5) | same | same |
 
@@ -23,13 +23,19 @@ import torch
 from ..kernels.cpu import cpu_info
 
 
-def _quantizer(global_config: Callable, head_config: Optional[Callable] = None):
-    def build():
+def _quantizer(global_config: Callable, head_config: Optional[Callable] = None, group: Optional[int] = None):
+    """() -> the recipe's quantizer for `model`. With `group` (group-wise weights), a linear whose
+    in_features are not whole groups takes `head_config` too: int8 rather than an error."""
+    def build(model: Optional[torch.nn.Module] = None):
         from ..quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
         q = X86InductorQuantizer().set_global(global_config())
         if head_config is not None:
             q.set_module_name_qconfig("lm_head", head_config())
+        if group is not None and model is not None:
+            for name, mod in model.named_modules():
+                if isinstance(mod, torch.nn.Linear) and mod.in_features % group:
+                    q.set_module_name_qconfig(name, head_config())
         return q
 
     return build
@@ -62,7 +68,7 @@ INT4_GROUP = 32
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    quantizer: Optional[Callable] = None  # () -> Quantizer; None: the float model
+    quantizer: Optional[Callable] = None  # (model) -> Quantizer; None: the float model
     smooth: Optional[float] = None        # SmoothQuant alpha
     bf16_weights: bool = False            # the float baseline in bf16
 
@@ -82,7 +88,7 @@ RECIPES = {r.name: r for r in (
     Recipe("fp32"),
     Recipe("bf16", bf16_weights=True),
     Recipe("woq_int8", _quantizer(_woq_int8)),
-    Recipe("woq_int4", _quantizer(_woq_int4, head_config=_woq_int8)),
+    Recipe("woq_int4", _quantizer(_woq_int4, head_config=_woq_int8, group=INT4_GROUP)),
     Recipe("dyn_int8", _quantizer(_dyn_int8)),
     Recipe("dyn_int8_sq", _quantizer(_dyn_int8), smooth=0.5),
 )}

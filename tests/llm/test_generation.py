@@ -208,3 +208,14 @@ def test_the_default_options_cpp_wrapper_run_our_kernels(model, prompt, our_pass
         compiled = _prefill_and_steps(lm, prompt, lm.compiled)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4 * eager.abs().max().item())
     assert lm.compiles == 2 and KERNELS["woq_int8"]("\n".join(codes))
+
+
+def test_int4_keeps_int8_where_a_linear_is_not_whole_groups(our_passes_only):
+    """One query head of 16: the attention output projection has 16 inputs, not a group of 32.
+    The int4 recipe quantizes it int8 (as the LM head) instead of refusing the model."""
+    model = _weights(Decoder(DecoderConfig.tiny(num_attention_heads=1, head_dim=16, query_pre_attn_scalar=16)))
+    lm = CompiledLM(model, "woq_int4", chunk=CHUNK, max_len=16, float_dtype=torch.float32)
+    dq = torch.ops.quantized_decomposed.dequantize_per_channel.default
+    ranges = [tuple(n.args[4:6]) for n in lm.module.graph.nodes if n.target is dq]
+    # per layer q, k, v, gate, up, down int4 and o_proj int8; the head int8
+    assert sorted(ranges) == sorted([(-8, 7)] * 12 + [(-127, 127)] * 3), ranges
