@@ -8,6 +8,9 @@ and decode ms/token (median over 3 blocks of `--new-tokens` greedy steps). Inter
 recipes built side by side in one process, then one prefill and one block of decode steps each,
 round-robin, 3 rounds (median); the table reports both.
 
+Peers: a name `llama.cpp:<TYPE>` among the recipes (Q4_K_M as shipped, Q8_0, Q4_0) times
+llama.cpp on the model's GGUF the same way, alone and interleaved (benchmarks/llm_peers.py).
+
 Accuracy (`--accuracy N`): N passages of `--prompt-tokens` WordNet-gloss tokens (never the
 calibration ones, inductor_quant/llm/text.py), teacher-forced through each compiled recipe and
 through the eager fp32 model: perplexity, mean per-token KL(float || recipe), top-1 agreement.
@@ -29,6 +32,8 @@ import torch
 
 from inductor_quant.llm import CompiledLM, command, models, recipe as recipe_named, text
 
+from . import llm_peers
+
 
 def _prompt(tokenizer, tokens: int, batch: int) -> torch.Tensor:
     ids = text.passages(tokenizer, tokens, 1, skip=text.CALIBRATION)[0]
@@ -37,6 +42,10 @@ def _prompt(tokenizer, tokens: int, batch: int) -> torch.Tensor:
 
 def build(model: str, name: str, chunk: int, max_len: int, batch: int):
     decoder, tokenizer = models.load(model)
+    if llm_peers.is_peer(name):  # llama.cpp on the same GGUF (benchmarks/llm_peers.py)
+        start = time.perf_counter()
+        lm = llm_peers.LlamaCppLM(model, name[len(llm_peers.PREFIX):], max_len, torch.get_num_threads())
+        return lm, tokenizer, time.perf_counter() - start, 0.0
     chosen = recipe_named(name)
     start = time.perf_counter()
     lm = CompiledLM(decoder, chosen, calibration=command.calibration(tokenizer, chunk, chosen), chunk=chunk,

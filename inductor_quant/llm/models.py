@@ -42,7 +42,7 @@ def cache_dir(name: str) -> str:
     return os.path.join(root, "models", name)
 
 
-def _gguf_path(source: ModelSource) -> str:
+def gguf_path(source: ModelSource) -> str:
     try:
         package = __import__(source.package)
     except ImportError as exc:
@@ -58,7 +58,7 @@ def _from_gguf(source: ModelSource, progress: Callable[[str], None]):
     except ImportError as exc:
         raise ModelNotInstalled(f"reading a GGUF needs transformers, gguf and accelerate. Fix: pip install "
                                 f"\"{source.pip}\"") from exc
-    path = _gguf_path(source)
+    path = gguf_path(source)
     folder, file = os.path.split(path)
     progress("reading the tokenizer from the GGUF (once)")
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
