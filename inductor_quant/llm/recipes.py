@@ -24,7 +24,7 @@ from ..kernels.cpu import cpu_info
 
 
 def _quantizer(global_config: Callable, head_config: Optional[Callable] = None, group: Optional[int] = None):
-    """() -> the recipe's quantizer for `model`. With `group` (group-wise weights), a linear whose
+    """(model) -> the recipe's quantizer. With `group` (group-wise weights), a linear whose
     in_features are not whole groups takes `head_config` too: int8 rather than an error."""
     def build(model: Optional[torch.nn.Module] = None):
         from ..quantizer.x86_inductor_quantizer import X86InductorQuantizer

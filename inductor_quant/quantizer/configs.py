@@ -216,7 +216,8 @@ def get_x86_inductor_linear_weight_only_int4_config(group_size: int = 128, symme
     consecutive input channels of each output channel; activations and outputs left float
     (weight-only int4, "A16W4": an eighth of the fp32 weight bytes). `symmetric=False` gives each
     group a zero point too (its min and max map to -8 and 7): all 16 levels cover the group's
-    range, which suits weights that are not centred on 0 (a GGUF Q4_K model's are on such a grid).
+    range, which suits weights that are not centred on 0; torch's int4 GEMM takes the zero points
+    as its per-group offsets, so they cost nothing at run time.
 
     convert_pt2e keeps the values in an int8 constant seen as [out * in / group_size, group_size]
     and leaves `dequantize_per_channel` of it -> reshape [out, in] -> linear(x). The compile packs
