@@ -106,11 +106,13 @@ class Attention(nn.Module):
         v_cache[self.index].index_copy_(2, positions, v.to(v_cache.dtype))
         keys = k_cache[self.index].to(q.dtype)
         values = v_cache[self.index].to(q.dtype)
-        if self.heads != self.kv_heads:
-            keys = keys.repeat_interleave(self.heads // self.kv_heads, dim=1)
-            values = values.repeat_interleave(self.heads // self.kv_heads, dim=1)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask.to(q.dtype), scale=self.scale)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+        # grouped-query attention without repeating the cache per query head (a copy of the whole
+        # layer cache every step): query head h reads KV head h // g, so the g query heads of a KV
+        # head attend as g * t rows of one head, the mask repeated for each
+        g = self.heads // self.kv_heads
+        q = q.reshape(b, self.kv_heads, g * t, self.head_dim)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask.to(q.dtype).repeat(g, 1), scale=self.scale)
+        return self.o_proj(out.reshape(b, self.heads, t, self.head_dim).transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
 
 class MLP(nn.Module):
