@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from . import compat, reference
+from . import compat, native, reference
 from .onednn import Binary, ConvGeometry, Output, QParams, eager, qconv, qconv_prepack, qlinear, qlinear_binary, qlinear_prepack
 
 
@@ -77,7 +77,10 @@ def int8_pair_sums_saturate() -> bool:
 def weight_only_linear_builds(dtype: torch.dtype) -> bool:
     """Does oneDNN here build our weight-only int8 matmul (weights converted in registers) for
     activations of `dtype`? fp32 does from AVX2 on; bf16 needs AVX-512 (without it: "unimplemented",
-    seen with ONEDNN_MAX_CPU_ISA=AVX2). Asks our kernel layer (kernels/native.py), which must be loaded."""
+    seen with ONEDNN_MAX_CPU_ISA=AVX2). Asks our kernel layer (kernels/native.py), loading it first:
+    the answer is cached, and one given before the layer loaded would say no for the whole process."""
+    if not native.available():
+        return False
     try:
         with compat.real_tensors(), torch.no_grad(), torch.device("cpu"):
             w, scale = torch.ones(16, 16, dtype=torch.int8), torch.ones(16)
@@ -90,7 +93,9 @@ def weight_only_linear_builds(dtype: torch.dtype) -> bool:
 @functools.lru_cache(maxsize=None)
 def attention_builds(dtype: torch.dtype) -> bool:
     """Does our attention (kernels/native.py) build and compute softmax(q k^T) v here for `dtype`?
-    Asks our kernel layer, which must be loaded."""
+    Asks our kernel layer, loading it first (the answer is cached, as weight_only_linear_builds')."""
+    if not native.available():
+        return False
     try:
         with compat.real_tensors(), torch.no_grad(), torch.device("cpu"):
             g = torch.Generator().manual_seed(0)

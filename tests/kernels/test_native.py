@@ -341,6 +341,15 @@ def test_weight_only_probe_runs_real_tensors_inside_a_compile():
         assert probe.weight_only_linear_builds.__wrapped__(torch.float32)
 
 
+def test_the_probes_load_our_kernel_layer_before_they_answer():
+    """Their answers are cached for the process: one asked before the layer loaded said no, and
+    the weight-only rule then refused every linear of that process (a unit test run alone)."""
+    code = ("import torch\nfrom inductor_quant.kernels import probe\n"
+            "print(probe.weight_only_linear_builds(torch.float32), probe.attention_builds(torch.float32))")
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"], out  # fp32 builds from AVX2 on: every CPU we support
+
+
 # ----------------------------------------------------------------------------- attention
 
 MASKS = {  # (shape of the mask as the model holds it, how it is laid out), for B=2, H=3, S=10
