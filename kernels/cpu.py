@@ -130,16 +130,44 @@ class CpuInfo:
 
 def _proc_cpuinfo() -> tuple[str, set]:
     """(model name, flags) from /proc/cpuinfo; ("", set()) where there is none."""
-    model, flags = "", set()
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not model:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    return model, flags
+            return parse_cpuinfo(f.read())
+    return "", set()
+
+
+def parse_cpuinfo(text: str) -> tuple[str, set]:
+    """(model, flags) from the first processor of a /proc/cpuinfo text. The model is the model
+    name with the family and model numbers, and for AMD the core generation they mean: cloud VMs
+    name an EPYC of any generation "AMD EPYC", and results taken on a Zen 4 and a Zen 5 must not
+    read alike."""
+    fields: dict = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:
+                break  # the blank line after the first processor
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    name, flags = fields.get("model name", ""), set(fields.get("flags", "").split())
+    family, number = fields.get("cpu family", ""), fields.get("model", "")
+    if name and family.isdigit() and number.isdigit():
+        generation = amd_generation(int(family), int(number)) if fields.get("vendor_id") == "AuthenticAMD" else ""
+        name += f" (family {family}, model {number}{': ' + generation if generation else ''})"
+    return name, flags
+
+
+def amd_generation(family: int, model: int) -> str:
+    """AMD's core generation from its family and model numbers ("" where the table has none)."""
+    if family == 0x17:
+        return "Zen or Zen 2"
+    if family == 0x19:
+        if model <= 0x0F or 0x20 <= model <= 0x5F:
+            return "Zen 3"
+        if 0x10 <= model <= 0x1F or 0x60 <= model <= 0x7F or 0xA0 <= model <= 0xAF:
+            return "Zen 4"
+        return ""
+    return "Zen 5" if family == 0x1A else ""
 
 
 def cpu_features() -> tuple[str, frozenset]:

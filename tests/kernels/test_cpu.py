@@ -215,3 +215,23 @@ def test_summary_says_what_follows_for_int8_and_bf16():
     assert xeon.summary() == "Xeon | AMX int8/bf16, AVX-512 VNNI: int8 weights use 8 bits; bf16 native | vector AVX512"
     capped = cpu.CpuInfo("Xeon", frozenset({"avx2"}), "AVX2", "AVX512", int8_exact=False)
     assert capped.summary().endswith("| vector AVX512; oneDNN capped at AVX2") and "no VNNI" in capped.summary()
+
+
+def _cpuinfo_text(vendor: str, family: int, model: int, name: str = "AMD EPYC") -> str:
+    one = (f"processor\t: {{n}}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+           f"model name\t: {name}\nflags\t\t: fpu avx2 avx512f avx512_vnni\n\n")
+    return one.format(n=0) + one.format(n=1).replace(name, "Other")
+
+
+@pytest.mark.parametrize("family,model,named", [
+    (26, 2, "AMD EPYC (family 26, model 2: Zen 5)"), (25, 17, "AMD EPYC (family 25, model 17: Zen 4)"),
+    (25, 1, "AMD EPYC (family 25, model 1: Zen 3)"), (25, 0x90, "AMD EPYC (family 25, model 144)")])
+def test_an_epyc_says_its_generation(family, model, named):
+    """Cloud VMs name every EPYC "AMD EPYC"; a result must say which one it ran on."""
+    name, flags = cpu.parse_cpuinfo(_cpuinfo_text("AuthenticAMD", family, model))
+    assert name == named and "avx512_vnni" in flags
+
+
+def test_an_intel_cpu_says_its_family_and_model_only():
+    name, _ = cpu.parse_cpuinfo(_cpuinfo_text("GenuineIntel", 6, 143, "Intel(R) Xeon(R) Platinum 8480+"))
+    assert name == "Intel(R) Xeon(R) Platinum 8480+ (family 6, model 143)"
