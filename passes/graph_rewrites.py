@@ -1,5 +1,6 @@
 """The whole-graph rewrites that are not patterns: before the phases, views that give back the
-shape they were given go and a shared dequantize is duplicated per user; after them, sibling linears on one input merge into one GEMM, 1-D convs
+shape they were given go and a shared dequantize is duplicated per user; after them, sibling
+linears on one input merge into one GEMM (int8 and weight-only alike), 1-D convs
 take the 2-D form the kernel runs (and, under dynamic shapes, give back the layout the graph was
 traced with), and the weights of layers refused for saturation fold to fp32."""
 
@@ -11,6 +12,7 @@ import operator
 import torch
 import torch.fx
 
+from inductor_quant.kernels import native
 from inductor_quant.kernels import onednn as K
 
 from .diagnostics import consumer, is_weight_dq, quantized_compute, why
@@ -226,6 +228,63 @@ def merge_sibling_linears(graph: torch.fx.Graph) -> list:
             _merge(graph, nodes)
             merged.append(len(nodes))
     return merged
+
+
+def merge_sibling_woq_linears(graph: torch.fx.Graph) -> list:
+    """Weight-only int8 linears (`iq_onednn.woq_linear`) that read the same input (up to dtype
+    casts, which autocast makes per linear) with the same row hint and dtypes (a decoder's Q, K
+    and V; its gate and up projections) become one call over their concatenated weights, scales
+    and biases, each former output a slice of its last dim.
+    A decode step streams the same weight bytes, in one call instead of several: one input
+    conversion and one call's fixed cost. The weights are frozen constants, so the concatenation
+    folds at freezing. The merged width is static; leading dims may be symbolic (the slices are of
+    the last dim only). Returns the size of each group merged."""
+    if not native.available():
+        return []
+    woq = torch.ops.iq_onednn.woq_linear.default
+    groups: dict = {}
+    for node in graph.find_nodes(op="call_function", target=woq):
+        x, w, _, bias, rows = node.args
+        v, vw = val(node), val(w)
+        if v is None or vw is None or has_symbolic(vw.shape):
+            continue
+        groups.setdefault((_uncast(x), val(x).dtype, rows, v.dtype, bias is None), []).append(node)
+    merged, constant = [], {}
+    for nodes in groups.values():
+        inputs = [n for node in nodes for n in node.args[1:4] if isinstance(n, torch.fx.Node)]
+        if len(nodes) > 1 and all(_constant(n, constant) for n in inputs):
+            for n in inputs:  # a later sibling's scale cast sits after the first sibling
+                _hoist_before(nodes[0], n)
+            _merge_woq(graph, woq, nodes)
+            merged.append(len(nodes))
+    return merged
+
+
+def _uncast(node):
+    """What a chain of dtype casts converts: under autocast each linear casts its input on its
+    own, so siblings read different nodes that hold the same values."""
+    while isinstance(node, torch.fx.Node) and node.target in (prims.convert_element_type.default,
+                                                               aten._to_copy.default):
+        node = node.args[0]
+    return node
+
+
+def _merge_woq(graph: torch.fx.Graph, woq, nodes: list) -> None:
+    first = nodes[0]
+    x, _, _, bias, rows = first.args
+
+    def cat(i):
+        return call(graph, first, aten.cat.default, [n.args[i] for n in nodes], 0)
+
+    out = call(graph, first, woq, x, cat(1), cat(2), None if bias is None else cat(3), rows)
+    last_dim, start, parts = val(first).dim() - 1, 0, []
+    for node in nodes:
+        width = val(node.args[1]).shape[0]
+        parts.append(call(graph, first, aten.slice.Tensor, out, last_dim, start, start + width))
+        start += width
+    for node, part in zip(nodes, parts):
+        node.replace_all_uses_with(part)
+        graph.erase_node(node)
 
 
 def _weight_inputs(f) -> list:

@@ -43,7 +43,7 @@ from . import upstream_counters as U
 from .fused import record
 from .reasons import Why
 from .graph_rewrites import (decompose_per_token_quant, decompose_weight_dequants, drop_noop_views, lift_conv1d, merge_sibling_linears,
-                             promote_dequant, views_after_convs_as_reshape)
+                             merge_sibling_woq_linears, promote_dequant, views_after_convs_as_reshape)
 from .match import float_dtype, node_of, val
 
 aten = torch.ops.aten
@@ -85,6 +85,9 @@ STEPS = (
                                        "reference matmul on VNNI CPUs without AMX)"),
     Step("merge.sibling_linears", "output", "fused linears on one input (Q, K, V) merged into one GEMM"),
     Step("merge.sibling_linears.absorbed", "output", "a linear merged into a sibling's GEMM (one oneDNN call fewer)"),
+    Step("merge.sibling_woq_linears", "output", "weight-only int8 linears on one input (Q, K, V; gate, up) merged "
+                                                "into one call"),
+    Step("merge.sibling_woq_linears.absorbed", "output", "a weight-only linear merged into a sibling's call"),
     Step("post.binary.resettled", "output", "an in-place `sum` a later rewrite made unsafe: now `add`, or the op "
                                             "taken apart (accumulators.settle)"),
     Step("layout.view_as_reshape", "output", "a view downstream of a fused conv (channels-last where the float conv "
@@ -284,6 +287,10 @@ def run(graph: torch.fx.Graph) -> list:
         _count("merge.sibling_linears")
         for _ in range(size - 1):
             _count("merge.sibling_linears.absorbed")
+    for size in merge_sibling_woq_linears(graph):
+        _count("merge.sibling_woq_linears")
+        for _ in range(size - 1):
+            _count("merge.sibling_woq_linears.absorbed")
     graph.eliminate_dead_code()
     for _ in range(A.settle(graph)):
         _count("post.binary.resettled")

@@ -460,6 +460,33 @@ def test_weight_only_linear_becomes_its_kernel(bits, shape, dims, form, bias, bf
     torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
 
 
+class WeightOnlySiblings(torch.nn.Module):
+    """Two weight-only int8 linears on one input (under autocast each casts it on its own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = WeightOnlyLinear(True, None), WeightOnlyLinear(True, None)
+        self.b.w.neg_()
+
+    def forward(self, x):
+        return self.a(x) * self.b(x)
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_weight_only_siblings_become_one_call(bf16):
+    if not probe.weight_only_linear_builds(torch.bfloat16 if bf16 else torch.float32):
+        pytest.skip("our weight-only kernel does not build for this dtype on this CPU")
+    model, x = WeightOnlySiblings().eval(), torch.randn(4, 16)
+    gm, flat, stats = rewrite_with_our_kernels(model, (x,), bf16)
+    merged = {k: v for k, v in stats["fused"].items() if k.startswith("merge.")}
+    assert merged == {"merge.sibling_woq_linears": 1, "merge.sibling_woq_linears.absorbed": 1}, stats
+    assert targets(gm)["iq_onednn.woq_linear.default"] == 1, gm.code
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        ref, out = model(x), gm(*flat)
+    tol = 2e-2 if bf16 else 1e-5
+    torch.testing.assert_close(out.float(), ref.float(), atol=tol * ref.abs().max().item(), rtol=tol)
+
+
 def test_weight_only_int8_linear_outside_our_kernel_layer_is_reported():
     model = WeightOnlyLinear(True, None).eval()
     gm, flat, stats = rewrite(model, (torch.randn(4, 16),))  # no own_calls.in_this_compile: as AOTInductor
@@ -529,6 +556,7 @@ def test_every_fusion_id_fired():
             rewrite(Int8LinearOn4D(form, weight, bias).eval(), (torch.randn(LAYOUTS_4D[form][0]),), bf16)
         for shape, dims, _, bias, bf16 in WOQ_CASES:
             rewrite_with_our_kernels(WeightOnlyLinear(bias, dims).eval(), (torch.randn(shape),), bf16)
+        rewrite_with_our_kernels(WeightOnlySiblings().eval(), (torch.randn(4, 16),))
         for shape, dims, _, bias, bf16 in WOQ_CASES:
             rewrite_with_constants(PerTokenLinear(bias, dims).eval(), (torch.randn(shape),), bf16)
         for shape, dims, _, bias, bf16 in INT4_CASES:

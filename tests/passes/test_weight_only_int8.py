@@ -5,11 +5,13 @@ in registers), fp32 or bf16 under autocast, every linear form; where our kernel 
 cannot load, the float linear on the dequantized weight (freezing folds it) runs and
 `stats()["unfused"]` says why. Builtins off (tests/conftest.py)."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
 
-from compile_utils import compile_and_run
+from compile_utils import compile_and_run, compile_once_and_run
 from test_fp16_weight import Mlp  # the same two linears: up with a bias, relu, down without
 
 import inductor_quant.passes as iq_passes
@@ -101,3 +103,55 @@ def test_freezing_only_as_a_compile_option_warns_with_the_fix(mlp):
         torch._dynamo.reset()
         torch.compile(converted, options={"freezing": True})(x)  # the fix: the global flag
         assert iq_passes.stats()["kernels"].get("woq_linear") == 2 or not probe.weight_only_linear_builds(torch.float32)
+
+
+class Siblings(nn.Module):
+    """A decoder layer's shapes: q, k, v and gate, up read one input each (no biases, as Gemma)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(32, n, bias=False) for n in (32, 16, 16))
+        self.gate, self.up = (nn.Linear(32, 48, bias=False) for _ in range(2))
+
+    def forward(self, x):
+        qkv = self.q(x)[..., :16] * self.k(x) + self.v(x)
+        h = x + torch.cat([qkv, qkv], -1)
+        return torch.relu(self.gate(h)) * self.up(h)
+
+
+def _woq_int8(model, x, dynamic_shapes=None):
+    quantizer = X86InductorQuantizer().set_module_type_qconfig(nn.Linear,
+                                                               get_x86_inductor_linear_weight_only_int8_config())
+    return quantize(model.eval(), (x,), [(x,)], quantizer=quantizer, dynamic_shapes=dynamic_shapes)
+
+
+@pytest.mark.parametrize("rows", [1, 6], ids=["decode", "prefill"])
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_siblings_on_one_input_become_one_call(bf16, rows):
+    if not probe.weight_only_linear_builds(torch.bfloat16 if bf16 else torch.float32):
+        pytest.skip("our weight-only kernel does not build for this dtype on this CPU")
+    torch.manual_seed(0)
+    x = torch.randn(1, rows, 32)
+    ref, out, code, stats = compile_and_run(_woq_int8(Siblings(), x), (x,), bf16=bf16)
+    assert weight_only_int8_calls(code) == 2, code  # q, k, v in one; gate, up in another
+    assert stats["fused"].get("merge.sibling_woq_linears") == 2, stats
+    assert stats["fused"].get("merge.sibling_woq_linears.absorbed") == 3, stats
+    assert stats["kernels"] == {"woq_linear": 5} and stats["unfused"] == [], stats  # counted as lowered
+    tol = 1e-5 if not bf16 else 2e-2
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol * ref.abs().max().item())
+
+
+def test_siblings_merge_under_a_dynamic_token_dim():
+    """The slices are of the (static) output width: a symbolic token dim (prefill) merges too."""
+    if not probe.weight_only_linear_builds(torch.float32):
+        pytest.skip("our weight-only kernel does not build on this CPU")
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 32)
+    converted = _woq_int8(Siblings(), x, dynamic_shapes=({1: torch.export.Dim("tokens", min=2, max=64)},))
+    pairs, code, stats = compile_once_and_run(converted, [(x,), (torch.randn(1, 9, 32),), (torch.randn(1, 3, 32),)])
+    graphs = code.count("# AOT ID")  # run_and_get_code may compile the same dynamic graph again
+    assert re.search(r"\(1, s\d+, 32\)", code), code  # the token dim is symbolic in the compiled graph
+    assert weight_only_int8_calls(code) == 2 * graphs, code
+    assert stats["fused"].get("merge.sibling_woq_linears") == 2 * graphs, stats
+    for ref, out in pairs:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
