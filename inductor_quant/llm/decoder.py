@@ -112,7 +112,11 @@ class Attention(nn.Module):
         g = self.heads // self.kv_heads
         q = q.reshape(b, self.kv_heads, g * t, self.head_dim)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask.to(q.dtype).repeat(g, 1), scale=self.scale)
-        return self.o_proj(out.reshape(b, self.heads, t, self.head_dim).transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+        # the rows back to [b, t, heads * head_dim] by splitting them (a view for any token count):
+        # a reshape of the whole [b, kv_heads, g * t, head_dim] output to [b, heads, t, head_dim]
+        # made export guard on the symbolic token count and refuse kv_heads > 1 (decoder fuzz seed 106)
+        out = out.unflatten(2, (g, t)).permute(0, 3, 1, 2, 4)
+        return self.o_proj(out.reshape(b, t, self.heads * self.head_dim))
 
 
 class MLP(nn.Module):
