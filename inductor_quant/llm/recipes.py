@@ -5,7 +5,7 @@
 | `fp32` | float | float | fp32 |
 | `bf16` | float, bf16 weights | bf16 | bf16 (where bf16 is native) |
 | `woq_int8` | int8 weights per channel | int8 | bf16 where native, else fp32 |
-| `woq_int4` | 4-bit weights in groups of 32, a zero point each (int8 where `in` is not whole groups) | int8 (it is the tied embedding) | same |
+| `woq_int4` | 4-bit weights in groups of 32, a zero point each (int8 where torch's int4 GEMM does not take the shape) | int8 (it is the tied embedding) | same |
 | `dyn_int8` | per-token dynamic int8 x int8 | same | same |
 | `dyn_int8_sq` | `dyn_int8` after SmoothQuant (alpha 0.5) | same | same |
 
@@ -20,12 +20,14 @@ from typing import Callable, Optional
 
 import torch
 
+from ..kernels import int4pack
 from ..kernels.cpu import cpu_info
 
 
 def _quantizer(global_config: Callable, head_config: Optional[Callable] = None, group: Optional[int] = None):
-    """(model) -> the recipe's quantizer. With `group` (group-wise weights), a linear whose
-    in_features are not whole groups takes `head_config` too: int8 rather than an error."""
+    """(model) -> the recipe's quantizer. With `group` (group-wise weights), a linear whose shape
+    torch's int4 GEMM does not take (in_features not whole groups, out_features not a multiple of
+    16: kernels/int4pack.py) takes `head_config` too: int8 rather than an error or a float layer."""
     def build(model: Optional[torch.nn.Module] = None):
         from ..quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
@@ -34,7 +36,7 @@ def _quantizer(global_config: Callable, head_config: Optional[Callable] = None, 
             q.set_module_name_qconfig("lm_head", head_config())
         if group is not None and model is not None:
             for name, mod in model.named_modules():
-                if isinstance(mod, torch.nn.Linear) and mod.in_features % group:
+                if isinstance(mod, torch.nn.Linear) and not int4pack.supports(mod.out_features, mod.in_features, group):
                     q.set_module_name_qconfig(name, head_config())
         return q
 

@@ -456,3 +456,13 @@ def test_grouped_query_heads_over_several_kv_heads_export_and_match(seed):
     assert result["status"] == "ok", result
     if spec["recipe"] == "woq_int8":
         assert result["fused"].get("merge.sibling_woq_linears"), result
+
+
+def test_an_int4_decoder_with_narrow_kv_projections_leaves_nothing_in_fp32():
+    """Seed 132: one KV head of 8 dims. The int4 recipe put k_proj and v_proj (8 outputs) int4,
+    which torch's int4 GEMM does not take: four linears stayed fp32 ("unfused"). Now int8."""
+    import decoders
+    spec = decoders.draw(132)
+    assert spec["recipe"] == "woq_int4" and spec["config"]["head_dim"] == 8, decoders.describe(spec)
+    result = decoders.check(spec)
+    assert result["status"] == "ok", result

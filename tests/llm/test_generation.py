@@ -220,3 +220,15 @@ def test_int4_keeps_int8_where_a_linear_is_not_whole_groups(our_passes_only):
     ranges = [tuple(n.args[4:6]) for n in lm.module.graph.nodes if n.target is dq]
     # per layer q, k, v, gate, up, down int4 and o_proj int8; the head int8
     assert sorted(ranges) == sorted([(-8, 7)] * 12 + [(-127, 127)] * 3), ranges
+
+
+def test_int4_keeps_int8_where_torchs_gemm_does_not_take_the_width(our_passes_only):
+    """One KV head of 8 dims: k_proj and v_proj have 8 outputs, and torch's int4 GEMM takes
+    multiples of 16 only (kernels/int4pack.py); o_proj has 16 inputs, not a group. Those three go
+    int8, so no linear is left in fp32 (decoder fuzz seed 132 reported four unfused)."""
+    model = _weights(Decoder(DecoderConfig.tiny(num_attention_heads=2, head_dim=8, query_pre_attn_scalar=8)))
+    lm = CompiledLM(model, "woq_int4", chunk=CHUNK, max_len=16, float_dtype=torch.float32)
+    dq = torch.ops.quantized_decomposed.dequantize_per_channel.default
+    ranges = [tuple(n.args[4:6]) for n in lm.module.graph.nodes if n.target is dq]
+    # per layer q, gate, up, down int4; k, v, o_proj int8; the head int8
+    assert sorted(ranges) == sorted([(-8, 7)] * 8 + [(-127, 127)] * 7), ranges
