@@ -78,12 +78,17 @@ def _options(name: str):
     return {"default": None, "python": {"freezing": True}, "fast": inductor_quant.fast_options()}[name]
 
 
-def _logits(lm: CompiledLM, prompt: torch.Tensor, fn) -> torch.Tensor:
+def _logits(lm: CompiledLM, prompt: torch.Tensor, fn, tokens=None) -> tuple:
+    """(logits after the prompt and after each decode step, the tokens fed). The steps feed
+    `tokens` when given (the eager run's greedy choices), else this run's own greedy ones: where
+    two logits are closer than the allowed difference the two runs may pick different tokens, and
+    the logits after different tokens are not comparable (seed 128 was such a false mismatch)."""
     lm.reset()
-    out = [lm.prefill(prompt, fn=fn)]
+    out, fed = [lm.prefill(prompt, fn=fn)], []
     for i in range(STEPS):
-        out.append(lm.step(out[-1].argmax(-1), prompt.shape[1] + i, fn=fn))
-    return torch.stack(out)
+        fed.append(out[-1].argmax(-1) if tokens is None else tokens[i])
+        out.append(lm.step(fed[-1], prompt.shape[1] + i, fn=fn))
+    return torch.stack(out), fed
 
 
 def check(spec: dict) -> dict:
@@ -103,9 +108,9 @@ def check(spec: dict) -> dict:
         lm = CompiledLM(model, spec["recipe"], calibration=calibration, chunk=spec["chunk"], max_len=64,
                         batch=spec["batch"], options=_options(spec["options"]), float_dtype=dtype)
         stage = "eager"
-        eager = _logits(lm, prompt, lm.module)
+        eager, tokens = _logits(lm, prompt, lm.module)
         stage = "compile"
-        compiled = _logits(lm, prompt, lm.compiled)
+        compiled, _ = _logits(lm, prompt, lm.compiled, tokens)
     except Exception as e:  # noqa: BLE001 - every failure is a finding, with its stage
         return {"status": "crash", "stage": stage, "error": f"{type(e).__name__}: {str(e)[:400]}",
                 "trace": traceback.format_exc()[-3000:]}
