@@ -277,14 +277,7 @@ def _merge_woq(graph: torch.fx.Graph, woq, nodes: list) -> None:
         return call(graph, first, aten.cat.default, [n.args[i] for n in nodes], 0)
 
     out = call(graph, first, woq, x, cat(1), cat(2), None if bias is None else cat(3), rows)
-    last_dim, start, parts = val(first).dim() - 1, 0, []
-    for node in nodes:
-        width = val(node.args[1]).shape[0]
-        parts.append(call(graph, first, aten.slice.Tensor, out, last_dim, start, start + width))
-        start += width
-    for node, part in zip(nodes, parts):
-        node.replace_all_uses_with(part)
-        graph.erase_node(node)
+    _split_into(graph, out, nodes, [n.args[1] for n in nodes])
 
 
 def _weight_inputs(f) -> list:
@@ -335,6 +328,12 @@ def _merge(graph: torch.fx.Graph, nodes: list) -> None:
     bias = None if f.bias is None else cat(r.bias for r in records)
     merged = emit_before(first, dataclasses.replace(
         f, w=packed, w_scale=cat(r.w_scale for r in records), w_zp=cat(r.w_zp for r in records), bias=bias))
+    _split_into(graph, merged, nodes, weights)
+
+
+def _split_into(graph: torch.fx.Graph, merged: torch.fx.Node, nodes: list, weights: list) -> None:
+    """Each merged node becomes its slice of `merged`'s last dim (its weight's rows), then goes."""
+    first = nodes[0]
     last_dim, start, parts = val(first).dim() - 1, 0, []
     for w in weights:
         width = val(w).shape[0]

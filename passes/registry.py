@@ -283,14 +283,12 @@ def run(graph: torch.fx.Graph) -> list:
     U.count_promotions(promoted)
     for phase in PHASES[1:]:
         phase_passes()[phase].apply(graph)
-    for size in merge_sibling_linears(graph):
-        _count("merge.sibling_linears")
-        for _ in range(size - 1):
-            _count("merge.sibling_linears.absorbed")
-    for size in merge_sibling_woq_linears(graph):
-        _count("merge.sibling_woq_linears")
-        for _ in range(size - 1):
-            _count("merge.sibling_woq_linears.absorbed")
+    for step, merge in (("merge.sibling_linears", merge_sibling_linears),
+                        ("merge.sibling_woq_linears", merge_sibling_woq_linears)):
+        for size in merge(graph):
+            _count(step)
+            for _ in range(size - 1):
+                _count(f"{step}.absorbed")
     graph.eliminate_dead_code()
     for _ in range(A.settle(graph)):
         _count("post.binary.resettled")
