@@ -122,10 +122,18 @@ def attention_calls(code: str) -> collections.Counter:
     return collections.Counter("torch" if m.group(1) or m.group(2) else "ours" for m in _ATTENTION.finditer(code))
 
 
+_LAYER_NORM_QUANT = re.compile(r"torch\.ops\.iq_onednn\.layer_norm_quant\.\w+\(|\"iq_onednn::layer_norm_quant\"")
+
+
+def layer_norm_quant_calls(code: str) -> int:
+    """Calls of our layer norm + quantize (`iq_onednn.layer_norm_quant`, passes/norms.py) in `code`."""
+    return len(_LAYER_NORM_QUANT.findall(code))
+
+
 def prepacks_at_runtime(code: str) -> bool:
     """A weight prepack still called at run time (freezing did not fold it into a constant)."""
     return bool(_PREPACK.search(code))
 
 
-__all__ = ["onednn_int8_calls", "own_kernel_calls", "attention_calls", "onednn_fp16_calls", "count", "float_compute_calls", "int8_gemm_template_calls",
+__all__ = ["onednn_int8_calls", "own_kernel_calls", "attention_calls", "layer_norm_quant_calls", "onednn_fp16_calls", "count", "float_compute_calls", "int8_gemm_template_calls",
            "inductor_kernel_calls", "prepacks_at_runtime", "weight_only_int4_calls"]

@@ -33,6 +33,13 @@ Contract of `iq_onednn::attention`: `softmax(q @ k.transpose(-2, -1) * scale + m
 broadcasts to [B, H, Sq, Sk]; scores and softmax in fp32, the output in q's dtype, laid out as
 torch's `_scaled_dot_product_flash_attention_for_cpu` lays out its own ([B, S, H, D] memory);
 within fp32 / bf16 rounding of that op.
+
+Contract of `iq_onednn::layer_norm_quant`: `layer_norm(x, [n], weight, bias, eps)` over the last
+dim of float32 x (n = its size), as Inductor computes the decomposed op (mean, then the variance
+around it, `1 / sqrt(var + eps)`), and `quantize_per_tensor` of it (uint8 or int8, `scale`,
+`zero_point`, clamped to [qmin, qmax]); returns (the float output, or an empty tensor unless
+`float_out`; the quantized one). The float output within float rounding of that computation, the
+quantized one within one step of quantizing it.
 """
 
 from __future__ import annotations
@@ -75,7 +82,8 @@ def _compiler() -> str | None:
 
 
 # -fopenmp: at::parallel_for is OpenMP inlined into this library (without it our GEMV ran on one thread)
-FLAGS = ("-O2", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-w")
+# -ffp-contract=off: a * b + c stays two roundings, as in Inductor's own kernels (layer_norm_quant.h)
+FLAGS = ("-O2", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-w")
 
 
 def _build_key(cxx: str) -> str:
@@ -201,6 +209,11 @@ def _register_fakes() -> None:
     def _(q, k, v, mask, scale):
         # [B, S, H, D] memory seen as [B, H, S, D]: torch's CPU flash attention's output layout
         return q.new_empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3])).transpose(1, 2)
+
+
+    @torch.library.register_fake(f"{LIBRARY}::layer_norm_quant")
+    def _(x, weight, bias, eps, scale, zero_point, qmin, qmax, dtype, float_out):
+        return x.new_empty(x.shape if float_out else (0,)), x.new_empty(x.shape, dtype=dtype)
 
 
 def _conv_args(f, w_plain) -> tuple:

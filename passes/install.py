@@ -58,7 +58,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from inductor_quant.kernels import compat, native, registration
 from inductor_quant.kernels.cpu import cpu_info
 
-from . import attention, builtins, decompositions, graph_rewrites, lowerings, own_calls, registry
+from . import attention, builtins, decompositions, graph_rewrites, lowerings, norms, own_calls, registry
 from .diagnostics import has_quantized_ops, report_unfused
 from .kernel_limits import SATURATION_WARNING
 from .reasons import Why
@@ -116,6 +116,7 @@ class QuantFusionPass(CustomGraphPass):
                 unfused = registry.run(graph)
                 if own_calls.in_use():
                     own_calls.route(graph)
+                    norms.route(graph)
             if any(u.code == Why.SATURATION.code for u in unfused):
                 INSTALLATION.warn_once("saturation", graph)
         elif has_quantized_ops(graph):

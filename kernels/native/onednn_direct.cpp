@@ -40,6 +40,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "layer_norm_quant.h"
 #include "woq_gemv.h"
 
 namespace {
@@ -1048,6 +1049,33 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
   return out.transpose(1, 2);
 }
 
+// Layer norm over the last dim of float32 x, then quantize_per_tensor (uint8 or int8): the
+// float output (when `float_out`; else an empty tensor) and the quantized one, both x's shape.
+// Plain C++ (layer_norm_quant.h), no oneDNN: it needs no primitive and no symbol of torch's.
+std::tuple<at::Tensor, at::Tensor> layer_norm_quant(const at::Tensor& x_in, const c10::optional<at::Tensor>& w_in,
+                                                    const c10::optional<at::Tensor>& b_in, double eps, double scale,
+                                                    int64_t zero_point, int64_t qmin, int64_t qmax,
+                                                    at::ScalarType dtype, bool float_out) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.dim() >= 1, "layer_norm_quant: a float32 input");
+  TORCH_CHECK(dtype == at::kByte || dtype == at::kChar, "layer_norm_quant: a uint8 or int8 output");
+  const int64_t n = x_in.size(-1);
+  auto param = [&](const c10::optional<at::Tensor>& p, double fill, const char* what) {
+    if (!p.has_value()) return at::empty({n}, x_in.options()).fill_(fill);
+    TORCH_CHECK(p->scalar_type() == at::kFloat && p->numel() == n, "layer_norm_quant: a float32 ", what,
+                " of the normalized size");
+    return p->contiguous();
+  };
+  const at::Tensor w = param(w_in, 1.0, "weight"), b = param(b_in, 0.0, "bias");
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor y = float_out ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(dtype));
+  if (x.numel() == 0) return {y, q};
+  norm_quant::run({x.const_data_ptr<float>(), w.const_data_ptr<float>(), b.const_data_ptr<float>(),
+                         float_out ? y.data_ptr<float>() : nullptr, q.data_ptr(), dtype == at::kChar,
+                         x.numel() / n, n, float(eps), float(1.0 / scale), zero_point, qmin, qmax});
+  return {y, q};
+}
+
 std::string status() { return api().error; }
 
 int64_t cached_layers() {
@@ -1092,6 +1120,9 @@ TORCH_LIBRARY(iq_onednn, m) {
   m.def("woq_linear(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int m_hint) -> Tensor");
   m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
   m.def(
+      "layer_norm_quant(Tensor x, Tensor? weight, Tensor? bias, float eps, float scale, int zero_point, int qmin, "
+      "int qmax, ScalarType dtype, bool float_out) -> (Tensor, Tensor)");
+  m.def(
       "qconv2d_sum_(Tensor x, float x_scale, int x_zero_point, Tensor w, Tensor w_scale, Tensor? bias, int stride_h, "
       "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, float output_scale, "
       "int output_zero_point, ScalarType? output_dtype, Tensor(a!) accum, float accum_scale, int accum_zero_point, "
@@ -1106,4 +1137,5 @@ TORCH_LIBRARY_IMPL(iq_onednn, CPU, m) {
   m.impl("qlinear_add", qlinear_add);
   m.impl("woq_linear", woq_linear);
   m.impl("attention", attention);
+  m.impl("layer_norm_quant", layer_norm_quant);
 }

@@ -415,6 +415,7 @@ def generate(seed: int, max_ops: int = 7) -> dict:
     if len(vals[0]) == 3 and attention.random() < 0.25:
         _try_motif(attention, spec, vals, probe, extra_outputs, _self_attention)
     upcast = random.Random(seed * 61 + 37)  # its own stream: graphs without it stay as they were
+    norms = random.Random(seed * 71 + 43)  # likewise
     tries = 0
     while len(spec["ops"]) < n_ops and tries < 200:
         tries += 1
@@ -456,6 +457,13 @@ def generate(seed: int, max_ops: int = 7) -> dict:
                 vals.append(tuple(probe[-1].shape))
         if name in ("conv", "linear") and upcast.random() < 0.1:  # an RMSNorm in fp32 on what it made
             _append(spec, vals, probe, [{"op": "rms_norm", "in": [len(vals) - 1], "kw": {}}])
+        if name == "linear" and norms.random() < 0.1:  # a layer norm quantized for the next linear
+            ln = len(vals)  # its value's index; post-norm (read again by a residual add) or pre-norm
+            ops = [{"op": "layer_norm", "in": [ln - 1], "kw": {}},
+                   {"op": "linear", "in": [ln], "kw": {"out": vals[-1][-1], "bias": True}}]
+            if norms.random() < 0.5:
+                ops.append({"op": "add", "in": [ln + 1, ln], "kw": {}})
+            _append(spec, vals, probe, ops)
     if not any(op["op"] in ("conv", "linear") for op in spec["ops"]):
         return generate(seed + 10_000_019, max_ops)  # deterministic redraw
     spec["outputs"] = [len(vals) - 1]

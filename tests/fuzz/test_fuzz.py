@@ -480,3 +480,18 @@ def test_an_int4_decoder_with_narrow_kv_projections_leaves_nothing_in_fp32():
     assert spec["recipe"] == "woq_int4" and spec["config"]["head_dim"] == 8, decoders.describe(spec)
     result = decoders.check(spec)
     assert result["status"] == "ok", result
+
+
+@pytest.mark.parametrize("seed", [122, 137], ids=["post-norm-residual", "pre-norm"])
+@pytest.mark.parametrize("config", ["freeze-cpp-fp32-dynbatch", "fast-fp32-static", "freeze-py-fp32-static"])
+def test_the_generator_reaches_the_layer_norm_rule(seed, config):
+    """A layer norm quantized for the next linear runs as our one call (passes/norms.py): seed 122
+    draws linear -> norm -> linear whose output the norm's adds to (the float output read again),
+    seed 137 the norm read by the quantize alone; both exact under the C++ wrapper, a dynamic
+    batch and `fast_options()`. (Under bf16 autocast these graphs round the norm's output to bf16
+    before the quantize: that form stays Inductor's.)"""
+    spec = graphs.generate(seed)
+    assert spec["quant"] == "static" and any(op["op"] == "layer_norm" for op in spec["ops"]), graphs.describe(spec)
+    outcome = harness.check(spec, harness.Config.parse(config))
+    assert outcome.status == "ok", outcome.error
+    assert outcome.fused.get("kernel.layer_norm_quant", 0) >= 1, outcome.fused

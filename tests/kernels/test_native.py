@@ -448,3 +448,44 @@ def test_attention_refuses_what_it_does_not_compute():
         torch.ops.iq_onednn.attention(q, k, v, torch.zeros(4, 10), 0.5)
     with pytest.raises(RuntimeError, match="additive mask"):
         torch.ops.iq_onednn.attention(q, k, v, torch.zeros(10, 10, dtype=torch.bool), 0.5)
+
+
+def _layer_norm_reference(x, weight, bias, eps):
+    return torch.layer_norm(x.double(), x.shape[-1:], None if weight is None else weight.double(),
+                            None if bias is None else bias.double(), eps)
+
+
+@pytest.mark.parametrize("affine", ["weight_bias", "weight", "none"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8], ids=["u8", "s8"])
+def test_layer_norm_quant_is_layer_norm_then_quantize(dtype, affine):
+    """The float output within float rounding of the layer norm, the quantized one within one step
+    of quantizing the exact layer norm (and equal to quantizing our own float output but for values
+    on a rounding edge); rows of 768 (BERT's) and 10 (a tail shorter than any vector)."""
+    g = torch.Generator().manual_seed(7)
+    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
+    zp = 120 if dtype == torch.uint8 else -3
+    for shape in ((3, 50, 768), (7, 10)):
+        x = torch.randn(*shape, generator=g) * 3 + 1
+        weight = torch.randn(shape[-1], generator=g) if affine != "none" else None
+        bias = torch.randn(shape[-1], generator=g) if affine == "weight_bias" else None
+        y, q = torch.ops.iq_onednn.layer_norm_quant(x, weight, bias, 1e-5, 0.01, zp, lo, hi, dtype, True)
+        want = _layer_norm_reference(x, weight, bias, 1e-5)
+        assert y.dtype == torch.float32 and q.dtype == dtype and y.shape == q.shape == x.shape
+        assert (y.double() - want).abs().max() < 1e-5
+        exact = torch.clamp(torch.round(want / 0.01) + zp, lo, hi)
+        assert (q.double() - exact).abs().max() <= 1
+        of_ours = torch.clamp(torch.round(y * torch.tensor(1 / 0.01)) + zp, lo, hi)
+        assert (q.float() != of_ours).float().mean() < 1e-3
+        assert q.min() >= lo and q.max() <= hi and (q == lo).any() and (q == hi).any()  # both clamps reached
+        y_unread, q_again = torch.ops.iq_onednn.layer_norm_quant(x, weight, bias, 1e-5, 0.01, zp, lo, hi, dtype, False)
+        assert y_unread.numel() == 0 and torch.equal(q_again, q)
+
+
+def test_layer_norm_quant_refuses_what_it_does_not_compute():
+    x = torch.randn(4, 8)
+    with pytest.raises(RuntimeError, match="a float32 input"):
+        torch.ops.iq_onednn.layer_norm_quant(x.bfloat16(), None, None, 1e-5, 0.1, 0, 0, 255, torch.uint8, True)
+    with pytest.raises(RuntimeError, match="uint8 or int8"):
+        torch.ops.iq_onednn.layer_norm_quant(x, None, None, 1e-5, 0.1, 0, 0, 255, torch.int32, True)
+    with pytest.raises(RuntimeError, match="weight of the normalized size"):
+        torch.ops.iq_onednn.layer_norm_quant(x, torch.ones(5), None, 1e-5, 0.1, 0, 0, 255, torch.uint8, True)
