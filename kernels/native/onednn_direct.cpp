@@ -857,13 +857,29 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
   at::Tensor out = at::empty(out_sizes, x.options());
   if (x.size(0) == 0) return out;
   if (x.size(0) == 1 && w.is_contiguous()) {  // a decode step at batch 1: stream the weight
-    const at::Tensor xf = x.to(at::kFloat).contiguous(), scale = w_scale.to(at::kFloat).contiguous();
-    const c10::optional<at::Tensor> bf =
-        bias.has_value() ? c10::optional<at::Tensor>(bias->to(at::kFloat).contiguous()) : c10::nullopt;
-    at::Tensor yf = out.scalar_type() == at::kFloat ? out : at::empty(out_sizes, x.options().dtype(at::kFloat));
-    woq_gemv::run({xf.const_data_ptr<float>(), w.const_data_ptr<int8_t>(), scale.const_data_ptr<float>(),
-                   bf.has_value() ? bf->const_data_ptr<float>() : nullptr, yf.data_ptr<float>(), k, n});
-    if (!yf.is_same(out)) out.copy_(yf);
+    // fp32 x as it is, bf16 x widened once into a row of its own (exact); scales and bias read in
+    // their dtypes and the output written in x's: no tensor made or converted per call but the output
+    std::vector<float> widened;
+    const float* xf = nullptr;
+    if (x.scalar_type() == at::kFloat) {
+      xf = x.const_data_ptr<float>();
+    } else {
+      widened.resize(size_t(k));
+      const c10::BFloat16* xb = x.const_data_ptr<c10::BFloat16>();
+      for (int64_t i = 0; i < k; ++i) widened[size_t(i)] = float(xb[i]);
+      xf = widened.data();
+    }
+    const at::Tensor scale = w_scale.scalar_type() == at::kFloat && w_scale.is_contiguous()
+                                 ? w_scale : w_scale.to(at::kFloat).contiguous();
+    c10::optional<at::Tensor> b;
+    if (bias.has_value())
+      b = (bias->scalar_type() == at::kFloat || bias->scalar_type() == at::kBFloat16) && bias->is_contiguous()
+              ? *bias : bias->to(at::kFloat).contiguous();
+    woq_gemv::Args args{xf, w.const_data_ptr<int8_t>(), scale.const_data_ptr<float>(),
+                        b.has_value() ? b->const_data_ptr() : nullptr, out.data_ptr(), k, n};
+    args.bias_bf16 = b.has_value() && b->scalar_type() == at::kBFloat16;
+    args.y_bf16 = out.scalar_type() == at::kBFloat16;
+    woq_gemv::run(args);
     return out;
   }
   LinearCall c{x.size(0), k, n, m_hint, x.scalar_type(), x.scalar_type(),

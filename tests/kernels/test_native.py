@@ -322,6 +322,21 @@ def test_weight_only_decode_rows_stream_the_weight(dtype, k):
         torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
+def test_the_bf16_decode_row_is_the_fp32_gemv_rounded_once():
+    """bf16 in and out of the GEMV (no conversions around it): bitwise the fp32 GEMV of the widened
+    row and bias, its output rounded to bf16 once; with and without a bias, a bf16 or fp32 bias."""
+    g = torch.Generator().manual_seed(11)
+    n, k = 4 * 37 + 3, 640
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    w_scale = torch.rand(n, generator=g) * 0.01 + 0.001
+    x = torch.randn(1, k, generator=g).bfloat16()
+    b = torch.randn(n, generator=g).bfloat16()
+    for bias in (b, b.float(), None):
+        out = torch.ops.iq_onednn.woq_linear(x, w, w_scale, bias, 1)
+        widened = torch.ops.iq_onednn.woq_linear(x.float(), w, w_scale, None if bias is None else bias.float(), 1)
+        assert out.dtype == torch.bfloat16 and torch.equal(out, widened.bfloat16())
+
+
 def test_weight_only_linear_refuses_what_it_does_not_compute():
     w, s = torch.zeros(8, 16, dtype=torch.int8), torch.ones(8)
     with pytest.raises(RuntimeError, match="float32 or bfloat16 activations"):
