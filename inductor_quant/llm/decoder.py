@@ -101,9 +101,13 @@ class Attention(nn.Module):
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         # this step's keys and values into the caller's cache, then attend over the whole cache
-        # (slots not yet written are masked out)
-        k_cache[self.index].index_copy_(2, positions, k.to(k_cache.dtype))
-        v_cache[self.index].index_copy_(2, positions, v.to(v_cache.dtype))
+        # (slots not yet written are masked out). One `index_put_` on the whole cache, indexed by
+        # (layer, position): Inductor writes it in place. Written as `k_cache[layer].index_copy_`
+        # (a view of one layer), functionalization made it a copy of every layer's cache, ~250 us
+        # a layer per decode step (docs/PERFORMANCE.md, section 5b).
+        layer = torch.full_like(positions, self.index)
+        torch.ops.aten.index_put_(k_cache, [layer, None, None, positions], k.to(k_cache.dtype).permute(2, 0, 1, 3))
+        torch.ops.aten.index_put_(v_cache, [layer, None, None, positions], v.to(v_cache.dtype).permute(2, 0, 1, 3))
         keys = k_cache[self.index].to(q.dtype)
         values = v_cache[self.index].to(q.dtype)
         # grouped-query attention without repeating the cache per query head (a copy of the whole
