@@ -61,13 +61,6 @@ def layer(request):
     return quantize(Layer(masked=masked).eval(), _inputs(masked), calib, dynamic_shapes=dynamic), masked
 
 
-@pytest.fixture
-def own():
-    with iq_passes.own_kernels(True) as on:
-        assert on, "the own kernel library must build here (kernels/native.py)"
-        yield
-
-
 @pytest.mark.parametrize("bf16", BF16, ids=lambda b: "bf16" if b else "fp32")
 @pytest.mark.parametrize("cpp_wrapper", [False, True], ids=["python", "cpp"])
 def test_attention_calls_ours_and_matches_eager_as_torchs_does(layer, own, cpp_wrapper, bf16):

@@ -46,13 +46,6 @@ def converted():
     return quantize(Norms().eval(), _inputs(), [_inputs() for _ in range(4)], dynamic_shapes=({0: batch},))
 
 
-@pytest.fixture
-def own():
-    with iq_passes.own_kernels(True) as on:
-        assert on, "the own kernel library must build here (kernels/native.py)"
-        yield
-
-
 @pytest.mark.parametrize("bf16", BF16, ids=lambda b: "bf16" if b else "fp32")
 @pytest.mark.parametrize("cpp_wrapper", [False, True], ids=["python", "cpp"])
 def test_quantized_layer_norms_call_ours_and_match_inductors(converted, own, cpp_wrapper, bf16):

@@ -49,13 +49,6 @@ def block():
     return quantize(Block().eval(), (x,), calib, quantizer=quantizer, dynamic_shapes=dynamic), x
 
 
-@pytest.fixture
-def own():
-    with iq_passes.own_kernels(True) as on:
-        assert on, "the own kernel library must build here (kernels/native.py)"
-        yield
-
-
 @pytest.mark.parametrize("cpp_wrapper", [False, True], ids=["python", "cpp"])
 def test_plain_convs_call_our_kernels_and_compute_the_same(block, own, cpp_wrapper):
     converted, x = block
