@@ -94,18 +94,29 @@ __attribute__((flatten)) void rows_plain(const Args& a, int64_t r0, int64_t r1) 
 
 // The widest vector code this CPU runs and torch's own CPU dispatch uses (ATEN_CPU_CAPABILITY
 // caps both, as in woq_gemv.h).
+enum class Level { plain, avx2, avx512 };
+inline Level level() {
+  const std::string cap = at::get_cpu_capability();
+  __builtin_cpu_init();
+  if (cap == "AVX512" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return Level::avx512;
+  if ((cap == "AVX512" || cap == "AVX2") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return Level::avx2;
+  return Level::plain;
+}
+
+inline const char* name(Level l) { return l == Level::avx512 ? "avx512" : l == Level::avx2 ? "avx2" : "plain"; }
+
 template <typename Q>
 void run_typed(const Args& a) {
   using Rows = void (*)(const Args&, int64_t, int64_t);
   static const Rows rows = [] {
-    const std::string cap = at::get_cpu_capability();
-    __builtin_cpu_init();
-    if (cap == "AVX512" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      return Rows(rows_avx512<Q>);
-    if ((cap == "AVX512" || cap == "AVX2") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return Rows(rows_avx2<Q>);
-    return Rows(rows_plain<Q>);
+    switch (level()) {
+      case Level::avx512: return Rows(rows_avx512<Q>);
+      case Level::avx2: return Rows(rows_avx2<Q>);
+      default: return Rows(rows_plain<Q>);
+    }
   }();
   // a row is ~3n bytes of traffic: rows in blocks of 64 KB or more per task
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(a.n * 4, 1));

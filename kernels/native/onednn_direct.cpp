@@ -1094,6 +1094,13 @@ std::tuple<at::Tensor, at::Tensor> layer_norm_quant(const at::Tensor& x_in, cons
 
 std::string status() { return api().error; }
 
+// Which loops of our own vector kernels run in this process (they follow ATEN_CPU_CAPABILITY):
+// tests cap the capability to prove the AVX2 and plain loops on a newer CPU.
+std::string vector_code() {
+  return std::string("woq_gemv=") + woq_gemv::name(woq_gemv::pick()) + " layer_norm_quant=" +
+         norm_quant::name(norm_quant::level());
+}
+
 int64_t cached_layers() {
   std::lock_guard<std::mutex> guard(cache_mutex);
   return int64_t(cache.size());
@@ -1114,6 +1121,7 @@ void clear_cache() {
 
 TORCH_LIBRARY(iq_onednn, m) {
   m.def("status() -> str", &status);
+  m.def("vector_code() -> str", &vector_code);
   m.def("cached_layers() -> int", &cached_layers);
   m.def("clear_cache() -> ()", &clear_cache);
   m.def(

@@ -504,3 +504,22 @@ def test_layer_norm_quant_refuses_what_it_does_not_compute():
         torch.ops.iq_onednn.layer_norm_quant(x, None, None, 1e-5, 0.1, 0, 0, 255, torch.int32, True)
     with pytest.raises(RuntimeError, match="weight of the normalized size"):
         torch.ops.iq_onednn.layer_norm_quant(x, torch.ones(5), None, 1e-5, 0.1, 0, 0, 255, torch.uint8, True)
+
+
+def test_our_vector_loops_follow_torchs_cpu_capability():
+    """Our GEMV and quantized layer norm pick their loops (AVX-512, AVX2, plain C++) as ATen does
+    (`ATEN_CPU_CAPABILITY` caps both): on a newer CPU only a capped process runs the narrower
+    loops, so each capped process runs this file's tests of both kernels again."""
+    have = "avx512f" in cpu_info().features
+    default = torch.ops.iq_onednn.vector_code()
+    assert default == ("woq_gemv=avx512 layer_norm_quant=avx512" if have else
+                       "woq_gemv=avx2 layer_norm_quant=avx2"), default
+    tests = "layer_norm_quant or decode_rows or rounded_once or dequantized_weight"
+    for cap, loops in (("avx2", "avx2"), ("default", None)):
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": cap}
+        code = "import torch; from inductor_quant.kernels import native; native.load(); print(torch.ops.iq_onednn.vector_code())"
+        out = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split() == [f"woq_gemv={loops or 'scalar'}", f"layer_norm_quant={loops or 'plain'}"], out
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", tests],
+                             env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
+        assert run.returncode == 0 and " passed" in run.stdout and "failed" not in run.stdout, run.stdout[-3000:]
