@@ -2,19 +2,24 @@
 
 One line for users: `torch.compile(converted, options=inductor_quant.fast_options())`.
 Measured with `inductor-quant bench` on an Intel Xeon with AMX, 2 threads (README, "Speed"; the
-row-by-row record in docs/PERFORMANCE.md):
+row-by-row record in docs/PERFORMANCE.md), unless said otherwise:
 
 - `freezing`: our passes fuse and prepack at freezing time; without it nothing fuses.
 - `cpp_wrapper`: no Python between kernels; the per-call cost matters at small batch
   (ResNet-50 bs1 7.7 -> 7.1 ms, MobileNetV2 bs1 4.6 -> 4.1 ms). Not a gain everywhere: BERT-base
   bs8 ran slower with it (91.0 -> 100.5 ms).
-- Inductor's C++ GEMM template for the int8 linears (`max_autotune` with the CPP backend):
-  generated AMX / AVX-512-VNNI int8 micro-kernels with the dequantize, bias, post-op and
+- Inductor's C++ GEMM template for the int8 linears (`max_autotune` with the CPP backend), on
+  AMX CPUs only: generated AMX int8 micro-kernels with the dequantize, bias, post-op and
   requantize fused in, instead of a oneDNN call with ATen's per-call layer around it
-  (BERT-base bs1 20.0 -> 18.7 ms; under bf16 autocast 19.1 -> 16.4 ms). It has int8
-  micro-kernels only for AMX and AVX-512 VNNI, so elsewhere it is left off. Autotuning
-  (template vs oneDNN, per layer) costs compile time: 2.56-2.81x Inductor fp32's compile on the
-  transformers, 0.74-1.10x on the convnets.
+  (BERT-base bs1 20.0 -> 18.7 ms; under bf16 autocast 19.1 -> 16.4 ms, measured before our own
+  kernel calls). Autotuning (template vs oneDNN, per layer) costs compile time: 2.56-2.81x
+  Inductor fp32's compile on the transformers, 0.74-1.10x on the convnets.
+  Where the template has only AVX-512 VNNI micro-kernels (AMD Zen 4 / Zen 5) it was no faster
+  than the C++ wrapper with our kernel calls alone and slower at batch 8, for about twice the
+  compile (AMD EPYC Zen 5, 2 threads, bf16 autocast, interleaved medians: BERT-base bs1 16.73
+  vs 16.45 ms, bs8 112.1 vs 106.4 ms, ViT-B/16 bs1 27.00 vs 26.57 ms; compile 17-23 s vs 11 s;
+  Zen 4: BERT-base bs8 308.6 vs 263.8 ms), so there fast_options() leaves it off;
+  `template_options()` still asks for it (the configuration the fuzzer proves on those CPUs).
   Our passes emit the linears' residual add out of place under it: the template computes the
   in-place `sum` wrong (passes/kernel_limits.gemm_template_may_run).
 
@@ -33,11 +38,14 @@ from typing import Optional
 from .kernels.cpu import CpuInfo, cpu_info
 
 GEMM_TEMPLATE_ISA = ("amx_int8", "avx512_vnni")  # where Inductor's template has u8 x s8 micro-kernels
+TEMPLATE_FASTER_ISA = ("amx_int8",)  # where its autotune beat our kernel calls (measured; above)
 
 
-def fast_options(info: Optional[CpuInfo] = None) -> dict:
-    """Inductor options (`torch.compile(..., options=...)`) for the fastest int8 at batch 1 on
-    `info`'s CPU."""
+def template_options(info: Optional[CpuInfo] = None) -> dict:
+    """Freezing, the C++ wrapper and, where the template has int8 micro-kernels, its autotune
+    against torch's op: `fast_options()` on an AMX CPU, and what a user who asks for max-autotune
+    gets elsewhere (the differential fuzzer and the template's tests compile with it on every
+    CPU that has those micro-kernels)."""
     info = info or cpu_info()
     options = {"freezing": True, "cpp_wrapper": True}
     if any(f in info.features for f in GEMM_TEMPLATE_ISA):
@@ -47,4 +55,13 @@ def fast_options(info: Optional[CpuInfo] = None) -> dict:
     return options
 
 
-__all__ = ["fast_options"]
+def fast_options(info: Optional[CpuInfo] = None) -> dict:
+    """Inductor options (`torch.compile(..., options=...)`) for the fastest int8 at batch 1 on
+    `info`'s CPU: with the template's autotune only where it was faster (AMX)."""
+    info = info or cpu_info()
+    if any(f in info.features for f in TEMPLATE_FASTER_ISA):
+        return template_options(info)
+    return {"freezing": True, "cpp_wrapper": True}
+
+
+__all__ = ["fast_options", "template_options"]

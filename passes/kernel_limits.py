@@ -149,7 +149,7 @@ def gemm_template_may_run() -> bool:
 
 def check_template_weight_reuse(w: torch.fx.Node) -> Optional[Reason]:
     """Under the C++ GEMM template an int8 weight that several linears read is not fused: a
-    quantized Linear called twice failed to compile under fast_options() (torch 2.13-2.14), with
+    quantized Linear called twice failed to compile under max-autotune (torch 2.13-2.14), with
     both calls fused (the template re-packs the frozen packed weight for its micro-kernel and
     prunes the original, which the second lowering then misses) and with one of them fused
     (the packed weight again missing at the fused one's lowering). They stay dq -> fp32 linear

@@ -32,7 +32,7 @@ from .match import static_shape, val
 from .stats import count_kernel
 
 
-# Under max-autotune (fast_options()), linears with fewer rows (batch x tokens) than this call our
+# Under max-autotune (template_options(); fast_options() on AMX), linears with fewer rows (batch x tokens) than this call our
 # kernel; from it on, the autotune between the C++ GEMM template and torch's op keeps them. Measured
 # with bf16 autocast, C++ wrapper (docs/ARCHITECTURE.md, section 8; AMX Xeon, 2 threads): BERT-base
 # bs1 (128 rows) 11.9 -> 11.6 ms, ViT-B/16 bs1 (197 rows) 19.8 -> 18.4 ms with ours; BERT-base bs8

@@ -43,7 +43,7 @@ class Why(enum.Enum):
     ND_VIEW = "N-D linear whose output view does not restore the input's leading dims"
     BMM_NOT_LINEAR = "bmm is not a linear ({detail})"
     TEMPLATE_SHARED_WEIGHT = ("weight read by several linears (a Linear called twice): Inductor's C++ GEMM template "
-                              "(max-autotune, fast_options()) fails to compile int8 GEMMs that share it")
+                              "(max-autotune; fast_options() on AMX) fails to compile int8 GEMMs that share it")
     FP16_WEIGHT_FORM = "fp16-weight linear: {detail}"
     FP16_WEIGHT_AUTOCAST = ("fp16-weight linear under bf16 autocast: autocast makes it a bf16 linear (on the weight "
                             "rounded to fp16, then to bf16), which Inductor runs as such")

@@ -403,7 +403,7 @@ def generate(seed: int, max_ops: int = 7) -> dict:
     shared = random.Random(seed * 53 + 1)  # likewise
     spec = {"seed": seed, "input": _input_shape(r), "quant": "static", "ops": [], "outputs": []}
     if len(spec["input"]) == 3 and random.Random(seed * 37 + 11).random() < 0.3:  # its own stream too
-        # tokens x features: linears with >= 256 rows, which fast_options() leaves to the autotune of
+        # tokens x features: linears with >= 256 rows, which template_options() leaves to the autotune of
         # Inductor's GEMM template (passes/own_calls.py, TEMPLATE_FROM_ROWS); fewer rows call our kernel
         spec["input"] = [max(2, spec["input"][0]), 128, spec["input"][2]]
     vals = [tuple(spec["input"])]

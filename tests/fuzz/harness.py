@@ -4,11 +4,12 @@ README recommends.
 Configs: the grid {freezing on/off} x {Python/C++ wrapper} x {fp32, bf16 autocast} x {static,
 dynamic batch} (`GRID_CONFIGS`, 16; `CONFIGS` takes the half fraction in which the four switches
 xor to zero: 8 compiles that still meet every pair of settings), plus the product's own
-configurations (`PRODUCT_CONFIGS`): `torch.compile(options=fast_options())` (freezing, the C++
-wrapper and, on AMX / AVX-512 VNNI, Inductor's C++ GEMM template with autotuning) at a static
+configurations (`PRODUCT_CONFIGS`): `torch.compile(options=template_options())` (freezing, the C++
+wrapper and, on AMX / AVX-512 VNNI, Inductor's C++ GEMM template with autotuning: `fast_options()`
+on AMX; elsewhere fast_options() is the grid's freezing + C++ wrapper) at a static
 batch with and without bf16 autocast (bf16 where native) and at a dynamic batch; and
 AOTInductor (`aoti_compile_and_package` of the re-exported converted model), static and dynamic
-batch (the fourth combination, bf16 with a dynamic batch, is left out: fast_options() autotunes
+batch (the fourth combination, bf16 with a dynamic batch, is left out: the template autotunes
 every GEMM, seconds per linear, and the other three meet every setting). Every config runs our
 own kernel calls (kernels/native.py, the default); the `torchops` configs run torch's oneDNN ops in
 their place (`iq_passes.set_own_kernels(False)`, the fallback where our library cannot load) with
@@ -41,7 +42,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 import inductor_quant.passes as iq_passes
-from inductor_quant import fast_options, quantize
+from inductor_quant import quantize
+from inductor_quant.compile_options import template_options
 from inductor_quant.kernels.cpu import cpu_info
 from inductor_quant.quantizer import (X86InductorQuantizer, get_default_x86_inductor_quantization_config,
                                       get_x86_inductor_linear_dynamic_fp16_config,
@@ -54,7 +56,7 @@ from graphs import Bundle, SpecModel, inputs, value_shapes
 
 qd = torch.ops.quantized_decomposed
 BF16_RTOL = 1.6e-2
-# plain torch.compile with the switches, fast_options(), AOTInductor (all with our own kernel
+# plain torch.compile with the switches, template_options() ("fast"), AOTInductor (all with our own kernel
 # calls, the default), and torch's ops in their place (iq_passes.set_own_kernels(False): the
 # fallback where our kernel library cannot load)
 MODES = ("jit", "fast", "aoti", "torchops")
@@ -87,7 +89,7 @@ class Config:
 GRID_CONFIGS = [Config(*bits) for bits in itertools.product((True, False), repeat=4)]
 FULL_CONFIGS = GRID_CONFIGS  # the grid's full factorial (--full-matrix)
 HALF_FRACTION = [c for c in GRID_CONFIGS if (c.freezing ^ c.cpp_wrapper ^ c.bf16 ^ c.dynamic_batch) == 0]
-# fast_options() freezes and uses the C++ wrapper; AOTInductor compiles without autocast (it
+# template_options() freezes and uses the C++ wrapper; AOTInductor compiles without autocast (it
 # disables it while compiling), so it has no bf16 config
 ALL_PRODUCT_CONFIGS = ([Config(True, True, bf16, dyn, "fast") for bf16, dyn in ((False, False), (True, False), (False, True))]
                        + [Config(True, True, False, dyn, "aoti") for dyn in (False, True)]
@@ -216,7 +218,7 @@ def compiled_for(config: Config, model: torch.nn.Module, example, compile_fn=tor
             yield torch._inductor.aoti_load_package(path)
         return
     if config.mode == "fast" and compile_fn is torch.compile:
-        yield torch.compile(model, options=fast_options())
+        yield torch.compile(model, options=template_options())
         return
     yield compile_fn(model)
 
@@ -227,7 +229,7 @@ def _call_patch(config: Config):
     if config.mode == "aoti":
         yield
         return
-    # no autotune tables on stdout (fast_options() autotunes the int8 GEMMs)
+    # no autotune tables on stdout (template_options() autotunes the int8 GEMMs)
     with torch._inductor.config.patch(freezing=config.freezing, cpp_wrapper=config.cpp_wrapper,
                                       autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False), \
             iq_passes.own_kernels(config.mode != "torchops"):

@@ -69,7 +69,8 @@ def test_configs_are_a_half_fraction_meeting_every_pair_plus_the_products_own():
         for b in fields[i + 1:]:
             pairs = {(getattr(c, a), getattr(c, b)) for c in harness.HALF_FRACTION}
             assert pairs == {(x, y) for x in (0, 1) for y in (0, 1)}
-    # every configuration the README recommends: fast_options() (bf16 only where native), AOTInductor
+    # every configuration the README recommends: fast_options() with the template (template_options(),
+    # "fast"; bf16 only where native), AOTInductor
     names = {c.name for c in harness.CONFIGS}
     assert {"fast-fp32-static", "fast-fp32-dynbatch", "aoti-fp32-static", "aoti-fp32-dynbatch"} <= names
     assert ("fast-bf16-static" in names) == inductor_quant.cpu_info().bf16_native
@@ -129,7 +130,7 @@ def test_generator_draws_the_shapes_the_newest_rewrites_meet():
         return [math.prod(shapes[op["in"][0]][:-1]) for op in spec["ops"] if op["op"] == "linear"]
 
     rows = [n for spec in specs for n in linear_rows(spec)]
-    assert min(rows) < TEMPLATE_FROM_ROWS <= max(rows)  # both sides of fast_options()' linear rule
+    assert min(rows) < TEMPLATE_FROM_ROWS <= max(rows)  # both sides of the template autotune's linear rule
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -339,7 +340,7 @@ def test_the_slice_reaches_our_attention(config):
 @pytest.mark.parametrize("config", ["freeze-py-fp32-dynbatch", "fast-fp32-static"])
 def test_the_slice_reaches_weight_only_int4(config):
     """Seed 203 of the slice quantizes four linears weight-only int4: the three whose out_features
-    torch's int4 GEMM takes run it (passes/prepack.py), under a dynamic batch and `fast_options()`."""
+    torch's int4 GEMM takes run it (passes/prepack.py), under a dynamic batch and `template_options()`."""
     spec = graphs.generate(203)
     assert spec["quant"] == "woq_int4" and len(harness.int4_linears(spec)) == 4, graphs.describe(spec)
     outcome = harness.check(spec, harness.Config.parse(config))
@@ -363,7 +364,7 @@ def test_the_slice_reaches_per_token_dynamic_int8(config):
 def test_the_generator_reaches_the_weight_only_merge(seed, config):
     """Weight-only int8 siblings on one input merge into one call (graph_rewrites.merge_sibling_woq_linears):
     seed 222 draws Q, K, V into self-attention, seed 307 two pairs whose outputs are cat'ed and
-    added in place; both compile exact under a dynamic batch, the C++ wrapper and `fast_options()`."""
+    added in place; both compile exact under a dynamic batch, the C++ wrapper and `template_options()`."""
     bf16 = "bf16" in config
     if bf16 and not inductor_quant.cpu_info().bf16_native:
         pytest.skip("int8-mixed-bf16 is recommended only where bf16 is native")
@@ -488,7 +489,7 @@ def test_the_generator_reaches_the_layer_norm_rule(seed, config):
     """A layer norm quantized for the next linear runs as our one call (passes/norms.py): seed 122
     draws linear -> norm -> linear whose output the norm's adds to (the float output read again),
     seed 137 the norm read by the quantize alone; both exact under the C++ wrapper, a dynamic
-    batch and `fast_options()`. (Under bf16 autocast these graphs round the norm's output to bf16
+    batch and `template_options()`. (Under bf16 autocast these graphs round the norm's output to bf16
     before the quantize: that form stays Inductor's.)"""
     spec = graphs.generate(seed)
     assert spec["quant"] == "static" and any(op["op"] == "layer_norm" for op in spec["ops"]), graphs.describe(spec)

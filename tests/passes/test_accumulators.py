@@ -14,6 +14,7 @@ import inductor_quant
 import inductor_quant.passes as iq_passes
 from inductor_quant.passes import accumulators, registry
 from inductor_quant.passes.fused import record
+from inductor_quant.compile_options import template_options
 
 qd = torch.ops.quantized_decomposed
 
@@ -42,13 +43,13 @@ def siblings():
     return converted, inputs
 
 
-CONFIGS = {"freezing": {}, "cpp_wrapper": {"cpp_wrapper": True}, "fast_options": "fast"}
+CONFIGS = {"freezing": {}, "cpp_wrapper": {"cpp_wrapper": True}, "template_options": "template"}
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_merged_sibling_used_as_residual_is_exact(siblings, config):
     converted, inputs = siblings
-    options = inductor_quant.fast_options() if CONFIGS[config] == "fast" else dict(CONFIGS[config])
+    options = template_options() if CONFIGS[config] == "template" else dict(CONFIGS[config])
     torch._dynamo.reset()
     iq_passes.reset_stats()
     with torch.no_grad():

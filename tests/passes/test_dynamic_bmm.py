@@ -1,4 +1,4 @@
-"""Under `fast_options()` (max-autotune with Inductor's C++ GEMM template), a bmm of two values the
+"""Under `template_options()` (`fast_options()` on AMX: max-autotune with Inductor's C++ GEMM template), a bmm of two values the
 graph computes, with a dynamic batch, is lowered to ATen's bmm alone while our passes are installed
 (passes/lowerings.py): timing the template overwrote the second operand's symbolic sizes, and when
 ATen's bmm won, the C++ wrapper called it at the example batch (a crash at any other batch; the
@@ -13,12 +13,11 @@ from torch import nn
 from torch._inductor.utils import run_and_get_code
 
 import inductor_quant.passes as iq_passes
-from inductor_quant import fast_options
-from inductor_quant.compile_options import GEMM_TEMPLATE_ISA
+from inductor_quant.compile_options import GEMM_TEMPLATE_ISA, template_options
 from inductor_quant.kernels.cpu import cpu_info
 
 pytestmark = pytest.mark.skipif(not any(f in cpu_info().features for f in GEMM_TEMPLATE_ISA),
-                                reason="fast_options() autotunes the GEMM template only on AVX-512 / AMX CPUs")
+                                reason="the GEMM template has int8 micro-kernels only on AVX-512 VNNI / AMX CPUs")
 
 
 class Scores(nn.Module):
@@ -38,7 +37,7 @@ def test_a_dynamic_batch_bmm_runs_atens_bmm_at_every_batch():
     torch._dynamo.reset()
     assert iq_passes.is_installed()
     # no autotune cache: a cached verdict skips the timing, and with it the bug
-    compiled = torch.compile(model, dynamic=True, options={**fast_options(), "autotune_local_cache": False})
+    compiled = torch.compile(model, dynamic=True, options={**template_options(), "autotune_local_cache": False})
     with torch.no_grad():
         for batch in (3, 1, 5):
             x = torch.randn(batch, 24, 16)

@@ -1,5 +1,5 @@
 """Our int8 linears under Inductor's C++ GEMM template (max-autotune with the CPP backend, part
-of `inductor_quant.fast_options()` on AMX / AVX-512 VNNI CPUs): generated int8 micro-kernels
+of `inductor_quant.fast_options()` on AMX CPUs, of `template_options()` on AMX / AVX-512 VNNI): generated int8 micro-kernels
 where the CPU has them, oneDNN elsewhere, and right results either way."""
 
 import pytest
@@ -9,7 +9,7 @@ from torch import nn
 from inductor_quant import fast_options, quantize
 from inductor_quant.benchmarks.runner import agreement
 from inductor_quant.benchmarks.zoo import EncoderLayer
-from inductor_quant.compile_options import GEMM_TEMPLATE_ISA
+from inductor_quant.compile_options import GEMM_TEMPLATE_ISA, template_options
 from inductor_quant.generated_code import count, float_compute_calls, int8_gemm_template_calls
 from inductor_quant.kernels.cpu import CpuInfo, cpu_info
 
@@ -58,11 +58,17 @@ def _cpu(*features):
     return CpuInfo("test CPU", frozenset(features), "", "AVX512")
 
 
-def test_fast_options_use_the_template_only_where_it_has_int8_micro_kernels():
-    assert fast_options(_cpu("avx2", "avx512f", "avx512_vnni"))["max_autotune_gemm_backends"] == "CPP,ATEN"
-    assert fast_options(_cpu("avx2", "avx512f", "avx512_vnni", "amx_int8"))["max_autotune"] is True
-    for features in (("avx2",), ("avx2", "avx_vnni"), ("avx2", "avx512f")):
+def test_fast_options_use_the_template_only_where_it_was_faster():
+    """AMX: the template's autotune; AVX-512 VNNI (its micro-kernels, but it was not faster there:
+    compile_options.py) and below: freezing + the C++ wrapper. template_options() asks for the
+    template wherever it has int8 micro-kernels."""
+    amx, vnni = _cpu("avx2", "avx512f", "avx512_vnni", "amx_int8"), _cpu("avx2", "avx512f", "avx512_vnni")
+    assert fast_options(amx) == template_options(amx) == template_options(vnni)
+    assert template_options(vnni)["max_autotune"] is True and template_options(vnni)["max_autotune_gemm_backends"] == "CPP,ATEN"
+    for features in (("avx2",), ("avx2", "avx_vnni"), ("avx2", "avx512f"), ("avx2", "avx512f", "avx512_vnni")):
         assert fast_options(_cpu(*features)) == {"freezing": True, "cpp_wrapper": True}
+    for features in (("avx2",), ("avx2", "avx_vnni"), ("avx2", "avx512f")):
+        assert template_options(_cpu(*features)) == {"freezing": True, "cpp_wrapper": True}
 
 
 class RequantizedResidual(nn.Module):

@@ -160,7 +160,7 @@ class TwoLinears(nn.Module):
 
 @pytest.mark.parametrize("rows", [16, TEMPLATE_FROM_ROWS])
 def test_under_max_autotune_few_rows_call_our_kernel_and_many_are_autotuned(own, rows):
-    """fast_options() autotunes linears between Inductor's GEMM template and torch's op; with
+    """template_options() (fast_options() on AMX) autotunes linears between Inductor's GEMM template and torch's op; with
     fewer rows than TEMPLATE_FROM_ROWS ours is faster than both, so those linears skip the autotune."""
     torch.manual_seed(0)
     x = torch.randn(2, rows // 2, 32)
