@@ -1,7 +1,7 @@
 """Side-by-side benchmark: every mode of one model measured interleaved, and the contenders alone.
 
 For each (model, batch), in a process of its own (`run_row`): build every mode first (compile
-seconds recorded separately), then time them round-robin — one timed call of each mode per
+seconds recorded separately, each row's process starting with empty Inductor caches), then time them round-robin — one timed call of each mode per
 round, after one untimed call that lets the previous mode's threads go quiet — so drift of the
 machine (turbo, another process) hits all modes alike. Peer runtimes (benchmarks/peers.py) are
 timed in the same rounds. Then each peer and our fastest int8 modes again, each alone in a
@@ -131,7 +131,7 @@ class Result:
     median_ms: Optional[float] = None     # interleaved with the other modes, round by round
     alone_ms: Optional[float] = None      # in a process of its own: a block of calls after a warm-up block
     throughput: Optional[float] = None   # samples / s
-    compile_s: Optional[float] = None      # torch.compile + first call (freezing, codegen, C++ build)
+    compile_s: Optional[float] = None      # torch.compile + first call (freezing, codegen, C++ build), cold caches
     quantize_s: Optional[float] = None     # int8 modes: export + prepare + calibrate + convert
     vs_inductor_fp32: Optional[float] = None  # speed-up (>1 is faster)
     sqnr_db: Optional[float] = None       # output vs eager fp32, same inputs
@@ -297,7 +297,11 @@ def _in_child(name: str, batch: int, modes: list[str], runs: int, warmup: int, t
         argv = [sys.executable, "-P", "-m", "inductor_quant.benchmarks.runner", "--model", name, "--batch", str(batch),
                 "--modes", *modes, "--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads),
                 "--out", out] + (["--alone"] if alone else [])
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Inductor's on-disk caches start empty in every benchmark process: the compile column is a
+        # cold compile, as on a fresh machine (with the caches of earlier runs it mixed cold and
+        # warm: BERT-base bs1 int8 14.9 s in one run, 3.4 s in the next)
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": os.path.join(tmp, "inductor-cache")}
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         if proc.returncode != 0 or not os.path.exists(out):
             tail = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
             return [Result(name, batch, m, error=f"the benchmark process failed: {tail[0]}"[:300]) for m in modes]
@@ -439,7 +443,8 @@ def report_markdown(results: list[Result]) -> str:
     if peer_table(results):
         parts += ["Against the peers (ratio = peer time / ours, > 1: ours is faster; the worse of the ratio "
                   "timed interleaved and timed alone)", peer_table(results)]
-    parts += ["Compile time (× = vs Inductor fp32's compile)", compile_table(results)]
+    parts += ["Compile time (× = vs Inductor fp32's compile; each row's process starts with empty Inductor caches, "
+              "its modes compile in turn and may reuse kernels an earlier mode built)", compile_table(results)]
     parts += ["\n".join(f"- {line}" for line in notes(results))] if notes(results) else []
     return "\n\n".join(parts) + "\n"
 

@@ -140,3 +140,23 @@ def test_our_mode_in_the_peer_table_is_the_one_whose_worse_timing_is_shortest():
     assert runner.ours_fastest(row).mode == "int8_cpp"
     del row["int8_cpp"], row["int8_bf16_fast"]
     assert runner.ours_fastest(row).mode == "int8"  # no mode timed alone: the interleaved time decides
+
+
+def test_each_benchmark_process_compiles_with_empty_inductor_caches(monkeypatch):
+    """The compile column is a cold compile: every benchmark process gets Inductor cache directory
+    of its own, new and empty (with the caches of earlier runs a compile took 14.9 s in one run
+    and 3.4 s in the next)."""
+    import os
+
+    seen = []
+
+    def fake_run(argv, env=None, **kw):
+        cache = env["TORCHINDUCTOR_CACHE_DIR"]
+        seen.append((cache, os.path.isdir(cache) and os.listdir(cache)))
+        return runner.subprocess.CompletedProcess(argv, 1, "", "no run")
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    for _ in range(2):
+        runner._in_child("resnet_tiny", 1, ["int8"], 1, 1, 1)
+    assert len(seen) == 2 and seen[0][0] != seen[1][0] and not seen[0][1] and not seen[1][1], seen
+    assert all(not os.path.exists(cache) for cache, _ in seen)  # removed with the process's temp dir
