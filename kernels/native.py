@@ -32,7 +32,9 @@ Contract of `iq_onednn::attention`: `softmax(q @ k.transpose(-2, -1) * scale + m
 4-D [B, H, S, D] q, k, v, all fp32 or all bf16, and an optional fp32/bf16 additive mask that
 broadcasts to [B, H, Sq, Sk]; scores and softmax in fp32, the output in q's dtype, laid out as
 torch's `_scaled_dot_product_flash_attention_for_cpu` lays out its own ([B, S, H, D] memory);
-within fp32 / bf16 rounding of that op.
+within fp32 / bf16 rounding of that op. bf16 runs `native/attention_bf16.h` where the CPU has
+AVX512-BF16 and no AMX (`attention_kernel` switches it; `vector_code()` says which runs), the
+oneDNN primitives elsewhere: the same contract.
 
 Contract of `iq_onednn::layer_norm_quant`: `layer_norm(x, [n], weight, bias, eps)` over the last
 dim of float32 x (n = its size), as Inductor computes the decomposed op (mean, then the variance

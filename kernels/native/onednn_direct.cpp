@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -40,6 +41,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "attention_bf16.h"
 #include "layer_norm_quant.h"
 #include "woq_gemv.h"
 
@@ -994,6 +996,52 @@ std::shared_ptr<Attention> build_attention(const at::Tensor& q, const at::Tensor
   return att;
 }
 
+// Which bf16 attention runs: 0 as the CPU says (attention_bf16.h), 1 the oneDNN primitives, 2 our
+// kernel (tests compare the two in one process: `attention_kernel`).
+std::atomic<int> attention_choice{0};
+
+bool own_attention_here() {
+  const int c = attention_choice.load();
+  return c == 2 || (c == 0 && attention_bf16::cpu_supported());
+}
+
+// bf16 q, k, v (last dims dense) through attention_bf16.h when this CPU and the shapes allow;
+// false: the caller runs the oneDNN primitives
+bool own_bf16_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask4,
+                        double scale, at::Tensor& out) {
+  if (!own_attention_here() || !attention_bf16::shape_supported(q.size(3), v.size(3)) || k.size(2) == 0) return false;
+  attention_bf16::Args a;
+  a.q = static_cast<const uint16_t*>(q.const_data_ptr());
+  a.k = static_cast<const uint16_t*>(k.const_data_ptr());
+  a.v = static_cast<const uint16_t*>(v.const_data_ptr());
+  a.B = q.size(0), a.H = q.size(1), a.Sq = q.size(2), a.Sk = k.size(2), a.D = q.size(3), a.Dv = v.size(3);
+  for (int d = 0; d < 3; ++d) a.qs[d] = q.stride(d), a.ks[d] = k.stride(d), a.vs[d] = v.stride(d);
+  if (mask4.defined()) {
+    for (int d = 0; d < 4; ++d) a.ms[d] = mask4.size(d) == 1 ? 0 : mask4.stride(d);
+    if (a.ms[3] > 1) return false;  // keys strided: the oneDNN route reads it
+    a.mask = mask4.const_data_ptr();
+    a.mask_bf16 = mask4.scalar_type() == at::kBFloat16;
+  }
+  a.scale = float(scale);
+  a.out = static_cast<uint16_t*>(out.data_ptr());
+  attention_bf16::run(a);
+  return true;
+}
+
+// Sets which bf16 attention runs ("auto", "onednn", "own"; "" leaves it) and names the one that
+// runs now.
+std::string attention_kernel(const std::string& which) {
+  if (which == "auto") attention_choice = 0;
+  else if (which == "onednn") attention_choice = 1;
+  else if (which == "own") {
+    TORCH_CHECK(attention_bf16::cpu_can_run(),
+                "attention_kernel: our bf16 attention needs AVX512-BF16 and torch's AVX-512 capability");
+    attention_choice = 2;
+  } else
+    TORCH_CHECK(which.empty(), "attention_kernel: one of auto, onednn, own");
+  return own_attention_here() ? "own" : "onednn";
+}
+
 at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                      const c10::optional<at::Tensor>& mask_in, double scale) {
   auto& a = api();
@@ -1029,6 +1077,7 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
   }
   at::Tensor out = at::empty({B, Sq, H, Dv}, q.options());
   if (out.numel() == 0) return out.transpose(1, 2);
+  if (q.scalar_type() == at::kBFloat16 && own_bf16_attention(q, k, v, mask4, scale, out)) return out.transpose(1, 2);
   std::vector<int64_t> key{int64_t(q.scalar_type()), bits(scale), at::get_num_threads(), mask4.defined()};
   for (const at::Tensor* t : {&q, &k, &v}) {
     for (auto d : t->sizes()) key.push_back(d);
@@ -1098,7 +1147,7 @@ std::string status() { return api().error; }
 // tests cap the capability to prove the AVX2 and plain loops on a newer CPU.
 std::string vector_code() {
   return std::string("woq_gemv=") + woq_gemv::name(woq_gemv::pick()) + " layer_norm_quant=" +
-         norm_quant::name(norm_quant::level());
+         norm_quant::name(norm_quant::level()) + " attention_bf16=" + (own_attention_here() ? "own" : "onednn");
 }
 
 int64_t cached_layers() {
@@ -1122,6 +1171,7 @@ void clear_cache() {
 TORCH_LIBRARY(iq_onednn, m) {
   m.def("status() -> str", &status);
   m.def("vector_code() -> str", &vector_code);
+  m.def("attention_kernel(str which) -> str", &attention_kernel);
   m.def("cached_layers() -> int", &cached_layers);
   m.def("clear_cache() -> ()", &clear_cache);
   m.def(

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from inductor_quant.kernels import native, probe
-from inductor_quant.kernels.cpu import cpu_info
+from inductor_quant.kernels.cpu import cpu_features, cpu_info
 from inductor_quant.kernels import onednn as K
 from kernel_helpers import W_MAX
 
@@ -421,6 +421,62 @@ def test_attention_is_softmax_of_scaled_scores_times_v(dtype, mask_kind):
         assert ours_err <= max(2 * theirs_err, 2 ** -7 * want.abs().max().item()), (ours_err, theirs_err)
 
 
+def _own_bf16_attention_runs_here() -> bool:
+    try:
+        torch.ops.iq_onednn.attention_kernel("own")
+        return True
+    except RuntimeError:
+        return False
+    finally:
+        torch.ops.iq_onednn.attention_kernel("auto")
+
+
+BF16_ATTENTION_SHAPES = {  # B, H, Sq, Sk, D, Dv: BERT's heads; a tail of every block; one query; one key;
+    # one head (its rows split between threads)
+    "bert-heads": (2, 2, 128, 128, 64, 64), "tails": (2, 3, 13, 37, 6, 80), "decode": (1, 2, 1, 300, 256, 256),
+    "one-key": (3, 4, 17, 1, 8, 32), "one-head": (1, 1, 300, 300, 64, 64)}
+BF16_ATTENTION_MASKS = {  # (shape, dtype) for [B, H, Sq, Sk]
+    "none": None, "key-padding-f32": ("key-padding", torch.float32), "full-bf16": ("full", torch.bfloat16),
+    "per-key-row-bf16": ("row", torch.bfloat16), "per-query-f32": ("query", torch.float32)}
+
+
+@pytest.mark.parametrize("mask_kind", BF16_ATTENTION_MASKS)
+@pytest.mark.parametrize("shape", BF16_ATTENTION_SHAPES)
+@pytest.mark.parametrize("kernel", ["onednn", "own"])
+def test_both_bf16_attention_kernels_are_attention(kernel, shape, mask_kind):
+    """bf16 attention runs our one-pass kernel (kernels/native/attention_bf16.h) where the CPU has
+    AVX512-BF16 and no AMX, oneDNN's primitives elsewhere: both within bf16 rounding of attention
+    in fp64 (as torch's flash attention is), on shapes with a tail in every block and masks of
+    every broadcast kind and dtype."""
+    if kernel == "own" and not _own_bf16_attention_runs_here():
+        pytest.skip("our bf16 attention needs AVX512-BF16 (and torch's AVX-512 capability)")
+    b, h, sq, sk, d, dv = BF16_ATTENTION_SHAPES[shape]
+    g = torch.Generator().manual_seed(sq * 1000 + sk)
+    q = torch.randn(b, sq, h, d, generator=g).bfloat16().transpose(1, 2)  # [B, H, S, D] views of [B, S, H, D]
+    k = torch.randn(b, sk, h, d, generator=g).bfloat16().transpose(1, 2)
+    v = torch.randn(b, sk, h, dv, generator=g).bfloat16().transpose(1, 2)
+    mask = None
+    if BF16_ATTENTION_MASKS[mask_kind]:
+        form, dtype = BF16_ATTENTION_MASKS[mask_kind]
+        mask_shape = {"key-padding": (b, 1, 1, sk), "full": (b, h, sq, sk), "row": (1, sk), "query": (sq, 1)}[form]
+        mask = (torch.randn(*mask_shape, generator=g) * 3).to(dtype)
+    scale = d ** -0.5
+    torch.ops.iq_onednn.attention_kernel(kernel)
+    try:
+        assert torch.ops.iq_onednn.vector_code().split()[-1] == f"attention_bf16={kernel}"
+        ours = torch.ops.iq_onednn.attention(q, k, v, mask, scale)
+    finally:
+        torch.ops.iq_onednn.attention_kernel("auto")
+    # torch's own bf16 attention where its flash kernel takes the shapes, its math one elsewhere
+    theirs = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    want = _attention_reference(q, k, v, mask, scale)
+    assert ours.dtype == torch.bfloat16 and ours.shape == theirs.shape
+    assert ours.transpose(1, 2).is_contiguous()  # [B, S, H, D] memory, as torch's flash attention returns
+    ours_err = (ours.double() - want).abs().max().item()
+    theirs_err = (theirs.double() - want).abs().max().item()
+    assert ours_err <= max(2 * theirs_err, 2 ** -7 * want.abs().max().item()), (ours_err, theirs_err)
+
+
 def test_attention_of_new_shapes_and_threads():
     """A primitive per shape and thread count: a new sequence length or batch is computed right,
     and so is the first shape again after them."""
@@ -508,18 +564,24 @@ def test_layer_norm_quant_refuses_what_it_does_not_compute():
 
 def test_our_vector_loops_follow_torchs_cpu_capability():
     """Our GEMV and quantized layer norm pick their loops (AVX-512, AVX2, plain C++) as ATen does
-    (`ATEN_CPU_CAPABILITY` caps both): on a newer CPU only a capped process runs the narrower
-    loops, so each capped process runs this file's tests of both kernels again."""
-    have = "avx512f" in cpu_info().features
+    (`ATEN_CPU_CAPABILITY` caps both), and bf16 attention our kernel only at AVX-512: on a newer CPU
+    only a capped process runs the narrower loops and oneDNN's attention, so each capped process
+    runs this file's tests of those kernels again."""
+    _, hardware = cpu_features()  # the CPU's own flags: an ONEDNN_MAX_CPU_ISA cap changes nothing here
+    aten = torch.backends.cpu.get_cpu_capability()
+    gemv, norm = {"AVX512": ("avx512", "avx512"), "AVX2": ("avx2", "avx2")}.get(aten, ("scalar", "plain"))
+    own_attention = aten == "AVX512" and "avx512_bf16" in hardware and "amx_bf16" not in hardware
+    assert _own_bf16_attention_runs_here() == (aten == "AVX512" and "avx512_bf16" in hardware)
     default = torch.ops.iq_onednn.vector_code()
-    assert default == ("woq_gemv=avx512 layer_norm_quant=avx512" if have else
-                       "woq_gemv=avx2 layer_norm_quant=avx2"), default
-    tests = "layer_norm_quant or decode_rows or rounded_once or dequantized_weight"
+    assert default == (f"woq_gemv={gemv} layer_norm_quant={norm} "
+                       f"attention_bf16={'own' if own_attention else 'onednn'}"), default
+    tests = "layer_norm_quant or decode_rows or rounded_once or dequantized_weight or bf16_attention_kernels"
     for cap, loops in (("avx2", "avx2"), ("default", None)):
         env = {**os.environ, "ATEN_CPU_CAPABILITY": cap}
         code = "import torch; from inductor_quant.kernels import native; native.load(); print(torch.ops.iq_onednn.vector_code())"
         out = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True, check=True)
-        assert out.stdout.split() == [f"woq_gemv={loops or 'scalar'}", f"layer_norm_quant={loops or 'plain'}"], out
+        assert out.stdout.split() == [f"woq_gemv={loops or 'scalar'}", f"layer_norm_quant={loops or 'plain'}",
+                                      "attention_bf16=onednn"], out
         run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", tests],
                              env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
         assert run.returncode == 0 and " passed" in run.stdout and "failed" not in run.stdout, run.stdout[-3000:]

@@ -1,0 +1,296 @@
+// bf16 attention in one pass per (batch, head): softmax(q k^T * scale + mask) v, with q, k, v
+// bf16 [B, H, S, D] (any strides, the last dim's 1) and the output bf16 [B, Sq, H, Dv] memory.
+//
+// Why: the oneDNN route of `iq_onednn::attention` (onednn_direct.cpp) runs three primitives over
+// the whole batch, the f32 scores (6 MB at BERT-base bs8) going out to L3 and back for the softmax
+// and again as bf16 for the second matmul. Here one (batch, head) is done at a time inside L1/L2:
+// K and V are packed once into the pair layout of AVX512-BF16's dot product (`vdpbf16ps`: two
+// bf16 products added into an fp32 lane), then eight query rows at a time get their scores, the
+// exps and the context while they sit in registers and L1 (docs/ARCHITECTURE.md, section 8, with
+// the measurements: level with the primitives unmasked, faster with a mask and inside BERT bs1).
+//
+// Numbers: products of bf16 summed in fp32 (as oneDNN's bf16 matmul), in another order; exp by
+// a degree-7 polynomial after range reduction (within ~1 ulp of expf); exp(s - max) rounded to
+// bf16 before the second product and the context divided by the fp32 sum at the end (flash
+// attention's order), so the output is attention within bf16 rounding, as the oneDNN route's
+// (tests/kernels/test_native.py).
+//
+// Used where the CPU has AVX512-BF16 but no AMX (there oneDNN's AMX matmuls run; not measured
+// against this) and torch's CPU capability is AVX-512; else, or for shapes it does not take
+// (odd D, Dv not a multiple of 16, no keys, a mask strided along the keys), the oneDNN route.
+
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace attention_bf16 {
+
+struct Args {
+  const uint16_t *q, *k, *v;  // bf16 bits
+  int64_t B, H, Sq, Sk, D, Dv;
+  int64_t qs[3], ks[3], vs[3];  // element strides of dims b, h, s (the last dim is dense)
+  const void* mask = nullptr;   // f32 or bf16 (mask_bf16), or nullptr
+  bool mask_bf16 = false;
+  int64_t ms[4] = {0, 0, 0, 0};  // mask element strides, 0 along a broadcast dim; ms[3] is 0 or 1
+  float scale;
+  uint16_t* out;  // [B, Sq, H, Dv], contiguous
+};
+
+// Whether this process can run the kernel (the CPU, and torch's capability, which
+// ATEN_CPU_CAPABILITY caps), and whether it does by default (not where AMX is: oneDNN's is faster).
+inline bool cpu_can_run() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return at::get_cpu_capability() == "AVX512" && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bf16");
+  }();
+  return ok;
+}
+
+inline bool cpu_supported() { return cpu_can_run() && !__builtin_cpu_supports("amx-bf16"); }
+
+// The shapes it takes: pairs along D for the score products, Dv in 16-lane blocks.
+inline bool shape_supported(int64_t D, int64_t Dv) { return D % 2 == 0 && Dv % 16 == 0 && D > 0 && Dv > 0; }
+
+#define IQ_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+// e^x for x <= 0 (scores minus their row max): x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor
+// polynomial of degree 7 (error ~5e-9 relative), times 2^n built in the exponent bits (x is
+// clamped to -87, where e^x is about FLT_MIN: smaller exps of a row with a max of 0 are below
+// what a bf16 probability can hold next to 1 anyway).
+IQ_AVX512_BF16 inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));  // also takes -inf (a masked score) to 0 below
+  const __m512i n = _mm512_cvtps_epi32(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)));  // round to nearest
+  const __m512 nf = _mm512_cvtepi32_ps(n);
+  __m512 r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  const __m512i two_n = _mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(two_n));
+}
+
+IQ_AVX512_BF16 inline __m512 dot(__m512 acc, __m512i a, __m512i b) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
+}
+
+inline uint32_t pair(const uint16_t* p) {  // two adjacent bf16, any 2-byte alignment
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+inline float widen(uint16_t bf16) {  // a bf16 as the float it is
+  const uint32_t bits = uint32_t(bf16) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline __mmask16 lanes(int64_t left) {  // the first min(left, 16) lanes; none for left <= 0
+  return left >= 16 ? __mmask16(0xFFFF) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
+}
+
+constexpr int kRows = 8;  // query rows per block: 16 accumulators in the score and context loops
+
+// Per-thread scratch: K and V in pair layout, a block's scores, exps, row maxima and 1 / sums.
+struct Scratch {
+  int64_t skp = 0;                 // Sk rounded up to 32 (two 16-lane key blocks)
+  std::vector<uint32_t> kp, vp;    // kp[p][j] = k[j][2p..2p+1]; vp[jp][d] = (v[2jp][d], v[2jp+1][d])
+  std::vector<float> s;            // [kRows][skp]
+  std::vector<uint16_t> e;         // [kRows][skp] bf16 exp(s - max), zeros after Sk
+  std::vector<uint32_t> qp;        // [D / 2][rows] the block's query rows as pairs
+  float max[kRows], inv[kRows], mx[kRows * 16];
+  Scratch(const Args& a)
+      : skp((a.Sk + 31) / 32 * 32), kp(a.D / 2 * skp), vp(skp / 2 * a.Dv), s(kRows * skp), e(kRows * skp),
+        qp(a.D / 2 * kRows) {}
+};
+
+IQ_AVX512_BF16 inline void pack(const Args& a, Scratch& t, const uint16_t* k, const uint16_t* v) {
+  const int64_t half = a.D / 2, skp = t.skp;
+  for (int64_t j = 0; j < a.Sk; ++j) {
+    const uint16_t* row = k + j * a.ks[2];
+    for (int64_t p = 0; p < half; ++p) t.kp[p * skp + j] = pair(row + 2 * p);
+  }
+  for (int64_t p = 0; p < half; ++p) std::fill(t.kp.begin() + p * skp + a.Sk, t.kp.begin() + (p + 1) * skp, 0u);
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t jp = 0; jp < skp / 2; ++jp) {
+    const int64_t j = 2 * jp;
+    for (int64_t d = 0; d < a.Dv; d += 16) {
+      const __m256i lo = j < a.Sk ? _mm256_loadu_si256((const __m256i*)(v + j * a.vs[2] + d)) : zero;
+      const __m256i hi = j + 1 < a.Sk ? _mm256_loadu_si256((const __m256i*)(v + (j + 1) * a.vs[2] + d)) : zero;
+      const __m512i both = _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+      _mm512_storeu_si512(t.vp.data() + jp * a.Dv + d, both);
+    }
+  }
+}
+
+// scores (scaled, masked) of R query rows from i into t.s, and each row's maximum into t.max
+template <int R>
+IQ_AVX512_BF16 inline void scores(const Args& a, Scratch& t, const uint16_t* q, int64_t b, int64_t h, int64_t i) {
+  const int64_t half = a.D / 2, skp = t.skp;
+  // the block's query rows as pairs, p-major ([p][r]): the inner loop's broadcasts read one
+  // pointer at fixed offsets (with eight row pointers the compiler ran out of registers)
+  uint32_t* qp = t.qp.data();
+  for (int64_t p = 0; p < half; ++p)
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) qp[p * R + r] = pair(q + (i + r) * a.qs[2] + 2 * p);
+  float* mx = t.mx;  // running maxima in memory: registers go to the 16 accumulators
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(mx + 16 * r, _mm512_set1_ps(-INFINITY));
+  for (int64_t kb = 0; kb < skp; kb += 32) {
+    __m512 acc[R][2];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const uint32_t* kcol = t.kp.data() + kb;
+    for (int64_t p = 0; p < half; ++p) {
+      const __m512i k0 = _mm512_loadu_si512(kcol + p * skp), k1 = _mm512_loadu_si512(kcol + p * skp + 16);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const __m512i qb = _mm512_set1_epi32(int(qp[p * R + r]));
+        acc[r][0] = dot(acc[r][0], qb, k0);
+        acc[r][1] = dot(acc[r][1], qb, k1);
+      }
+    }
+    const __m512 scale = _mm512_set1_ps(a.scale);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 16
+      for (int c = 0; c < 2; ++c) {
+        const int64_t j = kb + 16 * c;
+        __m512 s = _mm512_mul_ps(acc[r][c], scale);
+        if (a.mask && j < a.Sk) {
+          const int64_t at = b * a.ms[0] + h * a.ms[1] + (i + r) * a.ms[2];
+          __m512 m;
+          if (a.ms[3] == 0) {
+            m = _mm512_set1_ps(a.mask_bf16 ? widen(static_cast<const uint16_t*>(a.mask)[at])
+                                           : static_cast<const float*>(a.mask)[at]);
+          } else if (a.mask_bf16) {
+            const __m256i raw = _mm256_maskz_loadu_epi16(lanes(a.Sk - j), static_cast<const uint16_t*>(a.mask) + at + j);
+            m = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+          } else {
+            m = _mm512_maskz_loadu_ps(lanes(a.Sk - j), static_cast<const float*>(a.mask) + at + j);
+          }
+          s = _mm512_add_ps(s, m);
+        }
+        if (j < a.Sk) {
+          const __m512 old = _mm512_loadu_ps(mx + 16 * r);
+          _mm512_storeu_ps(mx + 16 * r, _mm512_mask_max_ps(old, lanes(a.Sk - j), old, s));
+        }
+        _mm512_storeu_ps(t.s.data() + r * skp + j, s);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) t.max[r] = _mm512_reduce_max_ps(_mm512_loadu_ps(mx + 16 * r));
+}
+
+// exp(s - max) of R rows, rounded to bf16 into t.e (zeros after Sk), and 1 / their sum (of the
+// unrounded exps) into t.inv: the rows side by side, so their sums' latency overlaps
+template <int R>
+IQ_AVX512_BF16 inline void softmax(const Args& a, Scratch& t) {
+  const int64_t skp = t.skp;
+  __m512 m[R], sum[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) m[r] = _mm512_set1_ps(t.max[r]), sum[r] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < skp; j += 16) {
+    const __mmask16 in = lanes(a.Sk - j);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512 e = _mm512_maskz_mov_ps(in, exp_ps(_mm512_sub_ps(_mm512_loadu_ps(t.s.data() + r * skp + j), m[r])));
+      sum[r] = _mm512_add_ps(sum[r], e);
+      _mm256_storeu_si256((__m256i*)(t.e.data() + r * skp + j), (__m256i)_mm512_cvtneps_pbh(e));
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) t.inv[r] = 1.f / _mm512_reduce_add_ps(sum[r]);
+}
+
+// out rows i..i+R, channels [d0, d1) = (exps x V) / sum, NB blocks of 16 channels at a time
+template <int R, int NB>
+IQ_AVX512_BF16 inline void context(const Args& a, Scratch& t, uint16_t* out, int64_t i, int64_t d0, int64_t d1) {
+  const int64_t pairs = t.skp / 2, row_stride = a.H * a.Dv;
+  for (int64_t d = d0; d + 16 * NB <= d1; d += 16 * NB) {
+    __m512 acc[R][NB];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int c = 0; c < NB; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t jp = 0; jp < pairs; ++jp) {
+      __m512i vv[NB];
+#pragma GCC unroll 16
+      for (int c = 0; c < NB; ++c) vv[c] = _mm512_loadu_si512(t.vp.data() + jp * a.Dv + d + 16 * c);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const __m512i pb = _mm512_set1_epi32(int(pair(t.e.data() + r * t.skp + 2 * jp)));
+#pragma GCC unroll 16
+        for (int c = 0; c < NB; ++c) acc[r][c] = dot(acc[r][c], pb, vv[c]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512 inv = _mm512_set1_ps(t.inv[r]);
+#pragma GCC unroll 16
+      for (int c = 0; c < NB; ++c)
+        _mm256_storeu_si256((__m256i*)(out + (i + r) * row_stride + d + 16 * c),
+                            (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[r][c], inv)));
+    }
+  }
+}
+
+template <int R>
+IQ_AVX512_BF16 inline void rows(const Args& a, Scratch& t, const uint16_t* q, uint16_t* out, int64_t b, int64_t h,
+                                int64_t i) {
+  scores<R>(a, t, q, b, h, i);
+  softmax<R>(a, t);
+  const int64_t wide = a.Dv / 32 * 32;
+  context<R, 2>(a, t, out, i, 0, wide);
+  context<R, 1>(a, t, out, i, wide, a.Dv);
+}
+
+// query rows [i0, i1) of one (batch, head)
+IQ_AVX512_BF16 inline void one_head(const Args& a, Scratch& t, int64_t b, int64_t h, int64_t i0, int64_t i1) {
+  const uint16_t* q = a.q + b * a.qs[0] + h * a.qs[1];
+  pack(a, t, a.k + b * a.ks[0] + h * a.ks[1], a.v + b * a.vs[0] + h * a.vs[1]);
+  uint16_t* out = a.out + (b * a.Sq * a.H + h) * a.Dv;
+  int64_t i = i0;
+  for (; i + kRows <= i1; i += kRows) rows<kRows>(a, t, q, out, b, h, i);
+  for (; i + 4 <= i1; i += 4) rows<4>(a, t, q, out, b, h, i);
+  for (; i < i1; ++i) rows<1>(a, t, q, out, b, h, i);
+}
+
+// Threads take (batch, head) pairs; with fewer pairs than two per thread each head's rows are
+// split in parts too (each part packs its head's K and V again).
+inline void run(const Args& a) {
+  const int64_t heads = a.B * a.H, blocks = (a.Sq + kRows - 1) / kRows;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(blocks, (2 * at::get_num_threads() + heads - 1) / heads));
+  const int64_t rows_per_part = (blocks + parts - 1) / parts * kRows;
+  at::parallel_for(0, heads * parts, 1, [&](int64_t t0, int64_t t1) {
+    Scratch t(a);
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t bh = task / parts, i0 = task % parts * rows_per_part;
+      if (i0 < a.Sq) one_head(a, t, bh / a.H, bh % a.H, i0, std::min(a.Sq, i0 + rows_per_part));
+    }
+  });
+}
+
+#undef IQ_AVX512_BF16
+
+}  // namespace attention_bf16
