@@ -19,11 +19,14 @@
 #include <c10/util/BFloat16.h>
 
 #include <immintrin.h>
+#include <sys/mman.h>
 
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <unordered_set>
 
 namespace woq_gemv {
 
@@ -151,9 +154,33 @@ inline const char* name(Block b) {
   return b == block_avx512 ? "avx512" : b == block_avx2 ? "avx2" : "scalar";
 }
 
+// The weight's memory in 2 MB pages, asked once per weight (by its address) before the first
+// GEMV reads it. A decode step streams every weight byte from DRAM; with 4 KB pages the reads of
+// the 168 MB LM head cross a page (and a TLB miss) every 4 KB: 46-54 GB/s on an AMD EPYC Zen 5,
+// 57-60 GB/s from 2 MB pages (docs/PERFORMANCE.md, section 5b). The tensor stays where it is:
+// MADV_HUGEPAGE marks the range, MADV_COLLAPSE (Linux 6.1+) moves its whole 2 MB blocks into huge
+// pages now, content unchanged. Either may fail (older kernel, transparent huge pages off): then
+// nothing changes but the speed.
+inline void advise_huge_pages(const void* data, int64_t bytes) {
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  constexpr int kCollapse = 25;  // MADV_COLLAPSE, not in every libc's headers
+  static std::mutex mutex;
+  static std::unordered_set<const void*> advised;
+  {
+    std::lock_guard<std::mutex> guard(mutex);
+    if (!advised.insert(data).second) return;
+  }
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + uintptr_t(bytes)) & ~(kHuge - 1);
+  if (end <= begin) return;
+  void* at = reinterpret_cast<void*>(begin);
+  if (madvise(at, end - begin, MADV_HUGEPAGE) == 0) madvise(at, end - begin, kCollapse);
+}
+
 // y = x w^T * scale (+ bias) over every output channel, threads splitting N.
 inline void run(const Args& a) {
   static const Block block = pick();
+  advise_huge_pages(a.w, a.n * a.k);
   const int64_t blocks = (a.n + kBlock - 1) / kBlock;
   at::parallel_for(0, blocks, 64, [&](int64_t b0, int64_t b1) { block(a, b0 * kBlock, std::min(b1 * kBlock, a.n)); });
 }

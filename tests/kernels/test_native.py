@@ -337,6 +337,45 @@ def test_the_bf16_decode_row_is_the_fp32_gemv_rounded_once():
         assert out.dtype == torch.bfloat16 and torch.equal(out, widened.bfloat16())
 
 
+def _huge_pages_under(address: int) -> int:
+    """kB of 2 MB pages in this process's mapping that holds `address` (/proc/self/smaps)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1])
+    return 0
+
+
+def _collapse_available() -> bool:
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return False
+    release = tuple(int(v) for v in os.uname().release.split(".")[:2] if v.isdigit())
+    return "[never]" not in mode and release >= (6, 1)
+
+
+@pytest.mark.skipif(not _collapse_available(), reason="needs transparent huge pages and MADV_COLLAPSE (Linux 6.1+)")
+def test_the_decode_row_moves_its_weight_into_huge_pages():
+    """The GEMV's weight is streamed from DRAM every decode step: its first call asks for 2 MB
+    pages on it (woq_gemv.h), which read faster than 4 KB ones; the values stay the same."""
+    g = torch.Generator().manual_seed(12)
+    n, k = 16384, 640  # 10 MB: several whole 2 MB blocks
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    w_scale = torch.rand(n, generator=g) * 0.01 + 0.001
+    x = torch.randn(1, k, generator=g)
+    before = w.clone()
+    out = torch.ops.iq_onednn.woq_linear(x, w, w_scale, None, 1)
+    assert _huge_pages_under(w.data_ptr() + w.numel() // 2) >= 2048
+    assert torch.equal(w, before)
+    ref = torch.nn.functional.linear(x, w.float() * w_scale[:, None])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
 def test_weight_only_linear_refuses_what_it_does_not_compute():
     w, s = torch.zeros(8, 16, dtype=torch.int8), torch.ones(8)
     with pytest.raises(RuntimeError, match="float32 or bfloat16 activations"):
@@ -431,10 +470,11 @@ def _own_bf16_attention_runs_here() -> bool:
         torch.ops.iq_onednn.attention_kernel("auto")
 
 
-BF16_ATTENTION_SHAPES = {  # B, H, Sq, Sk, D, Dv: BERT's heads; a tail of every block; one query; one key;
-    # one head (its rows split between threads)
-    "bert-heads": (2, 2, 128, 128, 64, 64), "tails": (2, 3, 13, 37, 6, 80), "decode": (1, 2, 1, 300, 256, 256),
-    "one-key": (3, 4, 17, 1, 8, 32), "one-head": (1, 1, 300, 300, 64, 64)}
+BF16_ATTENTION_SHAPES = {  # B, H, Sq, Sk, D, Dv: BERT's heads; a tail of every block (37 = 4 x 8 + 4 + 1
+    # rows); one key; one head (its rows split between threads); a decode step (one query: the
+    # primitives run it, our kernel takes 32 queries or more)
+    "bert-heads": (2, 2, 128, 128, 64, 64), "tails": (2, 3, 37, 37, 6, 80), "one-key": (3, 4, 33, 1, 8, 32),
+    "one-head": (1, 1, 300, 300, 64, 64), "decode": (1, 2, 1, 300, 256, 256)}
 BF16_ATTENTION_MASKS = {  # (shape, dtype) for [B, H, Sq, Sk]
     "none": None, "key-padding-f32": ("key-padding", torch.float32), "full-bf16": ("full", torch.bfloat16),
     "per-key-row-bf16": ("row", torch.bfloat16), "per-query-f32": ("query", torch.float32)}
