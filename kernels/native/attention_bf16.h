@@ -17,8 +17,7 @@
 //
 // Used where the CPU has AVX512-BF16 but no AMX (there oneDNN's AMX matmuls run; not measured
 // against this) and torch's CPU capability is AVX-512; else, or for shapes it does not take
-// (fewer than 32 queries, odd D, Dv not a multiple of 16, no keys, a mask strided along the keys),
-// the oneDNN route.
+// (fewer than 32 queries, no keys, a mask strided along the keys), the oneDNN route.
 
 #pragma once
 
@@ -61,13 +60,11 @@ inline bool cpu_can_run() {
 
 inline bool cpu_supported() { return cpu_can_run() && !__builtin_cpu_supports("amx-bf16"); }
 
-// The shapes it takes: pairs along D for the score products, Dv in 16-lane blocks, and enough
-// query rows to pay for packing K and V (a decode step's one row ran slower than the primitives:
-// Gemma-3-270M decode 8.1 -> 8.7-9.2 ms a token).
+// The shapes it takes: enough query rows to pay for packing K and V (a decode step's one row ran
+// slower than the primitives: Gemma-3-270M decode 8.1 -> 8.7-9.2 ms a token). Any D (an odd one's
+// last pair is padded with a zero) and Dv (the last 16-lane block masked).
 constexpr int64_t kMinQueries = 32;
-inline bool shape_supported(int64_t Sq, int64_t D, int64_t Dv) {
-  return Sq >= kMinQueries && D % 2 == 0 && Dv % 16 == 0 && D > 0 && Dv > 0;
-}
+inline bool shape_supported(int64_t Sq, int64_t D, int64_t Dv) { return Sq >= kMinQueries && D > 0 && Dv > 0; }
 
 #define IQ_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
@@ -103,6 +100,11 @@ inline uint32_t pair(const uint16_t* p) {  // two adjacent bf16, any 2-byte alig
   return v;
 }
 
+// the p-th pair of a row of n bf16; past the end (odd n) a zero
+inline uint32_t pair_of(const uint16_t* row, int64_t p, int64_t n) {
+  return 2 * p + 1 < n ? pair(row + 2 * p) : uint32_t(row[2 * p]);
+}
+
 inline float widen(uint16_t bf16) {  // a bf16 as the float it is
   const uint32_t bits = uint32_t(bf16) << 16;
   float f;
@@ -119,31 +121,34 @@ constexpr int kRows = 8;  // query rows per block: 16 accumulators in the score 
 // Per-thread scratch: K and V in pair layout, a block's scores, exps, row maxima and 1 / sums.
 struct Scratch {
   int64_t skp = 0;                 // Sk rounded up to 32 (two 16-lane key blocks)
+  int64_t dvp = 0;                 // Dv rounded up to 16 (vp's row length)
   std::vector<uint32_t> kp, vp;    // kp[p][j] = k[j][2p..2p+1]; vp[jp][d] = (v[2jp][d], v[2jp+1][d])
   std::vector<float> s;            // [kRows][skp]
   std::vector<uint16_t> e;         // [kRows][skp] bf16 exp(s - max), zeros after Sk
   std::vector<uint32_t> qp;        // [D / 2][rows] the block's query rows as pairs
   float max[kRows], inv[kRows], mx[kRows * 16];
   Scratch(const Args& a)
-      : skp((a.Sk + 31) / 32 * 32), kp(a.D / 2 * skp), vp(skp / 2 * a.Dv), s(kRows * skp), e(kRows * skp),
-        qp(a.D / 2 * kRows) {}
+      : skp((a.Sk + 31) / 32 * 32), dvp((a.Dv + 15) / 16 * 16), kp((a.D + 1) / 2 * skp), vp(skp / 2 * dvp),
+        s(kRows * skp), e(kRows * skp), qp((a.D + 1) / 2 * kRows) {}
 };
 
 IQ_AVX512_BF16 inline void pack(const Args& a, Scratch& t, const uint16_t* k, const uint16_t* v) {
-  const int64_t half = a.D / 2, skp = t.skp;
+  const int64_t half = (a.D + 1) / 2, skp = t.skp;
   for (int64_t j = 0; j < a.Sk; ++j) {
     const uint16_t* row = k + j * a.ks[2];
-    for (int64_t p = 0; p < half; ++p) t.kp[p * skp + j] = pair(row + 2 * p);
+    for (int64_t p = 0; p < a.D / 2; ++p) t.kp[p * skp + j] = pair(row + 2 * p);
+    if (a.D % 2) t.kp[(half - 1) * skp + j] = pair_of(row, half - 1, a.D);
   }
   for (int64_t p = 0; p < half; ++p) std::fill(t.kp.begin() + p * skp + a.Sk, t.kp.begin() + (p + 1) * skp, 0u);
   const __m256i zero = _mm256_setzero_si256();
   for (int64_t jp = 0; jp < skp / 2; ++jp) {
     const int64_t j = 2 * jp;
-    for (int64_t d = 0; d < a.Dv; d += 16) {
-      const __m256i lo = j < a.Sk ? _mm256_loadu_si256((const __m256i*)(v + j * a.vs[2] + d)) : zero;
-      const __m256i hi = j + 1 < a.Sk ? _mm256_loadu_si256((const __m256i*)(v + (j + 1) * a.vs[2] + d)) : zero;
+    for (int64_t d = 0; d < t.dvp; d += 16) {
+      const __mmask16 in = lanes(a.Dv - d);
+      const __m256i lo = j < a.Sk ? _mm256_maskz_loadu_epi16(in, v + j * a.vs[2] + d) : zero;
+      const __m256i hi = j + 1 < a.Sk ? _mm256_maskz_loadu_epi16(in, v + (j + 1) * a.vs[2] + d) : zero;
       const __m512i both = _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
-      _mm512_storeu_si512(t.vp.data() + jp * a.Dv + d, both);
+      _mm512_storeu_si512(t.vp.data() + jp * t.dvp + d, both);
     }
   }
 }
@@ -151,13 +156,13 @@ IQ_AVX512_BF16 inline void pack(const Args& a, Scratch& t, const uint16_t* k, co
 // scores (scaled, masked) of R query rows from i into t.s, and each row's maximum into t.max
 template <int R>
 IQ_AVX512_BF16 inline void scores(const Args& a, Scratch& t, const uint16_t* q, int64_t b, int64_t h, int64_t i) {
-  const int64_t half = a.D / 2, skp = t.skp;
+  const int64_t half = (a.D + 1) / 2, skp = t.skp;
   // the block's query rows as pairs, p-major ([p][r]): the inner loop's broadcasts read one
   // pointer at fixed offsets (with eight row pointers the compiler ran out of registers)
   uint32_t* qp = t.qp.data();
   for (int64_t p = 0; p < half; ++p)
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) qp[p * R + r] = pair(q + (i + r) * a.qs[2] + 2 * p);
+    for (int r = 0; r < R; ++r) qp[p * R + r] = pair_of(q + (i + r) * a.qs[2], p, a.D);
   float* mx = t.mx;  // running maxima in memory: registers go to the 16 accumulators
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(mx + 16 * r, _mm512_set1_ps(-INFINITY));
@@ -242,7 +247,7 @@ IQ_AVX512_BF16 inline void context(const Args& a, Scratch& t, uint16_t* out, int
     for (int64_t jp = 0; jp < pairs; ++jp) {
       __m512i vv[NB];
 #pragma GCC unroll 16
-      for (int c = 0; c < NB; ++c) vv[c] = _mm512_loadu_si512(t.vp.data() + jp * a.Dv + d + 16 * c);
+      for (int c = 0; c < NB; ++c) vv[c] = _mm512_loadu_si512(t.vp.data() + jp * t.dvp + d + 16 * c);
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const __m512i pb = _mm512_set1_epi32(int(pair(t.e.data() + r * t.skp + 2 * jp)));
@@ -255,8 +260,8 @@ IQ_AVX512_BF16 inline void context(const Args& a, Scratch& t, uint16_t* out, int
       const __m512 inv = _mm512_set1_ps(t.inv[r]);
 #pragma GCC unroll 16
       for (int c = 0; c < NB; ++c)
-        _mm256_storeu_si256((__m256i*)(out + (i + r) * row_stride + d + 16 * c),
-                            (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[r][c], inv)));
+        _mm256_mask_storeu_epi16(out + (i + r) * row_stride + d + 16 * c, lanes(a.Dv - d - 16 * c),
+                                 (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[r][c], inv)));
     }
   }
 }
@@ -266,9 +271,9 @@ IQ_AVX512_BF16 inline void rows(const Args& a, Scratch& t, const uint16_t* q, ui
                                 int64_t i) {
   scores<R>(a, t, q, b, h, i);
   softmax<R>(a, t);
-  const int64_t wide = a.Dv / 32 * 32;
+  const int64_t wide = t.dvp / 32 * 32;
   context<R, 2>(a, t, out, i, 0, wide);
-  context<R, 1>(a, t, out, i, wide, a.Dv);
+  context<R, 1>(a, t, out, i, wide, t.dvp);
 }
 
 // query rows [i0, i1) of one (batch, head)

@@ -337,6 +337,32 @@ def test_the_slice_reaches_our_attention(config):
     assert outcome.status == "ok" and outcome.fused.get("kernel.attention", 0) >= 1, (outcome.error, outcome.fused)
 
 
+@pytest.mark.parametrize("seed", [332, 236, 699], ids=["no-mask", "padding-mask", "causal-mask"])
+def test_the_generator_reaches_our_bf16_attention_kernel(seed):
+    """Graphs 128 tokens tall with self-attention (heads of a few channels: a tail block in every
+    loop of our kernel) run our one-pass bf16 attention (kernels/native/attention_bf16.h, 32
+    queries or more) under bf16 autocast, exact against the eager converted model; where the CPU
+    would pick oneDNN's primitives (AMX) the test asks for ours, which runs wherever AVX512-BF16 is.
+    (Of the first 14 such graphs, Inductor fused attention into its flash call in 4: these three
+    and seed 572; the others keep matmul -> softmax -> matmul, which stays Inductor's.)"""
+    if not inductor_quant.cpu_info().bf16_native:
+        pytest.skip("bf16 attention stays torch's where bf16 is emulated (passes/attention.py)")
+    from inductor_quant.kernels import native
+
+    native.load()
+    try:
+        torch.ops.iq_onednn.attention_kernel("own")
+    except RuntimeError:
+        pytest.skip("our bf16 attention needs AVX512-BF16 and torch's AVX-512 capability")
+    try:
+        spec = graphs.generate(seed)
+        assert spec["input"][1] >= 32 and any(op["op"] == "attention" for op in spec["ops"]), graphs.describe(spec)
+        outcome = harness.check(spec, harness.Config.parse("freeze-cpp-bf16-dynbatch"))
+    finally:
+        torch.ops.iq_onednn.attention_kernel("auto")
+    assert outcome.status == "ok" and outcome.fused.get("kernel.attention", 0) >= 1, (outcome.error, outcome.fused)
+
+
 @pytest.mark.parametrize("config", ["freeze-py-fp32-dynbatch", "fast-fp32-static"])
 def test_the_slice_reaches_weight_only_int4(config):
     """Seed 203 of the slice quantizes four linears weight-only int4: the three whose out_features

@@ -471,10 +471,10 @@ def _own_bf16_attention_runs_here() -> bool:
 
 
 BF16_ATTENTION_SHAPES = {  # B, H, Sq, Sk, D, Dv: BERT's heads; a tail of every block (37 = 4 x 8 + 4 + 1
-    # rows); one key; one head (its rows split between threads); a decode step (one query: the
-    # primitives run it, our kernel takes 32 queries or more)
-    "bert-heads": (2, 2, 128, 128, 64, 64), "tails": (2, 3, 37, 37, 6, 80), "one-key": (3, 4, 33, 1, 8, 32),
-    "one-head": (1, 1, 300, 300, 64, 64), "decode": (1, 2, 1, 300, 256, 256)}
+    # rows, an odd D, Dv = 2 x 32 + 16 + 5); the fuzzer's small odd heads; one key; one head (its rows
+    # split between threads); a decode step (one query: the primitives run it, ours takes 32 or more)
+    "bert-heads": (2, 2, 128, 128, 64, 64), "tails": (2, 3, 37, 37, 7, 85), "small-heads": (3, 2, 128, 128, 9, 9),
+    "one-key": (3, 4, 33, 1, 8, 32), "one-head": (1, 1, 300, 300, 64, 64), "decode": (1, 2, 1, 300, 256, 256)}
 BF16_ATTENTION_MASKS = {  # (shape, dtype) for [B, H, Sq, Sk]
     "none": None, "key-padding-f32": ("key-padding", torch.float32), "full-bf16": ("full", torch.bfloat16),
     "per-key-row-bf16": ("row", torch.bfloat16), "per-query-f32": ("query", torch.float32)}
