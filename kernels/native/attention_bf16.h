@@ -231,7 +231,8 @@ IQ_AVX512_BF16 inline void softmax(const Args& a, Scratch& t) {
     }
   }
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) t.inv[r] = 1.f / _mm512_reduce_add_ps(sum[r]);
+  for (int r = 0; r < R; ++r)  // a row the mask takes whole (-inf everywhere) attends to nothing: 0, as torch's
+    t.inv[r] = t.max[r] == -INFINITY ? 0.f : 1.f / _mm512_reduce_add_ps(sum[r]);
 }
 
 // out rows i..i+R, channels [d0, d1) = (exps x V) / sum, NB blocks of 16 channels at a time

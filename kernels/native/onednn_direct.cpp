@@ -996,6 +996,16 @@ std::shared_ptr<Attention> build_attention(const at::Tensor& q, const at::Tensor
   return att;
 }
 
+// A query row whose mask is -inf at every key attends to nothing: torch's attention gives 0 there,
+// oneDNN's softmax NaN (0 / 0). Such rows are zeroed in `out` ([B, Sq, H, Dv]); the mask is read
+// again only when it holds a -inf at all.
+void zero_fully_masked_rows(const at::Tensor& mask4, at::Tensor& out) {
+  const at::Tensor neg_inf = mask4.isneginf();
+  if (!neg_inf.any().item<bool>()) return;
+  const at::Tensor rows = neg_inf.all(3, /*keepdim=*/true);  // [B or 1, H or 1, Sq or 1, 1]
+  out.transpose(1, 2).masked_fill_(rows.expand({out.size(0), out.size(2), out.size(1), 1}), 0);
+}
+
 // Which bf16 attention runs: 0 as the CPU says (attention_bf16.h), 1 the oneDNN primitives, 2 our
 // kernel (tests compare the two in one process: `attention_kernel`).
 std::atomic<int> attention_choice{0};
@@ -1111,6 +1121,7 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
   check(a.dnnl_primitive_execute(att->softmax, a.stream, 2, sargs), "attention softmax execute");
   dnnl_exec_arg_t cargs[3] = {{DNNL_ARG_SRC, att->p}, {DNNL_ARG_WEIGHTS, att->v}, {DNNL_ARG_DST, att->out}};
   check(a.dnnl_primitive_execute(att->context, a.stream, 3, cargs), "attention context execute");
+  if (mask4.defined()) zero_fully_masked_rows(mask4, out);
   return out.transpose(1, 2);
 }
 

@@ -625,3 +625,31 @@ def test_our_vector_loops_follow_torchs_cpu_capability():
         run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", tests],
                              env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
         assert run.returncode == 0 and " passed" in run.stdout and "failed" not in run.stdout, run.stdout[-3000:]
+
+
+@pytest.mark.parametrize("kernel", ["onednn", "own"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_query_row_masked_at_every_key_attends_to_nothing(kernel, dtype):
+    """torch's attention gives 0 for a row whose additive mask is -inf at every key; oneDNN's
+    softmax gave NaN there (0 / 0) and our bf16 kernel the plain average of V. Both now give 0;
+    the other rows are untouched. 40 queries: our kernel's (it takes 32 or more)."""
+    if dtype == torch.bfloat16 and not cpu_info().bf16_native:
+        pytest.skip("bf16 attention is routed only where bf16 is native")
+    if kernel == "own" and (dtype == torch.float32 or not _own_bf16_attention_runs_here()):
+        pytest.skip("our one-pass kernel is for bf16 on AVX512-BF16")
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 2, 40, 16, generator=g).to(dtype) for _ in range(3))
+    for mask in (torch.zeros(2, 1, 40, 40), torch.zeros(40, 40)):
+        mask[..., 3, :] = float("-inf")
+        mask[..., 7, :5] = float("-inf")  # partly masked: a normal row
+        torch.ops.iq_onednn.attention_kernel(kernel)
+        try:
+            ours = torch.ops.iq_onednn.attention(q, k, v, mask, 0.25)
+        finally:
+            torch.ops.iq_onednn.attention_kernel("auto")
+        want = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                                                attn_mask=mask.double(), scale=0.25)
+        assert torch.equal(ours[:, :, 3], torch.zeros_like(ours[:, :, 3]))
+        assert not ours.isnan().any()
+        tol = 1e-5 if dtype == torch.float32 else 2 ** -7 * want.abs().max().item()
+        assert (ours.double() - want).abs().max() <= tol
