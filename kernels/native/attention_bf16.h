@@ -64,7 +64,9 @@ inline bool cpu_supported() { return cpu_can_run() && !__builtin_cpu_supports("a
 // slower than the primitives: Gemma-3-270M decode 8.1 -> 8.7-9.2 ms a token). Any D (an odd one's
 // last pair is padded with a zero) and Dv (the last 16-lane block masked).
 constexpr int64_t kMinQueries = 32;
-inline bool shape_supported(int64_t Sq, int64_t D, int64_t Dv) { return Sq >= kMinQueries && D > 0 && Dv > 0; }
+inline bool shape_supported(int64_t Sq, int64_t Sk, int64_t D, int64_t Dv) {
+  return Sq >= kMinQueries && Sk > 0 && D > 0 && Dv > 0;
+}
 
 #define IQ_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 

@@ -1019,7 +1019,7 @@ bool own_attention_here() {
 // false: the caller runs the oneDNN primitives
 bool own_bf16_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask4,
                         double scale, at::Tensor& out) {
-  if (!own_attention_here() || !attention_bf16::shape_supported(q.size(2), q.size(3), v.size(3)) || k.size(2) == 0) return false;
+  if (!own_attention_here() || !attention_bf16::shape_supported(q.size(2), k.size(2), q.size(3), v.size(3))) return false;
   attention_bf16::Args a;
   a.q = static_cast<const uint16_t*>(q.const_data_ptr());
   a.k = static_cast<const uint16_t*>(k.const_data_ptr());
