@@ -73,14 +73,18 @@ def weight_only_int8_calls(code: str) -> int:
     return len(_WEIGHT_ONLY_INT8.findall(code))
 
 
-_WEIGHT_ONLY_INT4 = re.compile(r"torch\.ops\.quantized\.int4mm_packed_weight_cpu\.default\("
-                               r"|aoti_torch_cpu__weight_int4pack_mm_cpu_tensor\(|CppWoqInt4GemmTemplate")
+_TORCH_INT4 = (r"torch\.ops\.quantized\.int4mm_packed_weight_cpu\.default\("
+               r"|aoti_torch_cpu__weight_int4pack_mm_cpu_tensor\(|CppWoqInt4GemmTemplate")
+_OUR_INT4 = r"torch\.ops\.iq_onednn\.woq_int4_linear\.\w+\(|\"iq_onednn::woq_int4_linear\""
+_WEIGHT_ONLY_INT4 = {"torch": re.compile(_TORCH_INT4), "ours": re.compile(_OUR_INT4)}
 
 
-def weight_only_int4_calls(code: str) -> int:
-    """Calls of torch's int4 CPU GEMM (`_weight_int4pack_mm_for_cpu`, run as
-    `quantized.int4mm_packed_weight_cpu`; Python or C++ wrapper), or its GEMM-template kernels."""
-    return len(_WEIGHT_ONLY_INT4.findall(code))
+def weight_only_int4_calls(code: str, kernel: str = "any") -> int:
+    """Calls of a weight-only int4 linear: ours (`iq_onednn.woq_int4_linear`, kernels/native.py)
+    or torch's int4 CPU GEMM (`_weight_int4pack_mm_for_cpu`, run as
+    `quantized.int4mm_packed_weight_cpu`, or its GEMM-template kernels); Python or C++ wrapper.
+    `kernel`: "ours", "torch" or "any"."""
+    return sum(len(p.findall(code)) for name, p in _WEIGHT_ONLY_INT4.items() if kernel in ("any", name))
 
 
 def float_compute_calls(code: str) -> collections.Counter:

@@ -40,13 +40,16 @@ def pack(call: Call, w_grouped, n: int, k: int):
     return call(PACK, (w, 1))
 
 
-def scale_zeros(call: Call, scale, zero_point, n: int, k: int, group: int, dtype: torch.dtype):
+def scale_zeros(call: Call, scale, zero_point, n: int, k: int, group: int, dtype: torch.dtype,
+                channels_first: bool = False):
     """Per-group scales and integer zero points [N * K / group] (one per row of the grouped view)
-    -> [K / group, N, 2] of (scale, -zero_point * scale) in `dtype`, computed in fp32 from the
-    two constants (no constructor), so that constant folding folds them too."""
+    -> [K / group, N, 2] of (scale, -zero_point * scale) in `dtype` (torch's op), or [N, K / group, 2]
+    with `channels_first` (our `iq_onednn.woq_int4_linear`: a channel's groups beside its weight
+    row), computed in fp32 from the two constants (no constructor), so that constant folding
+    folds them too."""
     def per_group(t):
-        t = call(prims.convert_element_type.default, (t, torch.float32))
-        return call(aten.permute.default, (call(aten.view.default, (t, [n, k // group])), [1, 0]))
+        t = call(aten.view.default, (call(prims.convert_element_type.default, (t, torch.float32)), [n, k // group]))
+        return t if channels_first else call(aten.permute.default, (t, [1, 0]))
 
     s = per_group(scale)
     zero = call(aten.mul.Tensor, (call(aten.neg.default, (per_group(zero_point),)), s))

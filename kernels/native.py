@@ -28,6 +28,13 @@ for x fp32 or bf16 and the plain int8 [out, in] weight, the output in x's dtype,
 bf16 rounding (the weight kept int8 and converted in registers; the scale applied after the sum).
 bf16 activations need AVX-512 (`probe.weight_only_linear_builds`).
 
+Contract of `iq_onednn::woq_int4_linear` (weight-only int4, group-wise): torch's int4 CPU GEMM
+(kernels/int4pack.py) on the same weight: `F.linear(x, w, bias)` with w = (u - 8) * scale + zero
+per group, u the 4-bit values packed by `woq_int4_pack` (our layout: native/woq_int4.h) and the
+(scale, zero) pairs [out, in / group, 2] in x's dtype (`int4pack.scale_zeros(..., channels_first=True)`); x fp32 or bf16, the
+output in x's dtype, within fp32 / bf16 rounding. One row streams the packed weight; more rows
+dequantize it into x's dtype and run the float GEMM.
+
 Contract of `iq_onednn::attention`: `softmax(q @ k.transpose(-2, -1) * scale + mask, -1) @ v` for
 4-D [B, H, S, D] q, k, v, all fp32 or all bf16, and an optional fp32/bf16 additive mask that
 broadcasts to [B, H, Sq, Sk]; scores and softmax in fp32, the output in q's dtype, laid out as
@@ -207,6 +214,11 @@ def _register_fakes() -> None:
         return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 
+    @torch.library.register_fake(f"{LIBRARY}::woq_int4_linear")
+    def _(x, w4, sz, group, bias):
+        return x.new_empty((*x.shape[:-1], w4.shape[0]))
+
+
     @torch.library.register_fake(f"{LIBRARY}::attention")
     def _(q, k, v, mask, scale):
         # [B, S, H, D] memory seen as [B, H, S, D]: torch's CPU flash attention's output layout
@@ -275,3 +287,19 @@ def woq_linear(call, x, w, w_scale, bias, x_shape):
     oneDNN layout is picked for the rows of `x_shape` (static), else one row (a decode step)."""
     rows = math.prod(int(d) for d in x_shape[:-1]) if x_shape is not None else 1
     return call(torch.ops.iq_onednn.woq_linear.default, (x, w, w_scale, bias, max(rows, 1)))
+
+
+def woq_int4_pack(call, w_grouped, n: int, k: int):
+    """int8 q in [-8, 7] seen as [N * K / group, group] -> our packed uint8 [N, K / 2]: in each run
+    of 32 input channels, byte i = (q[i] + 8) | (q[i + 16] + 8) << 4 (native/woq_int4.h)."""
+    aten, prims = torch.ops.aten, torch.ops.prims
+    u = call(aten.add.Tensor, (call(prims.convert_element_type.default, (w_grouped, torch.int32)), 8))
+    runs = call(aten.view.default, (u, [n, k // 32, 2, 16]))
+    low, high = (call(aten.select.int, (runs, 2, i)) for i in (0, 1))
+    byte = call(aten.bitwise_or.Tensor, (low, call(aten.mul.Tensor, (high, 16))))
+    return call(aten.view.default, (call(prims.convert_element_type.default, (byte, torch.uint8)), [n, k // 2]))
+
+
+def woq_int4_linear(call, x, packed, pairs, group: int, bias):
+    """Our weight-only int4 linear (contract above): x [..., K] fp32 or bf16, the output in x's dtype."""
+    return call(torch.ops.iq_onednn.woq_int4_linear.default, (x, packed, pairs, int(group), bias))

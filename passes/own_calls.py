@@ -62,6 +62,14 @@ def _rows(x: torch.fx.Node) -> Optional[int]:
     return None if shape is None else math.prod(shape[:-1])
 
 
+def takes_woq_int4(x: torch.fx.Node) -> bool:
+    """Whether a weight-only int4 linear on input `x` calls our `iq_onednn.woq_int4_linear` rather
+    than torch's int4 GEMM: when our kernels are on in this compile, unless the GEMM template's
+    autotune may run for it (many or dynamic rows, as for the int8 linears above: its WOQ int4
+    micro-kernels compete there)."""
+    return in_use() and not (gemm_template_may_run() and (_rows(x) or TEMPLATE_FROM_ROWS) >= TEMPLATE_FROM_ROWS)
+
+
 def routable(f) -> bool:
     if f is None or f.xq.is_tensor or not isinstance(f.w, torch.fx.Node):
         return False

@@ -19,7 +19,7 @@ from .fused import Fused, call, emit_before, propagate_fake, replace_with
 from .kernel_limits import check_conv_kernel, check_int8_exact, check_template_weight_reuse, geometry
 from .reasons import Reason, Why
 from .match import ACT_DQ, ACT_RANGE, all_zero, args_of, constant_within, node_of, same_dims, static_shape, val, within
-from .own_calls import in_use as own_kernels_in_use
+from .own_calls import in_use as own_kernels_in_use, takes_woq_int4
 from .stats import count_kernel
 
 if TYPE_CHECKING:
@@ -352,8 +352,9 @@ def check_woq_int4_linear(match: Match) -> Optional[Reason]:
     """A float input (not a dequantize), input and output in one float dtype (fp32, or bf16 under
     autocast), a 4-bit weight per group (values in [-8, 7], zero points constants in that range:
     0 when symmetric), and a
-    geometry torch's int4 CPU GEMM takes (kernels/int4pack.py). An ATen op: every wrapper and
-    AOTInductor run it, with or without our kernel layer."""
+    geometry torch's int4 CPU GEMM takes (kernels/int4pack.py). Lowered to our
+    `iq_onednn.woq_int4_linear` where our kernel layer is in the compile (own_calls.takes_woq_int4),
+    else to torch's op: an ATen op, which every wrapper and AOTInductor run."""
     w_dq = _weight_dq(match)
     reason = _float_activation(match, Why.WOQ_INT4_FORM)
     if reason is not None:
@@ -371,7 +372,8 @@ def check_woq_int4_linear(match: Match) -> Optional[Reason]:
 
 
 def lower_woq_int4_linear(match: Match) -> tuple:
-    # [view](addmm|mm([view](x), permute([cast](reshape(dq(w)))))) -> view(int4pack_mm(x as [M, K], pack(w), g, sz) [+ b])
+    # [view](addmm|mm([view](x), permute([cast](reshape(dq(w)))))) -> iq_onednn.woq_int4_linear(x, our pack(w), pairs, g, b)
+    #   or, without our kernels: view(int4pack_mm(x as [M, K], pack(w), g, sz) [+ b])
     out = match.output_node()
     graph = out.graph
     x = match.kwargs["x"]
@@ -380,10 +382,19 @@ def lower_woq_int4_linear(match: Match) -> tuple:
     n, k, group = _int4_geometry(match)
     dtype = val(out).dtype
     c = lambda op, args: call(graph, out, op, *args)  # noqa: E731
+    b = match.kwargs.get("b")
+    if takes_woq_int4(x):  # ours: one call with the bias, any leading shape
+        pairs = int4pack.scale_zeros(c, match.kwargs["w_scale"], match.kwargs["w_zp"], n, k, group, dtype,
+                                     channels_first=True)
+        y = native.woq_int4_linear(c, x, native.woq_int4_pack(c, match.kwargs["w"], n, k), pairs, group,
+                                   None if b is None else _as_dtype(b, dtype))
+        out.replace_all_uses_with(y)
+        match.erase_nodes()
+        count_kernel("woq_int4_linear")
+        return ()
     packed = int4pack.pack(c, match.kwargs["w"], n, k)
     sz = int4pack.scale_zeros(c, match.kwargs["w_scale"], match.kwargs["w_zp"], n, k, group, dtype)
     y = int4pack.mm(c, c(aten.view.default, (x, [-1, k])), packed, group, sz)
-    b = match.kwargs.get("b")
     if b is not None:
         y = c(aten.add.Tensor, (y, _as_dtype(b, dtype)))
     leading = [d if isinstance(d, int) else c(aten.sym_size.int, (x, i)) for i, d in enumerate(val(x).shape[:-1])]
@@ -391,7 +402,6 @@ def lower_woq_int4_linear(match: Match) -> tuple:
         y = c(aten.view.default, (y, [*leading, n]))
     out.replace_all_uses_with(y)
     match.erase_nodes()
-    count_kernel("woq_int4_linear")
     return ()
 
 

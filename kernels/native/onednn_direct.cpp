@@ -19,6 +19,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
 #include <c10/core/StorageImpl.h>
 #include <torch/library.h>
 
@@ -44,6 +45,7 @@
 #include "attention_bf16.h"
 #include "layer_norm_quant.h"
 #include "woq_gemv.h"
+#include "woq_int4.h"
 
 namespace {
 
@@ -895,6 +897,57 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
 }
 
 
+// A weight-only int4 linear: x (f32 or bf16) [..., K] times the group-wise 4-bit weight in our
+// packed layout (woq_int4.h), plus the bias; the output in x's dtype. One row streams the packed
+// weight (woq_int4::run); more rows dequantize it into x's dtype and run the float GEMM.
+at::Tensor woq_int4_linear(const at::Tensor& x_in, const at::Tensor& w4, const at::Tensor& sz, int64_t group,
+                           const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16,
+              "woq_int4_linear: float32 or bfloat16 activations, got ", x_in.scalar_type());
+  const int64_t k = x_in.size(-1), n = w4.size(0);
+  TORCH_CHECK(w4.scalar_type() == at::kByte && w4.dim() == 2 && w4.size(1) * 2 == k && w4.is_contiguous(),
+              "woq_int4_linear: a contiguous uint8 [out, in / 2] packed weight whose in matches the input's last dim");
+  TORCH_CHECK(group > 0 && group % woq_int4::kRun == 0 && k % group == 0,
+              "woq_int4_linear: the group must be a multiple of 32 dividing in, got ", group, " for in ", k);
+  TORCH_CHECK(sz.scalar_type() == x_in.scalar_type() && sz.is_contiguous() && sz.dim() == 3 && sz.size(0) == n &&
+                  sz.size(1) == k / group && sz.size(2) == 2,
+              "woq_int4_linear: (scale, zero) pairs [out, in / group, 2] in the input's dtype");
+  const bool bf16 = x_in.scalar_type() == at::kBFloat16;
+  const at::Tensor x = x_in.reshape({-1, k}).contiguous();
+  std::vector<int64_t> out_sizes(x_in.sizes().begin(), x_in.sizes().end());
+  out_sizes.back() = n;
+  c10::optional<at::Tensor> b;
+  if (bias.has_value())
+    b = (bias->scalar_type() == at::kFloat || bias->scalar_type() == at::kBFloat16) && bias->is_contiguous()
+            ? *bias : bias->to(at::kFloat).contiguous();
+  if (x.size(0) != 1 || k / woq_int4::kRun > woq_int4::kMaxRuns) {  // a prompt: the float GEMM on the dequantized weight
+    at::Tensor w = at::empty({n, k}, x.options());
+    woq_int4::dequantize(w4.const_data_ptr<uint8_t>(), sz.const_data_ptr(), bf16, n, k, group, w.data_ptr(), bf16);
+    return at::linear(x, w, b.has_value() ? c10::optional<at::Tensor>(b->to(x.scalar_type())) : b).view(out_sizes);
+  }
+  at::Tensor out = at::empty(out_sizes, x.options());
+  std::vector<float> xf(static_cast<size_t>(k)), xsum(static_cast<size_t>(k / group), 0.f);
+  std::vector<c10::BFloat16> xb;
+  if (bf16) {
+    xb.resize(static_cast<size_t>(k));
+    woq_int4::reorder_for_bf16(x.const_data_ptr<c10::BFloat16>(), k, xb.data());
+  }
+  for (int64_t i = 0; i < k; ++i) {
+    xf[size_t(i)] = bf16 ? float(x.const_data_ptr<c10::BFloat16>()[i]) : x.const_data_ptr<float>()[i];
+    xsum[size_t(i / group)] += xf[size_t(i)];
+  }
+  woq_int4::Args args{xf.data(), bf16 ? xb.data() : nullptr, xsum.data(), w4.const_data_ptr<uint8_t>(),
+                      sz.const_data_ptr(), b.has_value() ? b->const_data_ptr() : nullptr, out.data_ptr(),
+                      k, n, group, k / group};
+  args.sz_bf16 = bf16;
+  args.bias_bf16 = b.has_value() && b->scalar_type() == at::kBFloat16;
+  args.y_bf16 = bf16;
+  woq_gemv::advise_huge_pages(w4.const_data_ptr(), w4.numel());  // both streams of a decode step
+  woq_gemv::advise_huge_pages(sz.const_data_ptr(), sz.numel() * sz.element_size());
+  woq_int4::run(args, bf16);
+  return out;
+}
+
 // ---- attention -------------------------------------------------------------------------------
 //
 // softmax(q k^T * scale + mask) v for 4-D [B, H, S, D] q, k, v (any strides with the last dim's 1,
@@ -1157,7 +1210,8 @@ std::string status() { return api().error; }
 // Which loops of our own vector kernels run in this process (they follow ATEN_CPU_CAPABILITY):
 // tests cap the capability to prove the AVX2 and plain loops on a newer CPU.
 std::string vector_code() {
-  return std::string("woq_gemv=") + woq_gemv::name(woq_gemv::pick()) + " layer_norm_quant=" +
+  return std::string("woq_gemv=") + woq_gemv::name(woq_gemv::pick()) + " woq_int4=" +
+         woq_int4::name(woq_int4::pick(true)) + " layer_norm_quant=" +
          norm_quant::name(norm_quant::level()) + " attention_bf16=" + (own_attention_here() ? "own" : "onednn");
 }
 
@@ -1203,6 +1257,7 @@ TORCH_LIBRARY(iq_onednn, m) {
       "float output_scale, int output_zero_point, ScalarType? output_dtype, Tensor other, int post_op, "
       "float post_op_alpha, float post_op_beta) -> Tensor");
   m.def("woq_linear(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int m_hint) -> Tensor");
+  m.def("woq_int4_linear(Tensor x, Tensor w4, Tensor sz, int group, Tensor? bias) -> Tensor");
   m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
   m.def(
       "layer_norm_quant(Tensor x, Tensor? weight, Tensor? bias, float eps, float scale, int zero_point, int qmin, "
@@ -1221,6 +1276,7 @@ TORCH_LIBRARY_IMPL(iq_onednn, CPU, m) {
   m.impl("qlinear_sum_", qlinear_sum_);
   m.impl("qlinear_add", qlinear_add);
   m.impl("woq_linear", woq_linear);
+  m.impl("woq_int4_linear", woq_int4_linear);
   m.impl("attention", attention);
   m.impl("layer_norm_quant", layer_norm_quant);
 }

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from inductor_quant.kernels import native, probe
+from inductor_quant.kernels import int4pack, native, probe
 from inductor_quant.kernels.cpu import cpu_features, cpu_info
 from inductor_quant.kernels import onednn as K
 from kernel_helpers import W_MAX
@@ -386,6 +386,72 @@ def test_weight_only_linear_refuses_what_it_does_not_compute():
         torch.ops.iq_onednn.woq_linear(torch.zeros(2, 15), w, s, None, 1)
 
 
+# --- weight-only int4 linear --------------------------------------------------------------------
+
+
+def _int4_weight(n, k, group, seed):
+    """Group-wise 4-bit q in [-8, 7] as convert_pt2e keeps it ([N * K / group, group] int8), its
+    scales and zero points, and the dequantized [N, K] weight."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-8, 8, (n * k // group, group), dtype=torch.int8, generator=g)
+    scale = torch.rand(n * k // group, generator=g) * 0.05 + 0.01
+    zp = torch.randint(-8, 8, (n * k // group,), generator=g)
+    return q, scale, zp, ((q.float() - zp[:, None]) * scale[:, None]).reshape(n, k)
+
+
+def _ours_and_torchs_int4(x, q, scale, zp, n, k, group, bias):
+    dtype = x.dtype
+    pairs = int4pack.scale_zeros(E, scale, zp, n, k, group, dtype, channels_first=True)
+    ours = native.woq_int4_linear(E, x, native.woq_int4_pack(E, q, n, k), pairs, group, bias)
+    theirs = None
+    if int4pack.supports(n, k, group):
+        theirs = int4pack.mm(E, x.reshape(-1, k), int4pack.pack(E, q, n, k), group,
+                             int4pack.scale_zeros(E, scale, zp, n, k, group, dtype)).reshape(ours.shape)
+        if bias is not None:
+            theirs = theirs + bias.to(dtype)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("n,k,group", [(4 * 37 + 3, 640, 32), (48, 256, 64), (16, 512, 128), (5, 96, 32)],
+                         ids=["tail-channels", "g64", "g128", "few-channels"])
+@pytest.mark.parametrize("x_shape", [(1,), (1, 1), (7,), (2, 3)], ids=["decode_row", "decode_row_3d", "rows", "3d"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_weight_only_int4_is_the_linear_on_the_dequantized_weight(dtype, n, k, group, x_shape, bias):
+    """One row (our GEMV, native/woq_int4.h: output channels not a multiple of its block of 4
+    included) and several (the dequantized weight through the float GEMM): the linear on the
+    dequantized weight within fp32 / bf16 rounding, and so torch's int4 GEMM on the same weight."""
+    q, scale, zp, dequantized = _int4_weight(n, k, group, seed=13)
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(*x_shape, k, generator=g).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    ours, theirs = _ours_and_torchs_int4(x, q, scale, zp, n, k, group, b)
+    # bf16: the (scale, zero) pairs rounded to bf16, as torch's op takes them, make the weight
+    w = dequantized if dtype is torch.float32 else (
+        q.float() * scale.bfloat16().float()[:, None] + (-zp * scale).bfloat16().float()[:, None]).reshape(n, k)
+    ref = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    assert ours.shape == (*x_shape, n) and ours.dtype == dtype
+    tol = 1e-5 if dtype is torch.float32 else 1e-2
+    torch.testing.assert_close(ours.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+    if theirs is not None:
+        torch.testing.assert_close(ours.double(), theirs.double(), rtol=2 * tol, atol=2 * tol * ref.abs().max().item())
+
+
+def test_weight_only_int4_refuses_what_it_does_not_compute():
+    q, scale, zp, _ = _int4_weight(16, 64, 32, seed=15)
+    pairs = int4pack.scale_zeros(E, scale, zp, 16, 64, 32, torch.float32, channels_first=True)
+    packed = native.woq_int4_pack(E, q, 16, 64)
+    op = torch.ops.iq_onednn.woq_int4_linear
+    with pytest.raises(RuntimeError, match="float32 or bfloat16 activations"):
+        op(torch.zeros(1, 64, dtype=torch.float16), packed, pairs, 32, None)
+    with pytest.raises(RuntimeError, match="uint8 \\[out, in / 2\\] packed weight"):
+        op(torch.zeros(1, 62), packed, pairs, 32, None)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        op(torch.zeros(1, 64), packed, pairs, 16, None)
+    with pytest.raises(RuntimeError, match="in the input's dtype"):
+        op(torch.zeros(1, 64, dtype=torch.bfloat16), packed, pairs, 32, None)
+
+
 def test_weight_only_probe_runs_real_tensors_inside_a_compile():
     """The passes ask it while Inductor's fake mode is active (a fuzzer finding: its check ran
     outside the real-tensor scope and the compile crashed)."""
@@ -613,14 +679,17 @@ def test_our_vector_loops_follow_torchs_cpu_capability():
     own_attention = aten == "AVX512" and "avx512_bf16" in hardware and "amx_bf16" not in hardware
     assert _own_bf16_attention_runs_here() == (aten == "AVX512" and "avx512_bf16" in hardware)
     default = torch.ops.iq_onednn.vector_code()
-    assert default == (f"woq_gemv={gemv} layer_norm_quant={norm} "
+    int4 = "avx512_bf16" if aten == "AVX512" and "avx512_bf16" in hardware else gemv  # its bf16 pair loop
+    assert default == (f"woq_gemv={gemv} woq_int4={int4} layer_norm_quant={norm} "
                        f"attention_bf16={'own' if own_attention else 'onednn'}"), default
-    tests = "layer_norm_quant or decode_rows or rounded_once or dequantized_weight or bf16_attention_kernels"
+    tests = ("layer_norm_quant or decode_rows or rounded_once or dequantized_weight or bf16_attention_kernels"
+             " or weight_only_int4")
     for cap, loops in (("avx2", "avx2"), ("default", None)):
         env = {**os.environ, "ATEN_CPU_CAPABILITY": cap}
         code = "import torch; from inductor_quant.kernels import native; native.load(); print(torch.ops.iq_onednn.vector_code())"
         out = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True, check=True)
-        assert out.stdout.split() == [f"woq_gemv={loops or 'scalar'}", f"layer_norm_quant={loops or 'plain'}",
+        assert out.stdout.split() == [f"woq_gemv={loops or 'scalar'}", f"woq_int4={loops or 'scalar'}",
+                                      f"layer_norm_quant={loops or 'plain'}",
                                       "attention_bf16=onednn"], out
         run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", tests],
                              env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))

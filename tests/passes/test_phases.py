@@ -432,32 +432,35 @@ def rewrite_with_our_kernels(model, inputs, bf16=False):
 # the int4 forms have 32 input features (one group) and no one-row form (passes/registry.py)
 INT4_CASES = [(tuple(32 if d == 16 else d for d in shape), dims, form, bias, bf16)
               for shape, dims, form, bias, bf16 in WOQ_CASES if form != "m1"]
-# bits -> (kernel count key, op the rewritten graph calls, how the rule sees the compile)
-WEIGHT_ONLY_KERNELS = {8: ("woq_linear", "iq_onednn.woq_linear.default", rewrite_with_our_kernels),
-                       4: ("woq_int4_linear", "aten._weight_int4pack_mm_for_cpu.default", rewrite_with_constants)}
+# bits -> [(our kernel count key or None, op the rewritten graph calls, how the rule sees the compile)]:
+# int4 runs our kernel where our layer is in the compile, torch's int4 GEMM (an ATen op) without it
+WEIGHT_ONLY_KERNELS = {8: [("woq_linear", "iq_onednn.woq_linear.default", rewrite_with_our_kernels)],
+                       4: [("woq_int4_linear", "iq_onednn.woq_int4_linear.default", rewrite_with_our_kernels),
+                           (None, "aten._weight_int4pack_mm_for_cpu.default", rewrite_with_constants)]}
 
 
 @pytest.mark.parametrize("bits,shape,dims,form,bias,bf16", [(8, *c) for c in WOQ_CASES] + [(4, *c) for c in INT4_CASES],
                          ids=[f"int{n}.{f}{'.bf16' if h else ''}{'' if b else '.nobias'}"
                               for n, cases in ((8, WOQ_CASES), (4, INT4_CASES)) for _, _, f, b, h in cases])
 def test_weight_only_linear_becomes_its_kernel(bits, shape, dims, form, bias, bf16):
-    """int8: our kernel layer's woq_linear; int4: torch's int4 GEMM (an ATen op: no kernel layer needed)."""
-    kernel, op, rewrite_as_compiled = WEIGHT_ONLY_KERNELS[bits]
-    model = WeightOnlyLinear(bias, dims, bits).eval()
-    x = torch.randn(shape)
-    gm, flat, stats = rewrite_as_compiled(model, (x,), bf16)
-    if bits == 8 and not probe.weight_only_linear_builds(torch.bfloat16 if bf16 else torch.float32):
-        assert [u.code for u in stats["unfused"]] == ["woq_unbuildable"], stats  # bf16 without AVX-512
-        return
-    fusion_id = f"linear.woq_int{bits}.{form}{'.bf16' if bf16 else ''}{'' if bias else '.nobias'}"
-    assert stats == {"fused": {fusion_id: 1}, "unfused": [], "kernels": {kernel: 1}}, stats
-    t = targets(gm)
-    assert t[op] == 1, gm.code
-    assert not any(t[o] for o in FP32_OPS + ("aten.bmm.default",)), gm.code
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        ref, out = model(x), gm(*flat)
-    tol = 2e-2 if bf16 else 1e-5
-    torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
+    """int8: our kernel layer's woq_linear; int4: our woq_int4_linear, or torch's int4 GEMM (an
+    ATen op) in a compile without our kernel layer."""
+    for kernel, op, rewrite_as_compiled in WEIGHT_ONLY_KERNELS[bits]:
+        model = WeightOnlyLinear(bias, dims, bits).eval()
+        x = torch.randn(shape)
+        gm, flat, stats = rewrite_as_compiled(model, (x,), bf16)
+        if bits == 8 and not probe.weight_only_linear_builds(torch.bfloat16 if bf16 else torch.float32):
+            assert [u.code for u in stats["unfused"]] == ["woq_unbuildable"], stats  # bf16 without AVX-512
+            return
+        fusion_id = f"linear.woq_int{bits}.{form}{'.bf16' if bf16 else ''}{'' if bias else '.nobias'}"
+        assert stats == {"fused": {fusion_id: 1}, "unfused": [], "kernels": {kernel: 1} if kernel else {}}, stats
+        t = targets(gm)
+        assert t[op] == 1, gm.code
+        assert not any(t[o] for o in FP32_OPS + ("aten.bmm.default",)), gm.code
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            ref, out = model(x), gm(*flat)
+        tol = 2e-2 if bf16 else 1e-5
+        torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
 
 
 class WeightOnlySiblings(torch.nn.Module):

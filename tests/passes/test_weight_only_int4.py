@@ -1,9 +1,12 @@
 """Weight-only int4 linears (`get_x86_inductor_linear_weight_only_int4_config(group_size)`): convert
 keeps 4-bit values in an int8 constant seen as [out * in / group, group] and leaves
 dequantize_per_channel -> reshape [out, in] -> linear(float x). The compile packs the weight (two
-values a byte, at freezing) and runs torch's int4 CPU GEMM, fp32 or bf16 under autocast, Python or
-C++ wrapper, static or dynamic batch; a linear it cannot take stays float on the dequantized
-weight and `stats()["unfused"]` says why. Builtins off (tests/conftest.py)."""
+values a byte, at freezing) and runs our `iq_onednn.woq_int4_linear` (kernels/native.py), or torch's
+int4 CPU GEMM without our kernel layer, fp32 or bf16 under autocast, Python or C++ wrapper, one
+row (a decode step) or many, static or dynamic batch; a linear it cannot take stays float on the
+dequantized weight and `stats()["unfused"]` says why. Builtins off (tests/conftest.py)."""
+
+import contextlib
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from torch import nn
 from compile_utils import compile_and_run, compile_once_and_run, prepacks_at_runtime
 
 from inductor_quant import quantize
+import inductor_quant.passes as iq_passes
 from inductor_quant.generated_code import float_compute_calls, weight_only_int4_calls
 from inductor_quant.numerics import Agreement
 from inductor_quant.quantizer import X86InductorQuantizer, get_x86_inductor_linear_weight_only_int4_config
@@ -44,6 +48,15 @@ def mlp():
     return model, _int4(model, x), x
 
 
+@pytest.fixture(scope="module")
+def decode_row():
+    """The same layers on one row [1, 1, 64]: a decode step at batch 1."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 64)
+    model = Mlp().eval()
+    return model, _int4(model, x), x
+
+
 def test_convert_keeps_4bit_groups_and_float_activations(mlp):
     model, converted, x = mlp
     dqs = [n for n in converted.graph.nodes if n.target is dq_per_channel]
@@ -63,14 +76,28 @@ def test_a_width_that_is_not_whole_groups_is_a_clear_error():
         _int4(nn.Linear(40, 16).eval(), torch.randn(2, 40))
 
 
+@contextlib.contextmanager
+def _kernels(kernel):
+    """"ours": our kernel layer on (the default); "torch": off, so torch's int4 GEMM runs."""
+    assert iq_passes.set_own_kernels(kernel == "ours")
+    try:
+        yield
+    finally:
+        iq_passes.set_own_kernels(True)
+
+
+@pytest.mark.parametrize("kernel", ["ours", "torch"])
+@pytest.mark.parametrize("rows", [10, 1], ids=["prompt", "decode_row"])
 @pytest.mark.parametrize("cpp_wrapper", [False, True], ids=["py", "cpp"])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
-def test_the_compile_calls_torchs_int4_gemm(mlp, bf16, cpp_wrapper):
-    _, converted, x = mlp
-    ref, out, code, stats = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper, bf16=bf16)
-    assert weight_only_int4_calls(code) == 2 and not float_compute_calls(code), code
-    assert not prepacks_at_runtime(code), code  # packed once, at freezing
-    assert stats["unfused"] == [] and stats["kernels"] == {"woq_int4_linear": 2}, stats
+def test_the_compile_calls_an_int4_gemm(mlp, decode_row, bf16, cpp_wrapper, rows, kernel):
+    _, converted, x = mlp if rows > 1 else decode_row
+    with _kernels(kernel):
+        ref, out, code, stats = compile_and_run(converted, (x,), cpp_wrapper=cpp_wrapper, bf16=bf16)
+    assert weight_only_int4_calls(code, kernel) == 2 and not float_compute_calls(code), code
+    assert not prepacks_at_runtime(code) and "bitwise_or" not in code, code  # packed once, at freezing
+    assert stats["unfused"] == [], stats
+    assert stats["kernels"] == ({"woq_int4_linear": 2} if kernel == "ours" else {}), stats  # our layer's calls
     # fp32: the same products summed in another order; bf16: the eager model rounds each
     # dequantized weight to bf16, the kernel the product
     tol = 1e-5 if not bf16 else 2e-2

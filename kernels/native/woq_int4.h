@@ -1,0 +1,368 @@
+// Weight-only int4 linear, group-wise: y[n] = sum_g sum_{k in g} x[k] * ((u[n, k] - 8) * s[n, g] + z[n, g])
+// (+ bias[n]) for float x, with u in [0, 15] (PT2E's 4-bit q in [-8, 7] plus 8) packed two a byte
+// and the group's (scale, zero) pair in x's dtype, as torch's int4 CPU GEMM takes them
+// (kernels/int4pack.py: the same dequantized weight, so the same numbers within float rounding).
+//
+// Why: one decode row reads each weight byte once, so the op is memory-bound and half the bytes of
+// int8 should take about half the time; torch's `_weight_int4pack_mm_for_cpu` streams a one-row
+// weight at 21-30 GB/s where our int8 GEMV reaches 50-57 (docs/PERFORMANCE.md, section 5b). From
+// two rows on the op dequantizes the weight into x's dtype and runs the float GEMM.
+//
+// Layout (ours, made by kernels/native.py's `woq_int4_pack`): w4 [N, K / 2] uint8; within each
+// run of 32 input channels (16 bytes) byte i holds channel i in its low nibble and channel i + 16
+// in its high one, so widened bytes give channels 0-15 (& 15) and 16-31 (>> 4) without a shuffle.
+// sz [N, K / group, 2]: each output channel's groups side by side; group a multiple of 32.
+//
+// How (one row): y[n] = sum_r s[n, g(r)] * sum_{k in run r} x[k] u[n, k] + sum_g (z - 8 s) * xsum[g],
+// the group sums of x taken once per call. Per block of four output channels, their run scales
+// widened to fp32 first; then per run the dot product of x with the widened nibbles in vector
+// registers, times the run's scale into the channel's accumulator. bf16 x on a CPU with
+// AVX512-BF16 multiplies bf16 pairs (`vdpbf16ps`: each nibble looked up as the exact bf16 of 0-15,
+// x reordered once per call to the order 32 widened bytes give); fp32 x, or no AVX512-BF16, fp32
+// multiply-adds on AVX-512 or AVX2; plain C++ else. Threads split N; the weight prefetched ahead
+// as in woq_gemv.h.
+
+#pragma once
+
+#include <ATen/Version.h>
+#include <c10/util/BFloat16.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace woq_int4 {
+
+constexpr int kBlock = 4;           // output channels per inner loop
+constexpr int kRun = 32;            // input channels per 16 packed bytes
+constexpr int kPrefetchBlocks = 4;  // as woq_gemv.h (measured there)
+constexpr int kMaxRuns = 1024;      // K up to 32768 in one pass (run scales on the stack)
+
+struct Args {
+  const float* x;               // [k] fp32
+  const c10::BFloat16* xb;      // [k] bf16 in the bf16 loop's order (`reorder_for_bf16`), or nullptr
+  const float* xsum;            // [groups]: sum of x over each group
+  const uint8_t* w;             // [n, k / 2]
+  const void* sz;               // [n, groups, 2] fp32 or bf16 (sz_bf16)
+  const void* bias;             // [n] fp32 or bf16 (bias_bf16), or nullptr
+  void* y;                      // [n] fp32 or bf16 (y_bf16)
+  int64_t k, n, group, groups;
+  bool sz_bf16 = false, bias_bf16 = false, y_bf16 = false;
+};
+
+inline float load(const void* p, int64_t i, bool bf16) {
+  return bf16 ? float(static_cast<const c10::BFloat16*>(p)[i]) : static_cast<const float*>(p)[i];
+}
+
+// Channel j's run scales as fp32 (sc[r] = s[j, g(r)]) and the part of its output that does not
+// touch the weight: sum_g (z - 8 s) * xsum[g] + bias.
+inline float prepare(const Args& a, int64_t j, float* sc, float shift = 8.f) {
+  const int64_t runs_per_group = a.group / kRun;
+  float off = 0.f;
+  for (int64_t g = 0; g < a.groups; ++g) {
+    const int64_t at = (j * a.groups + g) * 2;
+    const float s = load(a.sz, at, a.sz_bf16), z = load(a.sz, at + 1, a.sz_bf16);
+    for (int64_t r = 0; r < runs_per_group; ++r) sc[g * runs_per_group + r] = s;
+    off += (z - shift * s) * a.xsum[g];
+  }
+  if (a.bias) off += load(a.bias, j, a.bias_bf16);
+  return off;
+}
+
+// channels j .. j + kBlock's (scale, zero) pairs toward the cache: a stream beside the weight's,
+// fetched as far ahead (an unfetched one stalled the loop on every block)
+inline void prefetch_pairs(const Args& a, int64_t j) {
+  const int64_t bytes = a.groups * (a.sz_bf16 ? 4 : 8);
+  const char* ahead = static_cast<const char*>(a.sz) + std::min(j, a.n - 1) * bytes;
+  for (int64_t at = 0; at < kBlock * bytes; at += 64) _mm_prefetch(ahead + at, _MM_HINT_T0);
+}
+
+inline void store(const Args& a, int64_t j, float v) {
+  if (a.y_bf16)
+    static_cast<c10::BFloat16*>(a.y)[j] = c10::BFloat16(v);
+  else
+    static_cast<float*>(a.y)[j] = v;
+}
+
+inline int nibble(const uint8_t* run, int i) { return i < 16 ? run[i] & 15 : run[i - 16] >> 4; }
+
+inline void block_scalar(const Args& a, int64_t j0, int64_t j1) {
+  float sc[kMaxRuns];
+  for (int64_t j = j0; j < j1; ++j) {
+    const float off = prepare(a, j, sc);
+    const uint8_t* wr = a.w + j * (a.k / 2);
+    float sum = 0.f;
+    for (int64_t r = 0; r < a.k / kRun; ++r) {
+      float part = 0.f;
+      for (int i = 0; i < kRun; ++i) part += a.x[r * kRun + i] * float(nibble(wr + r * 16, i));
+      sum += part * sc[r];
+    }
+    store(a, j, sum + off);
+  }
+}
+
+// x in the order the bf16 loop widens 32 packed bytes (two runs, 64 input channels): low nibbles give channels 0-15 and 32-47, high ones 16-31 and 48-63, so each 64 of x
+// become [0-15, 32-47, 16-31, 48-63]; a last lone run keeps its order (16 bytes: low 0-15, high 16-31).
+inline void reorder_for_bf16(const c10::BFloat16* x, int64_t k, c10::BFloat16* out) {
+  const int64_t pairs = k / 64 * 64;
+  for (int64_t c = 0; c < pairs; c += 64) {
+    std::memcpy(out + c, x + c, 16 * sizeof(c10::BFloat16));
+    std::memcpy(out + c + 16, x + c + 32, 16 * sizeof(c10::BFloat16));
+    std::memcpy(out + c + 32, x + c + 16, 16 * sizeof(c10::BFloat16));
+    std::memcpy(out + c + 48, x + c + 48, 16 * sizeof(c10::BFloat16));
+  }
+  std::memcpy(out + pairs, x + pairs, size_t(k - pairs) * sizeof(c10::BFloat16));
+}
+
+#define IQ_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+// A nibble u as a bf16 with no lookup: the bits 0x4300 | u are exactly 128 + u (exponent 2^7, u in
+// the low mantissa bits), so the bf16 loop sums x * (128 + u) and its offset subtracts 136 s, not 8 s.
+constexpr int16_t kMagic = 0x4300;
+constexpr float kMagicBias = 128.f;
+
+// prepare() for bf16 pairs in groups of 32 (a run each), 16 groups a step: each 32-bit lane of the
+// pairs is (s | z << 16), so s and z widen to fp32 by a shift and a mask; the last groups scalar
+// (masked loads here stalled the whole loop on an AMD EPYC Zen 5: the 262k x 640 LM head took
+// 6.0 ms on one thread with them, 3.7-4.0 without).
+IQ_BF16_TARGET inline float prepare_bf16_g32(const Args& a, int64_t j, float* sc) {
+  const uint32_t* pairs = static_cast<const uint32_t*>(a.sz) + j * a.groups;
+  const __m512i high = _mm512_set1_epi32(int(0xFFFF0000u));
+  const __m512 shift = _mm512_set1_ps(8.f + kMagicBias);
+  __m512 off = _mm512_setzero_ps();
+  int64_t g = 0;
+  for (; g + 16 <= a.groups; g += 16) {
+    const __m512i v = _mm512_loadu_si512(pairs + g);
+    const __m512 sv = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), zv = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+    _mm512_storeu_ps(sc + g, sv);
+    off = _mm512_fmadd_ps(_mm512_fnmadd_ps(shift, sv, zv), _mm512_loadu_ps(a.xsum + g), off);
+  }
+  float rest = a.bias ? load(a.bias, j, a.bias_bf16) : 0.f;
+  for (; g < a.groups; ++g) {
+    uint32_t s_bits = pairs[g] << 16, z_bits = pairs[g] & 0xFFFF0000u;
+    float s, z;
+    std::memcpy(&s, &s_bits, 4);
+    std::memcpy(&z, &z_bits, 4);
+    sc[g] = s;
+    rest += (z - (8.f + kMagicBias) * s) * a.xsum[g];
+  }
+  return _mm512_reduce_add_ps(off) + rest;
+}
+
+IQ_BF16_TARGET inline void block_bf16(const Args& a, int64_t j0, int64_t j1) {
+  const int64_t k = a.k, row = k / 2, pairs = k / 64 * 64;
+  const __m512i low = _mm512_set1_epi16(15), magic = _mm512_set1_epi16(kMagic);
+  const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  float sc[kBlock][kMaxRuns];
+  int64_t j = j0;
+  for (; j + kBlock <= j1; j += kBlock) {
+    const uint8_t* wr = a.w + j * row;
+    float off[kBlock];
+    __m512 acc[kBlock];
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
+      off[b] = a.group == kRun && a.sz_bf16 ? prepare_bf16_g32(a, j + b, sc[b]) : prepare(a, j + b, sc[b], 8.f + kMagicBias);
+      acc[b] = _mm512_setzero_ps();
+    }
+    // their (scale, zero) pairs, a stream beside the weight's: fetched ahead as the weight is
+    prefetch_pairs(a, j + 4 * kPrefetchBlocks * kBlock);
+    for (int64_t c = 0; c < pairs; c += 64) {  // 32 bytes: runs c / 32 and c / 32 + 1
+      if ((c & 127) == 0)
+        for (int b = 0; b < kBlock; ++b)
+          _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * row + c / 2), _MM_HINT_T0);
+      const __m512bh xa = (__m512bh)_mm512_loadu_si512(a.xb + c), xh = (__m512bh)_mm512_loadu_si512(a.xb + c + 32);
+      _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
+        const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + b * row + c / 2)));
+        const __m512bh wl = (__m512bh)_mm512_ternarylogic_epi32(v, low, magic, 0xEA);  // (v & 15) | magic
+        const __m512bh wh = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(v, 4), magic);
+        const __m512 part = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), xa, wl), xh, wh);
+        // lanes 0-7 hold run c / 32, lanes 8-15 run c / 32 + 1: each its own scale
+        const __m512 s = _mm512_permutexvar_ps(halves, _mm512_castpd_ps(_mm512_castpd128_pd512(
+                                                           _mm_load_sd(reinterpret_cast<const double*>(&sc[b][c / 32])))));
+        acc[b] = _mm512_fmadd_ps(part, s, acc[b]);
+      }
+    }
+    float sum[kBlock];
+    for (int b = 0; b < kBlock; ++b) sum[b] = _mm512_reduce_add_ps(acc[b]);
+    if (pairs < k) {  // a last lone run: 16 bytes in natural order (low nibbles x[pairs..+16), high the next 16)
+      const __m256bh xl = (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xb + pairs));
+      const __m256bh xh = (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xb + pairs + 16));
+      _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
+        const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + b * row + pairs / 2)));
+        const __m256bh wl = (__m256bh)_mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi16(15)), _mm256_set1_epi16(kMagic));
+        const __m256bh wh = (__m256bh)_mm256_or_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi16(kMagic));
+        const __m256 part = _mm256_dpbf16_ps(_mm256_dpbf16_ps(_mm256_setzero_ps(), xl, wl), xh, wh);
+        __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(part), _mm256_extractf128_ps(part, 1));
+        s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+        sum[b] += _mm_cvtss_f32(s4) * sc[b][pairs / 32];
+      }
+    }
+    for (int b = 0; b < kBlock; ++b) store(a, j + b, sum[b] + off[b]);
+  }
+  block_scalar(a, j, j1);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512(const Args& a, int64_t j0, int64_t j1) {
+  const int64_t k = a.k, row = k / 2;
+  const __m512i low = _mm512_set1_epi32(15);
+  float sc[kBlock][kMaxRuns];
+  int64_t j = j0;
+  for (; j + kBlock <= j1; j += kBlock) {
+    const uint8_t* wr = a.w + j * row;
+    float off[kBlock];
+    __m512 acc[kBlock];
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
+      off[b] = prepare(a, j + b, sc[b]);
+      acc[b] = _mm512_setzero_ps();
+    }
+    prefetch_pairs(a, j + 4 * kPrefetchBlocks * kBlock);
+    for (int64_t r = 0; r < k; r += kRun) {
+      if ((r & 127) == 0)  // 64 bytes: a cache line per channel, kPrefetchBlocks blocks ahead
+        for (int b = 0; b < kBlock; ++b)
+          _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * row + r / 2), _MM_HINT_T0);
+      const __m512 x0 = _mm512_loadu_ps(a.x + r), x1 = _mm512_loadu_ps(a.x + r + 16);
+      _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + b * row + r / 2)));
+        const __m512 part = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), x1,
+                                            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, low)), x0));
+        acc[b] = _mm512_fmadd_ps(part, _mm512_set1_ps(sc[b][r / kRun]), acc[b]);
+      }
+    }
+    for (int b = 0; b < kBlock; ++b) store(a, j + b, _mm512_reduce_add_ps(acc[b]) + off[b]);
+  }
+  block_scalar(a, j, j1);
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// 8 packed bytes at a time: channels r+h .. r+h+7 (low nibbles) and r+h+16 .. r+h+23 (high), h = 0, 8
+__attribute__((target("avx2,fma"))) inline void block_avx2(const Args& a, int64_t j0, int64_t j1) {
+  const int64_t k = a.k, row = k / 2;
+  const __m256i low = _mm256_set1_epi32(15);
+  float sc[kBlock][kMaxRuns];
+  int64_t j = j0;
+  for (; j + kBlock <= j1; j += kBlock) {
+    const uint8_t* wr = a.w + j * row;
+    float off[kBlock];
+    __m256 acc[kBlock];
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
+      off[b] = prepare(a, j + b, sc[b]);
+      acc[b] = _mm256_setzero_ps();
+    }
+    prefetch_pairs(a, j + 4 * kPrefetchBlocks * kBlock);
+    for (int64_t r = 0; r < k; r += kRun) {
+      if ((r & 127) == 0)
+        for (int b = 0; b < kBlock; ++b)
+          _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * row + r / 2), _MM_HINT_T0);
+      for (int h = 0; h < 16; h += 8) {
+        const __m256 x0 = _mm256_loadu_ps(a.x + r + h), x1 = _mm256_loadu_ps(a.x + r + h + 16);
+        _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
+          int64_t eight;
+          std::memcpy(&eight, wr + b * row + r / 2 + h, 8);
+          const __m256i v = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(eight));
+          const __m256 part = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), x1,
+                                              _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, low)), x0));
+          acc[b] = _mm256_fmadd_ps(part, _mm256_set1_ps(sc[b][r / kRun]), acc[b]);
+        }
+      }
+    }
+    for (int b = 0; b < kBlock; ++b) store(a, j + b, hsum256(acc[b]) + off[b]);
+  }
+  block_scalar(a, j, j1);
+}
+
+// The widest loop this CPU runs and torch's capability allows (as woq_gemv.h picks its own): the
+// bf16 pair loop only for bf16 x (`bf16_x`), where the CPU has AVX512-BF16.
+using Block = void (*)(const Args&, int64_t, int64_t);
+inline Block pick(bool bf16_x) {
+  const std::string cap = at::get_cpu_capability();
+  __builtin_cpu_init();
+  const bool avx512 = cap == "AVX512" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl");
+  if (avx512 && bf16_x && __builtin_cpu_supports("avx512bf16")) return block_bf16;
+  if (avx512) return block_avx512;
+  if ((cap == "AVX512" || cap == "AVX2") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return block_avx2;
+  return block_scalar;
+}
+
+inline const char* name(Block b) {
+  return b == block_bf16 ? "avx512_bf16" : b == block_avx512 ? "avx512" : b == block_avx2 ? "avx2" : "scalar";
+}
+
+// y = the int4 linear of one row over every output channel, threads splitting N
+inline void run(const Args& a, bool bf16_x) {
+  static const Block fp32_block = pick(false), bf16_block = pick(true);
+  const Block block = bf16_x && a.xb ? bf16_block : fp32_block;
+  const int64_t blocks = (a.n + kBlock - 1) / kBlock;
+  at::parallel_for(0, blocks, 64, [&](int64_t b0, int64_t b1) { block(a, b0 * kBlock, std::min(b1 * kBlock, a.n)); });
+}
+
+// One weight row as floats: u * s + (z - 8 s) per group, in fp32, written as fp32 or rounded to bf16
+// (to nearest even, as c10::BFloat16 rounds) into `out`.
+inline void dequantize_row_plain(const uint8_t* wr, const void* sz, bool sz_bf16, int64_t k, int64_t group,
+                                 float* f32, c10::BFloat16* bf16) {
+  for (int64_t r = 0; r < k; r += kRun) {
+    const int64_t at = r / group * 2;
+    const float s = load(sz, at, sz_bf16), c = load(sz, at + 1, sz_bf16) - 8.f * s;
+    for (int i = 0; i < kRun; ++i) {
+      const float v = float(nibble(wr + r / 2, i)) * s + c;
+      if (bf16) bf16[r + i] = c10::BFloat16(v); else f32[r + i] = v;
+    }
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void store16(__m512 v, float* f32, c10::BFloat16* bf16) {
+  if (!bf16) {
+    _mm512_storeu_ps(f32, v);
+    return;
+  }
+  const __m512i bits = _mm512_castps_si512(v);  // finite values: round to nearest even on the upper half
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), odd), 16);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(bf16), _mm512_cvtepi32_epi16(rounded));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void dequantize_row_avx512(
+    const uint8_t* wr, const void* sz, bool sz_bf16, int64_t k, int64_t group, float* f32, c10::BFloat16* bf16) {
+  const __m512i low = _mm512_set1_epi32(15);
+  for (int64_t r = 0; r < k; r += kRun) {
+    const int64_t at = r / group * 2;
+    const float s = load(sz, at, sz_bf16), c = load(sz, at + 1, sz_bf16) - 8.f * s;
+    const __m512 sv = _mm512_set1_ps(s), cv = _mm512_set1_ps(c);
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + r / 2)));
+    store16(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, low)), sv, cv), f32 ? f32 + r : nullptr,
+            bf16 ? bf16 + r : nullptr);
+    store16(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), sv, cv), f32 ? f32 + r + 16 : nullptr,
+            bf16 ? bf16 + r + 16 : nullptr);
+  }
+}
+
+// The weight as floats [n, k] (fp32, or bf16: out_bf16) for a prompt's rows to multiply with the
+// float GEMM. Threads split N.
+inline void dequantize(const uint8_t* w, const void* sz, bool sz_bf16, int64_t n, int64_t k, int64_t group,
+                       void* out, bool out_bf16) {
+  static const bool avx512 = pick(false) != block_avx2 && pick(false) != block_scalar;
+  const int64_t groups = k / group;
+  at::parallel_for(0, n, 16, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const void* szj = static_cast<const char*>(sz) + j * groups * 2 * (sz_bf16 ? 2 : 4);
+      float* f32 = out_bf16 ? nullptr : static_cast<float*>(out) + j * k;
+      c10::BFloat16* bf16 = out_bf16 ? static_cast<c10::BFloat16*>(out) + j * k : nullptr;
+      if (avx512)
+        dequantize_row_avx512(w + j * (k / 2), szj, sz_bf16, k, group, f32, bf16);
+      else
+        dequantize_row_plain(w + j * (k / 2), szj, sz_bf16, k, group, f32, bf16);
+    }
+  });
+}
+
+}  // namespace woq_int4
