@@ -117,7 +117,8 @@ def check(spec: dict) -> dict:
     stats = iq_passes.stats()
     allowed = TOLERANCE[dtype] * eager.abs().max().item()
     worst = (compiled - eager).abs().max().item()
-    result = {"status": "ok", "stage": "", "error": "", "fused": stats["fused"], "err": round(worst / allowed, 4)}
+    result = {"status": "ok", "stage": "", "error": "", "fused": stats["fused"], "kernels": stats["kernels"],
+              "err": round(worst / allowed, 4)}
     if not worst <= allowed:
         result.update(status="mismatch", stage="run", error=f"max |compiled - eager| {worst:.4g}, allowed {allowed:.4g}")
     elif lm.compiles != 2:

@@ -471,6 +471,23 @@ def test_a_drawn_decoder_compiles_equal_to_eager():
     result = decoders.check(spec)
     assert result["status"] == "ok", result
     assert result["fused"].get("linear.woq_int4.nd.nobias") and result["fused"].get("linear.woq_int8.nd.nobias"), result
+    assert result["kernels"].get("woq_int4_linear"), result  # ours, the fp32 GEMV at the decode row
+
+
+@pytest.mark.parametrize("seed", [76, 39], ids=["bf16-decode-row", "bf16-batch2"])
+def test_the_decoder_generator_reaches_our_int4_kernel(seed):
+    """Weight-only int4 blocks run our `iq_onednn.woq_int4_linear` in both graphs: seed 76 (bf16,
+    batch 1, C++ wrapper) decodes one row, our GEMV's bf16 pair loop on AVX512-BF16 CPUs; seed 39
+    (bf16, batch 2, Python wrapper) decodes two rows, the dequantized weight through the bf16 GEMM.
+    Seed 6 above takes the fp32 GEMV."""
+    import decoders
+    spec = decoders.draw(seed)
+    assert spec["recipe"] == "woq_int4" and spec["dtype"] == "bfloat16", decoders.describe(spec)
+    if not inductor_quant.cpu_info().bf16_native:
+        pytest.skip("int8-mixed-bf16 is recommended only where bf16 is native")
+    result = decoders.check(spec)
+    assert result["status"] == "ok", result
+    assert result["kernels"].get("woq_int4_linear", 0) >= 2, result
 
 
 @pytest.mark.parametrize("seed", [106, 29], ids=["fp32-fast", "woq_int8"])
