@@ -29,6 +29,8 @@
 
 #include <immintrin.h>
 
+#include "woq_gemv.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -38,7 +40,7 @@ namespace woq_int4 {
 
 constexpr int kBlock = 4;           // output channels per inner loop
 constexpr int kRun = 32;            // input channels per 16 packed bytes
-constexpr int kPrefetchBlocks = 4;  // as woq_gemv.h (measured there)
+constexpr int kPrefetchBlocks = woq_gemv::kPrefetchBlocks;  // measured there
 constexpr int kMaxRuns = 1024;      // K up to 32768 in one pass (run scales on the stack)
 
 struct Args {
@@ -78,6 +80,21 @@ inline void prefetch_pairs(const Args& a, int64_t j) {
   const int64_t bytes = a.groups * (a.sz_bf16 ? 4 : 8);
   const char* ahead = static_cast<const char*>(a.sz) + std::min(j, a.n - 1) * bytes;
   for (int64_t at = 0; at < kBlock * bytes; at += 64) _mm_prefetch(ahead + at, _MM_HINT_T0);
+}
+
+inline float prepare_bf16_g32(const Args& a, int64_t j, float* sc);
+
+// A block of kBlock channels from j: each one's run scales and offset (the bf16 loop sums
+// x * (128 + u): `shift` 136), and the pairs of the block 4 * kPrefetchBlocks ahead fetched
+inline void start_block(const Args& a, int64_t j, float (&sc)[kBlock][kMaxRuns], float (&off)[kBlock], float shift) {
+  const bool vector_pairs = shift != 8.f && a.group == kRun && a.sz_bf16;  // the bf16 loop's pairs, 16 groups a step
+  for (int b = 0; b < kBlock; ++b) off[b] = vector_pairs ? prepare_bf16_g32(a, j + b, sc[b]) : prepare(a, j + b, sc[b], shift);
+  prefetch_pairs(a, j + 4 * kPrefetchBlocks * kBlock);
+}
+
+// the block's weight rows kPrefetchBlocks blocks ahead, from byte `at` of each row: one cache line
+inline void prefetch_rows(const uint8_t* wr, int64_t row, int64_t at) {
+  for (int b = 0; b < kBlock; ++b) _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * row + at), _MM_HINT_T0);
 }
 
 inline void store(const Args& a, int64_t j, float v) {
@@ -162,16 +179,10 @@ IQ_BF16_TARGET inline void block_bf16(const Args& a, int64_t j0, int64_t j1) {
     const uint8_t* wr = a.w + j * row;
     float off[kBlock];
     __m512 acc[kBlock];
-    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
-      off[b] = a.group == kRun && a.sz_bf16 ? prepare_bf16_g32(a, j + b, sc[b]) : prepare(a, j + b, sc[b], 8.f + kMagicBias);
-      acc[b] = _mm512_setzero_ps();
-    }
-    // their (scale, zero) pairs, a stream beside the weight's: fetched ahead as the weight is
-    prefetch_pairs(a, j + 4 * kPrefetchBlocks * kBlock);
+    start_block(a, j, sc, off, 8.f + kMagicBias);
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[b] = _mm512_setzero_ps();
     for (int64_t c = 0; c < pairs; c += 64) {  // 32 bytes: runs c / 32 and c / 32 + 1
-      if ((c & 127) == 0)
-        for (int b = 0; b < kBlock; ++b)
-          _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * row + c / 2), _MM_HINT_T0);
+      if ((c & 127) == 0) prefetch_rows(wr, row, c / 2);
       const __m512bh xa = (__m512bh)_mm512_loadu_si512(a.xb + c), xh = (__m512bh)_mm512_loadu_si512(a.xb + c + 32);
       _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
         const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + b * row + c / 2)));
@@ -194,10 +205,7 @@ IQ_BF16_TARGET inline void block_bf16(const Args& a, int64_t j0, int64_t j1) {
         const __m256bh wl = (__m256bh)_mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi16(15)), _mm256_set1_epi16(kMagic));
         const __m256bh wh = (__m256bh)_mm256_or_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi16(kMagic));
         const __m256 part = _mm256_dpbf16_ps(_mm256_dpbf16_ps(_mm256_setzero_ps(), xl, wl), xh, wh);
-        __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(part), _mm256_extractf128_ps(part, 1));
-        s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-        sum[b] += _mm_cvtss_f32(s4) * sc[b][pairs / 32];
+        sum[b] += woq_gemv::hsum256(part) * sc[b][pairs / 32];
       }
     }
     for (int b = 0; b < kBlock; ++b) store(a, j + b, sum[b] + off[b]);
@@ -214,15 +222,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512(co
     const uint8_t* wr = a.w + j * row;
     float off[kBlock];
     __m512 acc[kBlock];
-    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
-      off[b] = prepare(a, j + b, sc[b]);
-      acc[b] = _mm512_setzero_ps();
-    }
-    prefetch_pairs(a, j + 4 * kPrefetchBlocks * kBlock);
+    start_block(a, j, sc, off, 8.f);
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[b] = _mm512_setzero_ps();
     for (int64_t r = 0; r < k; r += kRun) {
-      if ((r & 127) == 0)  // 64 bytes: a cache line per channel, kPrefetchBlocks blocks ahead
-        for (int b = 0; b < kBlock; ++b)
-          _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * row + r / 2), _MM_HINT_T0);
+      if ((r & 127) == 0) prefetch_rows(wr, row, r / 2);
       const __m512 x0 = _mm512_loadu_ps(a.x + r), x1 = _mm512_loadu_ps(a.x + r + 16);
       _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
         const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + b * row + r / 2)));
@@ -236,13 +239,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512(co
   block_scalar(a, j, j1);
 }
 
-__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // 8 packed bytes at a time: channels r+h .. r+h+7 (low nibbles) and r+h+16 .. r+h+23 (high), h = 0, 8
 __attribute__((target("avx2,fma"))) inline void block_avx2(const Args& a, int64_t j0, int64_t j1) {
   const int64_t k = a.k, row = k / 2;
@@ -253,15 +249,10 @@ __attribute__((target("avx2,fma"))) inline void block_avx2(const Args& a, int64_
     const uint8_t* wr = a.w + j * row;
     float off[kBlock];
     __m256 acc[kBlock];
-    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
-      off[b] = prepare(a, j + b, sc[b]);
-      acc[b] = _mm256_setzero_ps();
-    }
-    prefetch_pairs(a, j + 4 * kPrefetchBlocks * kBlock);
+    start_block(a, j, sc, off, 8.f);
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[b] = _mm256_setzero_ps();
     for (int64_t r = 0; r < k; r += kRun) {
-      if ((r & 127) == 0)
-        for (int b = 0; b < kBlock; ++b)
-          _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * row + r / 2), _MM_HINT_T0);
+      if ((r & 127) == 0) prefetch_rows(wr, row, r / 2);
       for (int h = 0; h < 16; h += 8) {
         const __m256 x0 = _mm256_loadu_ps(a.x + r + h), x1 = _mm256_loadu_ps(a.x + r + h + 16);
         _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
@@ -274,7 +265,7 @@ __attribute__((target("avx2,fma"))) inline void block_avx2(const Args& a, int64_
         }
       }
     }
-    for (int b = 0; b < kBlock; ++b) store(a, j + b, hsum256(acc[b]) + off[b]);
+    for (int b = 0; b < kBlock; ++b) store(a, j + b, woq_gemv::hsum256(acc[b]) + off[b]);
   }
   block_scalar(a, j, j1);
 }

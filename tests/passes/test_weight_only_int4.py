@@ -40,21 +40,23 @@ def _int4(model, x, group=32, dynamic_shapes=None, symmetric=True):
     return quantize(model, (x,), [(x,)], quantizer=quantizer, dynamic_shapes=dynamic_shapes)
 
 
-@pytest.fixture(scope="module")
-def mlp():
+def _mlp_on(*shape):
+    """(float model, int4-converted model, input) for the Mlp on an input of `shape`."""
     torch.manual_seed(0)
-    x = torch.randn(2, 5, 64)
+    x = torch.randn(*shape)
     model = Mlp().eval()
     return model, _int4(model, x), x
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return _mlp_on(2, 5, 64)
 
 
 @pytest.fixture(scope="module")
 def decode_row():
     """The same layers on one row [1, 1, 64]: a decode step at batch 1."""
-    torch.manual_seed(0)
-    x = torch.randn(1, 1, 64)
-    model = Mlp().eval()
-    return model, _int4(model, x), x
+    return _mlp_on(1, 1, 64)
 
 
 def test_convert_keeps_4bit_groups_and_float_activations(mlp):
