@@ -42,6 +42,10 @@ constexpr int kBlock = 4;           // output channels per inner loop
 constexpr int kRun = 32;            // input channels per 16 packed bytes
 constexpr int kPrefetchBlocks = woq_gemv::kPrefetchBlocks;  // measured there
 constexpr int kMaxRuns = 1024;      // K up to 32768 in one pass (run scales on the stack)
+// A nibble u as a bf16 with no lookup: the bits 0x4300 | u are exactly 128 + u (exponent 2^7, u in
+// the low mantissa bits), so the bf16 loop sums x * (128 + u) and its offset subtracts 136 s, not 8 s.
+constexpr int16_t kMagic = 0x4300;
+constexpr float kMagicBias = 128.f;
 
 struct Args {
   const float* x;               // [k] fp32
@@ -85,9 +89,10 @@ inline void prefetch_pairs(const Args& a, int64_t j) {
 inline float prepare_bf16_g32(const Args& a, int64_t j, float* sc);
 
 // A block of kBlock channels from j: each one's run scales and offset (the bf16 loop sums
-// x * (128 + u): `shift` 136), and the pairs of the block 4 * kPrefetchBlocks ahead fetched
-inline void start_block(const Args& a, int64_t j, float (&sc)[kBlock][kMaxRuns], float (&off)[kBlock], float shift) {
-  const bool vector_pairs = shift != 8.f && a.group == kRun && a.sz_bf16;  // the bf16 loop's pairs, 16 groups a step
+// x * (128 + u): its offsets take 136 s, not 8 s), and the pairs of the block 4 * kPrefetchBlocks ahead fetched
+inline void start_block(const Args& a, int64_t j, float (&sc)[kBlock][kMaxRuns], float (&off)[kBlock], bool bf16_loop) {
+  const float shift = bf16_loop ? 8.f + kMagicBias : 8.f;
+  const bool vector_pairs = bf16_loop && a.group == kRun && a.sz_bf16;  // the bf16 loop's pairs, 16 groups a step
   for (int b = 0; b < kBlock; ++b) off[b] = vector_pairs ? prepare_bf16_g32(a, j + b, sc[b]) : prepare(a, j + b, sc[b], shift);
   prefetch_pairs(a, j + 4 * kPrefetchBlocks * kBlock);
 }
@@ -136,10 +141,6 @@ inline void reorder_for_bf16(const c10::BFloat16* x, int64_t k, c10::BFloat16* o
 
 #define IQ_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
-// A nibble u as a bf16 with no lookup: the bits 0x4300 | u are exactly 128 + u (exponent 2^7, u in
-// the low mantissa bits), so the bf16 loop sums x * (128 + u) and its offset subtracts 136 s, not 8 s.
-constexpr int16_t kMagic = 0x4300;
-constexpr float kMagicBias = 128.f;
 
 // prepare() for bf16 pairs in groups of 32 (a run each), 16 groups a step: each 32-bit lane of the
 // pairs is (s | z << 16), so s and z widen to fp32 by a shift and a mask; the last groups scalar
@@ -179,7 +180,7 @@ IQ_BF16_TARGET inline void block_bf16(const Args& a, int64_t j0, int64_t j1) {
     const uint8_t* wr = a.w + j * row;
     float off[kBlock];
     __m512 acc[kBlock];
-    start_block(a, j, sc, off, 8.f + kMagicBias);
+    start_block(a, j, sc, off, true);
     _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[b] = _mm512_setzero_ps();
     for (int64_t c = 0; c < pairs; c += 64) {  // 32 bytes: runs c / 32 and c / 32 + 1
       if ((c & 127) == 0) prefetch_rows(wr, row, c / 2);
@@ -222,7 +223,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512(co
     const uint8_t* wr = a.w + j * row;
     float off[kBlock];
     __m512 acc[kBlock];
-    start_block(a, j, sc, off, 8.f);
+    start_block(a, j, sc, off, false);
     _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[b] = _mm512_setzero_ps();
     for (int64_t r = 0; r < k; r += kRun) {
       if ((r & 127) == 0) prefetch_rows(wr, row, r / 2);
@@ -249,7 +250,7 @@ __attribute__((target("avx2,fma"))) inline void block_avx2(const Args& a, int64_
     const uint8_t* wr = a.w + j * row;
     float off[kBlock];
     __m256 acc[kBlock];
-    start_block(a, j, sc, off, 8.f);
+    start_block(a, j, sc, off, false);
     _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[b] = _mm256_setzero_ps();
     for (int64_t r = 0; r < k; r += kRun) {
       if ((r & 127) == 0) prefetch_rows(wr, row, r / 2);
@@ -341,7 +342,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void dequantize_row_
 // float GEMM. Threads split N.
 inline void dequantize(const uint8_t* w, const void* sz, bool sz_bf16, int64_t n, int64_t k, int64_t group,
                        void* out, bool out_bf16) {
-  static const bool avx512 = pick(false) != block_avx2 && pick(false) != block_scalar;
+  static const bool avx512 = pick(false) == block_avx512;
   const int64_t groups = k / group;
   at::parallel_for(0, n, 16, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
