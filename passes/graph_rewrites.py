@@ -230,32 +230,53 @@ def merge_sibling_linears(graph: torch.fx.Graph) -> list:
     return merged
 
 
+@dataclasses.dataclass(frozen=True)
+class _WeightOnlyCall:
+    """Where a weight-only linear's arguments sit: `weights` are concatenated along dim 0 when
+    siblings merge (the weight rows, their per-channel scales or group pairs, the bias), `same`
+    must be equal across siblings (the row hint; the group size)."""
+    op: object
+    weights: tuple
+    same: tuple
+    bias: int
+
+
+def _weight_only_calls() -> tuple:
+    ops = torch.ops.iq_onednn
+    return (_WeightOnlyCall(ops.woq_linear.default, weights=(1, 2, 3), same=(4,), bias=3),  # x, w, scale, bias, rows
+            _WeightOnlyCall(ops.woq_int4_linear.default, weights=(1, 2, 4), same=(3,), bias=4))  # x, w4, pairs, group, bias
+
+
 def merge_sibling_woq_linears(graph: torch.fx.Graph) -> list:
-    """Weight-only int8 linears (`iq_onednn.woq_linear`) that read the same input (up to dtype
-    casts, which autocast makes per linear) with the same row hint and dtypes (a decoder's Q, K
-    and V; its gate and up projections) become one call over their concatenated weights, scales
-    and biases, each former output a slice of its last dim.
+    """Weight-only linears (int8 `iq_onednn.woq_linear`, int4 `iq_onednn.woq_int4_linear`) that
+    read the same input (up to dtype casts, which autocast makes per linear) with the same
+    dtypes, row hint or group size (a decoder's Q, K and V; its gate and up projections) become
+    one call over their concatenated weights, scales (or int4 group pairs) and biases, each
+    former output a slice of its last dim. Both ops keep a channel's data in its own rows (dim 0),
+    so a concatenation is the merged layer.
     A decode step streams the same weight bytes, in one call instead of several: one input
     conversion and one call's fixed cost. The weights are frozen constants, so the concatenation
     folds at freezing. The merged width is static; leading dims may be symbolic (the slices are of
     the last dim only). Returns the size of each group merged."""
     if not native.available():
         return []
-    woq = torch.ops.iq_onednn.woq_linear.default
     groups: dict = {}
-    for node in graph.find_nodes(op="call_function", target=woq):
-        x, w, _, bias, rows = node.args
-        v, vw = val(node), val(w)
-        if v is None or vw is None or has_symbolic(vw.shape):
-            continue
-        groups.setdefault((_uncast(x), val(x).dtype, rows, v.dtype, bias is None), []).append(node)
+    for kind in _weight_only_calls():
+        for node in graph.find_nodes(op="call_function", target=kind.op):
+            x, w = node.args[0], node.args[1]
+            v, vw = val(node), val(w)
+            if v is None or vw is None or has_symbolic(vw.shape):
+                continue
+            same = tuple(node.args[i] for i in kind.same)
+            key = (kind, _uncast(x), val(x).dtype, same, v.dtype, node.args[kind.bias] is None)
+            groups.setdefault(key, []).append(node)
     merged, constant = [], {}
-    for nodes in groups.values():
-        inputs = [n for node in nodes for n in node.args[1:4] if isinstance(n, torch.fx.Node)]
+    for (kind, *_), nodes in groups.items():
+        inputs = [n for node in nodes for i in kind.weights if isinstance(n := node.args[i], torch.fx.Node)]
         if len(nodes) > 1 and all(_constant(n, constant) for n in inputs):
             for n in inputs:  # a later sibling's scale cast sits after the first sibling
                 _hoist_before(nodes[0], n)
-            _merge_woq(graph, woq, nodes)
+            _merge_weight_only(graph, kind, nodes)
             merged.append(len(nodes))
     return merged
 
@@ -269,14 +290,13 @@ def _uncast(node):
     return node
 
 
-def _merge_woq(graph: torch.fx.Graph, woq, nodes: list) -> None:
+def _merge_weight_only(graph: torch.fx.Graph, kind: _WeightOnlyCall, nodes: list) -> None:
     first = nodes[0]
-    x, _, _, bias, rows = first.args
-
-    def cat(i):
-        return call(graph, first, aten.cat.default, [n.args[i] for n in nodes], 0)
-
-    out = call(graph, first, woq, x, cat(1), cat(2), None if bias is None else cat(3), rows)
+    args = list(first.args)
+    for i in kind.weights:
+        if args[i] is not None:
+            args[i] = call(graph, first, aten.cat.default, [n.args[i] for n in nodes], 0)
+    out = call(graph, first, kind.op, *args)
     _split_into(graph, out, nodes, [n.args[1] for n in nodes])
 
 

@@ -385,21 +385,26 @@ def test_the_slice_reaches_per_token_dynamic_int8(config):
     assert outcome.status == "ok" and fused >= 4, (outcome.error, outcome.fused)
 
 
-@pytest.mark.parametrize("seed", [222, 307], ids=["qkv-into-attention", "sibling-outputs-added-in-place"])
+@pytest.mark.parametrize("seed", [222, 307, 317, 2114], ids=["qkv-into-attention", "sibling-outputs-added-in-place",
+                                                         "int4-zp-siblings-added-in-place", "int4-3d-siblings"])
 @pytest.mark.parametrize("config", ["freeze-cpp-bf16-dynbatch", "fast-fp32-static"])
 def test_the_generator_reaches_the_weight_only_merge(seed, config):
-    """Weight-only int8 siblings on one input merge into one call (graph_rewrites.merge_sibling_woq_linears):
-    seed 222 draws Q, K, V into self-attention, seed 307 two pairs whose outputs are cat'ed and
-    added in place; both compile exact under a dynamic batch, the C++ wrapper and `template_options()`."""
+    """Weight-only siblings on one input merge into one call (graph_rewrites.merge_sibling_woq_linears):
+    int8 — seed 222 draws Q, K, V into self-attention, seed 307 two pairs whose outputs are cat'ed
+    and added in place; int4 (our op) — seed 317 a pair with zero points per group added in place,
+    seed 2114 a pair on a 3-D input; all compile exact under a dynamic batch, the C++ wrapper and
+    `template_options()`."""
     bf16 = "bf16" in config
     if bf16 and not inductor_quant.cpu_info().bf16_native:
         pytest.skip("int8-mixed-bf16 is recommended only where bf16 is native")
     spec = graphs.generate(seed)
-    assert spec["quant"] == "woq_int8", graphs.describe(spec)
+    assert spec["quant"] in ("woq_int8", "woq_int4"), graphs.describe(spec)
     outcome = harness.check(spec, harness.Config.parse(config))
     assert outcome.status == "ok", outcome.error
     merged = outcome.fused.get("merge.sibling_woq_linears.absorbed", 0)
-    assert merged >= 2, outcome.fused  # Q+K+V: 2 absorbed; 307: two pairs, 1 each
+    assert merged >= {222: 2, 307: 2}.get(seed, 1), outcome.fused  # Q+K+V: 2 absorbed; 307: two pairs; int4: a pair
+    if spec["quant"] == "woq_int4":
+        assert outcome.fused.get("kernel.woq_int4_linear"), outcome.fused
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[os.path.basename(p) for p in CORPUS])

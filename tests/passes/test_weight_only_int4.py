@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from compile_utils import compile_and_run, compile_once_and_run, prepacks_at_runtime
+from test_weight_only_int8 import Siblings  # q, k, v and gate, up on one input each (in 32: one group)
 
 from inductor_quant import quantize
 import inductor_quant.passes as iq_passes
@@ -150,3 +151,31 @@ def test_zero_points_per_group_run_the_same_gemm(bf16):
     assert stats["unfused"] == [], stats
     tol = 1e-5 if not bf16 else 2e-2
     torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("rows", [1, 6], ids=["decode", "prompt"])
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_siblings_on_one_input_become_one_call(bf16, rows):
+    """Our int4 op keeps a channel's packed weight and group pairs in its own row, so q, k, v (and
+    gate, up) merge into one call over the concatenated rows (graph_rewrites.merge_sibling_woq_linears):
+    a decode step's 5 weight streams in 2 calls."""
+    torch.manual_seed(0)
+    x = torch.randn(1, rows, 32)
+    ref, out, code, stats = compile_and_run(_int4(Siblings().eval(), x), (x,), bf16=bf16)
+    assert weight_only_int4_calls(code, "ours") == 2 and not float_compute_calls(code), code
+    assert stats["fused"].get("merge.sibling_woq_linears") == 2, stats
+    assert stats["fused"].get("merge.sibling_woq_linears.absorbed") == 3, stats
+    assert stats["kernels"] == {"woq_int4_linear": 5} and stats["unfused"] == [], stats  # counted as lowered
+    tol = 1e-5 if not bf16 else 2e-2
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol * ref.abs().max().item())
+
+
+def test_torchs_int4_gemm_is_not_merged():
+    """Without our kernel layer each sibling keeps torch's op (its packed layout tiles channels)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 32)
+    with _kernels("torch"):
+        ref, out, code, stats = compile_and_run(_int4(Siblings().eval(), x), (x,))
+    assert weight_only_int4_calls(code, "torch") == 5, code
+    assert not stats["fused"].get("merge.sibling_woq_linears"), stats
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
