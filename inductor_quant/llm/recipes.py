@@ -6,11 +6,13 @@
 | `bf16` | float, bf16 weights | bf16 | bf16 (where bf16 is native) |
 | `woq_int8` | int8 weights per channel | int8 | bf16 where native, else fp32 |
 | `woq_int4` | 4-bit weights in groups of 32, a zero point each (int8 where torch's int4 GEMM does not take the shape) | int8 (it is the tied embedding) | same |
+| `woq_int4_all` | as `woq_int4` | int4 too: the fastest decode, the largest error | same |
 | `dyn_int8` | per-token dynamic int8 x int8 | same | same |
 | `dyn_int8_sq` | `dyn_int8` after SmoothQuant (alpha 0.5) | same | same |
 
 The LM head of a Gemma is the token embedding (262k x 640 on Gemma-3-270M, most of the weights
-a decode step reads), so every quantized recipe quantizes it; the int4 recipe keeps it int8.
+a decode step reads), so every quantized recipe quantizes it; `woq_int4` keeps it int8,
+`woq_int4_all` makes it int4 as well (docs/PERFORMANCE.md, section 5b, has both accuracies).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from ..kernels import int4pack
 from ..kernels.cpu import cpu_info
 
 
-def _quantizer(global_config: Callable, head_config: Optional[Callable] = None, group: Optional[int] = None):
-    """(model) -> the recipe's quantizer. With `group` (group-wise weights), a linear whose shape
-    torch's int4 GEMM does not take (in_features not whole groups, out_features not a multiple of
-    16: kernels/int4pack.py) takes `head_config` too: int8 rather than an error or a float layer."""
+def _quantizer(global_config: Callable, head_config: Optional[Callable] = None, group: Optional[int] = None,
+               fallback_config: Optional[Callable] = None):
+    """(model) -> the recipe's quantizer: `global_config` everywhere, `head_config` (when given) on
+    the LM head. With `group` (group-wise weights), a linear whose shape torch's int4 GEMM does not
+    take (in_features not whole groups, out_features not a multiple of 16: kernels/int4pack.py)
+    takes `fallback_config`: int8 rather than an error or a float layer."""
     def build(model: Optional[torch.nn.Module] = None):
         from ..quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
@@ -37,7 +41,7 @@ def _quantizer(global_config: Callable, head_config: Optional[Callable] = None, 
         if group is not None and model is not None:
             for name, mod in model.named_modules():
                 if isinstance(mod, torch.nn.Linear) and not int4pack.supports(mod.out_features, mod.in_features, group):
-                    q.set_module_name_qconfig(name, head_config())
+                    q.set_module_name_qconfig(name, fallback_config())
         return q
 
     return build
@@ -90,7 +94,8 @@ RECIPES = {r.name: r for r in (
     Recipe("fp32"),
     Recipe("bf16", bf16_weights=True),
     Recipe("woq_int8", _quantizer(_woq_int8)),
-    Recipe("woq_int4", _quantizer(_woq_int4, head_config=_woq_int8, group=INT4_GROUP)),
+    Recipe("woq_int4", _quantizer(_woq_int4, head_config=_woq_int8, group=INT4_GROUP, fallback_config=_woq_int8)),
+    Recipe("woq_int4_all", _quantizer(_woq_int4, group=INT4_GROUP, fallback_config=_woq_int8)),
     Recipe("dyn_int8", _quantizer(_dyn_int8)),
     Recipe("dyn_int8_sq", _quantizer(_dyn_int8), smooth=0.5),
 )}

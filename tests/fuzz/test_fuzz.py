@@ -495,6 +495,24 @@ def test_the_decoder_generator_reaches_our_int4_kernel(seed):
     assert result["kernels"].get("woq_int4_linear", 0) >= 2, result
 
 
+@pytest.mark.parametrize("seed", [53, 10], ids=["fp32-default", "bf16-fast"])
+def test_the_decoder_generator_reaches_an_int4_lm_head(seed):
+    """`woq_int4_all` (drawn in place of half the `woq_int4` draws): every linear, the LM head
+    too, through our int4 op, siblings merged; seed 53 fp32 with the default options, seed 10
+    bf16 with `fast_options()`, both one layer at batch 1 (the decode row's GEMV)."""
+    import decoders
+    spec = decoders.draw(seed)
+    assert spec["recipe"] == "woq_int4_all" and spec["batch"] == 1, decoders.describe(spec)
+    if spec["dtype"] == "bfloat16" and not inductor_quant.cpu_info().bf16_native:
+        pytest.skip("int8-mixed-bf16 is recommended only where bf16 is native")
+    result = decoders.check(spec)
+    assert result["status"] == "ok", result
+    linears = 7 * spec["config"]["num_hidden_layers"] + 1  # the head among them
+    assert result["kernels"].get("woq_int4_linear") == 2 * linears, result  # both graphs
+    assert not any(k.startswith("linear.woq_int8") for k in result["fused"]), result
+    assert result["fused"].get("merge.sibling_woq_linears") == 2 * 2 * spec["config"]["num_hidden_layers"], result
+
+
 @pytest.mark.parametrize("seed", [106, 29], ids=["fp32-fast", "woq_int8"])
 def test_grouped_query_heads_over_several_kv_heads_export_and_match(seed):
     """Two KV heads for four query heads: after the cache-copy fix (query heads as rows of their KV

@@ -99,13 +99,15 @@ KERNELS = {
     # int4 blocks through our kernel (prompt rows and the decode row), Q/K/V and gate/up merged as
     # for int8: 4 calls a layer in each graph; the LM head int8
     "woq_int4": lambda code: weight_only_int4_calls(code, "ours") == 2 * (2 * 4) and weight_only_int8_calls(code) == 2,
+    # the same, the LM head int4 too
+    "woq_int4_all": lambda code: weight_only_int4_calls(code, "ours") == 2 * (2 * 4 + 1) and not weight_only_int8_calls(code),
     # per-token int8: Q/K/V merged into one, gate/up into one: 4 GEMMs a layer + the head
     "dyn_int8": lambda code: onednn_int8_calls(code)["qlinear_pointwise"] == 2 * (2 * 4 + 1),
     "dyn_int8_sq": lambda code: onednn_int8_calls(code)["qlinear_pointwise"] == 2 * (2 * 4 + 1),
 }
 
 
-@pytest.mark.parametrize("name", ["fp32", "bf16", "woq_int8", "woq_int4", "dyn_int8", "dyn_int8_sq"])
+@pytest.mark.parametrize("name", ["fp32", "bf16", "woq_int8", "woq_int4", "woq_int4_all", "dyn_int8", "dyn_int8_sq"])
 def test_recipe_compiles_to_two_graphs_equal_to_eager(built, prompt, name):
     lm, code, stats = built(name, torch.bfloat16 if name == "bf16" else torch.float32)
     assert lm.compiles == 2  # prompt chunk, decode step
