@@ -35,6 +35,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -1050,13 +1051,32 @@ std::shared_ptr<Attention> build_attention(const at::Tensor& q, const at::Tensor
 }
 
 // A query row whose mask is -inf at every key attends to nothing: torch's attention gives 0 there,
-// oneDNN's softmax NaN (0 / 0). Such rows are zeroed in `out` ([B, Sq, H, Dv]); the mask is read
-// again only when it holds a -inf at all.
+// oneDNN's softmax NaN (0 / 0). Such rows are zeroed in `out` ([B, Sq, H, Dv], dense). Each mask
+// row is scanned up to its first key that is not -inf (the first key of a causal row), in place:
+// no temporary tensors, no reduction ops (a decode step calls this once per layer).
+template <typename T, typename IsNegInf>
+void zero_rows_masked_everywhere(const at::Tensor& mask4, at::Tensor& out, IsNegInf is_neg_inf) {
+  const T* m = static_cast<const T*>(mask4.const_data_ptr());
+  const int64_t B = out.size(0), Sq = out.size(1), H = out.size(2), Dv = out.size(3), Sk = mask4.size(3);
+  const int64_t st[4] = {mask4.size(0) == 1 ? 0 : mask4.stride(0), mask4.size(1) == 1 ? 0 : mask4.stride(1),
+                         mask4.size(2) == 1 ? 0 : mask4.stride(2), mask4.stride(3)};
+  const size_t row_bytes = size_t(Dv) * out.element_size();
+  char* o = static_cast<char*>(out.data_ptr());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t s = 0; s < Sq; ++s) {
+        const T* row = m + b * st[0] + h * st[1] + s * st[2];
+        int64_t j = 0;
+        while (j < Sk && is_neg_inf(row[j * st[3]])) ++j;
+        if (j == Sk) std::memset(o + ((b * Sq + s) * H + h) * row_bytes, 0, row_bytes);  // 0 bits: +0 in f32 and bf16
+      }
+}
+
 void zero_fully_masked_rows(const at::Tensor& mask4, at::Tensor& out) {
-  const at::Tensor neg_inf = mask4.isneginf();
-  if (!neg_inf.any().item<bool>()) return;
-  const at::Tensor rows = neg_inf.all(3, /*keepdim=*/true);  // [B or 1, H or 1, Sq or 1, 1]
-  out.transpose(1, 2).masked_fill_(rows.expand({out.size(0), out.size(2), out.size(1), 1}), 0);
+  if (mask4.scalar_type() == at::kBFloat16)
+    zero_rows_masked_everywhere<uint16_t>(mask4, out, [](uint16_t bits) { return bits == 0xFF80; });  // bf16 -inf
+  else
+    zero_rows_masked_everywhere<float>(mask4, out, [](float x) { return std::isinf(x) && x < 0; });
 }
 
 // Which bf16 attention runs: 0 as the CPU says (attention_bf16.h), 1 the oneDNN primitives, 2 our

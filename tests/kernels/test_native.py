@@ -708,8 +708,15 @@ def test_a_query_row_masked_at_every_key_attends_to_nothing(kernel, dtype):
         pytest.skip("our one-pass kernel is for bf16 on AVX512-BF16")
     g = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(2, 2, 40, 16, generator=g).to(dtype) for _ in range(3))
-    for mask in (torch.zeros(2, 1, 40, 40), torch.zeros(40, 40)):
-        mask[..., 3, :] = float("-inf")
+    # per batch, broadcast, per head (row 3 fully masked in head 1 only), and a bf16 mask
+    for mask in (torch.zeros(2, 1, 40, 40), torch.zeros(40, 40), torch.zeros(1, 2, 40, 40),
+                 torch.zeros(40, 40, dtype=torch.bfloat16)):
+        per_head = mask.dim() == 4 and mask.shape[1] == 2
+        heads = [1] if per_head else [0, 1]
+        if per_head:
+            mask[:, 1, 3, :] = float("-inf")
+        else:
+            mask[..., 3, :] = float("-inf")
         mask[..., 7, :5] = float("-inf")  # partly masked: a normal row
         torch.ops.iq_onednn.attention_kernel(kernel)
         try:
@@ -718,7 +725,7 @@ def test_a_query_row_masked_at_every_key_attends_to_nothing(kernel, dtype):
             torch.ops.iq_onednn.attention_kernel("auto")
         want = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(),
                                                                 attn_mask=mask.double(), scale=0.25)
-        assert torch.equal(ours[:, :, 3], torch.zeros_like(ours[:, :, 3]))
+        assert torch.equal(ours[:, heads, 3], torch.zeros_like(ours[:, heads, 3]))
         assert not ours.isnan().any()
         tol = 1e-5 if dtype == torch.float32 else 2 ** -7 * want.abs().max().item()
         assert (ours.double() - want).abs().max() <= tol
