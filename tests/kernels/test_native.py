@@ -413,8 +413,10 @@ def _ours_and_torchs_int4(x, q, scale, zp, n, k, group, bias):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("n,k,group", [(4 * 37 + 3, 640, 32), (48, 256, 64), (16, 512, 128), (5, 96, 32)],
-                         ids=["tail-channels", "g64", "g128", "few-channels"])
+# group counts (K / group): 20 = 16 + 4 (a 640 input), 29 = 16 + 8 + 4 + 1 (every step of the bf16
+# loop's scale preparation), 4, 4, 3
+@pytest.mark.parametrize("n,k,group", [(4 * 37 + 3, 640, 32), (32, 928, 32), (48, 256, 64), (16, 512, 128), (5, 96, 32)],
+                         ids=["tail-channels", "every-group-step", "g64", "g128", "few-channels"])
 @pytest.mark.parametrize("x_shape", [(1,), (1, 1), (7,), (2, 3)], ids=["decode_row", "decode_row_3d", "rows", "3d"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_weight_only_int4_is_the_linear_on_the_dequantized_weight(dtype, n, k, group, x_shape, bias):
