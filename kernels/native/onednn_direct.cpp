@@ -927,16 +927,13 @@ at::Tensor woq_int4_linear(const at::Tensor& x_in, const at::Tensor& w4, const a
     return at::linear(x, w, b.has_value() ? c10::optional<at::Tensor>(b->to(x.scalar_type())) : b).view(out_sizes);
   }
   at::Tensor out = at::empty(out_sizes, x.options());
-  std::vector<float> xf(static_cast<size_t>(k)), xsum(static_cast<size_t>(k / group), 0.f);
+  std::vector<float> xf(static_cast<size_t>(k)), xsum(static_cast<size_t>(k / group));
   std::vector<c10::BFloat16> xb;
   if (bf16) {
     xb.resize(static_cast<size_t>(k));
     woq_int4::reorder_for_bf16(x.const_data_ptr<c10::BFloat16>(), k, xb.data());
   }
-  for (int64_t i = 0; i < k; ++i) {
-    xf[size_t(i)] = bf16 ? float(x.const_data_ptr<c10::BFloat16>()[i]) : x.const_data_ptr<float>()[i];
-    xsum[size_t(i / group)] += xf[size_t(i)];
-  }
+  woq_int4::widen_x(x.const_data_ptr(), bf16, k, group, xf.data(), xsum.data());
   woq_int4::Args args{xf.data(), bf16 ? xb.data() : nullptr, xsum.data(), w4.const_data_ptr<uint8_t>(),
                       sz.const_data_ptr(), b.has_value() ? b->const_data_ptr() : nullptr, out.data_ptr(),
                       k, n, group, k / group};
