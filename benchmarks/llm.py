@@ -14,7 +14,8 @@ llama.cpp on the model's GGUF the same way, alone and interleaved (benchmarks/ll
 Accuracy (`--accuracy N`): N passages of `--prompt-tokens` WordNet-gloss tokens (never the
 calibration ones, inductor_quant/llm/text.py), teacher-forced through each compiled recipe and
 through the eager fp32 model: perplexity, mean per-token KL(float || recipe), top-1 agreement.
-The float model is the dequantized GGUF (inductor_quant/llm/models.py).
+The float model is the dequantized GGUF (inductor_quant/llm/models.py). A llama.cpp peer among the
+recipes is scored the same way on the same token ids.
 """
 
 from __future__ import annotations
@@ -109,9 +110,13 @@ def accuracy(args, name: str, reference: list) -> dict:
     (`reference`: the float model's log-probabilities for each, from `_float_logits`). The
     compile is the Python wrapper with freezing: the same kernels as the C++ one, sooner."""
     decoder, tokenizer = models.load(args.model)
-    chosen = recipe_named(name)
-    lm = CompiledLM(decoder, chosen, calibration=command.calibration(tokenizer, args.prompt_tokens, chosen),
-                    chunk=args.prompt_tokens, max_len=args.prompt_tokens, all_logits=True, options={"freezing": True})
+    if llm_peers.is_peer(name):  # llama.cpp on the same GGUF, every position's logits kept
+        lm = llm_peers.LlamaCppLM(args.model, name[len(llm_peers.PREFIX):], args.prompt_tokens,
+                                  torch.get_num_threads(), all_logits=True)
+    else:
+        chosen = recipe_named(name)
+        lm = CompiledLM(decoder, chosen, calibration=command.calibration(tokenizer, args.prompt_tokens, chosen),
+                        chunk=args.prompt_tokens, max_len=args.prompt_tokens, all_logits=True, options={"freezing": True})
     nll, kl, agree, count = 0.0, 0.0, 0, 0
     for ids, ref in zip(evaluation_passages(args, tokenizer), reference):
         logits = lm.score(ids)[0, :-1].float().log_softmax(-1)

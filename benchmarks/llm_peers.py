@@ -58,13 +58,14 @@ def gguf(model: str, kind: str) -> str:
 
 
 class LlamaCppLM:
-    """The subset of CompiledLM's interface the timing loops use (reset, prefill, step), batch 1."""
+    """The subset of CompiledLM's interface the timing loops and the accuracy table use (reset,
+    prefill, step; score with `all_logits=True`), batch 1."""
 
-    def __init__(self, model: str, kind: str, max_len: int, threads: int):
+    def __init__(self, model: str, kind: str, max_len: int, threads: int, all_logits: bool = False):
         llama_cpp = _llama_cpp()
         self.name, self.dtype, self.compiles = f"{PREFIX}{kind}", kind, 2
         self.llm = llama_cpp.Llama(model_path=gguf(model, kind), n_ctx=max_len, n_batch=max_len, n_ubatch=max_len,
-                                   n_threads=threads, n_threads_batch=threads, verbose=False)
+                                   n_threads=threads, n_threads_batch=threads, logits_all=all_logits, verbose=False)
 
     def reset(self) -> None:
         self.llm.reset()
@@ -77,6 +78,12 @@ class LlamaCppLM:
             raise ValueError("the llama.cpp peer runs batch 1")
         self.llm.eval(ids[0].tolist())
         return self._logits()
+
+    def score(self, ids: torch.Tensor) -> torch.Tensor:
+        """Every token's logits [1, n, V] for the text `ids` [1, n] (teacher forcing)."""
+        self.reset()
+        self.prefill(ids)
+        return torch.from_numpy(self.llm.scores[:ids.shape[1]].copy()).reshape(1, ids.shape[1], -1).float()
 
     def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         if position != self.llm.n_tokens:

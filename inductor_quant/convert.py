@@ -26,6 +26,7 @@ from .observers import (
     MIN_SCALE,
     DerivedQParams,
     channel_axis,
+    float_zero_points,
     is_dynamic,
     is_observer,
     group_size,
@@ -153,7 +154,9 @@ def _replace(gm: GraphModule, obs: Node, qparams, fold_quantize: bool) -> None:
             group = group_size(mod)
             if const is not None and fold_quantize:
                 grouped = const.detach() if group is None else const.detach().reshape(-1, group)
-                qval = q_op(grouped, *[fetch_attr(gm, a.target) if isinstance(a, Node) else a for a in qargs])
+                values = [fetch_attr(gm, a.target) if isinstance(a, Node) else a for a in qargs]
+                qval = (_quantize_float_zero_points(grouped, *values) if float_zero_points(mod)
+                        else q_op(grouped, *values))
                 q = g.get_attr(new_attr(gm, f"{x.target}_quantized", qval))
                 q.meta["val"] = qval
             elif group is None:
@@ -176,8 +179,29 @@ def _replace(gm: GraphModule, obs: Node, qparams, fold_quantize: bool) -> None:
     g.erase_node(obs)
 
 
+def _quantize_float_zero_points(w, scale, zero_point, axis, qmin, qmax, dtype):
+    """round(w / scale + zero_point) per channel of axis 0: quantize_per_channel rounds before it
+    adds the zero point, which is exact only for integer zero points."""
+    assert axis == 0, "float zero points come from group-wise weight observers (axis 0)"
+    shape = [-1] + [1] * (w.dim() - 1)
+    return torch.clamp(torch.round(w / scale.view(shape) + zero_point.view(shape)), qmin, qmax).to(dtype)
+
+
+def _check_float_zero_points_fold(gm: GraphModule, obs_nodes: list[Node], fold_quantize: bool) -> None:
+    """A float zero point quantizes the weight once, at convert (the graph's quantize op rounds
+    before adding a zero point): it needs the weight as a constant and fold_quantize=True."""
+    for n in obs_nodes:
+        if float_zero_points(gm.get_submodule(n.target)) and (not fold_quantize or _constant_source(gm, n.args[0]) is None):
+            raise ValueError(
+                f"{_layers_of([n])[0]}: a weight config with float zero points (zero_point_domain=\"float\") "
+                "quantizes the weight at convert time, so it needs convert_pt2e(..., fold_quantize=True) and a "
+                "weight that is a constant of the model. Fix: convert with fold_quantize=True, or use "
+                "zero_point_domain=\"int\" for this layer.")
+
+
 def convert_observed(gm: GraphModule, fold_quantize: bool) -> GraphModule:
     check_calibrated(gm, _observer_nodes(gm))  # before any rewrite: a failed convert changes nothing
+    _check_float_zero_points_fold(gm, _observer_nodes(gm), fold_quantize)
     fold_qat_conv_bn(gm)
     obs_nodes = _observer_nodes(gm)
     qparams = _qparams(gm, obs_nodes)

@@ -91,6 +91,12 @@ def group_size(mod: nn.Module) -> Optional[int]:
     return getattr(inner, "group_size", None) if isinstance(inner, GroupwiseMinMaxObserver) else None
 
 
+def float_zero_points(mod: nn.Module) -> bool:
+    """Whether the observer fits a float zero point (an offset) per channel or group
+    (GroupwiseLeastSquaresObserver) rather than an integer one."""
+    return bool(getattr(getattr(mod, "activation_post_process", mod), "float_zero_points", False))
+
+
 def per_token(mod: nn.Module) -> bool:
     """A per-token dynamic activation observer (one scale per row, chosen at run time)."""
     return isinstance(getattr(mod, "activation_post_process", mod), PerTokenDynamicObserver)
@@ -178,7 +184,8 @@ def saw_nonfinite(mod: nn.Module) -> bool:
 
 
 def qparams_of(mod: nn.Module, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero_point) as float32 / int64 tensors, guaranteed finite, scale > 0, zp in range."""
+    """(scale, zero_point) as float32 / int64 tensors (float32 zero points where the observer fits
+    them, float_zero_points), guaranteed finite, scale > 0, zp in range."""
     if saw_nonfinite(mod):
         raise CalibrationError(
             f"observer for {layer} saw NaN or inf values during calibration, so no finite "
@@ -187,7 +194,7 @@ def qparams_of(mod: nn.Module, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
         )
     scale, zp = mod.calculate_qparams()
     scale = torch.as_tensor(scale, dtype=torch.float32).detach().clone().reshape(-1)
-    zp = torch.as_tensor(zp).detach().clone().reshape(-1).to(torch.int64)
+    zp = torch.as_tensor(zp).detach().clone().reshape(-1).to(torch.float32 if float_zero_points(mod) else torch.int64)
     bad = ~torch.isfinite(scale) | (scale < MIN_SCALE)
     scale = torch.where(bad, torch.full_like(scale, MIN_SCALE), scale)
     qmin, qmax = quant_range(mod)

@@ -5,7 +5,7 @@
 | `fp32` | float | float | fp32 |
 | `bf16` | float, bf16 weights | bf16 | bf16 (where bf16 is native) |
 | `woq_int8` | int8 weights per channel | int8 | bf16 where native, else fp32 |
-| `woq_int4` | 4-bit weights in groups of 32, a zero point each (int8 where torch's int4 GEMM does not take the shape) | int8 (it is the tied embedding) | same |
+| `woq_int4` | 4-bit weights in groups of 32, scale and float zero point each fitted by least squares (int8 where torch's int4 GEMM does not take the shape) | int8 (it is the tied embedding) | same |
 | `woq_int4_all` | as `woq_int4` | int4 too: the fastest decode, the largest error | same |
 | `dyn_int8` | per-token dynamic int8 x int8 | same | same |
 | `dyn_int8_sq` | `dyn_int8` after SmoothQuant (alpha 0.5) | same | same |
@@ -56,7 +56,7 @@ def _woq_int8():
 def _woq_int4():
     from ..quantizer.configs import get_x86_inductor_linear_weight_only_int4_config
 
-    return get_x86_inductor_linear_weight_only_int4_config(group_size=INT4_GROUP, symmetric=False)
+    return get_x86_inductor_linear_weight_only_int4_config(group_size=INT4_GROUP, zero_point_domain="float")
 
 
 def _dyn_int8():
@@ -66,8 +66,8 @@ def _dyn_int8():
 
 
 # Gemma-3-270M, teacher-forced perplexity on 8 WordNet passages (float 52.9): symmetric groups of
-# 32 gave 81, asymmetric (a zero point per group) 70, asymmetric groups of 64 81, of 128 100.
-# docs/PERFORMANCE.md, section 5b.
+# 32 gave 81, asymmetric (an integer zero point per group, min/max) 70, of 64 81, of 128 100; the
+# least-squares fit with float zero points (groups of 32) is the choice. docs/PERFORMANCE.md, section 5b.
 INT4_GROUP = 32
 
 

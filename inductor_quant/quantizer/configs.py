@@ -24,7 +24,7 @@ None: the activation scale is computed at run time and the output stays float.
 from __future__ import annotations
 
 import functools
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch.ao.quantization.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
@@ -40,7 +40,7 @@ from torch.ao.quantization.observer import (
 from inductor_quant.kernels import int4pack
 from inductor_quant.kernels.cpu import cpu_info
 
-from .llm_observers import GroupwiseMinMaxObserver, PerTokenDynamicObserver
+from .llm_observers import GroupwiseLeastSquaresObserver, GroupwiseMinMaxObserver, PerTokenDynamicObserver
 from .quantizer import QuantizationConfig, QuantizationSpec
 
 __all__ = [
@@ -210,14 +210,18 @@ def get_x86_inductor_linear_weight_only_int8_config() -> QuantizationConfig:
     return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)
 
 
-@functools.lru_cache(maxsize=None)
-def get_x86_inductor_linear_weight_only_int4_config(group_size: int = 128, symmetric: bool = True) -> QuantizationConfig:
+def get_x86_inductor_linear_weight_only_int4_config(group_size: int = 128, symmetric: Optional[bool] = None,
+                                                    zero_point_domain: str = "int") -> QuantizationConfig:
     """Linear weights stored as 4-bit integers in [-8, 7], one scale per group of `group_size`
     consecutive input channels of each output channel; activations and outputs left float
     (weight-only int4, "A16W4": an eighth of the fp32 weight bytes). `symmetric=False` gives each
     group a zero point too (its min and max map to -8 and 7): all 16 levels cover the group's
     range, which suits weights that are not centred on 0; torch's int4 GEMM takes the zero points
-    as its per-group offsets, so they cost nothing at run time.
+    as its per-group offsets, so they cost nothing at run time. `zero_point_domain="float"`
+    (asymmetric) fits each group's scale and a float zero point to its weights by least squares
+    (GroupwiseLeastSquaresObserver) instead of spanning min to max with an integer zero point:
+    the same kernels, a smaller error (the LLM recipes' choice); it needs convert_pt2e's default
+    fold_quantize=True. `symmetric` defaults to True for "int", and must not be True for "float".
 
     convert_pt2e keeps the values in an int8 constant seen as [out * in / group_size, group_size]
     and leaves `dequantize_per_channel` of it -> reshape [out, in] -> linear(x). The compile packs
@@ -228,10 +232,20 @@ def get_x86_inductor_linear_weight_only_int4_config(group_size: int = 128, symme
     divide by `group_size`."""
     if group_size not in int4pack.GROUPS:
         raise ValueError(f"group_size={group_size}: torch's int4 CPU GEMM takes one of {int4pack.GROUPS}")
+    if zero_point_domain not in ("int", "float"):
+        raise ValueError(f"zero_point_domain={zero_point_domain!r}: one of \"int\", \"float\"")
+    if zero_point_domain == "float" and symmetric:
+        raise ValueError("zero_point_domain=\"float\" fits an offset per group, an asymmetric scheme. Fix: drop "
+                         "symmetric=True (or pass symmetric=False)")
+    return _weight_only_int4(group_size, zero_point_domain == "int" and symmetric is not False, zero_point_domain)
+
+
+@functools.lru_cache(maxsize=None)
+def _weight_only_int4(group_size: int, symmetric: bool, zero_point_domain: str) -> QuantizationConfig:
     qscheme = torch.per_channel_symmetric if symmetric else torch.per_channel_affine
+    observer = GroupwiseLeastSquaresObserver if zero_point_domain == "float" else GroupwiseMinMaxObserver
     weight = QuantizationSpec(dtype=torch.int8, quant_min=-8, quant_max=7, qscheme=qscheme, ch_axis=0,
-                              observer_or_fake_quant_ctr=GroupwiseMinMaxObserver.with_args(group_size=group_size,
-                                                                                            eps=_EPS))
+                              observer_or_fake_quant_ctr=observer.with_args(group_size=group_size, eps=_EPS))
     return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)
 
 

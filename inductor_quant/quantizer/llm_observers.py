@@ -28,6 +28,70 @@ class GroupwiseMinMaxObserver(PerChannelMinMaxObserver):
         return x
 
 
+class GroupwiseLeastSquaresObserver(GroupwiseMinMaxObserver):
+    """Group-wise weights with a float offset per group, fitted to the weight rather than spanned
+    over its min and max: w ~ (q - zp) * scale with q in [quant_min, quant_max] and zp a float.
+
+    For each group, a few ranges (min and max each shrunk by up to 20 %) give the integer values q;
+    for each, the scale and offset that minimize the group's squared error for those q (a 2-unknown
+    least squares) are refitted twice, and the best candidate is kept. The offset stays within the
+    range an integer zero point has ([quant_min, quant_max]), so every consumer of a zero point
+    takes it. On Gemma-3-270M's 4-bit groups of 32 this halves the weight-only int4 model's KL
+    divergence from the float model against the min/max fit with integer zero points
+    (docs/PERFORMANCE.md, section 5b). Weights only: the fit reads the last tensor observed."""
+
+    float_zero_points = True
+    SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8)  # of the group's min and of its max, each
+    REFITS = 2
+    CHUNK = 1 << 20  # groups fitted at a time (bounds the temporaries of a 262k x 640 LM head)
+
+    def __init__(self, group_size: int = 128, **kwargs):
+        kwargs.setdefault("qscheme", torch.per_channel_affine)
+        super().__init__(group_size=group_size, **kwargs)
+        if self.qscheme != torch.per_channel_affine:
+            raise ValueError("a float offset per group is an affine scheme: qscheme=torch.per_channel_affine")
+        self._weight = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        super().forward(x)
+        self._weight = x.detach()  # a weight: every call sees the same tensor, fitted once at convert
+        return x
+
+    @torch.no_grad()
+    def calculate_qparams(self):
+        if self._weight is None:
+            return super().calculate_qparams()
+        grouped = self._weight.float().reshape(-1, self.group_size)
+        fits = [self._fit(grouped[i:i + self.CHUNK]) for i in range(0, grouped.shape[0], self.CHUNK)]
+        return torch.cat([f[0] for f in fits]), torch.cat([f[1] for f in fits])
+
+    def _fit(self, w: torch.Tensor):
+        """(scale, float zero point) per row of `w` [groups, group_size]."""
+        levels = float(self.quant_max - self.quant_min)
+        lo0, hi0 = w.amin(1, keepdim=True).clamp(max=0), w.amax(1, keepdim=True).clamp(min=0)
+        n = w.shape[1]
+        sum_w = w.sum(1, keepdim=True)
+        best = (torch.full_like(lo0, float("inf")), ((hi0 - lo0) / levels).clamp_min(self.eps), lo0)
+        for a in self.SHRINK:
+            for b in self.SHRINK:
+                scale, low = ((hi0 * b - lo0 * a) / levels).clamp_min(self.eps), lo0 * a
+                for _ in range(self.REFITS):
+                    q = ((w - low) / scale).round_().clamp_(0, levels)
+                    sum_q, sum_qq, sum_qw = q.sum(1, keepdim=True), (q * q).sum(1, keepdim=True), (q * w).sum(1, keepdim=True)
+                    det = n * sum_qq - sum_q * sum_q
+                    fitted = (n * sum_qw - sum_q * sum_w) / det.clamp_min(1e-30)
+                    ok = (det > 0) & (fitted >= self.eps)
+                    scale = torch.where(ok, fitted, scale)
+                    low = torch.where(ok, (sum_w - scale * sum_q) / n, low)
+                    low = torch.minimum(torch.maximum(low, -levels * scale), torch.zeros_like(low))
+                q = ((w - low) / scale).round_().clamp_(0, levels)
+                err = (q * scale + low - w).square_().sum(1, keepdim=True)
+                better = err < best[0]
+                best = tuple(torch.where(better, new, old) for new, old in zip((err, scale, low), best))
+        _, scale, low = best
+        return scale.reshape(-1), (self.quant_min - low / scale).reshape(-1)
+
+
 class PerTokenDynamicObserver(PlaceholderObserver):
     """Nothing to calibrate: each token (row over the last dimension) gets its own symmetric int8
     scale at run time. convert_pt2e emits choose_qparams_per_token -> quantize_per_token ->

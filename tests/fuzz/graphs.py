@@ -487,6 +487,8 @@ def generate(seed: int, max_ops: int = 7) -> dict:
         spec["quant"] = "woq_int4"  # linears of 32k inputs weight-only int4 (harness.int4_linears), own stream
         if random.Random(seed * 67 + 41).random() < 0.5:
             spec["int4_zero_points"] = True  # asymmetric groups (a zero point each), own stream
+            if random.Random(seed * 71 + 43).random() < 0.5:
+                spec["int4_zero_point_domain"] = "float"  # least-squares fit, float zero points (own stream)
     if random.Random(seed * 19 + 2).random() < 0.25:  # upstream's recipe: every chain ends in q/dq
         spec["recipe"] = "upstream"
     return spec
@@ -496,5 +498,5 @@ def describe(spec: dict) -> str:
     """One line: input shape and op chain, e.g. `[2, 4, 9, 9] conv(0) relu(1) add(2,0) | out 3`."""
     ops = " ".join(f"{op['op']}({','.join(map(str, op['in']))})" for op in spec["ops"])
     recipe = ("/upstream" if spec.get("recipe") == "upstream" else "") + ("/smooth" if spec.get("smooth") else "") + (
-        "/zp" if spec.get("int4_zero_points") else "")
+        ("/fzp" if spec.get("int4_zero_point_domain") == "float" else "/zp") if spec.get("int4_zero_points") else "")
     return f"{spec['quant']}{recipe} {spec['input']} {ops} | out {','.join(map(str, spec['outputs']))}"

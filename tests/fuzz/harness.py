@@ -130,7 +130,8 @@ def install_our_passes():
 
 def quantizer_key(spec: dict) -> tuple:
     """What `_quantizer` builds its quantizer from: specs with one key can share a bundle."""
-    return spec["quant"], spec.get("recipe", "ours"), spec.get("smooth"), spec.get("int4_zero_points", False)
+    return (spec["quant"], spec.get("recipe", "ours"), spec.get("smooth"), spec.get("int4_zero_points", False),
+            spec.get("int4_zero_point_domain", "int"))
 
 
 INT4_GROUP = 32  # the fuzzer's group size: the smallest torch's int4 GEMM takes, so more drawn linears qualify
@@ -149,7 +150,8 @@ def _quantizer(specs: list[dict]):
     activations); woq_int8: int8 static, linears weight-only int8; dyn_token: int8 static, linears
     dynamic int8 per token; woq_int4: int8 static, the
     linears `int4_linears` names weight-only int4 in groups of 32 (with zero points when the spec
-    says `int4_zero_points`); fp16_weight: int8 static,
+    says `int4_zero_points`, float ones fitted by least squares when `int4_zero_point_domain` is
+    "float"); fp16_weight: int8 static,
     linears with fp16 weights
     (upstream's use of get_x86_inductor_linear_dynamic_fp16_config). recipe "upstream": chains
     that only float ops read end in q/dq too (`keep_float_outputs=True`, README "Migrating")."""
@@ -165,7 +167,8 @@ def _quantizer(specs: list[dict]):
     if spec["quant"] == "dyn_token":
         quantizer.set_module_type_qconfig(torch.nn.Linear, get_x86_inductor_linear_dynamic_per_token_config())
     if spec["quant"] == "woq_int4":
-        int4 = get_x86_inductor_linear_weight_only_int4_config(INT4_GROUP, symmetric=not spec.get("int4_zero_points"))
+        int4 = get_x86_inductor_linear_weight_only_int4_config(INT4_GROUP, symmetric=not spec.get("int4_zero_points"),
+                                                               zero_point_domain=spec.get("int4_zero_point_domain", "int"))
         for k, one in enumerate(specs):
             prefix = f"graphs.{k}." if len(specs) > 1 else ""
             for i in int4_linears(one):

@@ -123,6 +123,8 @@ def test_generator_draws_the_shapes_the_newest_rewrites_meet():
     assert any(s.get("smooth") for s in specs) and all(s["quant"] == "dyn_token" for s in specs if s.get("smooth"))
     zero_points = {s.get("int4_zero_points", False) for s in specs if s["quant"] == "woq_int4"}
     assert zero_points == {False, True} and all(s["quant"] == "woq_int4" for s in specs if s.get("int4_zero_points"))
+    domains = {s.get("int4_zero_point_domain", "int") for s in specs if s.get("int4_zero_points")}
+    assert domains == {"int", "float"} and all(s.get("int4_zero_points") for s in specs if "int4_zero_point_domain" in s)
     assert has(lambda ops: any(op.get("kw", {}).get("shares") is not None for op in ops))  # a Linear called twice
 
     def linear_rows(spec):  # rows of each linear's input, as the static graph has them
@@ -385,14 +387,16 @@ def test_the_slice_reaches_per_token_dynamic_int8(config):
     assert outcome.status == "ok" and fused >= 4, (outcome.error, outcome.fused)
 
 
-@pytest.mark.parametrize("seed", [222, 307, 317, 2114], ids=["qkv-into-attention", "sibling-outputs-added-in-place",
-                                                         "int4-zp-siblings-added-in-place", "int4-3d-siblings"])
+@pytest.mark.parametrize("seed", [222, 307, 317, 2114, 10531], ids=[
+    "qkv-into-attention", "sibling-outputs-added-in-place", "int4-zp-siblings-added-in-place", "int4-3d-siblings",
+    "int4-float-zp-siblings-added-in-place"])
 @pytest.mark.parametrize("config", ["freeze-cpp-bf16-dynbatch", "fast-fp32-static"])
 def test_the_generator_reaches_the_weight_only_merge(seed, config):
     """Weight-only siblings on one input merge into one call (graph_rewrites.merge_sibling_woq_linears):
     int8 — seed 222 draws Q, K, V into self-attention, seed 307 two pairs whose outputs are cat'ed
     and added in place; int4 (our op) — seed 317 a pair with zero points per group added in place,
-    seed 2114 a pair on a 3-D input; all compile exact under a dynamic batch, the C++ wrapper and
+    seed 2114 a pair on a 3-D input, seed 10531 a pair with float zero points (the least-squares fit)
+    added in place; all compile exact under a dynamic batch, the C++ wrapper and
     `template_options()`."""
     bf16 = "bf16" in config
     if bf16 and not inductor_quant.cpu_info().bf16_native:

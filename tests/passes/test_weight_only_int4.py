@@ -35,9 +35,9 @@ class Mlp(nn.Module):
         return self.down(torch.relu(self.up(x)))
 
 
-def _int4(model, x, group=32, dynamic_shapes=None, symmetric=True):
+def _int4(model, x, group=32, dynamic_shapes=None, **config):
     quantizer = X86InductorQuantizer().set_module_type_qconfig(
-        nn.Linear, get_x86_inductor_linear_weight_only_int4_config(group, symmetric=symmetric))
+        nn.Linear, get_x86_inductor_linear_weight_only_int4_config(group, **config))
     return quantize(model, (x,), [(x,)], quantizer=quantizer, dynamic_shapes=dynamic_shapes)
 
 
@@ -130,24 +130,33 @@ def test_a_width_torchs_gemm_does_not_take_stays_float_and_is_reported():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
+ZERO_POINTS = {"int": dict(symmetric=False), "float": dict(zero_point_domain="float")}
+
+
+@pytest.mark.parametrize("kernel", ["ours", "torch"])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
-def test_zero_points_per_group_run_the_same_gemm(bf16):
+@pytest.mark.parametrize("domain", list(ZERO_POINTS))
+def test_zero_points_per_group_run_the_same_gemm(domain, bf16, kernel):
     """symmetric=False: weights not centred on 0 get a zero point per group (their min and max
-    map to -8 and 7), folded into the GEMM's per-group offsets; closer to float than symmetric."""
+    map to -8 and 7); zero_point_domain="float": a float zero point and scale fitted by least
+    squares. Either is folded into the GEMM's per-group offsets; both closer to float than symmetric."""
     torch.manual_seed(0)
     x = torch.randn(2, 5, 64)
     model = Mlp().eval()
     with torch.no_grad():
         for layer in (model.up, model.down):
             layer.weight.abs_()  # all positive: symmetric groups use half their levels
-    converted = _int4(model, x, symmetric=False)
+    converted = _int4(model, x, **ZERO_POINTS[domain])
     zps = [getattr(converted, n.args[2].target) for n in converted.graph.nodes if n.target is dq_per_channel]
     assert all(z.min() >= -8 and z.max() <= 7 for z in zps) and any(bool(z.any()) for z in zps)
+    fractional = any(bool((z != z.round()).any()) for z in zps)
+    assert fractional == (domain == "float"), zps
     with torch.no_grad():
         asymmetric, symmetric = (Agreement().add(model(x), m(x)).sqnr for m in (converted, _int4(model, x)))
     assert asymmetric > symmetric + 1, (asymmetric, symmetric)  # dB
-    ref, out, code, stats = compile_and_run(converted, (x,), bf16=bf16)
-    assert weight_only_int4_calls(code) == 2 and not float_compute_calls(code), code
+    with _kernels(kernel):
+        ref, out, code, stats = compile_and_run(converted, (x,), bf16=bf16)
+    assert weight_only_int4_calls(code, kernel) == 2 and not float_compute_calls(code), code
     assert stats["unfused"] == [], stats
     tol = 1e-5 if not bf16 else 2e-2
     torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol * ref.abs().max().item())
