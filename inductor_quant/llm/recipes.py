@@ -5,20 +5,22 @@
 | `fp32` | float | float | fp32 |
 | `bf16` | float, bf16 weights | bf16 | bf16 (where bf16 is native) |
 | `woq_int8` | int8 weights per channel | int8 | bf16 where native, else fp32 |
-| `woq_int4` | 4-bit weights in groups of 32, scale and float zero point each fitted by least squares (int8 where torch's int4 GEMM does not take the shape) | int8 (it is the tied embedding) | same |
-| `woq_int4_all` | as `woq_int4` | int4 too: the fastest decode, the largest error | same |
+| `woq_int4` | 4-bit weights in groups of 32, scale and float zero point each fitted by least squares; the V projections int8 (int8 too where torch's int4 GEMM does not take the shape) | int8 (it is the tied embedding) | same |
+| `woq_int4_all` | all 4-bit (the V projections too) | int4 too: the fastest decode, the largest error | same |
 | `dyn_int8` | per-token dynamic int8 x int8 | same | same |
 | `dyn_int8_sq` | `dyn_int8` after SmoothQuant (alpha 0.5) | same | same |
 
 The LM head of a Gemma is the token embedding (262k x 640 on Gemma-3-270M, most of the weights
 a decode step reads), so every quantized recipe quantizes it; `woq_int4` keeps it int8,
-`woq_int4_all` makes it int4 as well (docs/PERFORMANCE.md, section 5b, has both accuracies).
+`woq_int4_all` makes it int4 as well (docs/PERFORMANCE.md, section 5b, has both accuracies). The
+V projections are the most sensitive linears to 4 bits and 3 % of a layer's weights (GGUF's
+Q4_K_M keeps them wider too): int8 in `woq_int4`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -26,22 +28,26 @@ from ..kernels import int4pack
 from ..kernels.cpu import cpu_info
 
 
-def _quantizer(global_config: Callable, head_config: Optional[Callable] = None, group: Optional[int] = None,
+def _quantizer(global_config: Callable, overrides: Tuple[Tuple[str, Callable], ...] = (), group: Optional[int] = None,
                fallback_config: Optional[Callable] = None):
-    """(model) -> the recipe's quantizer: `global_config` everywhere, `head_config` (when given) on
-    the LM head. With `group` (group-wise weights), a linear whose shape torch's int4 GEMM does not
+    """(model) -> the recipe's quantizer: `global_config` everywhere, and for each (name, config) of
+    `overrides` that config on the linears called `name` (the LM head `lm_head`, each layer's
+    `v_proj`). With `group` (group-wise weights), a linear whose shape torch's int4 GEMM does not
     take (in_features not whole groups, out_features not a multiple of 16: kernels/int4pack.py)
     takes `fallback_config`: int8 rather than an error or a float layer."""
-    def build(model: Optional[torch.nn.Module] = None):
+    def build(model: torch.nn.Module):
         from ..quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
         q = X86InductorQuantizer().set_global(global_config())
-        if head_config is not None:
-            q.set_module_name_qconfig("lm_head", head_config())
-        if group is not None and model is not None:
-            for name, mod in model.named_modules():
-                if isinstance(mod, torch.nn.Linear) and not int4pack.supports(mod.out_features, mod.in_features, group):
-                    q.set_module_name_qconfig(name, fallback_config())
+        chosen = dict(overrides)
+        for name, mod in model.named_modules():
+            if not isinstance(mod, torch.nn.Linear):
+                continue
+            config = chosen.get(name.rsplit(".", 1)[-1])
+            if config is None and group is not None and not int4pack.supports(mod.out_features, mod.in_features, group):
+                config = fallback_config
+            if config is not None:
+                q.set_module_name_qconfig(name, config())
         return q
 
     return build
@@ -94,7 +100,8 @@ RECIPES = {r.name: r for r in (
     Recipe("fp32"),
     Recipe("bf16", bf16_weights=True),
     Recipe("woq_int8", _quantizer(_woq_int8)),
-    Recipe("woq_int4", _quantizer(_woq_int4, head_config=_woq_int8, group=INT4_GROUP, fallback_config=_woq_int8)),
+    Recipe("woq_int4", _quantizer(_woq_int4, overrides=(("lm_head", _woq_int8), ("v_proj", _woq_int8)), group=INT4_GROUP,
+                                  fallback_config=_woq_int8)),
     Recipe("woq_int4_all", _quantizer(_woq_int4, group=INT4_GROUP, fallback_config=_woq_int8)),
     Recipe("dyn_int8", _quantizer(_dyn_int8)),
     Recipe("dyn_int8_sq", _quantizer(_dyn_int8), smooth=0.5),

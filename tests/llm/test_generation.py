@@ -96,10 +96,11 @@ def test_decoder_matches_transformers_gemma3():
 KERNELS = {
     # Q/K/V merged into one call, gate/up into one: 4 a layer + the head, in each graph
     "woq_int8": lambda code: weight_only_int8_calls(code) == 2 * (2 * 4 + 1),
-    # int4 blocks through our kernel (prompt rows and the decode row), Q/K/V and gate/up merged as
-    # for int8: 4 calls a layer in each graph; the LM head int8
-    "woq_int4": lambda code: weight_only_int4_calls(code, "ours") == 2 * (2 * 4) and weight_only_int8_calls(code) == 2,
-    # the same, the LM head int4 too
+    # int4 blocks through our kernel (prompt rows and the decode row), Q/K and gate/up merged:
+    # 4 calls a layer in each graph; V (one a layer) and the LM head int8
+    "woq_int4": lambda code: (weight_only_int4_calls(code, "ours") == 2 * (2 * 4)
+                              and weight_only_int8_calls(code) == 2 * (2 + 1)),
+    # all int4, Q/K/V merged: 4 calls a layer and the LM head
     "woq_int4_all": lambda code: weight_only_int4_calls(code, "ours") == 2 * (2 * 4 + 1) and not weight_only_int8_calls(code),
     # per-token int8: Q/K/V merged into one, gate/up into one: 4 GEMMs a layer + the head
     "dyn_int8": lambda code: onednn_int8_calls(code)["qlinear_pointwise"] == 2 * (2 * 4 + 1),
@@ -220,8 +221,8 @@ def test_int4_keeps_int8_where_a_linear_is_not_whole_groups(our_passes_only):
     lm = CompiledLM(model, "woq_int4", chunk=CHUNK, max_len=16, float_dtype=torch.float32)
     dq = torch.ops.quantized_decomposed.dequantize_per_channel.default
     ranges = [tuple(n.args[4:6]) for n in lm.module.graph.nodes if n.target is dq]
-    # per layer q, k, v, gate, up, down int4 and o_proj int8; the head int8
-    assert sorted(ranges) == sorted([(-8, 7)] * 12 + [(-127, 127)] * 3), ranges
+    # per layer q, k, gate, up, down int4, v_proj (the recipe's choice) and o_proj int8; the head int8
+    assert sorted(ranges) == sorted([(-8, 7)] * 10 + [(-127, 127)] * 5), ranges
 
 
 def test_int4_keeps_int8_where_torchs_gemm_does_not_take_the_width(our_passes_only):
