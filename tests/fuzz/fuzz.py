@@ -4,6 +4,7 @@
     python tests/fuzz/fuzz.py --graphs 250 --shard 1/2     # half of it (run 0/2 and 1/2 at once)
     python tests/fuzz/fuzz.py --graphs 500 --bundle 4      # up to 4 graphs of one quantizer per compile
     python tests/fuzz/fuzz.py --graphs 20 --only attention,woq_int4   # only graphs a new rule meets
+    python tests/fuzz/fuzz.py --graphs 8 --only woq_int4_fzp          # int4 with float zero points
     python tests/fuzz/fuzz.py --summary fuzz-out           # merge the shards' results
     python tests/fuzz/fuzz.py --replay fuzz-out/repro-*.json
 
@@ -66,7 +67,8 @@ def signature(o: harness.Outcome) -> str:
 
 def seeds_of(args) -> list[int]:
     """This shard's seeds: --graphs of them from --seed on; with --only, the first --graphs whose
-    spec has one of those ops or quant kinds (a new rule's targeted sweep, e.g. attention,woq_int4)."""
+    spec has one of those ops or quant kinds (a new rule's targeted sweep, e.g. attention,woq_int4;
+    `woq_int4_fzp`: int4 groups with float zero points)."""
     shard, shards = (int(v) for v in args.shard.split("/"))
     candidates = (s for s in range(args.seed, args.seed + 1000 * args.graphs * shards) if s % shards == shard)
     if not args.only:
@@ -75,7 +77,10 @@ def seeds_of(args) -> list[int]:
     picked = []
     for seed in candidates:
         spec = graphs.generate(seed)
-        if wanted & ({op["op"] for op in spec["ops"]} | {spec["quant"]}):
+        kinds = {op["op"] for op in spec["ops"]} | {spec["quant"]}
+        if spec.get("int4_zero_point_domain") == "float":
+            kinds.add("woq_int4_fzp")
+        if wanted & kinds:
             picked.append(seed)
             if len(picked) == args.graphs:
                 break
