@@ -3,7 +3,9 @@
   static activation : x -> quantize_per_tensor(x, s, zp) -> dequantize_per_tensor(...)   (scalars)
   constant (weight) : int8 constant (get_attr) -> dequantize_per_channel / per_tensor
                       (group-wise: the constant is the [out * in / group, group] view, the
-                      dequantize per channel of it, then reshape back to [out, in])
+                      dequantize per channel of it, then reshape back to [out, in]; a
+                      least-squares fit's float zero points are float32 tensors, and the
+                      weight is quantized here as round(w / s + zp))
                       (fold_quantize=False keeps fp32 weight -> quantize -> dequantize)
   dynamic           : choose_qparams.tensor -> quantize_per_tensor.tensor -> dequantize_per_tensor.tensor
   per-token dynamic : choose_qparams_per_token -> quantize_per_token -> dequantize_per_token
