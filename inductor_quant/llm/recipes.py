@@ -8,7 +8,7 @@
 | `woq_int4` | 4-bit weights in groups of 32, scale and float zero point each fitted by least squares; the V projections int8 (int8 too where torch's int4 GEMM does not take the shape) | int8 (it is the tied embedding) | same |
 | `woq_int4_all` | all 4-bit (the V projections too) | int4 too: the fastest decode, the largest error | same |
 | `dyn_int8` | per-token dynamic int8 x int8 | same | same |
-| `dyn_int8_sq` | `dyn_int8` after SmoothQuant (alpha 0.5) | same | same |
+| `dyn_int8_sq` | `dyn_int8` after SmoothQuant (alpha 0.7: measured best on Gemma-3-270M, docs/PERFORMANCE.md 5b) | same | same |
 
 The LM head of a Gemma is the token embedding (262k x 640 on Gemma-3-270M, most of the weights
 a decode step reads), so every quantized recipe quantizes it; `woq_int4` keeps it int8,
@@ -104,7 +104,7 @@ RECIPES = {r.name: r for r in (
                                   fallback_config=_woq_int8)),
     Recipe("woq_int4_all", _quantizer(_woq_int4, group=INT4_GROUP, fallback_config=_woq_int8)),
     Recipe("dyn_int8", _quantizer(_dyn_int8)),
-    Recipe("dyn_int8_sq", _quantizer(_dyn_int8), smooth=0.5),
+    Recipe("dyn_int8_sq", _quantizer(_dyn_int8), smooth=0.7),
 )}
 
 
