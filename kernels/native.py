@@ -26,7 +26,11 @@ accumulator and returns nothing; `.binary` with `add`, alpha 1, a float extra in
 Contract of `iq_onednn::woq_linear` (weight-only int8): `F.linear(x, w * w_scale[:, None], bias)`
 for x fp32 or bf16 and the plain int8 [out, in] weight, the output in x's dtype, within fp32 /
 bf16 rounding (the weight kept int8 and converted in registers; the scale applied after the sum).
-bf16 activations need AVX-512 (`probe.weight_only_linear_builds`).
+bf16 activations need AVX-512 (`probe.weight_only_linear_builds`). With fp32 scales per group,
+`w_scale` [out, in / group] (group a multiple of 32): `F.linear(x, w_float.to(x.dtype), bias)`
+with w_float = w * w_scale repeated over each group's columns, the same within fp32 / bf16
+rounding; one row streams the int8 weight (native/woq_gemv.h), more rows run the float GEMM on
+that dequantized weight. Any CPU (the GEMV widens bf16 to fp32).
 
 Contract of `iq_onednn::woq_int4_linear` (weight-only int4, group-wise): torch's int4 CPU GEMM
 (kernels/int4pack.py) on the same weight: `F.linear(x, w, bias)` with w = (u - 8) * scale + zero
@@ -283,7 +287,8 @@ def qlinear_add(call, f, w_plain, m_hint: int):
 
 def woq_linear(call, x, w, w_scale, bias, x_shape):
     """Our weight-only int8 linear: x (fp32 or bf16) times the int8 [out, in] weight, each output
-    channel times its fp32 scale, plus the bias (x's dtype); the output in x's dtype. The weight's
+    channel times its fp32 scale ([out]; [out, in / group]: each group's), plus the bias (x's
+    dtype); the output in x's dtype. The weight's
     oneDNN layout is picked for the rows of `x_shape` (static), else one row (a decode step)."""
     rows = math.prod(int(d) for d in x_shape[:-1]) if x_shape is not None else 1
     return call(torch.ops.iq_onednn.woq_linear.default, (x, w, w_scale, bias, max(rows, 1)))

@@ -233,7 +233,8 @@ def merge_sibling_linears(graph: torch.fx.Graph) -> list:
 @dataclasses.dataclass(frozen=True)
 class _WeightOnlyCall:
     """Where a weight-only linear's arguments sit: `weights` are concatenated along dim 0 when
-    siblings merge (the weight rows, their per-channel scales or group pairs, the bias), `same`
+    siblings merge (the weight rows, their per-channel or per-group scales or group pairs, the
+    bias; their shapes past dim 0 must agree), `same`
     must be equal across siblings (the row hint; the group size)."""
     op: object
     weights: tuple
@@ -268,7 +269,10 @@ def merge_sibling_woq_linears(graph: torch.fx.Graph) -> list:
             if v is None or vw is None or has_symbolic(vw.shape):
                 continue
             same = tuple(node.args[i] for i in kind.same)
-            key = (kind, _uncast(x), val(x).dtype, same, v.dtype, node.args[kind.bias] is None)
+            # a weight's, scale's (per channel or per group) and bias's shape past dim 0: equal to concatenate
+            widths = tuple(None if (n := node.args[i]) is None or val(n) is None else tuple(val(n).shape[1:])
+                           for i in kind.weights)
+            key = (kind, _uncast(x), val(x).dtype, same, widths, v.dtype, node.args[kind.bias] is None)
             groups.setdefault(key, []).append(node)
     merged, constant = [], {}
     for (kind, *_), nodes in groups.items():

@@ -184,27 +184,29 @@ def per_token_linear_example(rank: int, bias: bool, bf16: bool = False, rows: in
     return args + ([torch.randn(6)] if bias else [])
 
 
-# --- weight-only int4: linear(x, reshape(dq(w_grouped)), b) ----------------------------------
-# convert_pt2e's form of a group-wise weight spec (get_x86_inductor_linear_weight_only_int4_config):
-# the int8 constant holds 4-bit values as [out * in / group, group], dequantized per row of that
-# view, then reshaped to [out, in]. Sizes are wildcards in a traced pattern: any group matches.
+# --- weight-only group-wise: linear(x, reshape(dq(w_grouped)), b) --------------------------
+# convert_pt2e's form of a group-wise weight spec (get_x86_inductor_linear_weight_only_int4_config,
+# get_x86_inductor_linear_weight_only_int8_config(group_size=...)): the int8 constant holds 4- or
+# 8-bit values as [out * in / group, group], dequantized per row of that view, then reshaped to
+# [out, in]. Sizes are wildcards in a traced pattern: any group matches; the rules tell 4 bits from
+# 8 by the dequantize's range (passes/registry.py: rows that trace alike, first check that passes).
 
 
 @functools.cache
-def woq_int4_linear(bias: bool, bf16: bool):
+def woq_grouped_linear(bias: bool, bf16: bool):
     """linear(x, reshape(dq_per_channel(w_grouped)), b), the forms of woq_int8_linear."""
     def weight(w, w_scale, w_zp):
         return _cast(aten.reshape(dq_weight_per_channel(w, w_scale, w_zp), [6, 8]), bf16)
     if bias:
-        def woq_int4_linear(x, w, w_scale, w_zp, b):
+        def woq_grouped_linear(x, w, w_scale, w_zp, b):
             return F.linear(x, weight(w, w_scale, w_zp), _cast(b, bf16))
     else:
-        def woq_int4_linear(x, w, w_scale, w_zp):
+        def woq_grouped_linear(x, w, w_scale, w_zp):
             return F.linear(x, weight(w, w_scale, w_zp))
-    return woq_int4_linear
+    return woq_grouped_linear
 
 
-def woq_int4_linear_example(rank: int, bias: bool, bf16: bool, rows: int = 4, layout: str = "contiguous"):
+def woq_grouped_linear_example(rank: int, bias: bool, bf16: bool, rows: int = 4, layout: str = "contiguous"):
     """woq_linear_example with the [6, 8] weight in groups of 4: an int8 [12, 4] constant."""
     x, _, _, _, *b = woq_linear_example(rank, bias, bf16, rows, layout)
     return [x, torch.randint(-8, 8, (12, 4), dtype=torch.int8), torch.rand(12), torch.zeros(12, dtype=torch.int64), *b]

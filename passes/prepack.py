@@ -340,7 +340,7 @@ def lower_woq_int8_linear(match: Match) -> tuple:
 # --- weight-only int4 (group-wise) -------------------------------------------------------------
 
 
-def _int4_geometry(match: Match) -> tuple:
+def _grouped_geometry(match: Match) -> tuple:
     """(N, K, group) of the matched weight: the grouped constant [N * K / group, group] reshaped to [N, K]."""
     w_dq = _weight_dq(match)
     reshape = next(iter(w_dq.users))
@@ -360,12 +360,13 @@ def check_woq_int4_linear(match: Match) -> Optional[Reason]:
     if reason is not None:
         return reason
     a = args_of(w_dq)
-    if (w_dq.target is not qd.dequantize_per_channel.default or a["dtype"] != torch.int8 or a["axis"] != 0
-            or not within(a, (-8, 7))):
+    if w_dq.target is qd.dequantize_per_channel.default and a["dtype"] == torch.int8 and not within(a, (-8, 7)):
+        return Why.OTHER_RULE(detail="the weight is 8-bit per group")  # check_woq_grouped_int8_linear's
+    if w_dq.target is not qd.dequantize_per_channel.default or a["dtype"] != torch.int8 or a["axis"] != 0:
         return Why.WOQ_INT4_FORM(detail="the weight is not 4-bit ([-8, 7]) per group")
     if not constant_within(match.kwargs["w_zp"], -8, 7):
         return Why.WOQ_INT4_FORM(detail="the weight's zero points are not constants in [-8, 7]")
-    n, k, group = _int4_geometry(match)
+    n, k, group = _grouped_geometry(match)
     if not int4pack.supports(n, k, group):
         return Why.WOQ_INT4_GEOMETRY(n=n, k=k, group=group)
     return check_linear_form(match)
@@ -379,7 +380,7 @@ def lower_woq_int4_linear(match: Match) -> tuple:
     x = match.kwargs["x"]
     if node_of(match, aten.bmm.default) is not None:
         x = _contiguous(x)
-    n, k, group = _int4_geometry(match)
+    n, k, group = _grouped_geometry(match)
     dtype = val(out).dtype
     c = lambda op, args: call(graph, out, op, *args)  # noqa: E731
     b = match.kwargs.get("b")
@@ -402,6 +403,52 @@ def lower_woq_int4_linear(match: Match) -> tuple:
         y = c(aten.view.default, (y, [*leading, n]))
     out.replace_all_uses_with(y)
     match.erase_nodes()
+    return ()
+
+
+# --- weight-only int8, group-wise ----------------------------------------------------------------
+
+
+def check_woq_grouped_int8_linear(match: Match) -> Optional[Reason]:
+    """A float input (not a dequantize), input and output in one float dtype, an int8 weight per
+    group (the int4 rule's pattern with a dequantize range beyond [-8, 7]), symmetric (zero points all 0: the
+    kernel takes scales only), groups a multiple of 32, and our kernel layer in this compile: torch
+    has no op that keeps the weight int8 with a scale per group; the float linear on the
+    dequantized weight runs otherwise."""
+    w_dq = _weight_dq(match)
+    reason = _float_activation(match, Why.WOQ_FORM)
+    if reason is not None:
+        return reason
+    a = args_of(w_dq)
+    if w_dq.target is not qd.dequantize_per_channel.default or a["dtype"] != torch.int8 or a["axis"] != 0:
+        return Why.WOQ_FORM(detail="the weight is not int8 per group")
+    if within(a, (-8, 7)):  # 4-bit values: the int4 rule's, which keeps its own reason when it refuses
+        return Why.OTHER_RULE(detail="the weight is 4-bit per group")
+    if not own_kernels_in_use():
+        return Why.ACT_NOT_DEQUANTIZED()
+    if not all_zero(match.kwargs["w_zp"]):
+        return Why.WOQ_FORM(detail="the group-wise weight's zero points are not all 0 (or not constants)")
+    n, k, group = _grouped_geometry(match)
+    if group % 32 or k % group:
+        return Why.WOQ_FORM(detail=f"groups of {group} input channels: our kernel takes multiples of 32")
+    return check_linear_form(match)
+
+
+def lower_woq_grouped_int8_linear(match: Match) -> tuple:
+    # [view](addmm|mm([view](x), permute([cast](reshape(dq(w)))))) -> iq_onednn.woq_linear(x, w as [N, K], scales as [N, K / g], b)
+    out = match.output_node()
+    x = match.kwargs["x"]
+    if node_of(match, aten.bmm.default) is not None:
+        x = _contiguous(x)
+    n, k, group = _grouped_geometry(match)
+    c = lambda op, args: call(out.graph, out, op, *args)  # noqa: E731
+    w = c(aten.view.default, (match.kwargs["w"], [n, k]))
+    scales = c(aten.view.default, (_as_dtype(match.kwargs["w_scale"], torch.float32), [n, k // group]))
+    b = match.kwargs.get("b")
+    new = native.woq_linear(c, x, w, scales, None if b is None else _as_dtype(b, val(out).dtype), static_shape(x))
+    out.replace_all_uses_with(new)
+    match.erase_nodes()
+    count_kernel("woq_linear")
     return ()
 
 

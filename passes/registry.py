@@ -168,11 +168,15 @@ def _per_token_fusions():
                                  R.check_per_token_linear, R.prepack_per_token_linear)
 
 
-def _woq_int4_fusions():
-    # float activations x group-wise 4-bit weights (weight-only int4). No one-row form: Inductor
-    # decomposes a one-row addmm only up to 16 inputs, and a group is at least 32
-    return _float_linear_fusions("linear.woq_int4", P.woq_int4_linear, P.woq_int4_linear_example,
-                                 R.check_woq_int4_linear, R.lower_woq_int4_linear, no_one_row=True)
+def _woq_grouped_fusions():
+    # float activations x group-wise 4-bit weights (weight-only int4), then x group-wise 8-bit ones
+    # (the same traced pattern: the first whose check passes takes a match). No one-row form:
+    # Inductor decomposes a one-row addmm only up to 16 inputs, and a group is at least 32
+    yield from _float_linear_fusions("linear.woq_int4", P.woq_grouped_linear, P.woq_grouped_linear_example,
+                                     R.check_woq_int4_linear, R.lower_woq_int4_linear, no_one_row=True)
+    yield from _float_linear_fusions("linear.woq_grouped_int8", P.woq_grouped_linear, P.woq_grouped_linear_example,
+                                     R.check_woq_grouped_int8_linear, R.lower_woq_grouped_int8_linear,
+                                     no_one_row=True)
 
 
 def _post_op_fusions():
@@ -207,7 +211,7 @@ def _propagation_fusions():
 @functools.cache
 def fusions() -> tuple:
     """The table, in priority order."""
-    return (*_propagation_fusions(), *_prepack_fusions(), *_fp16_weight_fusions(), *_per_token_fusions(), *_woq_int4_fusions(), *_woq_int8_fusions(),
+    return (*_propagation_fusions(), *_prepack_fusions(), *_fp16_weight_fusions(), *_per_token_fusions(), *_woq_grouped_fusions(), *_woq_int8_fusions(),
             *_post_op_fusions())
 
 
@@ -228,16 +232,30 @@ def _declared() -> frozenset:
 
 
 def _entry(rows: list):
-    """One matcher entry for the rows whose patterns trace alike; the match's dtype picks the row
-    (rows that differ in more than dtype never trace alike on torch 2.13-2.14: every declared id
-    fires in tests/passes/test_phases.py)."""
+    """One matcher entry for the rows whose patterns trace alike: the match's dtype narrows them,
+    and the first of those (table order) whose check passes takes the match; its check runs again
+    when it rewrites, on the graph as it is then. Rows that differ in more than dtype trace alike
+    only where declared so (weight-only int4 and group-wise int8: the weight's range tells them
+    apart); every declared id fires in tests/passes/test_phases.py."""
 
-    def row(match):
+    def candidates(match) -> list:
         dtype = float_dtype(match)
-        return next((r for r in rows if r.dtype in (None, dtype)), rows[0])
+        return [r for r in rows if r.dtype in (None, dtype)] or rows[:1]
+
+    def decide(match) -> tuple:
+        """(the row that takes the match or None, [(row, reason) of the rows that refused])"""
+        refused = []
+        for fusion in candidates(match):
+            reason = fusion.check(match)
+            if reason is None:
+                return fusion, refused
+            refused.append((fusion, reason))
+        return None, refused
 
     def handler(match, *args, **kwargs):
-        fusion = row(match)
+        fusion, _ = decide(match)
+        if fusion is None:
+            raise RuntimeError("inductor-quant: a fusion's check passed and then failed on the same match")
         before = record(match.kwargs.get("y"))  # the fused op a post-op rule folds into
         conv = node_of(match, aten.convolution.default)
         conv_rank = len(val(conv).shape) - 2 if conv is not None and val(conv) is not None else 0
@@ -247,11 +265,11 @@ def _entry(rows: list):
         U.count_fusion(fusion.id, match, before, conv_rank)
 
     def check(match) -> bool:
-        fusion = row(match)
-        reason = fusion.check(match)
-        if reason and reason.why is not Why.OTHER_RULE:
-            D.keep_reason(match.output_node(), fusion.id, fusion.phase, reason)
-        return reason is None
+        fusion, refused = decide(match)
+        for row, reason in refused if fusion is None else ():
+            if reason.why is not Why.OTHER_RULE:
+                D.keep_reason(match.output_node(), row.id, row.phase, reason)
+        return fusion is not None
 
     pm = compat.pattern_matcher()
     return pm.GraphPatternEntry(pattern=rows[0].pattern(), extra_check=check, handler=handler)

@@ -843,9 +843,34 @@ at::Tensor qlinear_add(const at::Tensor& x, double x_scale, int64_t x_zp, const 
   return out;
 }
 
+// The int8 [N, K] weight with scales [N, K / group] as floats of `dtype` (fp32 products, rounded
+// once: the values the eager model's dequantize and dtype cast give). Threads split N.
+at::Tensor dequantize_grouped(const at::Tensor& w, const at::Tensor& scale, at::ScalarType dtype) {
+  const int64_t n = w.size(0), k = w.size(1), groups = scale.size(1), group = k / groups;
+  at::Tensor out = at::empty({n, k}, w.options().dtype(dtype));
+  const int8_t* wp = w.const_data_ptr<int8_t>();
+  const float* sp = scale.const_data_ptr<float>();
+  float* f32 = dtype == at::kBFloat16 ? nullptr : out.data_ptr<float>();
+  c10::BFloat16* bf16 = f32 ? nullptr : out.data_ptr<c10::BFloat16>();
+  at::parallel_for(0, n, 16, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j)
+      for (int64_t g = 0; g < groups; ++g) {
+        const float s = sp[j * groups + g];
+        for (int64_t i = j * k + g * group; i < j * k + (g + 1) * group; ++i) {
+          if (f32) f32[i] = float(wp[i]) * s;
+          else bf16[i] = c10::BFloat16(float(wp[i]) * s);
+        }
+      }
+  });
+  return out;
+}
+
 // A weight-only int8 linear: x (f32 or bf16) [..., K] times the int8 [N, K] weight, each output
-// channel times its scale, plus the bias; the output in x's dtype. The weight stays int8 in memory
+// channel times its scale (w_scale [N]) or each group of K / G input channels times its own
+// (w_scale [N, G], fp32), plus the bias; the output in x's dtype. The weight stays int8 in memory
 // (a quarter of f32's bytes, half of bf16's), which is what a memory-bound decode step reads.
+// More rows: oneDNN's matmul on the int8 weight per channel; per group, the float GEMM on the
+// weight dequantized into x's dtype.
 at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
                       const c10::optional<at::Tensor>& bias, int64_t m_hint) {
   auto& a = api();
@@ -854,14 +879,24 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
               "woq_linear: float32 or bfloat16 activations, got ", x_in.scalar_type());
   TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && x_in.size(-1) == w.size(1),
               "woq_linear: an int8 [out, in] weight whose in matches the input's last dim");
-  TORCH_CHECK(w_scale.numel() == w.size(0), "woq_linear: one weight scale per output channel");
   const int64_t k = w.size(1), n = w.size(0);
+  const bool grouped = w_scale.dim() == 2;
+  const int64_t group = grouped && w_scale.size(1) > 0 ? k / w_scale.size(1) : 0;
+  TORCH_CHECK(grouped ? w_scale.size(0) == n && group > 0 && group % 32 == 0 && group * w_scale.size(1) == k
+                      : w_scale.numel() == n,
+              "woq_linear: one weight scale per output channel [out], or per group [out, in / group] with the "
+              "group a multiple of 32 dividing in");
   const at::Tensor x = x_in.reshape({-1, k}).contiguous();
   std::vector<int64_t> out_sizes(x_in.sizes().begin(), x_in.sizes().end());
   out_sizes.back() = n;
+  if (grouped && x.size(0) != 1) {  // a prompt: the float GEMM on the dequantized weight
+    const at::Tensor w_float = dequantize_grouped(w.contiguous(), w_scale.to(at::kFloat).contiguous(), x.scalar_type());
+    const c10::optional<at::Tensor> b = bias.has_value() ? c10::optional<at::Tensor>(bias->to(x.scalar_type())) : bias;
+    return at::linear(x, w_float, b).view(out_sizes);
+  }
   at::Tensor out = at::empty(out_sizes, x.options());
   if (x.size(0) == 0) return out;
-  if (x.size(0) == 1 && w.is_contiguous()) {  // a decode step at batch 1: stream the weight
+  if (x.size(0) == 1 && (w.is_contiguous() || grouped)) {  // a decode step at batch 1: stream the weight
     // fp32 x as it is, bf16 x widened once into a row of its own (exact); scales and bias read in
     // their dtypes and the output written in x's: no tensor made or converted per call but the output
     std::vector<float> widened;
@@ -880,10 +915,12 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
     if (bias.has_value())
       b = (bias->scalar_type() == at::kFloat || bias->scalar_type() == at::kBFloat16) && bias->is_contiguous()
               ? *bias : bias->to(at::kFloat).contiguous();
-    woq_gemv::Args args{xf, w.const_data_ptr<int8_t>(), scale.const_data_ptr<float>(),
+    const at::Tensor wc = w.contiguous();
+    woq_gemv::Args args{xf, wc.const_data_ptr<int8_t>(), scale.const_data_ptr<float>(),
                         b.has_value() ? b->const_data_ptr() : nullptr, out.data_ptr(), k, n};
     args.bias_bf16 = b.has_value() && b->scalar_type() == at::kBFloat16;
     args.y_bf16 = out.scalar_type() == at::kBFloat16;
+    args.group = group;
     woq_gemv::run(args);
     return out;
   }

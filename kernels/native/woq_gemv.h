@@ -1,15 +1,19 @@
-// Weight-only int8 GEMV: y[n] = scale[n] * sum_k x[k] * w[n, k] (+ bias[n]) for one row of float
-// x (a decode step at batch 1) and a plain int8 [N, K] weight, accumulated in fp32.
+// Weight-only int8 GEMV: y[n] = sum_g scale[n, g] * sum_{k in g} x[k] * w[n, k] (+ bias[n]) for one
+// row of float x (a decode step at batch 1) and a plain int8 [N, K] weight, accumulated in fp32;
+// one scale per output channel (one group of K), or one per group of `group` input channels.
 //
 // Why: at one row a weight-only linear reads each weight byte once and does two flops with it,
 // so it should run at memory speed. oneDNN's matmul with weight decompression reached about 9 GB/s
 // on an AMD EPYC Zen 4 (Gemma-3-270M's 262k x 640 LM head: ~17 ms), slower than the bf16 GEMV it
 // replaces; this loop streams the weight at memory speed (docs/PERFORMANCE.md, section 5). From two
 // rows on it stops being memory-bound, and oneDNN's matmul is as fast or faster (measured 2-4
-// rows: section 5b), so the op gives it one row only.
+// rows: section 5b), so the op gives it one row only. Scales per group (groups of 32-256) keep an
+// outlier from coarsening a whole channel's grid: on Gemma-3-270M, KL to the float model 0.0038
+// per channel, 0.0015 in groups of 64 (section 5b), for a scale stream of 4 / group of the weight's bytes.
 //
 // How: four output channels at a time, each two independent chains of fused multiply-adds over K
-// in vector registers (int8 -> int32 -> fp32 in registers), the weight prefetched well ahead;
+// (or over one group, then times the group's scale into the channel's sum) in vector registers
+// (int8 -> int32 -> fp32 in registers), the weight (and the group scales) prefetched well ahead;
 // threads split N. AVX-512 or AVX2 by what the CPU has (checked at run time); plain C++ else.
 // Sums run in a different order than oneDNN's, so fp32 results differ from it by float rounding.
 
@@ -35,19 +39,21 @@ constexpr int kBlock = 4;  // output channels per inner loop
 struct Args {
   const float* x;      // [k] fp32, contiguous
   const int8_t* w;     // [n, k] int8, contiguous
-  const float* scale;  // [n]
+  const float* scale;  // [n] (group 0), else [n, k / group]
   const void* bias;    // [n] fp32 or bf16 (bias_bf16), or nullptr
   void* y;             // [n] fp32 or bf16 (y_bf16)
   int64_t k, n;
   bool bias_bf16 = false, y_bf16 = false;
+  int64_t group = 0;   // 0: one scale per output channel; else a multiple of 32 dividing k
 };
 
 // y = sum * scale (+ bias), rounded once to y's dtype: the bf16 bias widened exactly, the fp32 sum
-// rounded to bf16 at the end (as a bf16 linear rounds its fp32 accumulator)
-inline void finish(const Args& a, int64_t j, float sum) {
+// rounded to bf16 at the end (as a bf16 linear rounds its fp32 accumulator). `scale` 1 where the
+// group scales are in the sum already.
+inline void finish(const Args& a, int64_t j, float sum, float scale) {
   float b = 0.f;
   if (a.bias) b = a.bias_bf16 ? float(static_cast<const c10::BFloat16*>(a.bias)[j]) : static_cast<const float*>(a.bias)[j];
-  const float v = sum * a.scale[j] + b;
+  const float v = sum * scale + b;
   if (a.y_bf16)
     static_cast<c10::BFloat16*>(a.y)[j] = c10::BFloat16(v);
   else
@@ -55,11 +61,16 @@ inline void finish(const Args& a, int64_t j, float sum) {
 }
 
 inline void block_scalar(const Args& a, int64_t j0, int64_t j1) {
+  const int64_t group = a.group ? a.group : a.k, groups = a.k / group;
   for (int64_t j = j0; j < j1; ++j) {
     float sum = 0.f;
     const int8_t* wr = a.w + j * a.k;
-    for (int64_t i = 0; i < a.k; ++i) sum += a.x[i] * float(wr[i]);
-    finish(a, j, sum);
+    for (int64_t g = 0; g < groups; ++g) {
+      float part = 0.f;
+      for (int64_t i = g * group; i < (g + 1) * group; ++i) part += a.x[i] * float(wr[i]);
+      sum += a.group ? part * a.scale[j * groups + g] : part;
+    }
+    finish(a, j, sum, a.group ? 1.f : a.scale[j]);
   }
 }
 
@@ -100,7 +111,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512(co
     }
     if (pairs < full) step_avx512<false>(a, wr, pairs, 0, acc);
     if (full < k) step_avx512<true>(a, wr, full, tail, acc2);
-    for (int b = 0; b < kBlock; ++b) finish(a, j + b, _mm512_reduce_add_ps(_mm512_add_ps(acc[b], acc2[b])));
+    for (int b = 0; b < kBlock; ++b) finish(a, j + b, _mm512_reduce_add_ps(_mm512_add_ps(acc[b], acc2[b])), a.scale[j + b]);
   }
   block_scalar(a, j, j1);
 }
@@ -130,8 +141,76 @@ __attribute__((target("avx2,fma"))) inline void block_avx2(const Args& a, int64_
     for (int b = 0; b < kBlock; ++b) {
       float sum = hsum256(acc[b]);
       for (int64_t i = full; i < k; ++i) sum += a.x[i] * float(wr[b * k + i]);
-      finish(a, j + b, sum);
+      finish(a, j + b, sum, a.scale[j + b]);
     }
+  }
+  block_scalar(a, j, j1);
+}
+
+// kBlock channels j.. : the weight rows kPrefetchBlocks blocks ahead from column i (a cache line
+// each), and at a block's start its group scales as far ahead (a stream beside the weight's)
+__attribute__((always_inline)) inline void prefetch_ahead(const Args& a, const int8_t* wr, int64_t i) {
+  for (int b = 0; b < kBlock; ++b)
+    _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * a.k + i), _MM_HINT_T0);
+}
+
+inline void prefetch_scales(const Args& a, int64_t j) {
+  const int64_t groups = a.k / a.group, bytes = kBlock * groups * int64_t(sizeof(float));
+  const char* ahead = reinterpret_cast<const char*>(a.scale + std::min(j + kPrefetchBlocks * kBlock, a.n - 1) * groups);
+  for (int64_t at = 0; at < bytes; at += 64) _mm_prefetch(ahead + at, _MM_HINT_T0);
+}
+
+// Group scales (a.group > 0, a multiple of 32): per group the two accumulator sets' sum times the
+// group's scale into the channel's sum.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512_grouped(const Args& a, int64_t j0, int64_t j1) {
+  const int64_t k = a.k, group = a.group, groups = k / group;
+  int64_t j = j0;
+  for (; j + kBlock <= j1; j += kBlock) {
+    const int8_t* wr = a.w + j * k;
+    const float* sc = a.scale + j * groups;
+    prefetch_scales(a, j);
+    __m512 sum[kBlock];
+    for (int b = 0; b < kBlock; ++b) sum[b] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512 acc[kBlock], acc2[kBlock];
+      for (int b = 0; b < kBlock; ++b) acc[b] = acc2[b] = _mm512_setzero_ps();
+      for (int64_t i = g * group; i < (g + 1) * group; i += 32) {
+        if ((i & 63) == 0) prefetch_ahead(a, wr, i);
+        step_avx512<false>(a, wr, i, 0, acc);
+        step_avx512<false>(a, wr, i + 16, 0, acc2);
+      }
+      for (int b = 0; b < kBlock; ++b)
+        sum[b] = _mm512_fmadd_ps(_mm512_add_ps(acc[b], acc2[b]), _mm512_set1_ps(sc[b * groups + g]), sum[b]);
+    }
+    for (int b = 0; b < kBlock; ++b) finish(a, j + b, _mm512_reduce_add_ps(sum[b]), 1.f);
+  }
+  block_scalar(a, j, j1);
+}
+
+__attribute__((target("avx2,fma"))) inline void block_avx2_grouped(const Args& a, int64_t j0, int64_t j1) {
+  const int64_t k = a.k, group = a.group, groups = k / group;
+  int64_t j = j0;
+  for (; j + kBlock <= j1; j += kBlock) {
+    const int8_t* wr = a.w + j * k;
+    const float* sc = a.scale + j * groups;
+    prefetch_scales(a, j);
+    __m256 sum[kBlock];
+    for (int b = 0; b < kBlock; ++b) sum[b] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256 acc[kBlock];
+      for (int b = 0; b < kBlock; ++b) acc[b] = _mm256_setzero_ps();
+      for (int64_t i = g * group; i < (g + 1) * group; i += 8) {
+        if ((i & 63) == 0) prefetch_ahead(a, wr, i);
+        const __m256 xv = _mm256_loadu_ps(a.x + i);
+        for (int b = 0; b < kBlock; ++b) {
+          int64_t eight;
+          std::memcpy(&eight, wr + b * k + i, 8);
+          acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(eight))), xv, acc[b]);
+        }
+      }
+      for (int b = 0; b < kBlock; ++b) sum[b] = _mm256_fmadd_ps(acc[b], _mm256_set1_ps(sc[b * groups + g]), sum[b]);
+    }
+    for (int b = 0; b < kBlock; ++b) finish(a, j + b, hsum256(sum[b]), 1.f);
   }
   block_scalar(a, j, j1);
 }
@@ -152,6 +231,11 @@ inline Block pick() {
 
 inline const char* name(Block b) {
   return b == block_avx512 ? "avx512" : b == block_avx2 ? "avx2" : "scalar";
+}
+
+// The group-scale loop of the same width as `pick()`'s
+inline Block grouped(Block b) {
+  return b == block_avx512 ? block_avx512_grouped : b == block_avx2 ? block_avx2_grouped : block_scalar;
 }
 
 // The weight's memory in 2 MB pages, asked once per weight (by its address) before the first
@@ -179,8 +263,10 @@ inline void advise_huge_pages(const void* data, int64_t bytes) {
 
 // y = x w^T * scale (+ bias) over every output channel, threads splitting N.
 inline void run(const Args& a) {
-  static const Block block = pick();
+  static const Block per_channel = pick(), per_group = grouped(per_channel);
+  const Block block = a.group ? per_group : per_channel;
   advise_huge_pages(a.w, a.n * a.k);
+  if (a.group) advise_huge_pages(a.scale, a.n * (a.k / a.group) * int64_t(sizeof(float)));
   const int64_t blocks = (a.n + kBlock - 1) / kBlock;
   at::parallel_for(0, blocks, 64, [&](int64_t b0, int64_t b1) { block(a, b0 * kBlock, std::min(b1 * kBlock, a.n)); });
 }

@@ -5,6 +5,7 @@
     python tests/fuzz/fuzz.py --graphs 500 --bundle 4      # up to 4 graphs of one quantizer per compile
     python tests/fuzz/fuzz.py --graphs 20 --only attention,woq_int4   # only graphs a new rule meets
     python tests/fuzz/fuzz.py --graphs 8 --only woq_int4_fzp          # int4 with float zero points
+    python tests/fuzz/fuzz.py --graphs 8 --only woq_int8_group        # group-wise int8 weights
     python tests/fuzz/fuzz.py --summary fuzz-out           # merge the shards' results
     python tests/fuzz/fuzz.py --replay fuzz-out/repro-*.json
 
@@ -68,7 +69,7 @@ def signature(o: harness.Outcome) -> str:
 def seeds_of(args) -> list[int]:
     """This shard's seeds: --graphs of them from --seed on; with --only, the first --graphs whose
     spec has one of those ops or quant kinds (a new rule's targeted sweep, e.g. attention,woq_int4;
-    `woq_int4_fzp`: int4 groups with float zero points)."""
+    `woq_int4_fzp`: int4 groups with float zero points; `woq_int8_group`: group-wise int8)."""
     shard, shards = (int(v) for v in args.shard.split("/"))
     candidates = (s for s in range(args.seed, args.seed + 1000 * args.graphs * shards) if s % shards == shard)
     if not args.only:
@@ -80,6 +81,8 @@ def seeds_of(args) -> list[int]:
         kinds = {op["op"] for op in spec["ops"]} | {spec["quant"]}
         if spec.get("int4_zero_point_domain") == "float":
             kinds.add("woq_int4_fzp")
+        if spec.get("woq_group"):
+            kinds.add("woq_int8_group")
         if wanted & kinds:
             picked.append(seed)
             if len(picked) == args.graphs:

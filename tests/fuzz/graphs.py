@@ -489,6 +489,8 @@ def generate(seed: int, max_ops: int = 7) -> dict:
             spec["int4_zero_points"] = True  # asymmetric groups (a zero point each), own stream
             if random.Random(seed * 71 + 43).random() < 0.5:
                 spec["int4_zero_point_domain"] = "float"  # least-squares fit, float zero points (own stream)
+    if int4_ready and spec["quant"] == "woq_int8" and random.Random(seed * 79 + 53).random() < 0.5:
+        spec["woq_group"] = True  # linears of 32k inputs group-wise int8 (harness.int4_linears), own stream
     if random.Random(seed * 19 + 2).random() < 0.25:  # upstream's recipe: every chain ends in q/dq
         spec["recipe"] = "upstream"
     return spec
@@ -498,5 +500,6 @@ def describe(spec: dict) -> str:
     """One line: input shape and op chain, e.g. `[2, 4, 9, 9] conv(0) relu(1) add(2,0) | out 3`."""
     ops = " ".join(f"{op['op']}({','.join(map(str, op['in']))})" for op in spec["ops"])
     recipe = ("/upstream" if spec.get("recipe") == "upstream" else "") + ("/smooth" if spec.get("smooth") else "") + (
+        "/g32" if spec.get("woq_group") else "") + (
         ("/fzp" if spec.get("int4_zero_point_domain") == "float" else "/zp") if spec.get("int4_zero_points") else "")
     return f"{spec['quant']}{recipe} {spec['input']} {ops} | out {','.join(map(str, spec['outputs']))}"

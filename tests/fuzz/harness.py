@@ -131,7 +131,7 @@ def install_our_passes():
 def quantizer_key(spec: dict) -> tuple:
     """What `_quantizer` builds its quantizer from: specs with one key can share a bundle."""
     return (spec["quant"], spec.get("recipe", "ours"), spec.get("smooth"), spec.get("int4_zero_points", False),
-            spec.get("int4_zero_point_domain", "int"))
+            spec.get("int4_zero_point_domain", "int"), spec.get("woq_group", False))
 
 
 INT4_GROUP = 32  # the fuzzer's group size: the smallest torch's int4 GEMM takes, so more drawn linears qualify
@@ -147,7 +147,8 @@ def int4_linears(spec: dict) -> list[int]:
 
 def _quantizer(specs: list[dict]):
     """static / dynamic int8 everywhere; xnnpack: XNNPACKQuantizer's symmetric config (int8
-    activations); woq_int8: int8 static, linears weight-only int8; dyn_token: int8 static, linears
+    activations); woq_int8: int8 static, linears weight-only int8 (with `woq_group`, those
+    `int4_linears` names in groups of 32); dyn_token: int8 static, linears
     dynamic int8 per token; woq_int4: int8 static, the
     linears `int4_linears` names weight-only int4 in groups of 32 (with zero points when the spec
     says `int4_zero_points`, float ones fitted by least squares when `int4_zero_point_domain` is
@@ -164,6 +165,11 @@ def _quantizer(specs: list[dict]):
         quantizer.set_module_type_qconfig(torch.nn.Linear, get_x86_inductor_linear_dynamic_fp16_config())
     if spec["quant"] == "woq_int8":
         quantizer.set_module_type_qconfig(torch.nn.Linear, get_x86_inductor_linear_weight_only_int8_config())
+        if spec.get("woq_group"):  # the linears `int4_linears` names group-wise, the others per channel
+            grouped = get_x86_inductor_linear_weight_only_int8_config(group_size=INT4_GROUP)
+            for k, one in enumerate(specs):
+                for i in int4_linears(one):
+                    quantizer.set_module_name_qconfig(f"{'graphs.%d.' % k if len(specs) > 1 else ''}layers.{i}", grouped)
     if spec["quant"] == "dyn_token":
         quantizer.set_module_type_qconfig(torch.nn.Linear, get_x86_inductor_linear_dynamic_per_token_config())
     if spec["quant"] == "woq_int4":

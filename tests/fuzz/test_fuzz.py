@@ -387,17 +387,17 @@ def test_the_slice_reaches_per_token_dynamic_int8(config):
     assert outcome.status == "ok" and fused >= 4, (outcome.error, outcome.fused)
 
 
-@pytest.mark.parametrize("seed", [222, 307, 317, 2114, 10531], ids=[
+@pytest.mark.parametrize("seed", [222, 307, 317, 2114, 10531, 1539], ids=[
     "qkv-into-attention", "sibling-outputs-added-in-place", "int4-zp-siblings-added-in-place", "int4-3d-siblings",
-    "int4-float-zp-siblings-added-in-place"])
+    "int4-float-zp-siblings-added-in-place", "int8-group-siblings-added-in-place"])
 @pytest.mark.parametrize("config", ["freeze-cpp-bf16-dynbatch", "fast-fp32-static"])
 def test_the_generator_reaches_the_weight_only_merge(seed, config):
     """Weight-only siblings on one input merge into one call (graph_rewrites.merge_sibling_woq_linears):
     int8 — seed 222 draws Q, K, V into self-attention, seed 307 two pairs whose outputs are cat'ed
     and added in place; int4 (our op) — seed 317 a pair with zero points per group added in place,
     seed 2114 a pair on a 3-D input, seed 10531 a pair with float zero points (the least-squares fit)
-    added in place; all compile exact under a dynamic batch, the C++ wrapper and
-    `template_options()`."""
+    added in place; group-wise int8 -- seed 1539 a pair added in place, beside per-channel int8
+    linears; all compile exact under a dynamic batch, the C++ wrapper and `template_options()`."""
     bf16 = "bf16" in config
     if bf16 and not inductor_quant.cpu_info().bf16_native:
         pytest.skip("int8-mixed-bf16 is recommended only where bf16 is native")
@@ -409,6 +409,18 @@ def test_the_generator_reaches_the_weight_only_merge(seed, config):
     assert merged >= {222: 2, 307: 2}.get(seed, 1), outcome.fused  # Q+K+V: 2 absorbed; 307: two pairs; int4: a pair
     if spec["quant"] == "woq_int4":
         assert outcome.fused.get("kernel.woq_int4_linear"), outcome.fused
+    if spec.get("woq_group"):
+        assert any(k.startswith("linear.woq_grouped_int8") for k in outcome.fused), outcome.fused
+
+
+def test_the_generator_draws_group_wise_int8_weights():
+    """`woq_group` (get_x86_inductor_linear_weight_only_int8_config(group_size=32) on the linears
+    of 32k inputs) is drawn for weight-only int8 specs only, on its own stream: the fixed seeds
+    and the slice keep the specs they had."""
+    specs = [graphs.generate(seed) for seed in range(3000)]
+    grouped = [s for s in specs if s.get("woq_group")]
+    assert len(grouped) >= 5 and all(s["quant"] == "woq_int8" and harness.int4_linears(s) for s in grouped)
+    assert not any(graphs.generate(seed).get("woq_group") for seed in (*SLICE, 222, 307))
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[os.path.basename(p) for p in CORPUS])

@@ -322,6 +322,30 @@ def test_weight_only_decode_rows_stream_the_weight(dtype, k):
         torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("k,group", [(640, 64), (640, 32), (256, 128), (96, 96)], ids=lambda v: str(v))
+def test_weight_only_group_scales_decode_rows_and_prompts_are_the_linear_on_the_dequantized_weight(dtype, k, group):
+    """Scales [out, in / group] (a multiple of 32): one row takes our GEMV's group loop (each
+    group's fp32 sum times its scale), more rows the float GEMM on the weight dequantized into x's
+    dtype -- the eager model's weight exactly, so prompts match its linear bitwise; channels not a
+    multiple of the GEMV's block of 4 included."""
+    g = torch.Generator().manual_seed(13)
+    n = 4 * 37 + 3
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    w_scale = torch.rand(n, k // group, generator=g) * 0.01 + 0.001
+    w_float = (w.float().view(n, k // group, group) * w_scale[..., None]).view(n, k)
+    b = torch.randn(n, generator=g).to(dtype)
+    for rows in (1, 3):
+        x = torch.randn(2, rows, k, generator=g).to(dtype)[:1]
+        out = torch.ops.iq_onednn.woq_linear(x, w, w_scale, b, 1)
+        assert out.dtype == dtype and out.shape == (1, rows, n)
+        if rows > 1:  # the eager model: dequantize (fp32), cast to x's dtype, linear
+            assert torch.equal(out, torch.nn.functional.linear(x, w_float.to(dtype), b))
+        ref = torch.nn.functional.linear(x.float(), w_float, b.float())
+        tol = 1e-5 if dtype is torch.float32 else 1e-2
+        torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
 def test_the_bf16_decode_row_is_the_fp32_gemv_rounded_once():
     """bf16 in and out of the GEMV (no conversions around it): bitwise the fp32 GEMV of the widened
     row and bias, its output rounded to bf16 once; with and without a bias, a bf16 or fp32 bias."""
@@ -384,6 +408,9 @@ def test_weight_only_linear_refuses_what_it_does_not_compute():
         torch.ops.iq_onednn.woq_linear(torch.zeros(2, 16), w, torch.ones(1), None, 1)
     with pytest.raises(RuntimeError, match="int8 \\[out, in\\] weight"):
         torch.ops.iq_onednn.woq_linear(torch.zeros(2, 15), w, s, None, 1)
+    for groups in (torch.ones(8, 3), torch.ones(4, 1), torch.ones(8, 4)):  # 16 / 3; rows; groups of 4
+        with pytest.raises(RuntimeError, match="per group \\[out, in / group\\] with the group a multiple of 32"):
+            torch.ops.iq_onednn.woq_linear(torch.zeros(2, 16), w, groups, None, 1)
 
 
 # --- weight-only int4 linear --------------------------------------------------------------------

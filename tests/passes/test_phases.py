@@ -388,13 +388,14 @@ def test_fp16_weight_under_bf16_autocast_is_left_to_autocast_by_design():
 class WeightOnlyLinear(torch.nn.Module):
     """convert_pt2e's forms of the weight-only configs: int8, linear(x, dq_per_channel(w [8, 16] in
     [-127, 127]), b); int4 (`bits=4`), linear(x, reshape(dq_per_channel(w [16 * 32 / 32, 32] in
-    [-8, 7])), [16, 32]), b), group 32 and 16 outputs, which torch's int4 GEMM takes."""
+    [-8, 7])), [16, 32]), b), group 32 and 16 outputs, which torch's int4 GEMM takes; group-wise
+    int8 (`bits="8g"`), the int4 form with values in [-127, 127]."""
 
-    def __init__(self, bias: bool, dims, bits: int = 8):
+    def __init__(self, bias: bool, dims, bits=8):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.dims, self.bits = dims, bits
-        out, qmax = (8, 127) if bits == 8 else (16, 7)
+        out, qmax = (8, 127) if bits == 8 else (16, 7) if bits == 4 else (16, 127)
         self.shape = (out, 16 if bits == 8 else 32)
         self.register_buffer("w", torch.randint(-qmax, qmax + 1, self.shape, dtype=torch.int8, generator=g))
         self.register_buffer("scale", torch.rand(out, generator=g) * 0.02 + 0.001)
@@ -404,7 +405,7 @@ class WeightOnlyLinear(torch.nn.Module):
     def forward(self, x):
         if self.dims:
             x = x.permute(self.dims)
-        qmin, qmax = (-127, 127) if self.bits == 8 else (-8, 7)
+        qmin, qmax = (-8, 7) if self.bits == 4 else (-127, 127)
         dq = torch.ops.quantized_decomposed.dequantize_per_channel(self.w, self.scale, self.zp, 0, qmin, qmax, torch.int8)
         return torch.nn.functional.linear(x, dq if self.bits == 8 else dq.reshape(self.shape), self.b)
 
@@ -436,15 +437,19 @@ INT4_CASES = [(tuple(32 if d == 16 else d for d in shape), dims, form, bias, bf1
 # int4 runs our kernel where our layer is in the compile, torch's int4 GEMM (an ATen op) without it
 WEIGHT_ONLY_KERNELS = {8: [("woq_linear", "iq_onednn.woq_linear.default", rewrite_with_our_kernels)],
                        4: [("woq_int4_linear", "iq_onednn.woq_int4_linear.default", rewrite_with_our_kernels),
-                           (None, "aten._weight_int4pack_mm_for_cpu.default", rewrite_with_constants)]}
+                           (None, "aten._weight_int4pack_mm_for_cpu.default", rewrite_with_constants)],
+                       "8g": [("woq_linear", "iq_onednn.woq_linear.default", rewrite_with_our_kernels)]}
+WEIGHT_ONLY_IDS = {8: "linear.woq_int8", 4: "linear.woq_int4", "8g": "linear.woq_grouped_int8"}
+WEIGHT_ONLY_CASES = ((8, WOQ_CASES), (4, INT4_CASES), ("8g", INT4_CASES))
 
 
-@pytest.mark.parametrize("bits,shape,dims,form,bias,bf16", [(8, *c) for c in WOQ_CASES] + [(4, *c) for c in INT4_CASES],
+@pytest.mark.parametrize("bits,shape,dims,form,bias,bf16", [(n, *c) for n, cases in WEIGHT_ONLY_CASES for c in cases],
                          ids=[f"int{n}.{f}{'.bf16' if h else ''}{'' if b else '.nobias'}"
-                              for n, cases in ((8, WOQ_CASES), (4, INT4_CASES)) for _, _, f, b, h in cases])
+                              for n, cases in WEIGHT_ONLY_CASES for _, _, f, b, h in cases])
 def test_weight_only_linear_becomes_its_kernel(bits, shape, dims, form, bias, bf16):
     """int8: our kernel layer's woq_linear; int4: our woq_int4_linear, or torch's int4 GEMM (an
-    ATen op) in a compile without our kernel layer."""
+    ATen op) in a compile without our kernel layer; group-wise int8: our woq_linear with group
+    scales (the int4 rule's pattern: the int4 rule leaves it to this one)."""
     for kernel, op, rewrite_as_compiled in WEIGHT_ONLY_KERNELS[bits]:
         model = WeightOnlyLinear(bias, dims, bits).eval()
         x = torch.randn(shape)
@@ -452,7 +457,7 @@ def test_weight_only_linear_becomes_its_kernel(bits, shape, dims, form, bias, bf
         if bits == 8 and not probe.weight_only_linear_builds(torch.bfloat16 if bf16 else torch.float32):
             assert [u.code for u in stats["unfused"]] == ["woq_unbuildable"], stats  # bf16 without AVX-512
             return
-        fusion_id = f"linear.woq_int{bits}.{form}{'.bf16' if bf16 else ''}{'' if bias else '.nobias'}"
+        fusion_id = f"{WEIGHT_ONLY_IDS[bits]}.{form}{'.bf16' if bf16 else ''}{'' if bias else '.nobias'}"
         assert stats == {"fused": {fusion_id: 1}, "unfused": [], "kernels": {kernel: 1} if kernel else {}}, stats
         t = targets(gm)
         assert t[op] == 1, gm.code
@@ -564,6 +569,7 @@ def test_every_fusion_id_fired():
             rewrite_with_constants(PerTokenLinear(bias, dims).eval(), (torch.randn(shape),), bf16)
         for shape, dims, _, bias, bf16 in INT4_CASES:
             rewrite_with_constants(WeightOnlyLinear(bias, dims, bits=4).eval(), (torch.randn(shape),), bf16)
+            rewrite_with_our_kernels(WeightOnlyLinear(bias, dims, bits="8g").eval(), (torch.randn(shape),), bf16)
     # without VNNI an int8 activation (8 bits once shifted) never fuses: its shift cannot fire
     needs_vnni = set() if cpu_info().vnni else {"qconv.s8_to_u8"}
     # bf16 weight-only linears need AVX-512 (kernels/probe.py)
