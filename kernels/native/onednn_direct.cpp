@@ -843,28 +843,6 @@ at::Tensor qlinear_add(const at::Tensor& x, double x_scale, int64_t x_zp, const 
   return out;
 }
 
-// The int8 [N, K] weight with scales [N, K / group] as floats of `dtype` (fp32 products, rounded
-// once: the values the eager model's dequantize and dtype cast give). Threads split N.
-at::Tensor dequantize_grouped(const at::Tensor& w, const at::Tensor& scale, at::ScalarType dtype) {
-  const int64_t n = w.size(0), k = w.size(1), groups = scale.size(1), group = k / groups;
-  at::Tensor out = at::empty({n, k}, w.options().dtype(dtype));
-  const int8_t* wp = w.const_data_ptr<int8_t>();
-  const float* sp = scale.const_data_ptr<float>();
-  float* f32 = dtype == at::kBFloat16 ? nullptr : out.data_ptr<float>();
-  c10::BFloat16* bf16 = f32 ? nullptr : out.data_ptr<c10::BFloat16>();
-  at::parallel_for(0, n, 16, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j)
-      for (int64_t g = 0; g < groups; ++g) {
-        const float s = sp[j * groups + g];
-        for (int64_t i = j * k + g * group; i < j * k + (g + 1) * group; ++i) {
-          if (f32) f32[i] = float(wp[i]) * s;
-          else bf16[i] = c10::BFloat16(float(wp[i]) * s);
-        }
-      }
-  });
-  return out;
-}
-
 // A weight-only int8 linear: x (f32 or bf16) [..., K] times the int8 [N, K] weight, each output
 // channel times its scale (w_scale [N]) or each group of K / G input channels times its own
 // (w_scale [N, G], fp32), plus the bias; the output in x's dtype. The weight stays int8 in memory
@@ -890,7 +868,10 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
   std::vector<int64_t> out_sizes(x_in.sizes().begin(), x_in.sizes().end());
   out_sizes.back() = n;
   if (grouped && x.size(0) != 1) {  // a prompt: the float GEMM on the dequantized weight
-    const at::Tensor w_float = dequantize_grouped(w.contiguous(), w_scale.to(at::kFloat).contiguous(), x.scalar_type());
+    const at::Tensor wc = w.contiguous(), sc = w_scale.to(at::kFloat).contiguous();
+    at::Tensor w_float = at::empty({n, k}, x.options());
+    woq_gemv::dequantize(wc.const_data_ptr<int8_t>(), sc.const_data_ptr<float>(), n, k, group, w_float.data_ptr(),
+                         x.scalar_type() == at::kBFloat16);
     const c10::optional<at::Tensor> b = bias.has_value() ? c10::optional<at::Tensor>(bias->to(x.scalar_type())) : bias;
     return at::linear(x, w_float, b).view(out_sizes);
   }

@@ -169,20 +169,22 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512_gr
     const int8_t* wr = a.w + j * k;
     const float* sc = a.scale + j * groups;
     prefetch_scales(a, j);
-    __m512 sum[kBlock];
-    for (int b = 0; b < kBlock; ++b) sum[b] = _mm512_setzero_ps();
+    __m512 sum[2][kBlock];  // even and odd groups: two chains of the scaled sums
+    for (int b = 0; b < kBlock; ++b) sum[0][b] = sum[1][b] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; ++g) {
-      __m512 acc[kBlock], acc2[kBlock];
-      for (int b = 0; b < kBlock; ++b) acc[b] = acc2[b] = _mm512_setzero_ps();
-      for (int64_t i = g * group; i < (g + 1) * group; i += 32) {
+      __m512 part[kBlock];
+      for (int64_t i = g * group; i < (g + 1) * group; i += 16) {
         if ((i & 63) == 0) prefetch_ahead(a, wr, i);
-        step_avx512<false>(a, wr, i, 0, acc);
-        step_avx512<false>(a, wr, i + 16, 0, acc2);
+        const __m512 xv = _mm512_loadu_ps(a.x + i);
+        _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
+          const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + b * k + i))));
+          part[b] = i == g * group ? _mm512_mul_ps(wv, xv) : _mm512_fmadd_ps(wv, xv, part[b]);
+        }
       }
-      for (int b = 0; b < kBlock; ++b)
-        sum[b] = _mm512_fmadd_ps(_mm512_add_ps(acc[b], acc2[b]), _mm512_set1_ps(sc[b * groups + g]), sum[b]);
+      _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b)
+        sum[g & 1][b] = _mm512_fmadd_ps(part[b], _mm512_set1_ps(sc[b * groups + g]), sum[g & 1][b]);
     }
-    for (int b = 0; b < kBlock; ++b) finish(a, j + b, _mm512_reduce_add_ps(sum[b]), 1.f);
+    for (int b = 0; b < kBlock; ++b) finish(a, j + b, _mm512_reduce_add_ps(_mm512_add_ps(sum[0][b], sum[1][b])), 1.f);
   }
   block_scalar(a, j, j1);
 }
@@ -236,6 +238,51 @@ inline const char* name(Block b) {
 // The group-scale loop of the same width as `pick()`'s
 inline Block grouped(Block b) {
   return b == block_avx512 ? block_avx512_grouped : b == block_avx2 ? block_avx2_grouped : block_scalar;
+}
+
+// 16 fp32 values stored as fp32 (bf16 null) or rounded to bf16 (to nearest even, as c10::BFloat16
+// rounds finite values)
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void store16(__m512 v, float* f32, c10::BFloat16* bf16) {
+  if (!bf16) {
+    _mm512_storeu_ps(f32, v);
+    return;
+  }
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), odd), 16);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(bf16), _mm512_cvtepi32_epi16(rounded));
+}
+
+// One [k] row of int8 weights times its group scales (groups of `group`, a multiple of 32) as fp32
+// products, written as fp32 or rounded once to bf16: what the eager model's dequantize and autocast give.
+inline void dequantize_row_plain(const int8_t* wr, const float* sc, int64_t k, int64_t group, float* f32,
+                                 c10::BFloat16* bf16) {
+  for (int64_t i = 0; i < k; ++i) {
+    const float v = float(wr[i]) * sc[i / group];
+    if (bf16) bf16[i] = c10::BFloat16(v); else f32[i] = v;
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void dequantize_row_avx512(
+    const int8_t* wr, const float* sc, int64_t k, int64_t group, float* f32, c10::BFloat16* bf16) {
+  for (int64_t i = 0; i < k; i += 16) {
+    const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + i))));
+    store16(_mm512_mul_ps(v, _mm512_set1_ps(sc[i / group])), f32 ? f32 + i : nullptr, bf16 ? bf16 + i : nullptr);
+  }
+}
+
+// The int8 [n, k] weight with scales [n, k / group] as floats [n, k] (fp32, or bf16: out_bf16),
+// for a prompt's rows to multiply with the float GEMM. Threads split N.
+inline void dequantize(const int8_t* w, const float* scale, int64_t n, int64_t k, int64_t group, void* out,
+                       bool out_bf16) {
+  static const bool avx512 = pick() == block_avx512;
+  at::parallel_for(0, n, 16, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      float* f32 = out_bf16 ? nullptr : static_cast<float*>(out) + j * k;
+      c10::BFloat16* bf16 = out_bf16 ? static_cast<c10::BFloat16*>(out) + j * k : nullptr;
+      (avx512 ? dequantize_row_avx512 : dequantize_row_plain)(w + j * k, scale + j * (k / group), k, group, f32, bf16);
+    }
+  });
 }
 
 // The weight's memory in 2 MB pages, asked once per weight (by its address) before the first

@@ -329,16 +329,7 @@ inline void dequantize_row_plain(const uint8_t* wr, const void* sz, bool sz_bf16
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void store16(__m512 v, float* f32, c10::BFloat16* bf16) {
-  if (!bf16) {
-    _mm512_storeu_ps(f32, v);
-    return;
-  }
-  const __m512i bits = _mm512_castps_si512(v);  // finite values: round to nearest even on the upper half
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), odd), 16);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(bf16), _mm512_cvtepi32_epi16(rounded));
-}
+using woq_gemv::store16;
 
 __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void dequantize_row_avx512(
     const uint8_t* wr, const void* sz, bool sz_bf16, int64_t k, int64_t group, float* f32, c10::BFloat16* bf16) {
