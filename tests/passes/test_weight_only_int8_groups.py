@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from compile_utils import compile_and_run
-from test_weight_only_int8 import Siblings, assert_siblings_merged  # q, k, v and gate, up on one input (in 32)
+from test_weight_only_int8 import Siblings, assert_float_without_our_kernel_layer, assert_siblings_merged
 
-import inductor_quant.passes as iq_passes
 from inductor_quant import quantize
 from inductor_quant.generated_code import float_compute_calls, weight_only_int4_calls, weight_only_int8_calls
 from inductor_quant.numerics import Agreement
@@ -113,15 +112,7 @@ def test_siblings_with_per_channel_and_group_scales_stay_apart():
 
 
 def test_without_our_kernel_layer_the_float_linear_runs_and_is_reported(mlp):
-    _, converted, x = mlp
-    assert iq_passes.set_own_kernels(False)
-    try:
-        ref, out, code, stats = compile_and_run(converted, (x,))
-    finally:
-        iq_passes.set_own_kernels(True)
-    assert weight_only_int8_calls(code) == 0, code
-    assert [u.code for u in stats["unfused"]] == ["act_not_dequantized"] * 2, stats
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert_float_without_our_kernel_layer(*mlp[1:], linears=2)
 
 
 @pytest.mark.parametrize("group", [0, 16, 48, 2.0])
