@@ -491,7 +491,7 @@ def test_a_drawn_decoder_compiles_equal_to_eager():
     assert spec["recipe"] == "woq_int4" and spec["prompt"] > spec["chunk"], decoders.describe(spec)
     result = decoders.check(spec)
     assert result["status"] == "ok", result
-    assert result["fused"].get("linear.woq_int4.nd.nobias") and result["fused"].get("linear.woq_int8.nd.nobias"), result
+    assert result["fused"].get("linear.woq_int4.nd.nobias") and result["fused"].get("linear.woq_grouped_int8.nd.nobias"), result
     assert result["kernels"].get("woq_int4_linear"), result  # ours, the fp32 GEMV at the decode row
 
 
