@@ -320,17 +320,23 @@ def check_woq_int8_linear(match: Match) -> Optional[Reason]:
     return check_linear_form(match)
 
 
-def lower_woq_int8_linear(match: Match) -> tuple:
-    # [view](addmm|mm([view](x), permute([cast](dq(w))))) -> iq_onednn.woq_linear(x, w, scale, [cast](b))
+def lower_woq_int8_linear(match: Match, grouped: bool = False) -> tuple:
+    # [view](addmm|mm([view](x), permute([cast](dq(w))))) -> iq_onednn.woq_linear(x, w, scale, [cast](b));
+    # grouped (the int4 form with 8-bit values, reshape(dq(w_grouped))): w viewed as [N, K], the
+    # scales as [N, K / group]
     out = match.output_node()
+    c = lambda op, args: call(out.graph, out, op, *args)  # noqa: E731
     x = match.kwargs["x"]
     if node_of(match, aten.bmm.default) is not None:
         x = _contiguous(x)
+    w, scale = match.kwargs["w"], _as_dtype(match.kwargs["w_scale"], torch.float32)
+    if grouped:
+        n, k, group = _grouped_geometry(match)
+        w, scale = c(aten.view.default, (w, [n, k])), c(aten.view.default, (scale, [n, k // group]))
     b = match.kwargs.get("b")
     if b is not None:
         b = _as_dtype(b, val(out).dtype)
-    new = native.woq_linear(lambda op, args: call(out.graph, out, op, *args), x, match.kwargs["w"],
-                            _as_dtype(match.kwargs["w_scale"], torch.float32), b, static_shape(x))
+    new = native.woq_linear(c, x, w, scale, b, static_shape(x))
     out.replace_all_uses_with(new)
     match.erase_nodes()
     count_kernel("woq_linear")
@@ -435,21 +441,7 @@ def check_woq_grouped_int8_linear(match: Match) -> Optional[Reason]:
 
 
 def lower_woq_grouped_int8_linear(match: Match) -> tuple:
-    # [view](addmm|mm([view](x), permute([cast](reshape(dq(w)))))) -> iq_onednn.woq_linear(x, w as [N, K], scales as [N, K / g], b)
-    out = match.output_node()
-    x = match.kwargs["x"]
-    if node_of(match, aten.bmm.default) is not None:
-        x = _contiguous(x)
-    n, k, group = _grouped_geometry(match)
-    c = lambda op, args: call(out.graph, out, op, *args)  # noqa: E731
-    w = c(aten.view.default, (match.kwargs["w"], [n, k]))
-    scales = c(aten.view.default, (_as_dtype(match.kwargs["w_scale"], torch.float32), [n, k // group]))
-    b = match.kwargs.get("b")
-    new = native.woq_linear(c, x, w, scales, None if b is None else _as_dtype(b, val(out).dtype), static_shape(x))
-    out.replace_all_uses_with(new)
-    match.erase_nodes()
-    count_kernel("woq_linear")
-    return ()
+    return lower_woq_int8_linear(match, grouped=True)
 
 
 # --- per-token dynamic int8 ----------------------------------------------------------------------

@@ -91,6 +91,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline void 
 // 3-4 blocks 48-50 with two accumulator sets; a plain read of the same bytes 50 GB/s.
 constexpr int kPrefetchBlocks = 4;
 
+// The weight rows of the kBlock channels kPrefetchBlocks blocks past `wr`, from column i: a cache line each
+__attribute__((always_inline)) inline void prefetch_ahead(const Args& a, const int8_t* wr, int64_t i) {
+  for (int b = 0; b < kBlock; ++b)
+    _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * a.k + i), _MM_HINT_T0);
+}
+
 // kBlock channels at a time, 32 columns a step into two accumulator sets (one chain of dependent
 // multiply-adds per channel stalled on its latency: 36 GB/s with one set, 48-50 with two); then one
 // 16-column step and a masked one for the last K % 16 columns.
@@ -103,9 +109,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512(co
     __m512 acc[kBlock], acc2[kBlock];
     for (int b = 0; b < kBlock; ++b) acc[b] = acc2[b] = _mm512_setzero_ps();
     for (int64_t i = 0; i < pairs; i += 32) {
-      if ((i & 63) == 0)  // a cache line per channel, kPrefetchBlocks blocks ahead: DRAM streams stay busy
-        for (int b = 0; b < kBlock; ++b)
-          _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * k + i), _MM_HINT_T0);
+      if ((i & 63) == 0) prefetch_ahead(a, wr, i);  // a cache line per channel: DRAM streams stay busy
       step_avx512<false>(a, wr, i, 0, acc);
       step_avx512<false>(a, wr, i + 16, 0, acc2);
     }
@@ -147,13 +151,7 @@ __attribute__((target("avx2,fma"))) inline void block_avx2(const Args& a, int64_
   block_scalar(a, j, j1);
 }
 
-// kBlock channels j.. : the weight rows kPrefetchBlocks blocks ahead from column i (a cache line
-// each), and at a block's start its group scales as far ahead (a stream beside the weight's)
-__attribute__((always_inline)) inline void prefetch_ahead(const Args& a, const int8_t* wr, int64_t i) {
-  for (int b = 0; b < kBlock; ++b)
-    _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * a.k + i), _MM_HINT_T0);
-}
-
+// The group scales of the block kPrefetchBlocks blocks past channel j: a stream beside the weight's
 inline void prefetch_scales(const Args& a, int64_t j) {
   const int64_t groups = a.k / a.group, bytes = kBlock * groups * int64_t(sizeof(float));
   const char* ahead = reinterpret_cast<const char*>(a.scale + std::min(j + kPrefetchBlocks * kBlock, a.n - 1) * groups);
