@@ -198,9 +198,10 @@ class Decoder(nn.Module):
         for layer in self.layers:
             cos, sin = rope[layer.kind]
             x = layer(x, cos, sin, masks[layer.kind], positions, k_cache, v_cache)
-        if not self.all_logits:
+        x = self.norm(x)  # before picking the row: the LM head's input keeps every token's row in the graph
+        if not self.all_logits:  # (GPTQ's calibration of an int4 head reads them)
             x = x.index_select(1, logit_index if logit_index is not None else positions.new_zeros(1))
-        return self.lm_head(self.norm(x))
+        return self.lm_head(x)
 
     @classmethod
     def from_transformers(cls, hf_model, all_logits: bool = False) -> "Decoder":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, List, Optional
 
@@ -108,12 +109,18 @@ class CompiledLM:
         from ..api import quantize
 
         calls = self._calibration_calls()
+        gptq = self.recipe.gptq
         if not calls:  # weight-only and dynamic recipes observe only weights; SmoothQuant needs text
             if self.recipe.smooth is not None:
                 raise ValueError(f"recipe {self.recipe.name!r} calibrates SmoothQuant: give calibration text")
+            if gptq:
+                warnings.warn(f"recipe {self.recipe.name!r} fits its 4-bit weights with GPTQ on calibration text, and "
+                              f"none was given: they are rounded to nearest instead (a larger error). Fix: pass "
+                              f"calibration=[token id tensors] (`inductor-quant generate` reads WordNet glosses)")
+                gptq = False
             calls = [ex]
         return quantize(self.model, ex, calls, quantizer=self.recipe.quantizer(self.model), dynamic_shapes=dynamic,
-                        smooth=self.recipe.smooth)
+                        smooth=self.recipe.smooth, gptq=gptq)
 
     def _backend(self, gm, example_inputs):
         from torch._inductor.compile_fx import compile_fx

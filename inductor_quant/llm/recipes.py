@@ -5,8 +5,8 @@
 | `fp32` | float | float | fp32 |
 | `bf16` | float, bf16 weights | bf16 | bf16 (where bf16 is native) |
 | `woq_int8` | int8 weights, a scale per group of 32 inputs (per channel where the inputs are not whole groups) | int8, the same | bf16 where native, else fp32 |
-| `woq_int4` | 4-bit weights in groups of 32, scale and float zero point each fitted by least squares; the V projections int8 as in `woq_int8` (int8 too where torch's int4 GEMM does not take the shape) | int8 as in `woq_int8` (it is the tied embedding) | same |
-| `woq_int4_all` | all 4-bit (the V projections too) | int4 too: the fastest decode, the largest error | same |
+| `woq_int4` | 4-bit weights in groups of 32 (a scale and a float zero point each, by least squares), rounded by GPTQ on calibration text; the V projections int8 as in `woq_int8` (int8 too where torch's int4 GEMM does not take the shape) | int8 as in `woq_int8` (it is the tied embedding) | same |
+| `woq_int4_all` | all 4-bit (the V projections too), GPTQ | int4 too: the fastest decode, the largest error | same |
 | `dyn_int8` | per-token dynamic int8 x int8 | same | same |
 | `dyn_int8_sq` | `dyn_int8` after SmoothQuant (alpha 0.7: measured best on Gemma-3-270M, docs/PERFORMANCE.md 5b) | same | same |
 
@@ -14,7 +14,9 @@ The LM head of a Gemma is the token embedding (262k x 640 on Gemma-3-270M, most 
 a decode step reads), so every quantized recipe quantizes it; `woq_int4` keeps it int8,
 `woq_int4_all` makes it int4 as well (docs/PERFORMANCE.md, section 5b, has both accuracies). The
 V projections are the most sensitive linears to 4 bits and 3 % of a layer's weights (GGUF's
-Q4_K_M keeps them wider too): int8 in `woq_int4`.
+Q4_K_M keeps them wider too): int8 in `woq_int4`. GPTQ (inductor_quant/gptq.py) fits the
+4-bit weights on `command.GPTQ_PASSAGES` WordNet passages: without calibration text they are
+rounded to nearest, with a warning.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class Recipe:
     name: str
     quantizer: Optional[Callable] = None  # (model) -> Quantizer; None: the float model
     smooth: Optional[float] = None        # SmoothQuant alpha
+    gptq: bool = False                    # 4-bit weights fitted with GPTQ on the calibration text
     bf16_weights: bool = False            # the float baseline in bf16
 
     @property
@@ -110,8 +113,8 @@ RECIPES = {r.name: r for r in (
     Recipe("bf16", bf16_weights=True),
     Recipe("woq_int8", _quantizer(_woq_int8)),
     Recipe("woq_int4", _quantizer(_woq_int4, overrides=(("lm_head", _woq_int8), ("v_proj", _woq_int8)), group=INT4_GROUP,
-                                  fallback_config=_woq_int8)),
-    Recipe("woq_int4_all", _quantizer(_woq_int4, group=INT4_GROUP, fallback_config=_woq_int8)),
+                                  fallback_config=_woq_int8), gptq=True),
+    Recipe("woq_int4_all", _quantizer(_woq_int4, group=INT4_GROUP, fallback_config=_woq_int8), gptq=True),
     Recipe("dyn_int8", _quantizer(_dyn_int8)),
     Recipe("dyn_int8_sq", _quantizer(_dyn_int8), smooth=0.7),
 )}

@@ -17,6 +17,16 @@ class GroupwiseMinMaxObserver(PerChannelMinMaxObserver):
         kwargs.setdefault("ch_axis", 0)
         super().__init__(**kwargs)
         self.group_size = int(group_size)
+        self.fitted = None  # (scale, zero point) per group, set by gptq(): the grid its weight was rounded to
+
+    def fit_groups(self, groups: torch.Tensor):
+        """(scale, zero point) of each row of `groups` [G, group_size], by this observer's rule."""
+        return self._calculate_qparams(groups.amin(1), groups.amax(1))
+
+    def calculate_qparams(self):
+        if self.fitted is not None:
+            return self.fitted
+        return super().calculate_qparams()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[-1] % self.group_size:
@@ -59,9 +69,12 @@ class GroupwiseLeastSquaresObserver(GroupwiseMinMaxObserver):
         self._weight = x.detach()  # a weight: every call sees the same tensor, fitted once at convert
         return x
 
+    def fit_groups(self, groups: torch.Tensor):
+        return self._fit(groups.float())
+
     @torch.no_grad()
     def calculate_qparams(self):
-        if self._weight is None:
+        if self.fitted is not None or self._weight is None:
             return super().calculate_qparams()
         grouped = self._weight.float().reshape(-1, self.group_size)
         fits = [self._fit(grouped[i:i + self.CHUNK]) for i in range(0, grouped.shape[0], self.CHUNK)]

@@ -33,6 +33,7 @@ import torch
 
 import inductor_quant
 import inductor_quant.passes as iq_passes
+from inductor_quant.gptq import FITTED
 from inductor_quant.llm import CompiledLM, Decoder, DecoderConfig
 from inductor_quant.llm.decoder import FULL, SLIDING
 from inductor_quant.llm.recipes import RECIPES
@@ -109,6 +110,10 @@ def check(spec: dict) -> dict:
     vocab = cfg.vocab_size
     calibration = [torch.randint(0, vocab, (spec["batch"], 2 * spec["chunk"])) for _ in range(2)]
     prompt = torch.randint(0, vocab, (spec["batch"], spec["prompt"]))
+    if RECIPES[spec["recipe"]].gptq:  # as many calibration rows as the widest linear has inputs (drawn last)
+        rows = spec["batch"] * 2 * spec["chunk"]
+        widest = max(cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads * cfg.head_dim)
+        calibration += [torch.randint(0, vocab, (spec["batch"], 2 * spec["chunk"])) for _ in range(-(-widest // rows) - 2)]
     dtype = getattr(torch, spec["dtype"])
     stage = "quantize"
     try:
@@ -125,7 +130,7 @@ def check(spec: dict) -> dict:
     allowed = TOLERANCE[dtype] * eager.abs().max().item()
     worst = (compiled - eager).abs().max().item()
     result = {"status": "ok", "stage": "", "error": "", "fused": stats["fused"], "kernels": stats["kernels"],
-              "err": round(worst / allowed, 4)}
+              "err": round(worst / allowed, 4), "gptq": sum(v == FITTED for v in lm.module.meta.get("gptq", {}).values())}
     if not worst <= allowed:
         result.update(status="mismatch", stage="run", error=f"max |compiled - eager| {worst:.4g}, allowed {allowed:.4g}")
     elif lm.compiles != 2:

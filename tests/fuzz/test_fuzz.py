@@ -493,6 +493,7 @@ def test_a_drawn_decoder_compiles_equal_to_eager():
     assert result["status"] == "ok", result
     assert result["fused"].get("linear.woq_int4.nd.nobias") and result["fused"].get("linear.woq_grouped_int8.nd.nobias"), result
     assert result["kernels"].get("woq_int4_linear"), result  # ours, the fp32 GEMV at the decode row
+    assert result["gptq"] == 6 * spec["config"]["num_hidden_layers"], result  # q, k, o, gate, up, down fitted with GPTQ
 
 
 @pytest.mark.parametrize("seed", [76, 39], ids=["bf16-decode-row", "bf16-batch2"])

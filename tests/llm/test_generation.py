@@ -14,6 +14,7 @@ from torch._inductor.graph import GraphLowering
 import inductor_quant.passes as iq_passes
 from inductor_quant.generated_code import (attention_calls, float_compute_calls, onednn_int8_calls,
                                            weight_only_int4_calls, weight_only_int8_calls)
+from inductor_quant.gptq import FITTED
 from inductor_quant.kernels.cpu import cpu_info
 from inductor_quant.llm import CompiledLM, Decoder, DecoderConfig, sample
 
@@ -47,7 +48,8 @@ def built(model, our_passes_only):
     def get(name, dtype=torch.float32):
         if (name, dtype) not in _BUILT:
             torch.manual_seed(2)
-            calibration = [torch.randint(0, 512, (1, 20)) for _ in range(2)]
+            # 144 rows: GPTQ (the int4 recipes) needs at least as many as a linear's inputs (128)
+            calibration = [torch.randint(0, 512, (1, 72)) for _ in range(2)]
             iq_passes.reset_stats()
             lm = CompiledLM(model, name, calibration=calibration, chunk=CHUNK, max_len=MAX_LEN,
                             options={"freezing": True}, float_dtype=dtype)
@@ -108,6 +110,10 @@ KERNELS = {
 }
 
 
+# the int4 recipes' 4-bit linears, every one fitted with GPTQ: q, k, o, gate, up, down a layer; V and the head too in _all
+GPTQ_FITTED = {"woq_int4": 2 * 6, "woq_int4_all": 2 * 7 + 1}
+
+
 @pytest.mark.parametrize("name", ["fp32", "bf16", "woq_int8", "woq_int4", "woq_int4_all", "dyn_int8", "dyn_int8_sq"])
 def test_recipe_compiles_to_two_graphs_equal_to_eager(built, prompt, name):
     lm, code, stats = built(name, torch.bfloat16 if name == "bf16" else torch.float32)
@@ -122,6 +128,8 @@ def test_recipe_compiles_to_two_graphs_equal_to_eager(built, prompt, name):
         assert not float_compute_calls(code), float_compute_calls(code)
         assert stats["unfused"] == []
         assert attention_calls(code)["ours"] == 2 * 2  # both layers, both graphs
+    if name in GPTQ_FITTED:
+        assert list(lm.module.meta["gptq"].values()) == [FITTED] * GPTQ_FITTED[name], lm.module.meta["gptq"]
 
 
 @pytest.mark.skipif(not cpu_info().bf16_native, reason="int8-mixed-bf16 is recommended only where bf16 is native")
@@ -218,7 +226,8 @@ def test_int4_keeps_int8_where_a_linear_is_not_whole_groups(our_passes_only):
     """One query head of 16: the attention output projection has 16 inputs, not a group of 32.
     The int4 recipe quantizes it int8 (as the LM head) instead of refusing the model."""
     model = _weights(Decoder(DecoderConfig.tiny(num_attention_heads=1, head_dim=16, query_pre_attn_scalar=16)))
-    lm = CompiledLM(model, "woq_int4", chunk=CHUNK, max_len=16, float_dtype=torch.float32)
+    with pytest.warns(UserWarning, match="GPTQ on calibration text, and none was given"):  # rounded to nearest
+        lm = CompiledLM(model, "woq_int4", chunk=CHUNK, max_len=16, float_dtype=torch.float32)
     dq = torch.ops.quantized_decomposed.dequantize_per_channel.default
     ranges = [tuple(n.args[4:6]) for n in lm.module.graph.nodes if n.target is dq]
     # per layer q, k, gate, up, down int4, v_proj (the recipe's choice) and o_proj int8; the head int8
