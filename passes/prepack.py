@@ -467,8 +467,11 @@ def _signed_as_unsigned(x: torch.fx.Node) -> torch.fx.Node:
     VNNI take u8 activations against weights packed with a zero-point compensation (how every
     linear here is packed); with s8 activations they need another compensation, and oneDNN fell
     back to its reference matmul (`ref_int8`, ~100x slower: Gemma-3-270M per-token linears,
-    ONEDNN_VERBOSE). Shared (_shared_after), so siblings still read one node and merge."""
-    wide = _shared_after(x, prims.convert_element_type.default, (torch.int16,), {})
+    ONEDNN_VERBOSE). Widened to int32 for the add: Inductor's C++ code vectorizes int8 -> int32
+    -> uint8 but not the int16 chain, which left the quantize kernel after each norm and GELU
+    scalar (Gemma-3-270M prefill: 6 + 6 ms of 52). Shared (_shared_after), so siblings still read
+    one node and merge."""
+    wide = _shared_after(x, prims.convert_element_type.default, (torch.int32,), {})
     shifted = _shared_after(wide, aten.add.Tensor, (128,), {})
     return _shared_after(shifted, prims.convert_element_type.default, (torch.uint8,), {})
 

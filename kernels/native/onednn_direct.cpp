@@ -1094,6 +1094,50 @@ void zero_fully_masked_rows(const at::Tensor& mask4, at::Tensor& out) {
     zero_rows_masked_everywhere<float>(mask4, out, [](float x) { return std::isinf(x) && x < 0; });
 }
 
+// The keys [lo, hi) that some query row can see. Outside it the mask is -inf in every row, so those
+// keys add exp(-inf) = 0 to every softmax sum and context: a prompt chunk or a decode step of a
+// decoder attends over a cache longer than the positions written so far, and skipping the rest
+// is exact (up to the summation order). Every row's tail [hi, Sk) and head [0, lo) is checked
+// for -inf bits in a loop the compiler vectorizes; hi <= lo: no row sees any key.
+template <typename U>
+bool all_bits(const U* p, int64_t n, U bits) {
+  U diff = 0;
+  for (int64_t i = 0; i < n; ++i) diff |= U(p[i] ^ bits);
+  return diff == 0;
+}
+
+template <typename U>
+std::pair<int64_t, int64_t> visible_keys_of(const at::Tensor& mask4, U neg_inf) {
+  const U* m = static_cast<const U*>(mask4.const_data_ptr());
+  const int64_t Sk = mask4.size(3);
+  int64_t lo = Sk, hi = 0;
+  for (int64_t b = 0; b < mask4.size(0); ++b)
+    for (int64_t h = 0; h < mask4.size(1); ++h)
+      for (int64_t s = 0; s < mask4.size(2); ++s) {
+        const U* row = m + b * mask4.stride(0) + h * mask4.stride(1) + s * mask4.stride(2);
+        if (hi < Sk && !all_bits(row + hi, Sk - hi, neg_inf))
+          for (int64_t j = Sk - 1; j >= hi; --j)
+            if (row[j] != neg_inf) { hi = j + 1; break; }
+        if (lo > 0 && !all_bits(row, lo, neg_inf))
+          for (int64_t j = 0; j < lo; ++j)
+            if (row[j] != neg_inf) { lo = j; break; }
+      }
+  return {lo, hi};
+}
+
+// The visible range rounded out to multiples of KEY_STEP (the primitive route builds one set of
+// primitives per key count: a few, not one per decode position); {0, Sk} where the mask's keys
+// are strided or broadcast.
+constexpr int64_t KEY_STEP = 32;
+
+std::pair<int64_t, int64_t> visible_keys(const at::Tensor& mask4, int64_t Sk) {
+  if (mask4.size(3) != Sk || mask4.stride(3) != 1 || Sk <= KEY_STEP) return {0, Sk};
+  auto [lo, hi] = mask4.scalar_type() == at::kBFloat16 ? visible_keys_of<uint16_t>(mask4, 0xFF80)
+                                                       : visible_keys_of<uint32_t>(mask4, 0xFF800000u);
+  if (hi <= lo) return {0, 0};
+  return {lo / KEY_STEP * KEY_STEP, std::min(Sk, (hi + KEY_STEP - 1) / KEY_STEP * KEY_STEP)};
+}
+
 // Which bf16 attention runs: 0 as the CPU says (attention_bf16.h), 1 the oneDNN primitives, 2 our
 // kernel (tests compare the two in one process: `attention_kernel`).
 std::atomic<int> attention_choice{0};
@@ -1151,8 +1195,10 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
   auto last_dense = [](const at::Tensor& t) {
     return unit_dims_dense(t.stride(3) == 1 || t.size(3) == 1 ? t : t.contiguous());
   };
-  const at::Tensor q = last_dense(q_in), k = last_dense(k_in), v = last_dense(v_in);
-  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), Sk = k.size(2), Dv = v.size(3);
+  const at::Tensor q = last_dense(q_in);
+  at::Tensor k = last_dense(k_in), v = last_dense(v_in);
+  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), Dv = v.size(3);
+  int64_t Sk = k.size(2);
   TORCH_CHECK(k.size(0) == B && v.size(0) == B && k.size(1) == H && v.size(1) == H && k.size(3) == q.size(3) &&
                   v.size(2) == Sk,
               "attention: q [B, H, Sq, D], k [B, H, Sk, D] and v [B, H, Sk, Dv] of one B and H");
@@ -1175,9 +1221,19 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
   }
   at::Tensor out = at::empty({B, Sq, H, Dv}, q.options());
   if (out.numel() == 0) return out.transpose(1, 2);
+  if (mask4.defined()) {
+    const auto [lo, hi] = visible_keys(mask4, Sk);
+    if (hi == lo) return out.zero_().transpose(1, 2);  // no row sees a key: torch's attention gives 0
+    if (hi - lo < Sk) {
+      k = unit_dims_dense(k.narrow(2, lo, hi - lo));
+      v = unit_dims_dense(v.narrow(2, lo, hi - lo));
+      mask4 = unit_dims_dense(mask4.narrow(3, lo, hi - lo));
+      Sk = hi - lo;
+    }
+  }
   if (q.scalar_type() == at::kBFloat16 && own_bf16_attention(q, k, v, mask4, scale, out)) return out.transpose(1, 2);
   std::vector<int64_t> key{int64_t(q.scalar_type()), bits(scale), at::get_num_threads(), mask4.defined()};
-  for (const at::Tensor* t : {&q, &k, &v}) {
+  for (const at::Tensor* t : {&q, static_cast<const at::Tensor*>(&k), static_cast<const at::Tensor*>(&v)}) {
     for (auto d : t->sizes()) key.push_back(d);
     for (auto d : t->strides()) key.push_back(d);
   }

@@ -612,6 +612,51 @@ def test_both_bf16_attention_kernels_are_attention(kernel, shape, mask_kind):
     assert ours_err <= max(2 * theirs_err, 2 ** -7 * want.abs().max().item()), (ours_err, theirs_err)
 
 
+CACHE_MASKS = {  # [Sq, Sk] over a 300-slot cache: which keys each query row sees
+    "prompt-chunk": lambda sq, sk: torch.arange(sk)[None, :] <= torch.arange(40, 40 + sq)[:, None],  # causal, at 40
+    "sliding-window": lambda sq, sk: ((torch.arange(sk)[None, :] <= torch.arange(150, 150 + sq)[:, None])
+                                      & (torch.arange(150, 150 + sq)[:, None] - torch.arange(sk)[None, :] < 64)),
+    "nothing-visible": lambda sq, sk: torch.zeros(sq, sk, dtype=torch.bool),
+    "every-key": lambda sq, sk: torch.ones(sq, sk, dtype=torch.bool),
+}
+
+
+@pytest.mark.parametrize("mask_kind", CACHE_MASKS)
+@pytest.mark.parametrize("sq", [1, 48], ids=["decode", "prompt"])
+@pytest.mark.parametrize("kernel", ["fp32", "onednn", "own"])
+def test_attention_over_a_longer_cache_skips_the_keys_no_row_sees(kernel, sq, mask_kind):
+    """A decoder's prompt chunk or decode step attends over its whole KV cache with -inf on the
+    slots not written yet (or out of its window). The keys that every row masks are skipped
+    (kernels/native/onednn_direct.cpp, `visible_keys`): the result is attention over all keys,
+    within float rounding; where no row sees a key, 0 (torch's op's answer); both bf16 kernels."""
+    dtype = torch.float32 if kernel == "fp32" else torch.bfloat16
+    if dtype == torch.bfloat16 and not cpu_info().bf16_native:
+        pytest.skip("bf16 attention is routed only where bf16 is native (passes/attention.py)")
+    if kernel == "own" and not _own_bf16_attention_runs_here():
+        pytest.skip("our bf16 attention needs AVX512-BF16 (and torch's AVX-512 capability)")
+    b, h, sk, d = 1, 4, 300, 64
+    g = torch.Generator().manual_seed(sq)
+    q, k, v = (torch.randn(b, h, n, d, generator=g).to(dtype) for n in (sq, sk, sk))
+    seen = CACHE_MASKS[mask_kind](sq, sk)
+    mask = torch.zeros(sq, sk).masked_fill(~seen, float("-inf")).to(dtype)
+    torch.ops.iq_onednn.attention_kernel("auto" if kernel == "fp32" else kernel)
+    try:
+        ours = torch.ops.iq_onednn.attention(q, k, v, mask, d ** -0.5)
+    finally:
+        torch.ops.iq_onednn.attention_kernel("auto")
+    if not seen.any():
+        assert torch.equal(ours, torch.zeros_like(ours))
+        return
+    want = _attention_reference(q, k, v, mask, d ** -0.5)
+    theirs = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d ** -0.5)
+    ours_err = (ours.double() - want).abs().max().item()
+    if dtype == torch.float32:
+        assert ours_err < 1e-5, ours_err
+    else:
+        theirs_err = (theirs.double() - want).abs().max().item()
+        assert ours_err <= max(2 * theirs_err, 2 ** -7 * want.abs().max().item()), (ours_err, theirs_err)
+
+
 def test_attention_of_new_shapes_and_threads():
     """A primitive per shape and thread count: a new sequence length or batch is computed right,
     and so is the first shape again after them."""
