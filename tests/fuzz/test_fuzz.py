@@ -469,6 +469,9 @@ def test_the_decoder_generator_draws_every_recipe_option_and_shape():
     assert any(s["config"]["num_key_value_heads"] < s["config"]["num_attention_heads"] for s in specs)
     assert {s["batch"] for s in specs} == {1, 2}
     assert any(s["prompt"] < s["chunk"] for s in specs) and any(s["prompt"] > s["chunk"] for s in specs)
+    long = [s for s in specs if s["chunk"] == decoders.LONG_CHUNK]
+    assert any(s["dtype"] == "bfloat16" for s in long) or not bf16  # the one-pass bf16 attention's chunks
+    assert any(s["prompt"] > s["chunk"] for s in long)
 
 
 def test_a_decoder_whose_compiled_logits_differ_is_a_mismatch(monkeypatch):
@@ -494,6 +497,19 @@ def test_a_drawn_decoder_compiles_equal_to_eager():
     assert result["fused"].get("linear.woq_int4.nd.nobias") and result["fused"].get("linear.woq_grouped_int8.nd.nobias"), result
     assert result["kernels"].get("woq_int4_linear"), result  # ours, the fp32 GEMV at the decode row
     assert result["gptq"] == 6 * spec["config"]["num_hidden_layers"], result  # q, k, o, gate, up, down fitted with GPTQ
+
+
+def test_a_decoder_prompting_in_chunks_of_32_runs_attention_on_the_keys_it_sees():
+    """Seed 54: dynamic int8, bf16, a 33-token prompt in chunks of 32 over a 64-slot cache: the
+    one-pass bf16 attention (where the CPU has it) runs on the first 32 keys for the first chunk,
+    all 64 for the second; compiled equal to eager."""
+    import decoders
+    spec = decoders.draw(54)
+    assert spec["chunk"] == decoders.LONG_CHUNK and spec["prompt"] > spec["chunk"], decoders.describe(spec)
+    if not inductor_quant.cpu_info().bf16_native:
+        pytest.skip("int8-mixed-bf16 is recommended only where bf16 is native")
+    result = decoders.check(spec)
+    assert result["status"] == "ok", result
 
 
 @pytest.mark.parametrize("seed", [76, 39], ids=["bf16-decode-row", "bf16-batch2"])
