@@ -335,8 +335,10 @@ def test_the_slice_reaches_our_attention(config):
     spec = graphs.generate(1006)
     assert any(op["op"] == "attention" for op in spec["ops"]), graphs.describe(spec)
     outcome = harness.check(spec, harness.Config.parse(config))
-    # >= 1: a dynamic batch compiles batch 1 apart (torch's 0/1 rule)
+    # >= 1: a dynamic batch compiles batch 1 apart (torch's 0/1 rule); its output projection is
+    # int8, so its input's quantize is moved after the heads' permute + reshape
     assert outcome.status == "ok" and outcome.fused.get("kernel.attention", 0) >= 1, (outcome.error, outcome.fused)
+    assert outcome.fused.get("attention.quantize_after_reshapes", 0) >= 1, outcome.fused
 
 
 @pytest.mark.parametrize("seed", [332, 236, 699], ids=["no-mask", "padding-mask", "causal-mask"])

@@ -2,7 +2,9 @@
 (passes/attention.py): the generated code calls it instead of torch's CPU flash attention, with
 the Python and the C++ wrapper, fp32 and bf16 autocast (where bf16 is native), dynamic batch, an
 additive mask; the output matches the eager converted model as torch's flash attention does.
-A float model, our kernel layer switched off, and an AOTInductor build keep torch's attention."""
+The quantize of the output projection's input runs after the heads' permute + reshape, on one
+flat tensor. A float model, our kernel layer switched off, and an AOTInductor build keep torch's
+attention."""
 
 import math
 
@@ -69,6 +71,9 @@ def test_attention_calls_ours_and_matches_eager_as_torchs_does(layer, own, cpp_w
     eager, ours, code, stats = compile_and_run(converted, inputs, cpp_wrapper=cpp_wrapper, bf16=bf16)
     assert attention_calls(code) == {"ours": 1}, code
     assert stats["kernels"]["attention"] == 1
+    # the output projection's quantize moved back after the heads' permute + reshape
+    # (torch's quant_lift_up put it on the attention's [B, H, S, D] view)
+    assert stats["fused"].get("attention.quantize_after_reshapes") == 1, stats
     with iq_passes.own_kernels(False):
         _, theirs, code_torch, _ = compile_and_run(converted, inputs, cpp_wrapper=cpp_wrapper, bf16=bf16)
     assert attention_calls(code_torch) == {"torch": 1}
