@@ -130,6 +130,7 @@ class Result:
     mode: str
     median_ms: Optional[float] = None     # interleaved with the other modes, round by round
     alone_ms: Optional[float] = None      # in a process of its own: a block of calls after a warm-up block
+    alone_rounds_ms: Optional[list] = None  # with several alone rounds: each process's block median (alone_ms: their median)
     throughput: Optional[float] = None   # samples / s
     compile_s: Optional[float] = None      # torch.compile + first call (freezing, codegen, C++ build), cold caches
     quantize_s: Optional[float] = None     # int8 modes: export + prepare + calibrate + convert
@@ -269,10 +270,13 @@ ALONE_OURS = 2  # how many of our fastest int8 modes (interleaved) are timed alo
 
 
 def run_row(name: str, batch: int, modes: list[str], runs: int, warmup: int, threads: int,
-            alone: bool = True, progress: Callable[[str], None] = lambda s: None) -> list[Result]:
+            alone: bool = True, progress: Callable[[str], None] = lambda s: None, alone_rounds: int = 1) -> list[Result]:
     """One (model, batch) row in a process of its own, then (with `alone`) each peer and our
     ALONE_OURS fastest int8 modes alone, each in another process; their block medians become
-    the row's `alone_ms`."""
+    the row's `alone_ms`. With `alone_rounds` > 1 the contenders take turns, one process each per
+    round, and `alone_ms` is the median over the rounds: on a VM whose processes differ by more
+    than the margins measured (the same mode alone 33 and 42 ms in two runs, docs/PERFORMANCE.md,
+    section 4), one process per runtime decides the ratio by chance."""
     progress(f"{name} bs{batch}: every mode, interleaved")
     results = _in_child(name, batch, modes, runs, warmup, threads)
     if not alone:
@@ -282,10 +286,17 @@ def run_row(name: str, batch: int, modes: list[str], runs: int, warmup: int, thr
     peers_run = [r for m, r in row.items() if MODES[m].peer and r.median_ms]
     if not peers_run:
         return results
+    timings = {r.mode: [] for r in ours + peers_run}
+    for round_ in range(alone_rounds):
+        for r in ours + peers_run:
+            progress(f"{name} bs{batch}: {r.mode} alone" + (f" ({round_ + 1}/{alone_rounds})" if alone_rounds > 1 else ""))
+            [timed] = _in_child(name, batch, [r.mode], runs, warmup, threads, alone=True)
+            if timed.alone_ms is not None:
+                timings[r.mode].append(timed.alone_ms)
     for r in ours + peers_run:
-        progress(f"{name} bs{batch}: {r.mode} alone")
-        [timed] = _in_child(name, batch, [r.mode], runs, warmup, threads, alone=True)
-        r.alone_ms = timed.alone_ms
+        r.alone_ms = statistics.median(timings[r.mode]) if timings[r.mode] else None
+        if alone_rounds > 1:
+            r.alone_rounds_ms = timings[r.mode]
     return results
 
 

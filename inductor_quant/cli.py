@@ -43,7 +43,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.batch or ([zoo.ZOO[name].batch_sizes[0]] if args.quick else zoo.ZOO[name].batch_sizes)
         for bs in batches:
             results += runner.run_row(name, bs, modes, runs, warmup, args.threads, alone=not args.quick,
-                                      progress=progress)
+                                      progress=progress, alone_rounds=args.alone_rounds)
     info = runner.machine_info(args.threads)
     for r in results:
         r.machine = info
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=20)
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--quick", action="store_true", help="smoke run: tiny models, one batch size, 3 runs, no alone timings")
+    b.add_argument("--alone-rounds", type=int, default=1,
+                   help="processes per contender timed alone, taking turns; alone = their median (a noisy VM: 3 or more)")
     b.add_argument("--chart", action="store_true", help="also write a PNG bar chart (needs matplotlib)")
     b.add_argument("--out", default="results/bench", help="output prefix for .jsonl/.md/.png")
     b.add_argument("--peers", nargs="*", default=[], choices=["openvino", "onnxruntime"],

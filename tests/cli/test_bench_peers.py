@@ -125,6 +125,25 @@ def test_a_row_runs_in_its_own_process_and_the_contenders_alone_in_theirs(monkey
     assert calls == [(tuple(modes[:-1]), False)]
 
 
+def test_alone_rounds_take_turns_and_report_the_median(monkeypatch):
+    """--alone-rounds 3: the contenders take turns (one process each per round, so a slow spell of
+    the machine falls on all of them), alone_ms is each one's median, the rounds are kept."""
+    calls, times = [], {"int8_cpp": iter([30.0, 10.0, 11.0]), "openvino_int8": iter([12.0, 13.0, 50.0])}
+
+    def child(name, batch, modes, runs, warmup, threads, alone=False):
+        calls.append(modes[0] if alone else "row")
+        if alone:
+            return [Result(name, batch, modes[0], median_ms=1.0, alone_ms=next(times[modes[0]]))]
+        return [Result(name, batch, m, median_ms={"int8_cpp": 3.0, "openvino_int8": 5.0}[m]) for m in modes]
+
+    monkeypatch.setattr(runner, "_in_child", child)
+    monkeypatch.setattr(runner, "ALONE_OURS", 1)
+    row = {r.mode: r for r in runner.run_row("m", 1, ["int8_cpp", "openvino_int8"], 5, 1, 2, alone_rounds=3)}
+    assert calls == ["row"] + ["int8_cpp", "openvino_int8"] * 3
+    assert (row["int8_cpp"].alone_ms, row["openvino_int8"].alone_ms) == (11.0, 13.0)
+    assert row["int8_cpp"].alone_rounds_ms == [30.0, 10.0, 11.0]
+
+
 def test_a_failed_benchmark_process_is_an_error_in_the_table(monkeypatch):
     monkeypatch.setattr(runner.sys, "executable", "/bin/false")
     [r] = runner._in_child("resnet_tiny", 1, ["int8"], 1, 1, 1)
