@@ -27,14 +27,13 @@ from inductor_quant.kernels import probe
 from inductor_quant.kernels.cpu import cpu_info
 
 from .fused import propagate_fake
-from .match import val
+from .match import ACT_Q, val
 from .reasons import Reason, Why
 from .stats import count, count_kernel
 
 aten = torch.ops.aten
 FLASH = aten._scaled_dot_product_flash_attention_for_cpu.default
 FLOATS = (torch.float32, torch.bfloat16)
-QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
 # what a model does between attention and the next linear: heads back beside each other
 RESHAPES = (aten.permute.default, aten.clone.default, aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 
@@ -99,7 +98,7 @@ def _quantize_after_reshapes(attn: torch.fx.Node) -> bool:
     so after the permute the clone copies nothing and is dropped (only when the permuted value is
     contiguous), and the quantize reads and writes one flat tensor."""
     users = list(attn.users)
-    if len(users) != 1 or users[0].target is not QUANTIZE or len(users[0].users) != 1:
+    if len(users) != 1 or users[0].target is not ACT_Q:
         return False
     quant = users[0]
     if any(isinstance(a, torch.fx.Node) for a in quant.args[1:]):  # tensor qparams: leave it
@@ -121,7 +120,7 @@ def _quantize_after_reshapes(attn: torch.fx.Node) -> bool:
             propagate_fake(step)
             last = step
     with graph.inserting_after(last):
-        moved = graph.call_function(QUANTIZE, (last, *quant.args[1:]), dict(quant.kwargs))
+        moved = graph.call_function(ACT_Q, (last, *quant.args[1:]), dict(quant.kwargs))
     last.replace_all_uses_with(moved, delete_user_cb=lambda u: u is not moved)
     propagate_fake(moved)
     graph.erase_node(quant)

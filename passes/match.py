@@ -15,6 +15,7 @@ qd = torch.ops.quantized_decomposed
 
 ACT_RANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
 ACT_DQ = (qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor)
+ACT_Q = qd.quantize_per_tensor.default  # a static activation's quantize (scalar qparams)
 # every dequantize form a layer's input can come from: static activation (.default), dynamic
 # activation (.tensor: choose_qparams -> q/dq), per-token dynamic activation, per-channel weight
 DEQUANTS = (*ACT_DQ, qd.dequantize_per_token.default, qd.dequantize_per_channel.default)

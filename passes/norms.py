@@ -24,11 +24,10 @@ from typing import Optional
 import torch
 
 from .fused import propagate_fake
-from .match import ACT_RANGE, val
+from .match import ACT_Q, ACT_RANGE, val
 from .stats import count_kernel
 
 aten = torch.ops.aten
-QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
 VAR_MEAN = aten.var_mean.correction
 
 
@@ -112,7 +111,7 @@ def match(out: torch.fx.Node) -> Optional[Norm]:
 def route(graph: torch.fx.Graph) -> int:
     """Each quantized layer norm replaced by `iq_onednn.layer_norm_quant`; how many."""
     routed = 0
-    for q in list(graph.find_nodes(op="call_function", target=QUANTIZE)):
+    for q in list(graph.find_nodes(op="call_function", target=ACT_Q)):
         if q.graph is not graph or len(q.args) != 6 or q.kwargs:
             continue
         out, scale, zero_point, qmin, qmax, dtype = q.args
