@@ -14,7 +14,9 @@ and gate/up merged, RMSNorms in fp32 under bf16 autocast. Each decoder is drawn 
 recipe, float dtype (bf16 only where native), options (default, Python wrapper, `fast_options()`),
 prompt chunk, batch, prompt length. A decoder passes when both graphs compiled once, the logits
 after the prompt and after three decode steps match the eager converted model (fp32: within
-2e-3 of the largest logit; bf16: 3e-2, the two orders of rounding), and no quantized linear was
+2e-3 of the largest logit; bf16: 3e-2, the two orders of rounding, and a quantized bf16 decoder
+outside that passes if it is no farther than eager from the same recipe run in fp32:
+`judge_against_fp32`), and no quantized linear was
 left in fp32 (`stats()["unfused"]`). Results: one JSON line per seed in <out>/results.jsonl
 (resumable: seeds already there are skipped).
 """
@@ -107,6 +109,29 @@ def _logits(lm: CompiledLM, prompt: torch.Tensor, fn, tokens=None) -> tuple:
     return torch.stack(out), fed
 
 
+def _fp32_reference(spec: dict, model: Decoder, calibration, prompt: torch.Tensor, tokens) -> torch.Tensor:
+    """The same recipe on the same decoder and text in fp32, eager, fed the same tokens."""
+    lm = CompiledLM(model, spec["recipe"], calibration=calibration, chunk=spec["chunk"], max_len=64,
+                    batch=spec["batch"], options=_options(spec["options"]), float_dtype=torch.float32)
+    return _logits(lm, prompt, lm.module, tokens)[0]
+
+
+def judge_against_fp32(eager: torch.Tensor, compiled: torch.Tensor, reference: torch.Tensor) -> dict:
+    """A bf16 decoder's compiled logits outside the tolerance of eager's, judged by a third run: the
+    recipe in fp32 (where compiled and eager agree to 1e-4). Eager bf16 rounds every dequantized
+    value to bf16 before its matmul, the int8 kernels do not; a per-token quantize downstream then
+    rounds some values one step the other way in each, and a small random decoder amplifies that
+    to a few % of its largest logit (seed 903: eager 0.150 from fp32, compiled 0.093). Compiled
+    passes when it is no farther from the fp32 run than eager is, in the largest and the mean
+    difference; a wrong scale or a lost term is far larger than eager's rounding and fails."""
+    def distance(x):
+        d = (x - reference).abs()
+        return [round(d.max().item(), 5), round(d.mean().item(), 6)]
+
+    e, c = distance(eager), distance(compiled)
+    return {"eager_to_fp32": e, "compiled_to_fp32": c, "compiled_closer": c[0] <= e[0] and c[1] <= e[1]}
+
+
 def check(spec: dict) -> dict:
     """{"status": ok | crash | mismatch | unfused | recompiled, "stage", "error", "fused", ...}."""
     iq_passes.reset_stats()
@@ -139,6 +164,11 @@ def check(spec: dict) -> dict:
     worst = (compiled - eager).abs().max().item()
     result = {"status": "ok", "stage": "", "error": "", "fused": stats["fused"], "kernels": stats["kernels"],
               "err": round(worst / allowed, 4), "gptq": sum(v == FITTED for v in lm.module.meta.get("gptq", {}).values())}
+    if not worst <= allowed and dtype == torch.bfloat16 and RECIPES[spec["recipe"]].quantized:
+        reference = _fp32_reference(spec, model, calibration, prompt, tokens)
+        result["judged"] = judge_against_fp32(eager, compiled, reference)
+        if result["judged"]["compiled_closer"]:
+            worst = 0.0  # eager's own bf16 rounding is the larger part of the difference
     if not worst <= allowed:
         result.update(status="mismatch", stage="run", error=f"max |compiled - eager| {worst:.4g}, allowed {allowed:.4g}")
     elif lm.compiles != 2:

@@ -489,6 +489,30 @@ def test_a_decoder_whose_compiled_logits_differ_is_a_mismatch(monkeypatch):
     assert result["status"] == "mismatch" and "allowed" in result["error"], result
 
 
+@pytest.mark.parametrize("reference_shift, mismatch", [(2.0, False), (0.0, True)],
+                         ids=["eager-farther-from-fp32", "compiled-farther-from-fp32"])
+def test_a_bf16_decoder_outside_the_tolerance_is_judged_against_fp32(monkeypatch, reference_shift, mismatch):
+    """A quantized bf16 decoder whose compiled logits leave eager's tolerance passes only if they
+    are no farther than eager's from the recipe run in fp32 (eager's own bf16 rounding: seed 903)."""
+    import decoders
+    if not inductor_quant.cpu_info().bf16_native:
+        pytest.skip("bf16 decoders are drawn only where bf16 is native")
+    real, seen = decoders._logits, {}
+    def compiled_shifted(lm, prompt, fn, tokens=None):  # eager's logits, 10 % of the largest added for "compiled"
+        logits, fed = real(lm, prompt, lm.module, tokens)
+        seen.setdefault("eager", logits)
+        return logits + 0.1 * logits.abs().max() * (fn is lm.compiled), fed
+
+    def reference(spec, model, calibration, prompt, tokens):  # the "fp32 run": eager shifted past compiled, or eager
+        return seen["eager"] + reference_shift * 0.1 * seen["eager"].abs().max()
+
+    monkeypatch.setattr(decoders, "_logits", compiled_shifted)
+    monkeypatch.setattr(decoders, "_fp32_reference", reference)
+    spec = next(s for s in map(decoders.draw, range(60)) if s["dtype"] == "bfloat16" and s["recipe"] == "dyn_int8")
+    result = decoders.check(spec)  # nothing compiled here: past the logits, the next finding is "recompiled"
+    assert (result["status"] == "mismatch") == mismatch and result["judged"]["compiled_closer"] != mismatch, result
+
+
 def test_a_drawn_decoder_compiles_equal_to_eager():
     """Seed 6: weight-only int4 blocks (int8 LM head), prompt over two chunks of 4, Python wrapper."""
     import decoders
