@@ -9,7 +9,9 @@ recipes built side by side in one process, then one prefill and one block of dec
 round-robin, 3 rounds (median); the table reports both.
 
 Peers: a name `llama.cpp:<TYPE>` among the recipes (Q4_K_M as shipped, Q8_0, Q4_0) times
-llama.cpp on the model's GGUF the same way, alone and interleaved (benchmarks/llm_peers.py).
+llama.cpp on the model's GGUF the same way, alone and interleaved; `torchao:<CONFIG>` (int8wo,
+int4wo, int8dq) torchao's quantization of the same float model under torch.compile
+(benchmarks/llm_peers.py).
 
 Accuracy (`--accuracy N`): N passages of `--prompt-tokens` WordNet-gloss tokens (never the
 calibration ones, inductor_quant/llm/text.py), teacher-forced through each compiled recipe and
@@ -43,10 +45,9 @@ def _prompt(tokenizer, tokens: int, batch: int) -> torch.Tensor:
 
 def build(model: str, name: str, chunk: int, max_len: int, batch: int):
     decoder, tokenizer = models.load(model)
-    if llm_peers.is_peer(name):  # llama.cpp on the same GGUF (benchmarks/llm_peers.py)
-        start = time.perf_counter()
-        lm = llm_peers.LlamaCppLM(model, name[len(llm_peers.PREFIX):], max_len, torch.get_num_threads())
-        return lm, tokenizer, time.perf_counter() - start, 0.0
+    if llm_peers.is_peer(name):  # llama.cpp on the same GGUF, torchao on the same model (benchmarks/llm_peers.py)
+        lm, build_s, compile_s = llm_peers.build_peer(decoder, model, name, chunk, max_len, batch)
+        return lm, tokenizer, build_s, compile_s
     chosen = recipe_named(name)
     start = time.perf_counter()
     lm = CompiledLM(decoder, chosen, calibration=command.calibration(tokenizer, chunk, chosen), chunk=chunk,
@@ -110,9 +111,9 @@ def accuracy(args, name: str, reference: list) -> dict:
     (`reference`: the float model's log-probabilities for each, from `_float_logits`). The
     compile is the Python wrapper with freezing: the same kernels as the C++ one, sooner."""
     decoder, tokenizer = models.load(args.model)
-    if llm_peers.is_peer(name):  # llama.cpp on the same GGUF, every position's logits kept
-        lm = llm_peers.LlamaCppLM(args.model, name[len(llm_peers.PREFIX):], args.prompt_tokens,
-                                  torch.get_num_threads(), all_logits=True)
+    if llm_peers.is_peer(name):  # a peer on the same GGUF or float model, every position's logits kept
+        lm = llm_peers.build_peer(decoder, args.model, name, args.prompt_tokens, args.prompt_tokens, 1, all_logits=True,
+                                  options={"freezing": True})[0]
     else:
         chosen = recipe_named(name)
         lm = CompiledLM(decoder, chosen, calibration=command.calibration(tokenizer, args.prompt_tokens, chosen),
