@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -55,11 +56,8 @@ def is_peer(name: str) -> bool:
 
 def build_peer(decoder, model: str, name: str, chunk: int, max_len: int, batch: int, all_logits: bool = False,
                options=None):
-    """The peer `name` (llama.cpp:<TYPE> or torchao:<CONFIG>), ready to time or score: a torchao
-    peer has its two graphs compiled (`compile_s` in the return: (lm, seconds to build, seconds to
-    compile))."""
-    import time
-
+    """(the peer `name` — llama.cpp:<TYPE> or torchao:<CONFIG> — seconds to build it, seconds to
+    compile it): ready to time (a torchao peer's two graphs compiled) or, with `all_logits`, to score."""
     start = time.perf_counter()
     if name.startswith(PREFIX):
         if batch != 1:
@@ -69,7 +67,7 @@ def build_peer(decoder, model: str, name: str, chunk: int, max_len: int, batch: 
     lm = TorchaoLM(decoder, name[len(TORCHAO):], chunk=chunk, max_len=max_len, batch=batch, all_logits=all_logits,
                    options=options)
     built = time.perf_counter() - start
-    return lm, built, lm.warm_up()
+    return lm, built, 0.0 if all_logits else lm.warm_up()  # scoring compiles the prompt graph only
 
 
 def _llama_cpp():
@@ -194,6 +192,8 @@ class TorchaoLM(CompiledLM):
     def _context(self):
         return contextlib.nullcontext()  # the model is in its float dtype itself
 
-    def warm_up(self) -> float:
-        with _without_our_passes():
-            return super().warm_up()
+    def _call(self, fn, tokens, positions, index):
+        if self.compiles < (1 if self.all_logits else 2):  # a graph may compile in this call
+            with _without_our_passes():
+                return super()._call(fn, tokens, positions, index)
+        return super()._call(fn, tokens, positions, index)
