@@ -24,9 +24,10 @@ fp32). Each step is skipped when its directory under --root already exists:
   4. Optional: --ppl N, teacher-forced perplexity on N passages (every position's logits); with
      --kl also KL(eager fp32 torch || variant) and top-1 agreement.
 
-Prompt and passages follow the recipes' rule (inductor_quant/llm/text.py): shuffled WordNet noun
-glosses after the 400 calibration ones, passages of exactly 128 ids (BOS first), tokenized by the
-project's cached tokenizer. Output: one JSON line per variant on stdout (and appended to --out).
+Prompt and passages are the recipes' own (inductor_quant.llm.text.passages: shuffled WordNet noun
+glosses after the calibration ones, passages of exactly 128 ids, BOS first), written by the
+project's Python (--project-python) as token ids this script reads. Output: one JSON line per
+variant on stdout (and appended to --out).
 
 Setup (own venv: optimum-intel 2.2 exports Gemma only with transformers < 5), from the repo root:
 
@@ -44,7 +45,6 @@ import argparse
 import gc
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -57,9 +57,6 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("INDUCTOR_QUANT_CACHE", Path.home() / ".cache" / "inductor-quant"))
 DEFAULT_ROOT = Path(os.environ.get("OVPEER_ROOT", CACHE / "openvino-peer"))
 PROJECT_PYTHON = REPO / ".venv" / "bin" / "python"
-PROJECT_TOKENIZER = CACHE / "models" / "gemma3-270m" / "tokenizer"
-WORDNET = Path(os.environ.get("WORDNET_DIR", "/usr/share/wordnet")) / "data.noun"
-CALIBRATION_GLOSSES = 400  # inductor_quant/llm/text.py CALIBRATION
 
 VARIANT_DOC = {
     "fp32": "no weight compression (fp32 weights in the IR; OVConfig(dtype='fp32'))",
@@ -187,43 +184,27 @@ def export_all(args) -> None:
 # --------------------------------------------------------------------------------------------- inputs
 
 
-def read_nouns(path: Path, examples: bool = True):
-    """inductor_quant/wordnet.py read_nouns, copied: this venv does not install the project."""
-    nouns = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.startswith("  "):
-                continue
-            fields, _, gloss = line.partition(" | ")
-            word = fields.split()[4].replace("_", " ")
-            definition = gloss.strip() if examples else gloss.split('; "')[0].strip().rstrip(";").strip()
-            if definition:
-                nouns.append((word, definition))
-    return nouns
+TOKEN_IDS = """
+import json, sys
+from inductor_quant.llm import models, text
+_, tokenizer = models.load("gemma3-270m")
+tokens, count = int(sys.argv[1]), int(sys.argv[2])
+json.dump(text.passages(tokenizer, tokens, count, skip=text.CALIBRATION), open(sys.argv[3], "w"))
+"""
 
 
-def passages(tokenizer, tokens: int, count: int, skip: int):
-    """inductor_quant/llm/text.py passages(), copied: `count` passages of exactly `tokens` ids, BOS first."""
-    lines = [f"{word}: {gloss}" for word, gloss in read_nouns(WORDNET)]
-    random.Random(0).shuffle(lines)
-    out, lines = [], lines[skip:]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    current = list(bos)
-    for line in lines:
-        current += tokenizer(line + "\n", add_special_tokens=False).input_ids
-        while len(current) >= tokens:
-            out.append(current[:tokens])
-            if len(out) == count:
-                return out
-            current = bos + current[tokens:]
-    raise ValueError(f"WordNet has fewer than {count} passages of {tokens} tokens")
-
-
-def load_tokenizer(args):
-    from transformers import AutoTokenizer
-
-    source = PROJECT_TOKENIZER if PROJECT_TOKENIZER.exists() else Path(args.root) / "hf"
-    return AutoTokenizer.from_pretrained(str(source)), str(source)
+def project_passages(args, tokens: int, count: int) -> list:
+    """`count` held-out WordNet passages of `tokens` ids, made by the project's own rule
+    (inductor_quant.llm.text.passages, its cached tokenizer) in the project's Python: this venv
+    does not install the project, and a copy of the rule here could drift from it."""
+    python = Path(args.project_python)
+    if not python.exists():
+        raise SystemExit(f"{python} missing: pass --project-python (the project's venv), or --prompt-ids FILE")
+    out = Path(args.root) / f"token_ids-{tokens}x{count}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if subprocess.run([str(python), "-c", TOKEN_IDS, str(tokens), str(count), str(out)], cwd=REPO).returncode:
+        raise SystemExit(f"{python} could not write the passages' token ids to {out}")
+    return json.loads(out.read_text())
 
 
 def token_inputs(args):
@@ -235,15 +216,8 @@ def token_inputs(args):
         prompt = list(data["prompt"])[: args.prompt_tokens]
         ppl = [list(p) for p in data.get("ppl", [])][: args.ppl]
         return prompt, ppl, f"file {args.prompt_ids}"
-    tokenizer, source = load_tokenizer(args)
-    count = max(1, args.ppl)
-    texts = passages(tokenizer, args.prompt_tokens, count, skip=CALIBRATION_GLOSSES)
-    dump = Path(args.root) / "token_ids.json"
-    try:
-        dump.write_text(json.dumps({"prompt": texts[0], "ppl": texts[: args.ppl], "tokenizer": source}))
-    except OSError:
-        pass
-    return texts[0], texts[: args.ppl], f"WordNet passages (tokenizer {source})"
+    texts = project_passages(args, args.prompt_tokens, max(1, args.ppl))
+    return texts[0], texts[: args.ppl], "WordNet passages (inductor_quant.llm.text, the project's tokenizer)"
 
 
 # --------------------------------------------------------------------------------------------- runtime
@@ -542,7 +516,7 @@ def passthrough_args(args) -> list:
             out.append("--" + flag.replace("_", "-"))
     if not args.fallback:
         out.append("--no-fallback")
-    for key in ("inference_precision", "kv_cache_precision", "prompt_ids", "out"):
+    for key in ("project_python", "inference_precision", "kv_cache_precision", "prompt_ids", "out"):
         if getattr(args, key):
             out += ["--" + key.replace("_", "-"), str(getattr(args, key))]
     return out
@@ -553,7 +527,7 @@ def main(argv=None) -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="where hf/ and ov-*/ live")
     p.add_argument("--project-python", default=str(PROJECT_PYTHON),
-                   help="the project's Python (transformers 5), which reads the GGUF for step 1")
+                   help="the project's Python (transformers 5): reads the GGUF for step 1, writes the passages' ids")
     p.add_argument("--variants", nargs="+", default=["fp32", "int8", "int4"], choices=ALL_VARIANTS)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--export-only", action="store_true", help="export what is missing, no benchmark")
