@@ -29,7 +29,7 @@ demo: venv
 # two pytest workers (pytest-xdist): compiles are mostly one thread, so two workers take about
 # half the time of one (2-core AMD EPYC Zen 4, 2026-12-05: ~18 min for torch 2.13, ~14 for 2.14.1)
 test: venv
-	$(PY) -P -m pytest -q -n 2 -m "not slow" tests
+	$(PY) -P -m pytest -q -n 2 -m "not slow" --durations=15 tests
 
 # The README's speed table against the peers, on this machine's CPU (~21 min on 2 cores).
 BENCH_MODELS ?= resnet50:1,16 bert_base:1,8 mobilenet_v2:1 vit_b16:1
@@ -58,7 +58,7 @@ test-torch214:
 	test -x $(PY214) || $(PYTHON) -m venv $(VENV214)
 	$(PY214) -m pip install -q "torch==2.14.1"
 	$(PY214) -m pip install -q -e ".[test,accuracy,peers,llm]" "torch==2.14.1"
-	$(PY214) -P -m pytest -q -n 2 -m "not slow" tests -p no:cacheprovider
+	$(PY214) -P -m pytest -q -n 2 -m "not slow" --durations=15 tests -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
