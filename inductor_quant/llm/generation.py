@@ -40,8 +40,8 @@ class Generated:
 class CompiledLM:
     """`model` under `recipe`, ready to generate `batch` sequences of up to `max_len` tokens.
 
-    `calibration`: token-id tensors [batch or 1, n] the quantized recipes calibrate on (their
-    activations; weight-only recipes need none). `options`: Inductor options (default:
+    `calibration`: token-id tensors [rows, n] the quantized recipes calibrate on (their
+    activations; weight-only recipes need none), any number of rows: they are fed `batch` at a time. `options`: Inductor options (default:
     `default_options()`)."""
 
     model: Decoder
@@ -73,12 +73,31 @@ class CompiledLM:
         return (torch.zeros(batch, tokens, dtype=torch.long), torch.arange(tokens), k, v,
                 torch.zeros(1, dtype=torch.long))
 
-    def _calibration_calls(self) -> List[tuple]:
-        """Each calibration text as the prompt-chunk calls that would process it (one cache per
-        text, so later chunks attend to earlier ones as in use)."""
-        calls = []
+    def _calibration_batches(self) -> List[torch.Tensor]:
+        """The calibration texts as [batch, n] id tensors: the exported graph takes exactly `batch`
+        rows (any other count fails its guard). Consecutive rows of one length are stacked `batch`
+        at a time, in order; a group cut short (by the end or a new length) repeats its own rows,
+        which leaves every statistic the recipes calibrate (ranges, SmoothQuant's channel maxima,
+        GPTQ's second moments up to a weight per text) as those texts give it."""
+        groups, pending = [], []
         for ids in self.calibration:
-            ids = ids.reshape(-1, ids.shape[-1]) if ids.dim() != 2 else ids
+            for row in ids.reshape(-1, ids.shape[-1]):
+                if pending and row.shape != pending[0].shape:
+                    groups.append(pending)
+                    pending = []
+                pending.append(row)
+                if len(pending) == self.batch:
+                    groups.append(pending)
+                    pending = []
+        if pending:
+            groups.append(pending)
+        return [torch.stack([g[i % len(g)] for i in range(self.batch)]) for g in groups]
+
+    def _calibration_calls(self) -> List[tuple]:
+        """Each calibration batch as the prompt-chunk calls that would process it (one cache per
+        batch, so later chunks attend to earlier ones as in use)."""
+        calls = []
+        for ids in self._calibration_batches():
             k, v = self.model.new_cache(ids.shape[0], self.max_len, self.dtype)
             for start in range(0, min(ids.shape[1], self.max_len - self.chunk + 1), self.chunk):
                 part = ids[:, start:start + self.chunk]

@@ -209,6 +209,23 @@ def test_a_batch_of_prompts_decodes_each_as_alone(built, model, prompt):
         assert torch.equal(both.tokens[row], single.generate(ids, 6).tokens[0])
 
 
+@pytest.mark.parametrize("name", ["woq_int4", "dyn_int8_sq"])
+def test_a_batch_calibrates_on_single_texts(model, prompt, name, our_passes_only):
+    """batch=2 with calibration texts of one row each (what `benchmarks/llm.py --batch 4` and
+    `command.calibration` give): fed two at a time, the last one twice, so GPTQ and SmoothQuant
+    calibrate (they failed the export's batch guard before); the eager model decodes both rows."""
+    torch.manual_seed(3)
+    texts = [torch.randint(0, 512, (1, 72)) for _ in range(3)]  # 216 rows for GPTQ's 128 inputs
+    lm = CompiledLM(model, name, calibration=texts, chunk=CHUNK, max_len=MAX_LEN, batch=2, float_dtype=torch.float32)
+    batches = lm._calibration_batches()
+    assert [b.shape for b in batches] == [(2, 72), (2, 72)]
+    assert torch.equal(batches[0], torch.cat(texts[:2])) and torch.equal(batches[1], texts[2].repeat(2, 1))
+    if name == "woq_int4":
+        assert set(lm.module.meta["gptq"].values()) == {FITTED}, lm.module.meta["gptq"]
+    logits = lm.prefill(torch.cat([prompt, prompt]), fn=lm.module)
+    assert logits.shape == (2, 512) and torch.equal(logits[0], logits[1])
+
+
 def test_the_default_options_cpp_wrapper_run_our_kernels(model, prompt, our_passes_only):
     """What `inductor-quant generate` compiles with (freezing + the C++ wrapper), global freezing
     off: the same numbers as eager, our weight-only kernel in the C++ code of both graphs."""
