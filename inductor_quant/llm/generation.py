@@ -41,8 +41,8 @@ class CompiledLM:
     """`model` under `recipe`, ready to generate `batch` sequences of up to `max_len` tokens.
 
     `calibration`: token-id tensors [rows, n] the quantized recipes calibrate on (their
-    activations; weight-only recipes need none), any number of rows: they are fed `batch` at a time. `options`: Inductor options (default:
-    `default_options()`)."""
+    activations; weight-only recipes need none), any number of rows: fed `batch` at a time.
+    `options`: Inductor options (default: `default_options()`)."""
 
     model: Decoder
     recipe: Recipe

@@ -109,10 +109,14 @@ def _logits(lm: CompiledLM, prompt: torch.Tensor, fn, tokens=None) -> tuple:
     return torch.stack(out), fed
 
 
+def _compiled_lm(spec: dict, model: Decoder, calibration, dtype: torch.dtype) -> CompiledLM:
+    return CompiledLM(model, spec["recipe"], calibration=calibration, chunk=spec["chunk"], max_len=64,
+                      batch=spec["batch"], options=_options(spec["options"]), float_dtype=dtype)
+
+
 def _fp32_reference(spec: dict, model: Decoder, calibration, prompt: torch.Tensor, tokens) -> torch.Tensor:
     """The same recipe on the same decoder and text in fp32, eager, fed the same tokens."""
-    lm = CompiledLM(model, spec["recipe"], calibration=calibration, chunk=spec["chunk"], max_len=64,
-                    batch=spec["batch"], options=_options(spec["options"]), float_dtype=torch.float32)
+    lm = _compiled_lm(spec, model, calibration, torch.float32)
     return _logits(lm, prompt, lm.module, tokens)[0]
 
 
@@ -150,8 +154,7 @@ def check(spec: dict) -> dict:
     dtype = getattr(torch, spec["dtype"])
     stage = "quantize"
     try:
-        lm = CompiledLM(model, spec["recipe"], calibration=calibration, chunk=spec["chunk"], max_len=64,
-                        batch=spec["batch"], options=_options(spec["options"]), float_dtype=dtype)
+        lm = _compiled_lm(spec, model, calibration, dtype)
         stage = "eager"
         eager, tokens = _logits(lm, prompt, lm.module)
         stage = "compile"
@@ -164,12 +167,11 @@ def check(spec: dict) -> dict:
     worst = (compiled - eager).abs().max().item()
     result = {"status": "ok", "stage": "", "error": "", "fused": stats["fused"], "kernels": stats["kernels"],
               "err": round(worst / allowed, 4), "gptq": sum(v == FITTED for v in lm.module.meta.get("gptq", {}).values())}
-    if not worst <= allowed and dtype == torch.bfloat16 and RECIPES[spec["recipe"]].quantized:
-        reference = _fp32_reference(spec, model, calibration, prompt, tokens)
-        result["judged"] = judge_against_fp32(eager, compiled, reference)
-        if result["judged"]["compiled_closer"]:
-            worst = 0.0  # eager's own bf16 rounding is the larger part of the difference
-    if not worst <= allowed:
+    within = worst <= allowed
+    if not within and dtype == torch.bfloat16 and RECIPES[spec["recipe"]].quantized:
+        result["judged"] = judge_against_fp32(eager, compiled, _fp32_reference(spec, model, calibration, prompt, tokens))
+        within = result["judged"]["compiled_closer"]  # eager's own bf16 rounding is the larger part
+    if not within:
         result.update(status="mismatch", stage="run", error=f"max |compiled - eager| {worst:.4g}, allowed {allowed:.4g}")
     elif lm.compiles != 2:
         result.update(status="recompiled", stage="run", error=f"{lm.compiles} graphs compiled, expected 2")
