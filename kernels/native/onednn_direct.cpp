@@ -847,8 +847,9 @@ at::Tensor qlinear_add(const at::Tensor& x, double x_scale, int64_t x_zp, const 
 // channel times its scale (w_scale [N]) or each group of K / G input channels times its own
 // (w_scale [N, G], fp32), plus the bias; the output in x's dtype. The weight stays int8 in memory
 // (a quarter of f32's bytes, half of bf16's), which is what a memory-bound decode step reads.
-// More rows: oneDNN's matmul on the int8 weight per channel; per group, the float GEMM on the
-// weight dequantized into x's dtype.
+// One row, and up to woq_gemv::kMaxRows rows with group scales (a decode step at a small batch):
+// our GEMV, reading the weight once for all rows. More rows: oneDNN's matmul on the int8 weight
+// per channel; per group, the float GEMM on the weight dequantized into x's dtype (a prompt).
 at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
                       const c10::optional<at::Tensor>& bias, int64_t m_hint) {
   auto& a = api();
@@ -867,7 +868,8 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
   const at::Tensor x = x_in.reshape({-1, k}).contiguous();
   std::vector<int64_t> out_sizes(x_in.sizes().begin(), x_in.sizes().end());
   out_sizes.back() = n;
-  if (grouped && x.size(0) != 1) {  // a prompt: the float GEMM on the dequantized weight
+  const int64_t rows = x.size(0);
+  if (grouped && rows > woq_gemv::kMaxRows) {  // a prompt: the float GEMM on the dequantized weight
     const at::Tensor wc = w.contiguous(), sc = w_scale.to(at::kFloat).contiguous();
     at::Tensor w_float = at::empty({n, k}, x.options());
     woq_gemv::dequantize(wc.const_data_ptr<int8_t>(), sc.const_data_ptr<float>(), n, k, group, w_float.data_ptr(),
@@ -877,17 +879,17 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
   }
   at::Tensor out = at::empty(out_sizes, x.options());
   if (x.size(0) == 0) return out;
-  if (x.size(0) == 1 && (w.is_contiguous() || grouped)) {  // a decode step at batch 1: stream the weight
-    // fp32 x as it is, bf16 x widened once into a row of its own (exact); scales and bias read in
+  if ((rows == 1 && w.is_contiguous()) || grouped) {  // a decode step: stream the weight
+    // fp32 x as it is, bf16 x widened once into rows of its own (exact); scales and bias read in
     // their dtypes and the output written in x's: no tensor made or converted per call but the output
     std::vector<float> widened;
     const float* xf = nullptr;
     if (x.scalar_type() == at::kFloat) {
       xf = x.const_data_ptr<float>();
     } else {
-      widened.resize(size_t(k));
+      widened.resize(size_t(rows * k));
       const c10::BFloat16* xb = x.const_data_ptr<c10::BFloat16>();
-      for (int64_t i = 0; i < k; ++i) widened[size_t(i)] = float(xb[i]);
+      for (int64_t i = 0; i < rows * k; ++i) widened[size_t(i)] = float(xb[i]);
       xf = widened.data();
     }
     const at::Tensor scale = w_scale.scalar_type() == at::kFloat && w_scale.is_contiguous()
@@ -902,6 +904,7 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
     args.bias_bf16 = b.has_value() && b->scalar_type() == at::kBFloat16;
     args.y_bf16 = out.scalar_type() == at::kBFloat16;
     args.group = group;
+    args.rows = rows;
     woq_gemv::run(args);
     return out;
   }
@@ -917,8 +920,9 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
 
 
 // A weight-only int4 linear: x (f32 or bf16) [..., K] times the group-wise 4-bit weight in our
-// packed layout (woq_int4.h), plus the bias; the output in x's dtype. One row streams the packed
-// weight (woq_int4::run); more rows dequantize it into x's dtype and run the float GEMM.
+// packed layout (woq_int4.h), plus the bias; the output in x's dtype. Up to woq_gemv::kMaxRows
+// rows stream the packed weight once (woq_int4::run); more rows (a prompt) dequantize it into x's
+// dtype and run the float GEMM.
 at::Tensor woq_int4_linear(const at::Tensor& x_in, const at::Tensor& w4, const at::Tensor& sz, int64_t group,
                            const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16,
@@ -939,22 +943,26 @@ at::Tensor woq_int4_linear(const at::Tensor& x_in, const at::Tensor& w4, const a
   if (bias.has_value())
     b = (bias->scalar_type() == at::kFloat || bias->scalar_type() == at::kBFloat16) && bias->is_contiguous()
             ? *bias : bias->to(at::kFloat).contiguous();
-  if (x.size(0) != 1 || k / woq_int4::kRun > woq_int4::kMaxRuns) {  // a prompt: the float GEMM on the dequantized weight
+  const int64_t rows = x.size(0), groups = k / group;
+  if (rows > woq_int4::kMaxRows || k / woq_int4::kRun > woq_int4::kMaxRuns) {  // a prompt: the float GEMM on the dequantized weight
     at::Tensor w = at::empty({n, k}, x.options());
     woq_int4::dequantize(w4.const_data_ptr<uint8_t>(), sz.const_data_ptr(), bf16, n, k, group, w.data_ptr(), bf16);
     return at::linear(x, w, b.has_value() ? c10::optional<at::Tensor>(b->to(x.scalar_type())) : b).view(out_sizes);
   }
   at::Tensor out = at::empty(out_sizes, x.options());
-  std::vector<float> xf(static_cast<size_t>(k)), xsum(static_cast<size_t>(k / group));
+  if (rows == 0) return out;
+  std::vector<float> xf(static_cast<size_t>(rows * k)), xsum(static_cast<size_t>(rows * groups));
   std::vector<c10::BFloat16> xb;
-  if (bf16) {
-    xb.resize(static_cast<size_t>(k));
-    woq_int4::reorder_for_bf16(x.const_data_ptr<c10::BFloat16>(), k, xb.data());
+  if (bf16) xb.resize(static_cast<size_t>(rows * k));
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* row = static_cast<const char*>(x.const_data_ptr()) + r * k * x.element_size();
+    if (bf16) woq_int4::reorder_for_bf16(reinterpret_cast<const c10::BFloat16*>(row), k, xb.data() + r * k);
+    woq_int4::widen_x(row, bf16, k, group, xf.data() + r * k, xsum.data() + r * groups);
   }
-  woq_int4::widen_x(x.const_data_ptr(), bf16, k, group, xf.data(), xsum.data());
   woq_int4::Args args{xf.data(), bf16 ? xb.data() : nullptr, xsum.data(), w4.const_data_ptr<uint8_t>(),
                       sz.const_data_ptr(), b.has_value() ? b->const_data_ptr() : nullptr, out.data_ptr(),
-                      k, n, group, k / group};
+                      k, n, group, groups};
+  args.rows = rows;
   args.sz_bf16 = bf16;
   args.bias_bf16 = b.has_value() && b->scalar_type() == at::kBFloat16;
   args.y_bf16 = bf16;

@@ -1,21 +1,26 @@
-// Weight-only int8 GEMV: y[n] = sum_g scale[n, g] * sum_{k in g} x[k] * w[n, k] (+ bias[n]) for one
-// row of float x (a decode step at batch 1) and a plain int8 [N, K] weight, accumulated in fp32;
-// one scale per output channel (one group of K), or one per group of `group` input channels.
+// Weight-only int8 GEMV: y[r, n] = sum_g scale[n, g] * sum_{k in g} x[r, k] * w[n, k] (+ bias[n])
+// for a few rows of float x (a decode step: one row at batch 1, one per sequence at a small batch)
+// and a plain int8 [N, K] weight, accumulated in fp32; one scale per output channel (one group of
+// K), or one per group of `group` input channels.
 //
 // Why: at one row a weight-only linear reads each weight byte once and does two flops with it,
 // so it should run at memory speed. oneDNN's matmul with weight decompression reached about 9 GB/s
 // on an AMD EPYC Zen 4 (Gemma-3-270M's 262k x 640 LM head: ~17 ms), slower than the bf16 GEMV it
 // replaces; this loop streams the weight at memory speed (docs/PERFORMANCE.md, section 5). From two
-// rows on it stops being memory-bound, and oneDNN's matmul is as fast or faster (measured 2-4
-// rows: section 5b), so the op gives it one row only. Scales per group (groups of 32-256) keep an
+// rows on it is compute-bound; per output channel oneDNN's matmul is as fast or faster there
+// (measured 2-4 rows: section 5b), so the op gives it more than one row. With group scales the
+// alternative is dequantizing the whole weight every call (the prompt's path): at 4 rows 8x slower
+// on the LM head, so up to kMaxRows rows come here. Scales per group (groups of 32-256) keep an
 // outlier from coarsening a whole channel's grid: on Gemma-3-270M, KL to the float model 0.0038
 // per channel, 0.0015 in groups of 64 (section 5b), for a scale stream of 4 / group of the weight's bytes.
 //
 // How: four output channels at a time, each two independent chains of fused multiply-adds over K
 // (or over one group, then times the group's scale into the channel's sum) in vector registers
 // (int8 -> int32 -> fp32 in registers), the weight (and the group scales) prefetched well ahead;
+// rows two at a time through each widened weight vector (four spilled registers: 2.4x slower);
 // threads split N. AVX-512 or AVX2 by what the CPU has (checked at run time); plain C++ else.
-// Sums run in a different order than oneDNN's, so fp32 results differ from it by float rounding.
+// Sums run in a different order than oneDNN's, so fp32 results differ from it by float rounding;
+// each row's in the same order whatever its batch, so a row's result does not depend on it.
 
 #pragma once
 
@@ -34,55 +39,49 @@
 
 namespace woq_gemv {
 
-constexpr int kBlock = 4;  // output channels per inner loop
+constexpr int kBlock = 4;     // output channels per inner loop
+constexpr int kTileRows = 2;  // rows sharing one widened weight block (two rows' accumulators fill the registers)
+constexpr int kMaxRows = 16;  // rows through the GEMV; a longer prompt takes the float GEMM (onednn_direct.cpp)
 
 struct Args {
-  const float* x;      // [k] fp32, contiguous
+  const float* x;      // [rows, k] fp32, contiguous
   const int8_t* w;     // [n, k] int8, contiguous
   const float* scale;  // [n] (group 0), else [n, k / group]
   const void* bias;    // [n] fp32 or bf16 (bias_bf16), or nullptr
-  void* y;             // [n] fp32 or bf16 (y_bf16)
+  void* y;             // [rows, n] fp32 or bf16 (y_bf16)
   int64_t k, n;
   bool bias_bf16 = false, y_bf16 = false;
   int64_t group = 0;   // 0: one scale per output channel; else a multiple of 32 dividing k
+  int64_t rows = 1;
 };
 
-// y = sum * scale (+ bias), rounded once to y's dtype: the bf16 bias widened exactly, the fp32 sum
-// rounded to bf16 at the end (as a bf16 linear rounds its fp32 accumulator). `scale` 1 where the
-// group scales are in the sum already.
-inline void finish(const Args& a, int64_t j, float sum, float scale) {
+// y[r, j] = sum * scale (+ bias), rounded once to y's dtype: the bf16 bias widened exactly, the fp32
+// sum rounded to bf16 at the end (as a bf16 linear rounds its fp32 accumulator). `scale` 1 where
+// the group scales are in the sum already.
+inline void finish(const Args& a, int64_t r, int64_t j, float sum, float scale) {
   float b = 0.f;
   if (a.bias) b = a.bias_bf16 ? float(static_cast<const c10::BFloat16*>(a.bias)[j]) : static_cast<const float*>(a.bias)[j];
   const float v = sum * scale + b;
   if (a.y_bf16)
-    static_cast<c10::BFloat16*>(a.y)[j] = c10::BFloat16(v);
+    static_cast<c10::BFloat16*>(a.y)[r * a.n + j] = c10::BFloat16(v);
   else
-    static_cast<float*>(a.y)[j] = v;
+    static_cast<float*>(a.y)[r * a.n + j] = v;
 }
 
 inline void block_scalar(const Args& a, int64_t j0, int64_t j1) {
   const int64_t group = a.group ? a.group : a.k, groups = a.k / group;
-  for (int64_t j = j0; j < j1; ++j) {
-    float sum = 0.f;
-    const int8_t* wr = a.w + j * a.k;
-    for (int64_t g = 0; g < groups; ++g) {
-      float part = 0.f;
-      for (int64_t i = g * group; i < (g + 1) * group; ++i) part += a.x[i] * float(wr[i]);
-      sum += a.group ? part * a.scale[j * groups + g] : part;
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const float* x = a.x + r * a.k;
+    for (int64_t j = j0; j < j1; ++j) {
+      float sum = 0.f;
+      const int8_t* wr = a.w + j * a.k;
+      for (int64_t g = 0; g < groups; ++g) {
+        float part = 0.f;
+        for (int64_t i = g * group; i < (g + 1) * group; ++i) part += x[i] * float(wr[i]);
+        sum += a.group ? part * a.scale[j * groups + g] : part;
+      }
+      finish(a, r, j, sum, a.group ? 1.f : a.scale[j]);
     }
-    finish(a, j, sum, a.group ? 1.f : a.scale[j]);
-  }
-}
-
-// One 16-column step of kBlock channels into accumulator set `acc` (masked: the last K % 16 columns).
-template <bool Masked>
-__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline void step_avx512(
-    const Args& a, const int8_t* wr, int64_t i, __mmask16 mask, __m512 (&acc)[kBlock]) {
-  const __m512 xv = Masked ? _mm512_maskz_loadu_ps(mask, a.x + i) : _mm512_loadu_ps(a.x + i);
-  for (int b = 0; b < kBlock; ++b) {
-    const int8_t* p = wr + b * a.k + i;
-    const __m128i bytes = Masked ? _mm_maskz_loadu_epi8(mask, p) : _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), xv, acc[b]);
   }
 }
 
@@ -97,26 +96,57 @@ __attribute__((always_inline)) inline void prefetch_ahead(const Args& a, const i
     _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * a.k + i), _MM_HINT_T0);
 }
 
-// kBlock channels at a time, 32 columns a step into two accumulator sets (one chain of dependent
-// multiply-adds per channel stalled on its latency: 36 GB/s with one set, 48-50 with two); then one
-// 16-column step and a masked one for the last K % 16 columns.
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512(const Args& a, int64_t j0, int64_t j1) {
+// The rows of a block: kTileRows at a time through one widened weight block (the first tile reads
+// the weight from memory and prefetches ahead; the next find it in L1), a last odd row alone. Each
+// row's sums run in the same order whatever the rows beside it, so a row's result does not depend
+// on its batch (tests/kernels/test_native.py).
+#define IQ_EACH_TILE(TILE, ...)                                                      \
+  for (int64_t r = 0; r < a.rows; r += kTileRows)                                    \
+    if (r + kTileRows <= a.rows) TILE<kTileRows>(a, __VA_ARGS__, r);                 \
+    else TILE<1>(a, __VA_ARGS__, r)
+
+// One 16-column step of kBlock channels for R rows into accumulator sets `acc` (masked: the last
+// K % 16 columns): each weight vector widened once, multiplied into every row's sum.
+template <bool Masked, int R>
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline void step_avx512(
+    const Args& a, const float* x, const int8_t* wr, int64_t i, __mmask16 mask, __m512 (&acc)[R][kBlock]) {
+  __m512 xv[R];
+  for (int r = 0; r < R; ++r) xv[r] = Masked ? _mm512_maskz_loadu_ps(mask, x + r * a.k + i) : _mm512_loadu_ps(x + r * a.k + i);
+  for (int b = 0; b < kBlock; ++b) {
+    const int8_t* p = wr + b * a.k + i;
+    const __m128i bytes = Masked ? _mm_maskz_loadu_epi8(mask, p) : _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
+    for (int r = 0; r < R; ++r) acc[r][b] = _mm512_fmadd_ps(wv, xv[r], acc[r][b]);
+  }
+}
+
+// kBlock channels j.. for rows r0..r0 + R, 32 columns a step into two accumulator sets (one chain
+// of dependent multiply-adds per channel stalled on its latency: 36 GB/s with one set, 48-50 with
+// two); then one 16-column step and a masked one for the last K % 16 columns.
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void tile_avx512(const Args& a, int64_t j, int64_t r0) {
   const int64_t k = a.k, pairs = k / 32 * 32, full = k / 16 * 16;
   const __mmask16 tail = static_cast<__mmask16>((1u << (k - full)) - 1u);
-  int64_t j = j0;
-  for (; j + kBlock <= j1; j += kBlock) {
-    const int8_t* wr = a.w + j * k;
-    __m512 acc[kBlock], acc2[kBlock];
-    for (int b = 0; b < kBlock; ++b) acc[b] = acc2[b] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < pairs; i += 32) {
-      if ((i & 63) == 0) prefetch_ahead(a, wr, i);  // a cache line per channel: DRAM streams stay busy
-      step_avx512<false>(a, wr, i, 0, acc);
-      step_avx512<false>(a, wr, i + 16, 0, acc2);
-    }
-    if (pairs < full) step_avx512<false>(a, wr, pairs, 0, acc);
-    if (full < k) step_avx512<true>(a, wr, full, tail, acc2);
-    for (int b = 0; b < kBlock; ++b) finish(a, j + b, _mm512_reduce_add_ps(_mm512_add_ps(acc[b], acc2[b])), a.scale[j + b]);
+  const int8_t* wr = a.w + j * k;
+  const float* x = a.x + r0 * k;
+  __m512 acc[R][kBlock], acc2[R][kBlock];
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < kBlock; ++b) acc[r][b] = acc2[r][b] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < pairs; i += 32) {
+    if (r0 == 0 && (i & 63) == 0) prefetch_ahead(a, wr, i);  // a cache line per channel: DRAM streams stay busy
+    step_avx512<false, R>(a, x, wr, i, 0, acc);
+    step_avx512<false, R>(a, x, wr, i + 16, 0, acc2);
   }
+  if (pairs < full) step_avx512<false, R>(a, x, wr, pairs, 0, acc);
+  if (full < k) step_avx512<true, R>(a, x, wr, full, tail, acc2);
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < kBlock; ++b)
+      finish(a, r0 + r, j + b, _mm512_reduce_add_ps(_mm512_add_ps(acc[r][b], acc2[r][b])), a.scale[j + b]);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512(const Args& a, int64_t j0, int64_t j1) {
+  int64_t j = j0;
+  for (; j + kBlock <= j1; j += kBlock) IQ_EACH_TILE(tile_avx512, j);
   block_scalar(a, j, j1);
 }
 
@@ -127,27 +157,40 @@ __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-__attribute__((target("avx2,fma"))) inline void block_avx2(const Args& a, int64_t j0, int64_t j1) {
+// 8 weights of channel row `p` widened to fp32
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 widen8(const int8_t* p) {
+  int64_t eight;
+  std::memcpy(&eight, p, 8);
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(eight)));
+}
+
+template <int R>
+__attribute__((target("avx2,fma"))) inline void tile_avx2(const Args& a, int64_t j, int64_t r0) {
   const int64_t k = a.k, full = k / 8 * 8;
-  int64_t j = j0;
-  for (; j + kBlock <= j1; j += kBlock) {
-    const int8_t* wr = a.w + j * k;
-    __m256 acc[kBlock];
-    for (int b = 0; b < kBlock; ++b) acc[b] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < full; i += 8) {
-      const __m256 xv = _mm256_loadu_ps(a.x + i);
-      for (int b = 0; b < kBlock; ++b) {
-        int64_t eight;
-        std::memcpy(&eight, wr + b * k + i, 8);
-        acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(eight))), xv, acc[b]);
-      }
-    }
+  const int8_t* wr = a.w + j * k;
+  const float* x = a.x + r0 * k;
+  __m256 acc[R][kBlock];
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < kBlock; ++b) acc[r][b] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < full; i += 8) {
+    __m256 xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * k + i);
     for (int b = 0; b < kBlock; ++b) {
-      float sum = hsum256(acc[b]);
-      for (int64_t i = full; i < k; ++i) sum += a.x[i] * float(wr[b * k + i]);
-      finish(a, j + b, sum, a.scale[j + b]);
+      const __m256 wv = widen8(wr + b * k + i);
+      for (int r = 0; r < R; ++r) acc[r][b] = _mm256_fmadd_ps(wv, xv[r], acc[r][b]);
     }
   }
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < kBlock; ++b) {
+      float sum = hsum256(acc[r][b]);
+      for (int64_t i = full; i < k; ++i) sum += x[r * k + i] * float(wr[b * k + i]);
+      finish(a, r0 + r, j + b, sum, a.scale[j + b]);
+    }
+}
+
+__attribute__((target("avx2,fma"))) inline void block_avx2(const Args& a, int64_t j0, int64_t j1) {
+  int64_t j = j0;
+  for (; j + kBlock <= j1; j += kBlock) IQ_EACH_TILE(tile_avx2, j);
   block_scalar(a, j, j1);
 }
 
@@ -158,60 +201,80 @@ inline void prefetch_scales(const Args& a, int64_t j) {
   for (int64_t at = 0; at < bytes; at += 64) _mm_prefetch(ahead + at, _MM_HINT_T0);
 }
 
-// Group scales (a.group > 0, a multiple of 32): per group the two accumulator sets' sum times the
-// group's scale into the channel's sum.
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512_grouped(const Args& a, int64_t j0, int64_t j1) {
+// Group scales (a.group > 0, a multiple of 32): per group the partial sum times the group's scale
+// into the channel's sum, even and odd groups in two chains.
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void tile_avx512_grouped(const Args& a, int64_t j, int64_t r0) {
   const int64_t k = a.k, group = a.group, groups = k / group;
-  int64_t j = j0;
-  for (; j + kBlock <= j1; j += kBlock) {
-    const int8_t* wr = a.w + j * k;
-    const float* sc = a.scale + j * groups;
-    prefetch_scales(a, j);
-    __m512 sum[2][kBlock];  // even and odd groups: two chains of the scaled sums
-    for (int b = 0; b < kBlock; ++b) sum[0][b] = sum[1][b] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < groups; ++g) {
-      __m512 part[kBlock];
-      for (int64_t i = g * group; i < (g + 1) * group; i += 16) {
-        if ((i & 63) == 0) prefetch_ahead(a, wr, i);
-        const __m512 xv = _mm512_loadu_ps(a.x + i);
-        _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
-          const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + b * k + i))));
-          part[b] = i == g * group ? _mm512_mul_ps(wv, xv) : _mm512_fmadd_ps(wv, xv, part[b]);
-        }
+  const int8_t* wr = a.w + j * k;
+  const float* sc = a.scale + j * groups;
+  const float* x = a.x + r0 * k;
+  if (r0 == 0) prefetch_scales(a, j);
+  __m512 sum[2][R][kBlock];
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < kBlock; ++b) sum[0][r][b] = sum[1][r][b] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512 part[R][kBlock];
+    for (int64_t i = g * group; i < (g + 1) * group; i += 16) {
+      if (r0 == 0 && (i & 63) == 0) prefetch_ahead(a, wr, i);
+      __m512 xv[R];
+      for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_ps(x + r * k + i);
+      _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
+        const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + b * k + i))));
+        for (int r = 0; r < R; ++r) part[r][b] = i == g * group ? _mm512_mul_ps(wv, xv[r]) : _mm512_fmadd_ps(wv, xv[r], part[r][b]);
       }
-      _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b)
-        sum[g & 1][b] = _mm512_fmadd_ps(part[b], _mm512_set1_ps(sc[b * groups + g]), sum[g & 1][b]);
     }
-    for (int b = 0; b < kBlock; ++b) finish(a, j + b, _mm512_reduce_add_ps(_mm512_add_ps(sum[0][b], sum[1][b])), 1.f);
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
+      const __m512 s = _mm512_set1_ps(sc[b * groups + g]);
+      for (int r = 0; r < R; ++r) sum[g & 1][r][b] = _mm512_fmadd_ps(part[r][b], s, sum[g & 1][r][b]);
+    }
   }
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < kBlock; ++b)
+      finish(a, r0 + r, j + b, _mm512_reduce_add_ps(_mm512_add_ps(sum[0][r][b], sum[1][r][b])), 1.f);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512_grouped(const Args& a, int64_t j0, int64_t j1) {
+  int64_t j = j0;
+  for (; j + kBlock <= j1; j += kBlock) IQ_EACH_TILE(tile_avx512_grouped, j);
   block_scalar(a, j, j1);
 }
 
-__attribute__((target("avx2,fma"))) inline void block_avx2_grouped(const Args& a, int64_t j0, int64_t j1) {
+template <int R>
+__attribute__((target("avx2,fma"))) inline void tile_avx2_grouped(const Args& a, int64_t j, int64_t r0) {
   const int64_t k = a.k, group = a.group, groups = k / group;
-  int64_t j = j0;
-  for (; j + kBlock <= j1; j += kBlock) {
-    const int8_t* wr = a.w + j * k;
-    const float* sc = a.scale + j * groups;
-    prefetch_scales(a, j);
-    __m256 sum[kBlock];
-    for (int b = 0; b < kBlock; ++b) sum[b] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < groups; ++g) {
-      __m256 acc[kBlock];
-      for (int b = 0; b < kBlock; ++b) acc[b] = _mm256_setzero_ps();
-      for (int64_t i = g * group; i < (g + 1) * group; i += 8) {
-        if ((i & 63) == 0) prefetch_ahead(a, wr, i);
-        const __m256 xv = _mm256_loadu_ps(a.x + i);
-        for (int b = 0; b < kBlock; ++b) {
-          int64_t eight;
-          std::memcpy(&eight, wr + b * k + i, 8);
-          acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(eight))), xv, acc[b]);
-        }
+  const int8_t* wr = a.w + j * k;
+  const float* sc = a.scale + j * groups;
+  const float* x = a.x + r0 * k;
+  if (r0 == 0) prefetch_scales(a, j);
+  __m256 sum[R][kBlock];
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < kBlock; ++b) sum[r][b] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 acc[R][kBlock];
+    for (int r = 0; r < R; ++r)
+      for (int b = 0; b < kBlock; ++b) acc[r][b] = _mm256_setzero_ps();
+    for (int64_t i = g * group; i < (g + 1) * group; i += 8) {
+      if (r0 == 0 && (i & 63) == 0) prefetch_ahead(a, wr, i);
+      __m256 xv[R];
+      for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * k + i);
+      for (int b = 0; b < kBlock; ++b) {
+        const __m256 wv = widen8(wr + b * k + i);
+        for (int r = 0; r < R; ++r) acc[r][b] = _mm256_fmadd_ps(wv, xv[r], acc[r][b]);
       }
-      for (int b = 0; b < kBlock; ++b) sum[b] = _mm256_fmadd_ps(acc[b], _mm256_set1_ps(sc[b * groups + g]), sum[b]);
     }
-    for (int b = 0; b < kBlock; ++b) finish(a, j + b, hsum256(sum[b]), 1.f);
+    for (int b = 0; b < kBlock; ++b) {
+      const __m256 s = _mm256_set1_ps(sc[b * groups + g]);
+      for (int r = 0; r < R; ++r) sum[r][b] = _mm256_fmadd_ps(acc[r][b], s, sum[r][b]);
+    }
   }
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < kBlock; ++b) finish(a, r0 + r, j + b, hsum256(sum[r][b]), 1.f);
+}
+
+__attribute__((target("avx2,fma"))) inline void block_avx2_grouped(const Args& a, int64_t j0, int64_t j1) {
+  int64_t j = j0;
+  for (; j + kBlock <= j1; j += kBlock) IQ_EACH_TILE(tile_avx2_grouped, j);
   block_scalar(a, j, j1);
 }
 
@@ -306,7 +369,7 @@ inline void advise_huge_pages(const void* data, int64_t bytes) {
   if (madvise(at, end - begin, MADV_HUGEPAGE) == 0) madvise(at, end - begin, kCollapse);
 }
 
-// y = x w^T * scale (+ bias) over every output channel, threads splitting N.
+// y = x w^T * scale (+ bias) for every row and output channel, threads splitting N.
 inline void run(const Args& a) {
   static const Block per_channel = pick(), per_group = grouped(per_channel);
   const Block block = a.group ? per_group : per_channel;

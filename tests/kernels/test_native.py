@@ -325,25 +325,56 @@ def test_weight_only_decode_rows_stream_the_weight(dtype, k):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("k,group", [(640, 64), (640, 32), (256, 128), (96, 96)], ids=lambda v: str(v))
 def test_weight_only_group_scales_decode_rows_and_prompts_are_the_linear_on_the_dequantized_weight(dtype, k, group):
-    """Scales [out, in / group] (a multiple of 32): one row takes our GEMV's group loop (each
-    group's fp32 sum times its scale), more rows the float GEMM on the weight dequantized into x's
-    dtype -- the eager model's weight exactly, so prompts match its linear bitwise; channels not a
-    multiple of the GEMV's block of 4 included."""
+    """Scales [out, in / group] (a multiple of 32): up to 16 rows (a decode step at a small
+    batch) take our GEMV's group loop (each group's fp32 sum times its scale), more rows (a prompt)
+    the float GEMM on the weight dequantized into x's dtype -- the eager model's weight exactly, so
+    prompts match its linear bitwise; channels not a multiple of the GEMV's block of 4 included."""
     g = torch.Generator().manual_seed(13)
     n = 4 * 37 + 3
     w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
     w_scale = torch.rand(n, k // group, generator=g) * 0.01 + 0.001
     w_float = (w.float().view(n, k // group, group) * w_scale[..., None]).view(n, k)
     b = torch.randn(n, generator=g).to(dtype)
-    for rows in (1, 3):
+    for rows in (1, 3, 17):
         x = torch.randn(2, rows, k, generator=g).to(dtype)[:1]
         out = torch.ops.iq_onednn.woq_linear(x, w, w_scale, b, 1)
         assert out.dtype == dtype and out.shape == (1, rows, n)
-        if rows > 1:  # the eager model: dequantize (fp32), cast to x's dtype, linear
+        if rows > 16:  # the eager model: dequantize (fp32), cast to x's dtype, linear
             assert torch.equal(out, torch.nn.functional.linear(x, w_float.to(dtype), b))
         ref = torch.nn.functional.linear(x.float(), w_float, b.float())
         tol = 1e-5 if dtype is torch.float32 else 1e-2
         torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["int8-groups", "int4"])
+def test_a_decode_rows_result_does_not_depend_on_its_batch(dtype, kind):
+    """A decode step at batch 2-16 reads the weight once for all rows (woq_gemv.h's tiles of two
+    rows, a last odd row alone): each row's output is bitwise what it gets alone, so a batch
+    decodes each of its sequences as batch 1 would; channels not a multiple of the block of 4 and
+    a 640 input (group counts 16 + 4) included."""
+    g = torch.Generator().manual_seed(16)
+    n, k, group = 4 * 37 + 3, 640, 32
+    if kind == "int8-groups":
+        w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+        w_scale = torch.rand(n, k // group, generator=g) * 0.01 + 0.001
+        b = torch.randn(n, generator=g).to(dtype)
+
+        def op(x):
+            return torch.ops.iq_onednn.woq_linear(x, w, w_scale, b, 1)
+    else:
+        q, scale, zp, _ = _int4_weight(n, k, group, seed=17)
+        pairs = int4pack.scale_zeros(E, scale, zp, n, k, group, dtype, channels_first=True)
+        packed, b = native.woq_int4_pack(E, q, n, k), torch.randn(n, generator=g).to(dtype)
+
+        def op(x):
+            return torch.ops.iq_onednn.woq_int4_linear(x, packed, pairs, group, b)
+    for rows in (2, 3, 5, 16):
+        x = torch.randn(rows, k, generator=g).to(dtype)
+        together = op(x)
+        assert together.shape == (rows, n) and together.dtype == dtype
+        alone = torch.cat([op(x[r:r + 1]) for r in range(rows)])
+        assert torch.equal(together, alone), f"{rows} rows: {(together - alone).abs().max()}"
 
 
 def test_the_bf16_decode_row_is_the_fp32_gemv_rounded_once():
@@ -444,11 +475,11 @@ def _ours_and_torchs_int4(x, q, scale, zp, n, k, group, bias):
 # loop's scale preparation), 4, 4, 3
 @pytest.mark.parametrize("n,k,group", [(4 * 37 + 3, 640, 32), (32, 928, 32), (48, 256, 64), (16, 512, 128), (5, 96, 32)],
                          ids=["tail-channels", "every-group-step", "g64", "g128", "few-channels"])
-@pytest.mark.parametrize("x_shape", [(1,), (1, 1), (7,), (2, 3)], ids=["decode_row", "decode_row_3d", "rows", "3d"])
+@pytest.mark.parametrize("x_shape", [(1,), (1, 1), (7,), (2, 3), (17,)], ids=["decode_row", "decode_row_3d", "rows", "3d", "prompt"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_weight_only_int4_is_the_linear_on_the_dequantized_weight(dtype, n, k, group, x_shape, bias):
-    """One row (our GEMV, native/woq_int4.h: output channels not a multiple of its block of 4
-    included) and several (the dequantized weight through the float GEMM): the linear on the
+    """Up to 16 rows (our GEMV, native/woq_int4.h: output channels not a multiple of its block of
+    4 included) and more (a prompt: the dequantized weight through the float GEMM): the linear on the
     dequantized weight within fp32 / bf16 rounding, and so torch's int4 GEMM on the same weight."""
     q, scale, zp, dequantized = _int4_weight(n, k, group, seed=13)
     g = torch.Generator().manual_seed(14)
