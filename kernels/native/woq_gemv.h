@@ -17,7 +17,7 @@
 // How: four output channels at a time, each two independent chains of fused multiply-adds over K
 // (or over one group, then times the group's scale into the channel's sum) in vector registers
 // (int8 -> int32 -> fp32 in registers), the weight (and the group scales) prefetched well ahead;
-// rows two at a time through each widened weight vector (four spilled registers: 2.4x slower);
+// rows two at a time through each widened weight vector (four at a time measured no faster);
 // threads split N. AVX-512 or AVX2 by what the CPU has (checked at run time); plain C++ else.
 // Sums run in a different order than oneDNN's, so fp32 results differ from it by float rounding;
 // each row's in the same order whatever its batch, so a row's result does not depend on it.
@@ -92,7 +92,7 @@ constexpr int kPrefetchBlocks = 4;
 
 // The weight rows of the kBlock channels kPrefetchBlocks blocks past `wr`, from column i: a cache line each
 __attribute__((always_inline)) inline void prefetch_ahead(const Args& a, const int8_t* wr, int64_t i) {
-  for (int b = 0; b < kBlock; ++b)
+  _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b)
     _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * a.k + i), _MM_HINT_T0);
 }
 
@@ -111,12 +111,12 @@ template <bool Masked, int R>
 __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline void step_avx512(
     const Args& a, const float* x, const int8_t* wr, int64_t i, __mmask16 mask, __m512 (&acc)[R][kBlock]) {
   __m512 xv[R];
-  for (int r = 0; r < R; ++r) xv[r] = Masked ? _mm512_maskz_loadu_ps(mask, x + r * a.k + i) : _mm512_loadu_ps(x + r * a.k + i);
-  for (int b = 0; b < kBlock; ++b) {
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) xv[r] = Masked ? _mm512_maskz_loadu_ps(mask, x + r * a.k + i) : _mm512_loadu_ps(x + r * a.k + i);
+  _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
     const int8_t* p = wr + b * a.k + i;
     const __m128i bytes = Masked ? _mm_maskz_loadu_epi8(mask, p) : _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
-    for (int r = 0; r < R; ++r) acc[r][b] = _mm512_fmadd_ps(wv, xv[r], acc[r][b]);
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r][b] = _mm512_fmadd_ps(wv, xv[r], acc[r][b]);
   }
 }
 
@@ -130,8 +130,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void tile_avx512(con
   const int8_t* wr = a.w + j * k;
   const float* x = a.x + r0 * k;
   __m512 acc[R][kBlock], acc2[R][kBlock];
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < kBlock; ++b) acc[r][b] = acc2[r][b] = _mm512_setzero_ps();
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[r][b] = acc2[r][b] = _mm512_setzero_ps();
   for (int64_t i = 0; i < pairs; i += 32) {
     if (r0 == 0 && (i & 63) == 0) prefetch_ahead(a, wr, i);  // a cache line per channel: DRAM streams stay busy
     step_avx512<false, R>(a, x, wr, i, 0, acc);
@@ -139,8 +139,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void tile_avx512(con
   }
   if (pairs < full) step_avx512<false, R>(a, x, wr, pairs, 0, acc);
   if (full < k) step_avx512<true, R>(a, x, wr, full, tail, acc2);
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < kBlock; ++b)
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b)
       finish(a, r0 + r, j + b, _mm512_reduce_add_ps(_mm512_add_ps(acc[r][b], acc2[r][b])), a.scale[j + b]);
 }
 
@@ -170,18 +170,18 @@ __attribute__((target("avx2,fma"))) inline void tile_avx2(const Args& a, int64_t
   const int8_t* wr = a.w + j * k;
   const float* x = a.x + r0 * k;
   __m256 acc[R][kBlock];
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < kBlock; ++b) acc[r][b] = _mm256_setzero_ps();
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[r][b] = _mm256_setzero_ps();
   for (int64_t i = 0; i < full; i += 8) {
     __m256 xv[R];
-    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * k + i);
-    for (int b = 0; b < kBlock; ++b) {
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * k + i);
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
       const __m256 wv = widen8(wr + b * k + i);
-      for (int r = 0; r < R; ++r) acc[r][b] = _mm256_fmadd_ps(wv, xv[r], acc[r][b]);
+      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r][b] = _mm256_fmadd_ps(wv, xv[r], acc[r][b]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < kBlock; ++b) {
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
       float sum = hsum256(acc[r][b]);
       for (int64_t i = full; i < k; ++i) sum += x[r * k + i] * float(wr[b * k + i]);
       finish(a, r0 + r, j + b, sum, a.scale[j + b]);
@@ -211,26 +211,26 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void tile_avx512_gro
   const float* x = a.x + r0 * k;
   if (r0 == 0) prefetch_scales(a, j);
   __m512 sum[2][R][kBlock];
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < kBlock; ++b) sum[0][r][b] = sum[1][r][b] = _mm512_setzero_ps();
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) sum[0][r][b] = sum[1][r][b] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     __m512 part[R][kBlock];
     for (int64_t i = g * group; i < (g + 1) * group; i += 16) {
       if (r0 == 0 && (i & 63) == 0) prefetch_ahead(a, wr, i);
       __m512 xv[R];
-      for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_ps(x + r * k + i);
+      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_ps(x + r * k + i);
       _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
         const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + b * k + i))));
-        for (int r = 0; r < R; ++r) part[r][b] = i == g * group ? _mm512_mul_ps(wv, xv[r]) : _mm512_fmadd_ps(wv, xv[r], part[r][b]);
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) part[r][b] = i == g * group ? _mm512_mul_ps(wv, xv[r]) : _mm512_fmadd_ps(wv, xv[r], part[r][b]);
       }
     }
     _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
       const __m512 s = _mm512_set1_ps(sc[b * groups + g]);
-      for (int r = 0; r < R; ++r) sum[g & 1][r][b] = _mm512_fmadd_ps(part[r][b], s, sum[g & 1][r][b]);
+      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) sum[g & 1][r][b] = _mm512_fmadd_ps(part[r][b], s, sum[g & 1][r][b]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < kBlock; ++b)
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b)
       finish(a, r0 + r, j + b, _mm512_reduce_add_ps(_mm512_add_ps(sum[0][r][b], sum[1][r][b])), 1.f);
 }
 
@@ -248,28 +248,28 @@ __attribute__((target("avx2,fma"))) inline void tile_avx2_grouped(const Args& a,
   const float* x = a.x + r0 * k;
   if (r0 == 0) prefetch_scales(a, j);
   __m256 sum[R][kBlock];
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < kBlock; ++b) sum[r][b] = _mm256_setzero_ps();
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) sum[r][b] = _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     __m256 acc[R][kBlock];
-    for (int r = 0; r < R; ++r)
-      for (int b = 0; b < kBlock; ++b) acc[r][b] = _mm256_setzero_ps();
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+      _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[r][b] = _mm256_setzero_ps();
     for (int64_t i = g * group; i < (g + 1) * group; i += 8) {
       if (r0 == 0 && (i & 63) == 0) prefetch_ahead(a, wr, i);
       __m256 xv[R];
-      for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * k + i);
-      for (int b = 0; b < kBlock; ++b) {
+      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * k + i);
+      _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
         const __m256 wv = widen8(wr + b * k + i);
-        for (int r = 0; r < R; ++r) acc[r][b] = _mm256_fmadd_ps(wv, xv[r], acc[r][b]);
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r][b] = _mm256_fmadd_ps(wv, xv[r], acc[r][b]);
       }
     }
-    for (int b = 0; b < kBlock; ++b) {
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
       const __m256 s = _mm256_set1_ps(sc[b * groups + g]);
-      for (int r = 0; r < R; ++r) sum[r][b] = _mm256_fmadd_ps(acc[r][b], s, sum[r][b]);
+      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) sum[r][b] = _mm256_fmadd_ps(acc[r][b], s, sum[r][b]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < kBlock; ++b) finish(a, r0 + r, j + b, hsum256(sum[r][b]), 1.f);
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) finish(a, r0 + r, j + b, hsum256(sum[r][b]), 1.f);
 }
 
 __attribute__((target("avx2,fma"))) inline void block_avx2_grouped(const Args& a, int64_t j0, int64_t j1) {

@@ -100,7 +100,7 @@ inline void start_block(const Args& a, int64_t j, float (&sc)[kBlock][kMaxRuns],
   const float shift = bf16_loop ? 8.f + kMagicBias : 8.f;
   const bool vector_pairs = bf16_loop && a.group == kRun && a.sz_bf16;  // the bf16 loop's pairs, 16 groups a step
   for (int64_t r = 0; r < a.rows; ++r)
-    for (int b = 0; b < kBlock; ++b)
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b)
       off[r][b] = vector_pairs ? prepare_bf16_g32(a, j + b, sc[b], a.xsum + r * a.groups)
                                : prepare(a, j + b, sc[b], a.xsum + r * a.groups, shift);
   prefetch_pairs(a, j + 4 * kPrefetchBlocks * kBlock);
@@ -108,7 +108,7 @@ inline void start_block(const Args& a, int64_t j, float (&sc)[kBlock][kMaxRuns],
 
 // the block's weight rows kPrefetchBlocks blocks ahead, from byte `at` of each row: one cache line
 inline void prefetch_rows(const uint8_t* wr, int64_t row, int64_t at) {
-  for (int b = 0; b < kBlock; ++b) _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * row + at), _MM_HINT_T0);
+  _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * row + at), _MM_HINT_T0);
 }
 
 inline void store(const Args& a, int64_t r, int64_t j, float v) {
@@ -216,11 +216,11 @@ IQ_BF16_TARGET inline void tile_bf16(const Args& a, int64_t j, const float (&sc)
   const uint8_t* wr = a.w + j * row;
   const c10::BFloat16* xb = a.xb + r0 * k;
   __m512 acc[R][kBlock];
-  for (int r = 0; r < R; ++r) _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[r][b] = _mm512_setzero_ps();
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[r][b] = _mm512_setzero_ps();
   for (int64_t c = 0; c < pairs; c += 64) {  // 32 bytes: runs c / 32 and c / 32 + 1
     if (r0 == 0 && (c & 127) == 0) prefetch_rows(wr, row, c / 2);
     __m512bh xa[R], xh[R];
-    for (int r = 0; r < R; ++r) {
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
       xa[r] = (__m512bh)_mm512_loadu_si512(xb + r * k + c);
       xh[r] = (__m512bh)_mm512_loadu_si512(xb + r * k + c + 32);
     }
@@ -231,13 +231,13 @@ IQ_BF16_TARGET inline void tile_bf16(const Args& a, int64_t j, const float (&sc)
       // lanes 0-7 hold run c / 32, lanes 8-15 run c / 32 + 1: each its own scale
       const __m512 s = _mm512_permutexvar_ps(halves, _mm512_castpd_ps(_mm512_castpd128_pd512(
                                                          _mm_load_sd(reinterpret_cast<const double*>(&sc[b][c / 32])))));
-      for (int r = 0; r < R; ++r)
+      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
         acc[r][b] = _mm512_fmadd_ps(_mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), xa[r], wl), xh[r], wh), s, acc[r][b]);
     }
   }
-  for (int r = 0; r < R; ++r) {
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
     float sum[kBlock];
-    for (int b = 0; b < kBlock; ++b) sum[b] = _mm512_reduce_add_ps(acc[r][b]);
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) sum[b] = _mm512_reduce_add_ps(acc[r][b]);
     if (pairs < k) {  // a last lone run: 16 bytes in natural order (low nibbles x[pairs..+16), high the next 16)
       const __m256bh xl = (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + r * k + pairs));
       const __m256bh xh = (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + r * k + pairs + 16));
@@ -249,7 +249,7 @@ IQ_BF16_TARGET inline void tile_bf16(const Args& a, int64_t j, const float (&sc)
         sum[b] += woq_gemv::hsum256(part) * sc[b][pairs / 32];
       }
     }
-    for (int b = 0; b < kBlock; ++b) store(a, r0 + r, j + b, sum[b] + off[r0 + r][b]);
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) store(a, r0 + r, j + b, sum[b] + off[r0 + r][b]);
   }
 }
 
@@ -271,11 +271,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void tile_avx512(
   const uint8_t* wr = a.w + j * row;
   const float* x = a.x + r0 * k;
   __m512 acc[R][kBlock];
-  for (int r = 0; r < R; ++r) _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[r][b] = _mm512_setzero_ps();
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[r][b] = _mm512_setzero_ps();
   for (int64_t c = 0; c < k; c += kRun) {
     if (r0 == 0 && (c & 127) == 0) prefetch_rows(wr, row, c / 2);
     __m512 x0[R], x1[R];
-    for (int r = 0; r < R; ++r) {
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
       x0[r] = _mm512_loadu_ps(x + r * k + c);
       x1[r] = _mm512_loadu_ps(x + r * k + c + 16);
     }
@@ -283,12 +283,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void tile_avx512(
       const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + b * row + c / 2)));
       const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, low)), hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
       const __m512 s = _mm512_set1_ps(sc[b][c / kRun]);
-      for (int r = 0; r < R; ++r)
+      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
         acc[r][b] = _mm512_fmadd_ps(_mm512_fmadd_ps(hi, x1[r], _mm512_mul_ps(lo, x0[r])), s, acc[r][b]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < kBlock; ++b) store(a, r0 + r, j + b, _mm512_reduce_add_ps(acc[r][b]) + off[r0 + r][b]);
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) store(a, r0 + r, j + b, _mm512_reduce_add_ps(acc[r][b]) + off[r0 + r][b]);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512(const Args& a, int64_t j0, int64_t j1) {
@@ -310,12 +310,12 @@ __attribute__((target("avx2,fma"))) inline void tile_avx2(
   const uint8_t* wr = a.w + j * row;
   const float* x = a.x + r0 * k;
   __m256 acc[R][kBlock];
-  for (int r = 0; r < R; ++r) _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[r][b] = _mm256_setzero_ps();
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) acc[r][b] = _mm256_setzero_ps();
   for (int64_t c = 0; c < k; c += kRun) {
     if (r0 == 0 && (c & 127) == 0) prefetch_rows(wr, row, c / 2);
     for (int h = 0; h < 16; h += 8) {
       __m256 x0[R], x1[R];
-      for (int r = 0; r < R; ++r) {
+      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
         x0[r] = _mm256_loadu_ps(x + r * k + c + h);
         x1[r] = _mm256_loadu_ps(x + r * k + c + h + 16);
       }
@@ -325,13 +325,13 @@ __attribute__((target("avx2,fma"))) inline void tile_avx2(
         const __m256i v = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(eight));
         const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, low)), hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
         const __m256 s = _mm256_set1_ps(sc[b][c / kRun]);
-        for (int r = 0; r < R; ++r)
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
           acc[r][b] = _mm256_fmadd_ps(_mm256_fmadd_ps(hi, x1[r], _mm256_mul_ps(lo, x0[r])), s, acc[r][b]);
       }
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < kBlock; ++b) store(a, r0 + r, j + b, woq_gemv::hsum256(acc[r][b]) + off[r0 + r][b]);
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) store(a, r0 + r, j + b, woq_gemv::hsum256(acc[r][b]) + off[r0 + r][b]);
 }
 
 __attribute__((target("avx2,fma"))) inline void block_avx2(const Args& a, int64_t j0, int64_t j1) {
