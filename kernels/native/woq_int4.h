@@ -62,7 +62,7 @@ struct Args {
 };
 
 using woq_gemv::kMaxRows;
-using woq_gemv::kTileRows;
+using woq_gemv::kTileRows;  // IQ_EACH_TILE (woq_gemv.h) walks the rows two at a time
 
 inline float load(const void* p, int64_t i, bool bf16) {
   return bf16 ? float(static_cast<const c10::BFloat16*>(p)[i]) : static_cast<const float*>(p)[i];
@@ -138,13 +138,6 @@ inline void block_scalar(const Args& a, int64_t j0, int64_t j1) {
   }
 }
 
-// The rows of a block of channels, kTileRows at a time through one widened weight block (the
-// first tile reads the weight from memory and prefetches ahead; the next find it in L1), a last
-// odd row alone; each row's sums in the same order whatever the rows beside it.
-#define IQ_EACH_INT4_TILE(TILE, ...)                                                 \
-  for (int64_t r = 0; r < a.rows; r += kTileRows)                                    \
-    if (r + kTileRows <= a.rows) TILE<kTileRows>(a, __VA_ARGS__, r);                 \
-    else TILE<1>(a, __VA_ARGS__, r)
 
 // x in the order the bf16 loop widens 32 packed bytes (two runs, 64 input channels): low nibbles give channels 0-15 and 32-47, high ones 16-31 and 48-63, so each 64 of x
 // become [0-15, 32-47, 16-31, 48-63]; a last lone run keeps its order (16 bytes: low 0-15, high 16-31).
@@ -258,7 +251,7 @@ IQ_BF16_TARGET inline void block_bf16(const Args& a, int64_t j0, int64_t j1) {
   int64_t j = j0;
   for (; j + kBlock <= j1; j += kBlock) {
     start_block(a, j, sc, off, true);
-    IQ_EACH_INT4_TILE(tile_bf16, j, sc, off);
+    IQ_EACH_TILE(tile_bf16, j, sc, off);
   }
   block_scalar(a, j, j1);
 }
@@ -296,7 +289,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512(co
   int64_t j = j0;
   for (; j + kBlock <= j1; j += kBlock) {
     start_block(a, j, sc, off, false);
-    IQ_EACH_INT4_TILE(tile_avx512, j, sc, off);
+    IQ_EACH_TILE(tile_avx512, j, sc, off);
   }
   block_scalar(a, j, j1);
 }
@@ -339,7 +332,7 @@ __attribute__((target("avx2,fma"))) inline void block_avx2(const Args& a, int64_
   int64_t j = j0;
   for (; j + kBlock <= j1; j += kBlock) {
     start_block(a, j, sc, off, false);
-    IQ_EACH_INT4_TILE(tile_avx2, j, sc, off);
+    IQ_EACH_TILE(tile_avx2, j, sc, off);
   }
   block_scalar(a, j, j1);
 }
