@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from inductor_quant import cpu_info, fast_options
+from inductor_quant.compile_options import inductor_settings
 
 from . import peers, zoo
 
@@ -58,11 +59,13 @@ def _autocast(enabled: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-def _compile(model: torch.nn.Module) -> Callable:
-    return torch.compile(model, dynamic=False)
+def _compile(model: torch.nn.Module, guard_filter_fn: Optional[Callable] = None) -> Callable:
+    return torch.compile(model, dynamic=False,
+                         options={"guard_filter_fn": guard_filter_fn} if guard_filter_fn else None)
 
 
-def _quantized(model, inputs, *, dynamic: bool = False, ours: bool = True, reduce_range="auto"):
+def _quantized(model, inputs, *, dynamic: bool = False, ours: bool = True, reduce_range="auto",
+               guard_filter_fn: Optional[Callable] = None):
     from inductor_quant import passes, quantize
     from inductor_quant.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
@@ -76,7 +79,7 @@ def _quantized(model, inputs, *, dynamic: bool = False, ours: bool = True, reduc
     _last_quantize_s[0] = time.perf_counter() - start
     if not ours:
         passes.uninstall()
-    return _compile(converted)
+    return _compile(converted, guard_filter_fn)
 
 
 _last_quantize_s = [0.0]  # seconds the last _quantized() spent in export/prepare/calibrate/convert
@@ -89,7 +92,10 @@ def builtin_fusions_available() -> bool:
     return hasattr(quantization, "_register_quantization_weight_pack_pass")
 
 
-_FAST = tuple((k, v) for k, v in fast_options().items() if k != "freezing")
+# fast_options() split: its Inductor settings (freezing is on for every compile here) and the
+# Dynamo guard filter torch.compile takes beside them
+_FAST = tuple((k, v) for k, v in inductor_settings(fast_options()).items() if k != "freezing")
+_FAST_GUARDS = fast_options()["guard_filter_fn"]
 
 MODES: dict[str, Mode] = {
     m.name: m
@@ -102,10 +108,12 @@ MODES: dict[str, Mode] = {
         # the C++ wrapper: no Python between kernels (per-call overhead matters at batch 1)
         Mode("int8_cpp", lambda model, inputs: _quantized(model, inputs), inductor=(("cpp_wrapper", True),)),
         Mode("int8_dynamic", lambda model, inputs: _quantized(model, inputs, dynamic=True), linear_only=True),
-        # inductor_quant.fast_options() for this CPU: C++ wrapper, and Inductor's C++ GEMM
-        # template for the int8 linears where it has int8 micro-kernels (AMX, AVX-512 VNNI)
-        Mode("int8_fast", lambda model, inputs: _quantized(model, inputs), inductor=_FAST),
-        Mode("int8_bf16_fast", lambda model, inputs: _quantized(model, inputs), bf16=True, inductor=_FAST),
+        # inductor_quant.fast_options() for this CPU: C++ wrapper, Inductor's C++ GEMM template
+        # for the int8 linears where its autotune was faster (AMX), no guards on the module
+        Mode("int8_fast", lambda model, inputs: _quantized(model, inputs, guard_filter_fn=_FAST_GUARDS),
+             inductor=_FAST),
+        Mode("int8_bf16_fast", lambda model, inputs: _quantized(model, inputs, guard_filter_fn=_FAST_GUARDS),
+             bf16=True, inductor=_FAST),
         # torch's oneDNN ops in place of our kernel layer (the fallback where it cannot load)
         Mode("int8_torchops", lambda model, inputs: _quantized(model, inputs), own_kernels=False, by_default=False),
         Mode("int8_torchops_cpp", lambda model, inputs: _quantized(model, inputs), inductor=(("cpp_wrapper", True),),

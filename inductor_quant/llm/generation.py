@@ -18,6 +18,7 @@ from typing import Callable, Iterable, List, Optional
 
 import torch
 
+from ..compile_options import inductor_settings
 from .decoder import Decoder
 from .recipes import Recipe, recipe as recipe_named
 
@@ -42,7 +43,8 @@ class CompiledLM:
 
     `calibration`: token-id tensors [rows, n] the quantized recipes calibrate on (their
     activations; weight-only recipes need none), any number of rows: fed `batch` at a time.
-    `options`: Inductor options (default: `default_options()`)."""
+    `options`: Inductor options (default: `default_options()`; `fast_options()`'s guard filter is
+    what this object sets anyway)."""
 
     model: Decoder
     recipe: Recipe
@@ -158,7 +160,8 @@ class CompiledLM:
         # the options as global config while Dynamo traces, not only as compile_fx's patches:
         # Dynamo reads `freezing` itself to make the weights constants (as options only, the
         # weights stay graph inputs and nothing is frozen)
-        with torch.no_grad(), self._context(), torch._inductor.config.patch(self.options or default_options()):
+        with torch.no_grad(), self._context(), \
+                torch._inductor.config.patch(inductor_settings(self.options or default_options())):
             return fn(tokens, positions, self.k_cache, self.v_cache, index)
 
     # -- running ----------------------------------------------------------------------------------

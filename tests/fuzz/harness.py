@@ -6,7 +6,8 @@ dynamic batch} (`GRID_CONFIGS`, 16; `CONFIGS` takes the half fraction in which t
 xor to zero: 8 compiles that still meet every pair of settings), plus the product's own
 configurations (`PRODUCT_CONFIGS`): `torch.compile(options=template_options())` (freezing, the C++
 wrapper and, on AMX / AVX-512 VNNI, Inductor's C++ GEMM template with autotuning: `fast_options()`
-on AMX; elsewhere fast_options() is the grid's freezing + C++ wrapper) at a static
+on AMX; elsewhere fast_options() is the grid's freezing + C++ wrapper) with fast_options()'s guard
+filter (no guards on the module: a dynamic batch must still recompile for batch 1) at a static
 batch with and without bf16 autocast (bf16 where native) and at a dynamic batch; and
 AOTInductor (`aoti_compile_and_package` of the re-exported converted model), static and dynamic
 batch (the fourth combination, bf16 with a dynamic batch, is left out: the template autotunes
@@ -43,7 +44,7 @@ import torch
 
 import inductor_quant.passes as iq_passes
 from inductor_quant import quantize
-from inductor_quant.compile_options import template_options
+from inductor_quant.compile_options import skip_module_guards, template_options
 from inductor_quant.kernels.cpu import cpu_info
 from inductor_quant.quantizer import (X86InductorQuantizer, get_default_x86_inductor_quantization_config,
                                       get_x86_inductor_linear_dynamic_fp16_config,
@@ -227,7 +228,7 @@ def compiled_for(config: Config, model: torch.nn.Module, example, compile_fn=tor
             yield torch._inductor.aoti_load_package(path)
         return
     if config.mode == "fast" and compile_fn is torch.compile:
-        yield torch.compile(model, options=template_options())
+        yield torch.compile(model, options={**template_options(), "guard_filter_fn": skip_module_guards})
         return
     yield compile_fn(model)
 
