@@ -26,8 +26,9 @@ accumulator and returns nothing; `.binary` with `add`, alpha 1, a float extra in
 Contract of `iq_onednn::woq_linear` (weight-only int8): `F.linear(x, w * w_scale[:, None], bias)`
 for x fp32 or bf16 and the plain int8 [out, in] weight, the output in x's dtype, within fp32 /
 bf16 rounding (the weight kept int8 and converted in registers; the scale applied after the sum).
-bf16 activations need AVX-512 (`probe.weight_only_linear_builds`). With fp32 scales per group,
-`w_scale` [out, in / group] (group a multiple of 32): `F.linear(x, w_float.to(x.dtype), bias)`
+bf16 activations need AVX-512 (`probe.weight_only_linear_builds`). With scales per group,
+`w_scale` [out, in / group] (group a multiple of 32; fp32, or fp16, which the GEMV reads as such
+and widens exactly: half the scale bytes): `F.linear(x, w_float.to(x.dtype), bias)`
 with w_float = w * w_scale repeated over each group's columns, the same within fp32 / bf16
 rounding; one row streams the int8 weight (native/woq_gemv.h), more rows run the float GEMM on
 that dequantized weight. Any CPU (the GEMV widens bf16 to fp32).

@@ -845,7 +845,7 @@ at::Tensor qlinear_add(const at::Tensor& x, double x_scale, int64_t x_zp, const 
 
 // A weight-only int8 linear: x (f32 or bf16) [..., K] times the int8 [N, K] weight, each output
 // channel times its scale (w_scale [N]) or each group of K / G input channels times its own
-// (w_scale [N, G], fp32), plus the bias; the output in x's dtype. The weight stays int8 in memory
+// (w_scale [N, G], fp32, or fp16: half the scale bytes a decode step reads), plus the bias; the output in x's dtype. The weight stays int8 in memory
 // (a quarter of f32's bytes, half of bf16's), which is what a memory-bound decode step reads.
 // One row, and up to woq_gemv::kMaxRows rows with group scales (a decode step at a small batch):
 // our GEMV, reading the weight once for all rows. More rows: oneDNN's matmul on the int8 weight
@@ -892,14 +892,17 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
       for (int64_t i = 0; i < rows * k; ++i) widened[size_t(i)] = float(xb[i]);
       xf = widened.data();
     }
-    const at::Tensor scale = w_scale.scalar_type() == at::kFloat && w_scale.is_contiguous()
-                                 ? w_scale : w_scale.to(at::kFloat).contiguous();
+    // fp32 scales as they are; fp16 group scales too (the GEMV widens them); anything else as fp32
+    const bool half = grouped && w_scale.scalar_type() == at::kHalf;
+    const at::Tensor scale = (w_scale.scalar_type() == at::kFloat || half) && w_scale.is_contiguous()
+                                 ? w_scale : w_scale.to(half ? at::kHalf : at::kFloat).contiguous();
     c10::optional<at::Tensor> b;
     if (bias.has_value())
       b = (bias->scalar_type() == at::kFloat || bias->scalar_type() == at::kBFloat16) && bias->is_contiguous()
               ? *bias : bias->to(at::kFloat).contiguous();
     const at::Tensor wc = w.contiguous();
-    woq_gemv::Args args{xf, wc.const_data_ptr<int8_t>(), scale.const_data_ptr<float>(),
+    woq_gemv::Args args{xf, wc.const_data_ptr<int8_t>(), half ? nullptr : scale.const_data_ptr<float>(),
+                        half ? static_cast<const uint16_t*>(scale.const_data_ptr()) : nullptr,
                         b.has_value() ? b->const_data_ptr() : nullptr, out.data_ptr(), k, n};
     args.bias_bf16 = b.has_value() && b->scalar_type() == at::kBFloat16;
     args.y_bf16 = out.scalar_type() == at::kBFloat16;

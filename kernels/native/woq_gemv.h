@@ -12,7 +12,8 @@
 // alternative is dequantizing the whole weight every call (the prompt's path): at 4 rows 8x slower
 // on the LM head, so up to kMaxRows rows come here. Scales per group (groups of 32-256) keep an
 // outlier from coarsening a whole channel's grid: on Gemma-3-270M, KL to the float model 0.0038
-// per channel, 0.0015 in groups of 64 (section 5b), for a scale stream of 4 / group of the weight's bytes.
+// per channel, 0.0015 in groups of 64 (section 5b), for a scale stream of 4 / group of the weight's
+// bytes, 2 / group where the scales are fp16 (`scale_f16`: our quantizer rounds them so; widened exactly).
 //
 // How: four output channels at a time, each two independent chains of fused multiply-adds over K
 // (or over one group, then times the group's scale into the channel's sum) in vector registers
@@ -26,6 +27,7 @@
 
 #include <ATen/Version.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <immintrin.h>
 #include <sys/mman.h>
@@ -46,7 +48,8 @@ constexpr int kMaxRows = 16;  // rows through the GEMV; a longer prompt takes th
 struct Args {
   const float* x;      // [rows, k] fp32, contiguous
   const int8_t* w;     // [n, k] int8, contiguous
-  const float* scale;  // [n] (group 0), else [n, k / group]
+  const float* scale;  // [n] (group 0), else [n, k / group]; null where scale_f16 holds them
+  const uint16_t* scale_f16 = nullptr;  // group scales [n, k / group] as fp16 bits (half their bytes)
   const void* bias;    // [n] fp32 or bf16 (bias_bf16), or nullptr
   void* y;             // [rows, n] fp32 or bf16 (y_bf16)
   int64_t k, n;
@@ -68,6 +71,15 @@ inline void finish(const Args& a, int64_t r, int64_t j, float sum, float scale) 
     static_cast<float*>(a.y)[r * a.n + j] = v;
 }
 
+// Group scale `i` of the [n, k / group] scales as fp32 (fp16 widens exactly). The vector loops'
+// F16C form: every CPU with AVX2 has F16C.
+inline float group_scale_plain(const Args& a, int64_t i) {
+  return a.scale_f16 ? float(c10::Half(a.scale_f16[i], c10::Half::from_bits())) : a.scale[i];
+}
+__attribute__((target("f16c"), always_inline)) inline float group_scale(const Args& a, int64_t i) {
+  return a.scale_f16 ? _cvtsh_ss(a.scale_f16[i]) : a.scale[i];
+}
+
 inline void block_scalar(const Args& a, int64_t j0, int64_t j1) {
   const int64_t group = a.group ? a.group : a.k, groups = a.k / group;
   for (int64_t r = 0; r < a.rows; ++r) {
@@ -78,7 +90,7 @@ inline void block_scalar(const Args& a, int64_t j0, int64_t j1) {
       for (int64_t g = 0; g < groups; ++g) {
         float part = 0.f;
         for (int64_t i = g * group; i < (g + 1) * group; ++i) part += x[i] * float(wr[i]);
-        sum += a.group ? part * a.scale[j * groups + g] : part;
+        sum += a.group ? part * group_scale_plain(a, j * groups + g) : part;
       }
       finish(a, r, j, sum, a.group ? 1.f : a.scale[j]);
     }
@@ -195,19 +207,21 @@ __attribute__((target("avx2,fma"))) inline void block_avx2(const Args& a, int64_
 }
 
 // The group scales of the block kPrefetchBlocks blocks past channel j: a stream beside the weight's
+inline int64_t scale_bytes(const Args& a) { return a.scale_f16 ? 2 : 4; }
+
 inline void prefetch_scales(const Args& a, int64_t j) {
-  const int64_t groups = a.k / a.group, bytes = kBlock * groups * int64_t(sizeof(float));
-  const char* ahead = reinterpret_cast<const char*>(a.scale + std::min(j + kPrefetchBlocks * kBlock, a.n - 1) * groups);
+  const int64_t groups = a.k / a.group, bytes = kBlock * groups * scale_bytes(a);
+  const char* base = a.scale_f16 ? reinterpret_cast<const char*>(a.scale_f16) : reinterpret_cast<const char*>(a.scale);
+  const char* ahead = base + std::min(j + kPrefetchBlocks * kBlock, a.n - 1) * groups * scale_bytes(a);
   for (int64_t at = 0; at < bytes; at += 64) _mm_prefetch(ahead + at, _MM_HINT_T0);
 }
 
 // Group scales (a.group > 0, a multiple of 32): per group the partial sum times the group's scale
 // into the channel's sum, even and odd groups in two chains.
 template <int R>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void tile_avx512_grouped(const Args& a, int64_t j, int64_t r0) {
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) inline void tile_avx512_grouped(const Args& a, int64_t j, int64_t r0) {
   const int64_t k = a.k, group = a.group, groups = k / group;
   const int8_t* wr = a.w + j * k;
-  const float* sc = a.scale + j * groups;
   const float* x = a.x + r0 * k;
   if (r0 == 0) prefetch_scales(a, j);
   __m512 sum[2][R][kBlock];
@@ -225,7 +239,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void tile_avx512_gro
       }
     }
     _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
-      const __m512 s = _mm512_set1_ps(sc[b * groups + g]);
+      const __m512 s = _mm512_set1_ps(group_scale(a, (j + b) * groups + g));
       _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) sum[g & 1][r][b] = _mm512_fmadd_ps(part[r][b], s, sum[g & 1][r][b]);
     }
   }
@@ -234,17 +248,16 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void tile_avx512_gro
       finish(a, r0 + r, j + b, _mm512_reduce_add_ps(_mm512_add_ps(sum[0][r][b], sum[1][r][b])), 1.f);
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void block_avx512_grouped(const Args& a, int64_t j0, int64_t j1) {
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) inline void block_avx512_grouped(const Args& a, int64_t j0, int64_t j1) {
   int64_t j = j0;
   for (; j + kBlock <= j1; j += kBlock) IQ_EACH_TILE(tile_avx512_grouped, j);
   block_scalar(a, j, j1);
 }
 
 template <int R>
-__attribute__((target("avx2,fma"))) inline void tile_avx2_grouped(const Args& a, int64_t j, int64_t r0) {
+__attribute__((target("avx2,fma,f16c"))) inline void tile_avx2_grouped(const Args& a, int64_t j, int64_t r0) {
   const int64_t k = a.k, group = a.group, groups = k / group;
   const int8_t* wr = a.w + j * k;
-  const float* sc = a.scale + j * groups;
   const float* x = a.x + r0 * k;
   if (r0 == 0) prefetch_scales(a, j);
   __m256 sum[R][kBlock];
@@ -264,7 +277,7 @@ __attribute__((target("avx2,fma"))) inline void tile_avx2_grouped(const Args& a,
       }
     }
     _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) {
-      const __m256 s = _mm256_set1_ps(sc[b * groups + g]);
+      const __m256 s = _mm256_set1_ps(group_scale(a, (j + b) * groups + g));
       _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) sum[r][b] = _mm256_fmadd_ps(acc[r][b], s, sum[r][b]);
     }
   }
@@ -272,7 +285,7 @@ __attribute__((target("avx2,fma"))) inline void tile_avx2_grouped(const Args& a,
     _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) finish(a, r0 + r, j + b, hsum256(sum[r][b]), 1.f);
 }
 
-__attribute__((target("avx2,fma"))) inline void block_avx2_grouped(const Args& a, int64_t j0, int64_t j1) {
+__attribute__((target("avx2,fma,f16c"))) inline void block_avx2_grouped(const Args& a, int64_t j0, int64_t j1) {
   int64_t j = j0;
   for (; j + kBlock <= j1; j += kBlock) IQ_EACH_TILE(tile_avx2_grouped, j);
   block_scalar(a, j, j1);
@@ -374,7 +387,9 @@ inline void run(const Args& a) {
   static const Block per_channel = pick(), per_group = grouped(per_channel);
   const Block block = a.group ? per_group : per_channel;
   advise_huge_pages(a.w, a.n * a.k);
-  if (a.group) advise_huge_pages(a.scale, a.n * (a.k / a.group) * int64_t(sizeof(float)));
+  if (a.group)
+    advise_huge_pages(a.scale_f16 ? static_cast<const void*>(a.scale_f16) : static_cast<const void*>(a.scale),
+                      a.n * (a.k / a.group) * scale_bytes(a));
   const int64_t blocks = (a.n + kBlock - 1) / kBlock;
   at::parallel_for(0, blocks, 64, [&](int64_t b0, int64_t b1) { block(a, b0 * kBlock, std::min(b1 * kBlock, a.n)); });
 }

@@ -347,6 +347,22 @@ def test_weight_only_group_scales_decode_rows_and_prompts_are_the_linear_on_the_
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fp16_group_scales_give_what_their_fp32_values_give(dtype):
+    """Group scales held as fp16 (what the passes give the op where every scale is an fp16 value:
+    half the scale bytes a decode step streams) widen exactly: bitwise the call with the same
+    values in fp32, through the GEMV (1, 2, 3 and 16 rows) and a prompt's path (17 rows)."""
+    g = torch.Generator().manual_seed(21)
+    n, k, group = 4 * 37 + 3, 640, 32
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    half = (torch.rand(n, k // group, generator=g) * 0.01 + 1e-4).half()
+    b = torch.randn(n, generator=g).to(dtype)
+    for rows in (1, 2, 3, 16, 17):
+        x = torch.randn(rows, k, generator=g).to(dtype)
+        ours = torch.ops.iq_onednn.woq_linear(x, w, half, b, 1)
+        assert torch.equal(ours, torch.ops.iq_onednn.woq_linear(x, w, half.float(), b, 1)), rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("kind", ["int8-groups", "int4"])
 def test_a_decode_rows_result_does_not_depend_on_its_batch(dtype, kind):
     """A decode step at batch 2-16 reads the weight once for all rows (woq_gemv.h's tiles of two
