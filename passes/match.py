@@ -104,6 +104,16 @@ def all_zero(node) -> bool:
         return tensor is not None and not bool(tensor.any())
 
 
+def constant_fits_fp16(node) -> bool:
+    """Whether `node` is a constant (constant_value) of fp32 values each of which fp16 holds
+    exactly (a cast to fp16 then loses nothing)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    tensor = constant_value(node)
+    with unset_fake_temporarily():
+        return tensor is not None and tensor.dtype == torch.float32 and torch.equal(tensor.half().float(), tensor)
+
+
 def constant_within(node, lo: int, hi: int) -> bool:
     """Whether `node` is a constant (constant_value) whose elements all lie in [lo, hi]."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily

@@ -18,7 +18,7 @@ from inductor_quant.kernels import onednn as K
 from .fused import Fused, call, emit_before, propagate_fake, replace_with
 from .kernel_limits import check_conv_kernel, check_int8_exact, check_template_weight_reuse, geometry
 from .reasons import Reason, Why
-from .match import ACT_DQ, ACT_RANGE, all_zero, args_of, constant_within, node_of, same_dims, static_shape, val, within
+from .match import ACT_DQ, ACT_RANGE, all_zero, args_of, constant_fits_fp16, constant_within, node_of, same_dims, static_shape, val, within
 from .own_calls import in_use as own_kernels_in_use, takes_woq_int4
 from .stats import count_kernel
 
@@ -329,7 +329,11 @@ def lower_woq_int8_linear(match: Match, grouped: bool = False) -> tuple:
     x = match.kwargs["x"]
     if node_of(match, aten.bmm.default) is not None:
         x = _contiguous(x)
-    w, scale = match.kwargs["w"], _as_dtype(match.kwargs["w_scale"], torch.float32)
+    w, scale = match.kwargs["w"], match.kwargs["w_scale"]
+    # group scales that are all fp16 values (our quantizer rounds them so) as fp16: half the scale
+    # bytes a decode step streams, the same numbers (the kernel widens them exactly)
+    half = grouped and constant_fits_fp16(scale)
+    scale = _as_dtype(scale, torch.float16 if half else torch.float32)
     if grouped:
         n, k, group = _grouped_geometry(match)
         w, scale = c(aten.view.default, (w, [n, k])), c(aten.view.default, (scale, [n, k // group]))

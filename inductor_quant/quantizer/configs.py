@@ -200,8 +200,10 @@ def get_x86_inductor_linear_weight_only_int8_config(group_size: Optional[int] = 
     channel (a multiple of 32); activations and outputs left float (weight-only int8, "A16W8": a
     decoder's memory-bound decode reads a quarter of the fp32 weight bytes). Groups keep one large
     weight from coarsening its whole channel's grid: on Gemma-3-270M the KL divergence to the float
-    model falls from 0.0038 per channel to 0.0015 in groups of 64, for scales worth 1/16 of the
-    weight's bytes (docs/PERFORMANCE.md, section 5b).
+    model falls from 0.0038 per channel to 0.0015 in groups of 64 (docs/PERFORMANCE.md, section
+    5b). Each group scale is rounded up to an fp16 value (a grid at most 2^-10 of a step coarser),
+    so the compiled kernel streams the scales as fp16, exactly: 2 / group_size of the weight's
+    bytes (1/16 in groups of 32) where fp32 scales would be twice that.
 
     convert_pt2e leaves `dequantize_per_channel(int8 weight) -> linear(x)` (group-wise: of the
     constant seen as [out * in / group_size, group_size], reshaped to [out, in]); the compile runs
@@ -221,7 +223,7 @@ def _weight_only_int8(group_size: Optional[int]) -> QuantizationConfig:
     if group_size is None:
         observer = _weight_ctr(False, per_channel=True)
     else:
-        observer = GroupwiseMinMaxObserver.with_args(group_size=group_size, eps=_EPS)
+        observer = GroupwiseMinMaxObserver.with_args(group_size=group_size, eps=_EPS, fp16_scales=True)
     weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
                               ch_axis=0, observer_or_fake_quant_ctr=observer)
     return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)

@@ -6,17 +6,33 @@ import torch
 from torch.ao.quantization.observer import PerChannelMinMaxObserver, PlaceholderObserver
 
 
+FP16_MAX = 65504.0
+
+
+def fp16_up(scale: torch.Tensor) -> torch.Tensor:
+    """Each fp32 scale raised to the nearest fp16 value at or above it (a scale beyond fp16's range
+    kept): the weights then quantize on a grid never clipped and, in fp16's normal range (from
+    2^-14; the configs' smallest scale is 2^-12), at most 2^-10 coarser; a kernel can read the
+    scales as fp16, losing nothing."""
+    half = scale.to(torch.float16)
+    bits = half.view(torch.int16)
+    up = torch.where(half.float() < scale, bits + 1, bits).view(torch.float16).float()
+    return torch.where(scale <= FP16_MAX, up, scale)
+
+
 class GroupwiseMinMaxObserver(PerChannelMinMaxObserver):
     """Per-channel min/max over groups of `group_size` consecutive input channels of a [out, in]
     weight: the weight seen as [out * in / group_size, group_size], one scale per row of that view
     (axis 0). convert_pt2e quantizes and dequantizes the weight in that view and views the result
     back (`group_size(mod)`), so the graph holds a per-channel dequantize the rest of the flow
-    knows, and Inductor's constant folding keeps it (it folds no dequantize)."""
+    knows, and Inductor's constant folding keeps it (it folds no dequantize). `fp16_scales`: the
+    scales rounded up to fp16 values (`fp16_up`), which the compiled kernel streams as fp16."""
 
-    def __init__(self, group_size: int = 128, **kwargs):
+    def __init__(self, group_size: int = 128, fp16_scales: bool = False, **kwargs):
         kwargs.setdefault("ch_axis", 0)
         super().__init__(**kwargs)
         self.group_size = int(group_size)
+        self.fp16_scales = bool(fp16_scales)
         self.fitted = None  # (scale, zero point) per group, set by gptq(): the grid its weight was rounded to
 
     def fit_groups(self, groups: torch.Tensor):
@@ -26,7 +42,8 @@ class GroupwiseMinMaxObserver(PerChannelMinMaxObserver):
     def calculate_qparams(self):
         if self.fitted is not None:
             return self.fitted
-        return super().calculate_qparams()
+        scale, zero_point = super().calculate_qparams()
+        return (fp16_up(scale) if self.fp16_scales else scale), zero_point
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[-1] % self.group_size:

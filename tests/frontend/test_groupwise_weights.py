@@ -7,7 +7,7 @@ from torch import nn
 
 from inductor_quant import convert_pt2e, prepare_pt2e
 from inductor_quant.quantizer import X86InductorQuantizer, get_x86_inductor_linear_weight_only_int4_config
-from inductor_quant.quantizer.llm_observers import GroupwiseLeastSquaresObserver, GroupwiseMinMaxObserver
+from inductor_quant.quantizer.llm_observers import GroupwiseLeastSquaresObserver, GroupwiseMinMaxObserver, fp16_up
 
 GROUP = 32
 
@@ -95,3 +95,23 @@ def test_the_config_refuses_a_symmetric_float_zero_point_and_unknown_domains():
     # the same config object for the same choice, however it is spelled
     assert (get_x86_inductor_linear_weight_only_int4_config(32) is
             get_x86_inductor_linear_weight_only_int4_config(32, symmetric=True))
+
+
+def test_int8_group_scales_are_fp16_values_at_or_just_above_the_fp32_scale():
+    """The group-wise int8 config rounds each scale up to an fp16 value (the kernel streams them
+    as fp16, exactly): never below the min/max scale (no weight clipped), at most 2^-10 above it
+    in fp16's normal range; a scale beyond fp16's range is kept as it is."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(48, 96, generator=g) * torch.logspace(-3, 1, 48)[:, None]
+    exact = GroupwiseMinMaxObserver(group_size=32, qscheme=torch.per_channel_symmetric, quant_min=-127,
+                                    quant_max=127, dtype=torch.int8)
+    rounded = GroupwiseMinMaxObserver(group_size=32, qscheme=torch.per_channel_symmetric, quant_min=-127,
+                                      quant_max=127, dtype=torch.int8, fp16_scales=True)
+    exact(w), rounded(w)
+    (s, zp), (s16, zp16) = exact.calculate_qparams(), rounded.calculate_qparams()
+    assert torch.equal(zp, zp16) and torch.equal(s16.half().float(), s16)
+    normal = s >= 2 ** -14
+    assert bool((s16 >= s).all()) and 0 < int(normal.sum()) < len(s)
+    assert float(((s16 - s) / s)[normal].max()) <= 2 ** -10 and float((s16 - s)[~normal].max()) <= 2 ** -24
+    assert int((s16 != s).sum()) > len(s) // 2  # most fp32 scales are not fp16 values
+    assert float(fp16_up(torch.tensor([1e5]))) == 1e5

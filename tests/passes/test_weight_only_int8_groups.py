@@ -7,6 +7,8 @@ dequantized weight), fp32 or bf16 under autocast, Python or C++ wrapper; without
 the float linear on the dequantized weight runs and `stats()["unfused"]` says why. Builtins off
 (tests/conftest.py)."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -84,6 +86,32 @@ def test_the_compile_calls_our_weight_only_kernel_with_group_scales(mlp, rows, b
     # more rows: the same dequantized weight as eager's, the same float linear
     tol = 1e-5 if not bf16 else 2e-2
     torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol * ref.abs().max().item())
+
+
+def test_group_scales_reach_the_kernel_as_fp16_where_every_scale_is_an_fp16_value(mlp, monkeypatch):
+    """Our quantizer rounds group scales up to fp16 values (llm_observers.fp16_up); the passes
+    hand such scales to the kernel as fp16 (half the scale bytes; widened exactly: the kernel
+    tests), and keep fp32 where one scale is not an fp16 value (a model quantized elsewhere)."""
+    from inductor_quant.kernels import native
+    from inductor_quant.passes.match import val
+
+    model, converted, x = mlp
+    scales = [getattr(converted, n.args[1].target) for n in converted.graph.nodes if n.target is dq_per_channel]
+    assert all(torch.equal(s.half().float(), s) for s in scales)
+    seen, lower = [], native.woq_linear
+    monkeypatch.setattr(native, "woq_linear", lambda c, x, w, scale, *rest: (seen.append(val(scale).dtype),
+                                                                             lower(c, x, w, scale, *rest))[1])
+    ref, out, _, _ = compile_and_run(converted, (x,))
+    assert seen == [torch.float16] * 2, seen
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+    converted = copy.deepcopy(converted)
+    first = next(n.args[1].target for n in converted.graph.nodes if n.target is dq_per_channel)
+    getattr(converted, first)[0] *= 1 + 2 ** -20  # no longer an fp16 value
+    seen.clear()
+    ref, out, _, _ = compile_and_run(converted, (x,))
+    assert sorted(seen, key=str) == [torch.float16, torch.float32], seen
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
 @pytest.mark.parametrize("rows", [1, 6], ids=["decode", "prefill"])
