@@ -4,7 +4,7 @@
 |---|---|---|---|
 | `fp32` | float | float | fp32 |
 | `bf16` | float, bf16 weights | bf16 | bf16 (where bf16 is native) |
-| `woq_int8` | int8 weights, a scale per group of 32 inputs (per channel where the inputs are not whole groups) | int8, the same | bf16 where native, else fp32 |
+| `woq_int8` | int8 weights, an fp16 scale per group of 32 inputs (per channel where the inputs are not whole groups) | int8, the same | bf16 where native, else fp32 |
 | `woq_int4` | 4-bit weights in groups of 32 (a scale and a float zero point each, by least squares), rounded by GPTQ on calibration text; the V projections int8 as in `woq_int8` (int8 too where torch's int4 GEMM does not take the shape) | int8 as in `woq_int8` (it is the tied embedding) | same |
 | `woq_int4_all` | all 4-bit (the V projections too), GPTQ | int4 too: the fastest decode, the largest error | same |
 | `dyn_int8` | per-token dynamic int8 x int8 | same | same |
