@@ -9,7 +9,7 @@ from torch import nn
 from inductor_quant import fast_options, quantize
 from inductor_quant.benchmarks.runner import agreement
 from inductor_quant.benchmarks.zoo import EncoderLayer
-from inductor_quant.compile_options import GEMM_TEMPLATE_ISA, template_options
+from inductor_quant.compile_options import GEMM_TEMPLATE_ISA, inductor_settings, skip_module_guards, template_options
 from inductor_quant.generated_code import count, float_compute_calls, int8_gemm_template_calls
 from inductor_quant.kernels.cpu import CpuInfo, cpu_info
 
@@ -61,12 +61,14 @@ def _cpu(*features):
 def test_fast_options_use_the_template_only_where_it_was_faster():
     """AMX: the template's autotune; AVX-512 VNNI (its micro-kernels, but it was not faster there:
     compile_options.py) and below: freezing + the C++ wrapper. template_options() asks for the
-    template wherever it has int8 micro-kernels."""
+    template wherever it has int8 micro-kernels. fast_options() adds Dynamo's guard filter on every
+    CPU (tests/e2e/test_fast_options.py)."""
     amx, vnni = _cpu("avx2", "avx512f", "avx512_vnni", "amx_int8"), _cpu("avx2", "avx512f", "avx512_vnni")
-    assert fast_options(amx) == template_options(amx) == template_options(vnni)
+    assert inductor_settings(fast_options(amx)) == template_options(amx) == template_options(vnni)
     assert template_options(vnni)["max_autotune"] is True and template_options(vnni)["max_autotune_gemm_backends"] == "CPP,ATEN"
     for features in (("avx2",), ("avx2", "avx_vnni"), ("avx2", "avx512f"), ("avx2", "avx512f", "avx512_vnni")):
-        assert fast_options(_cpu(*features)) == {"freezing": True, "cpp_wrapper": True}
+        assert fast_options(_cpu(*features)) == {"freezing": True, "cpp_wrapper": True,
+                                                 "guard_filter_fn": skip_module_guards}
     for features in (("avx2",), ("avx2", "avx_vnni"), ("avx2", "avx512f")):
         assert template_options(_cpu(*features)) == {"freezing": True, "cpp_wrapper": True}
 
