@@ -317,30 +317,40 @@ def test_a_resumed_sweep_drops_the_libraries_a_killed_compile_cut_short(tmp_path
 # batch 1 apart: torch's 0/1 rule). Seed 203 quantizes four linears weight-only int4: the three
 # whose out_features torch's int4 GEMM takes run our op, under a dynamic batch and
 # `template_options()`. Seed 13 quantizes its Q/K/V and output linears per token: four int8
-# linears with row scales (passes/prepack.py).
+# linears with row scales (passes/prepack.py). A product config checks half the graphs (below):
+# its reach is on a graph of its half.
 ATTENTION = {"kernel.attention": 1, "attention.quantize_after_reshapes": 1}
 SLICE_REACHES = {
     "freeze-py-fp32-dynbatch": {**ATTENTION, "kernel.woq_int4_linear": 3},
     "freeze-cpp-bf16-dynbatch": ATTENTION,  # bf16 attention stays torch's where bf16 is emulated
     "fast-fp32-static": {"kernel.woq_int4_linear": 3},
     "freeze-cpp-fp32-static": {"qlinear.per_token": 4},
-    "fast-fp32-dynbatch": {"qlinear.per_token": 4},
+    "fast-fp32-dynbatch": ATTENTION,
+    "aoti-fp32-static": {"qlinear.per_token": 4},
 }
+
+
+def slice_half(config, specs: list) -> list:
+    """The graphs `config` checks: all of them in the freezing grid (the half fraction); every other
+    one without freezing (nothing fuses there); and in the product configs (`harness.PRODUCT_CONFIGS`)
+    alternate halves by their place in `harness.ALL_PRODUCT_CONFIGS`, so each graph meets half of
+    them (the grid's configs already cross every pair of switches on every graph)."""
+    if config.mode != "jit":
+        return specs[harness.ALL_PRODUCT_CONFIGS.index(config) % 2::2]
+    return specs if config.freezing else specs[::2]
 
 
 @pytest.mark.parametrize("config", harness.CONFIGS, ids=[c.name for c in harness.CONFIGS])
 def test_fixed_seed_slice(config):
-    """Every graph of the slice in every freezing config, every other graph without freezing
-    (nothing fuses there: the dequantize -> fp32 -> quantize path, on half the graphs, keeps the
-    default run inside its budget; the sweeps run them all); the graphs that share a quantizer
+    """Every graph of the slice in every freezing config of the grid, half of them in the others
+    (`slice_half`: keeps the default run inside its budget; the sweeps run them all); the graphs that share a quantizer
     are compiled together (`harness.check_many`: a third of the compiles), each judged on its own
     outputs. With them, issue 18's repro: merged sibling linears, one of them another linear's
     residual, wrong by ~2 under default freezing and the C++ wrapper before the fix. Each config
     of SLICE_REACHES fires its rules (a bundle's counters are on its first graph's outcome)."""
     specs = ([graphs.generate(seed) for seed in SLICE] + json.load(open(SLICE_SPECS))["specs"]
              + [json.load(open(ISSUE_18))["spec"]])
-    if not config.freezing:
-        specs = specs[::2]  # seed 1006 (attention) and issue 18's spec stay
+    specs = slice_half(config, specs)
     outcomes = harness.check_many(specs, config)
     # "upstream": the unquantized model fails the same compile too (a torch bug, not ours)
     failures = [(graphs.describe(s), o.status, o.stage, o.error, o.bundle) for s, o in zip(specs, outcomes)
@@ -363,6 +373,11 @@ def test_the_slice_draws_what_its_configs_must_reach():
     assert specs[13]["quant"] == "dyn_token"
     names = {c.name for c in harness.CONFIGS}
     assert set(SLICE_REACHES) - {"freeze-cpp-bf16-dynbatch"} <= names  # bf16 configs only where bf16 is native
+    # the product configs' reaches are on graphs of their halves
+    halves = {name: set(slice_half(harness.Config.parse(name), [*SLICE, "specs", "specs", "issue 18"]))
+              for name in ("fast-fp32-static", "fast-fp32-dynbatch", "aoti-fp32-static")}
+    assert {203, 1006} <= halves["fast-fp32-static"] and 1006 in halves["fast-fp32-dynbatch"], halves
+    assert 13 in halves["aoti-fp32-static"], halves
 
 
 @pytest.mark.parametrize("seed", [332, 236, 699], ids=["no-mask", "padding-mask", "causal-mask"])
