@@ -880,13 +880,15 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
   at::Tensor out = at::empty(out_sizes, x.options());
   if (x.size(0) == 0) return out;
   if ((rows == 1 && w.is_contiguous()) || grouped) {  // a decode step: stream the weight
-    // fp32 x as it is, bf16 x widened once into rows of its own (exact); scales and bias read in
-    // their dtypes and the output written in x's: no tensor made or converted per call but the output
+    // fp32 x as it is, bf16 x as it is where the bf16 loop takes it (group scales, AVX512-BF16),
+    // else widened once into rows of its own (exact); scales and bias read in their dtypes and the
+    // output written in x's: no tensor made or converted per call but the output
     std::vector<float> widened;
     const float* xf = nullptr;
+    const bool bf16_rows = x.scalar_type() == at::kBFloat16 && woq_gemv::takes_bf16_rows(k, group);
     if (x.scalar_type() == at::kFloat) {
       xf = x.const_data_ptr<float>();
-    } else {
+    } else if (!bf16_rows) {
       widened.resize(size_t(rows * k));
       const c10::BFloat16* xb = x.const_data_ptr<c10::BFloat16>();
       for (int64_t i = 0; i < rows * k; ++i) widened[size_t(i)] = float(xb[i]);
@@ -908,6 +910,7 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
     args.y_bf16 = out.scalar_type() == at::kBFloat16;
     args.group = group;
     args.rows = rows;
+    if (bf16_rows) args.xb = x.const_data_ptr<c10::BFloat16>();
     woq_gemv::run(args);
     return out;
   }
@@ -1307,9 +1310,11 @@ std::tuple<at::Tensor, at::Tensor> layer_norm_quant(const at::Tensor& x_in, cons
 std::string status() { return api().error; }
 
 // Which loops of our own vector kernels run in this process (they follow ATEN_CPU_CAPABILITY):
-// tests cap the capability to prove the AVX2 and plain loops on a newer CPU.
+// tests cap the capability to prove the AVX2 and plain loops on a newer CPU. The GEMV's
+// "avx512_bf16": bf16 rows with group scales take its bf16 pair loop, the rest its AVX-512 loops.
 std::string vector_code() {
-  return std::string("woq_gemv=") + woq_gemv::name(woq_gemv::pick()) + " woq_int4=" +
+  const char* gemv = woq_gemv::takes_bf16_rows(32, 32) ? "avx512_bf16" : woq_gemv::name(woq_gemv::pick());
+  return std::string("woq_gemv=") + gemv + " woq_int4=" +
          woq_int4::name(woq_int4::pick(true)) + " layer_norm_quant=" +
          norm_quant::name(norm_quant::level()) + " attention_bf16=" + (own_attention_here() ? "own" : "onednn");
 }

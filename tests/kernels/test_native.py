@@ -362,6 +362,29 @@ def test_fp16_group_scales_give_what_their_fp32_values_give(dtype):
         assert torch.equal(ours, torch.ops.iq_onednn.woq_linear(x, w, half.float(), b, 1)), rows
 
 
+@pytest.mark.parametrize("k", [640, 33 * 1024], ids=["k640", "k33792-past-the-staged-scales"])
+def test_bf16_rows_with_group_scales_give_the_fp32_gemv_to_the_last_bit(k):
+    """bf16 rows with group scales (a bf16 decoder's decode step): on a CPU with AVX512-BF16 the
+    GEMV multiplies them as they are, bf16 pairs times the exact int8 weights (`vdpbf16ps`), the
+    scale applied in fp32; elsewhere, and past the 1024 group scales a block stages, it widens
+    them for the fp32 loop. Either way the weight is not rounded: the output is the fp32 GEMV's of
+    the widened rows, rounded once to bf16, on all but a few last-bit ties (sums in another order);
+    1-16 rows, channels not a multiple of the block of 4."""
+    g = torch.Generator().manual_seed(23)
+    n, group = 4 * 9 + 3, 32
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    scale = (torch.rand(n, k // group, generator=g) * 0.01 + 1e-4).half()
+    b = torch.randn(n, generator=g).bfloat16()
+    for rows in (1, 2, 3, 4, 5, 7, 16):
+        x = torch.randn(rows, k, generator=g).bfloat16()
+        ours = torch.ops.iq_onednn.woq_linear(x, w, scale, b, 1)
+        widened = torch.ops.iq_onednn.woq_linear(x.float(), w, scale, b.float(), 1)
+        assert ours.dtype == torch.bfloat16
+        ulp = (widened.abs().float() * 2 ** -7).clamp_min(1e-30)  # one bf16 step at each value
+        off = (ours.float() - widened.bfloat16().float()).abs()
+        assert (off <= ulp).all() and (off > 0).float().mean() < 0.05, (rows, off.max(), (off > 0).float().mean())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("kind", ["int8-groups", "int4"])
 def test_a_decode_rows_result_does_not_depend_on_its_batch(dtype, kind):
@@ -800,11 +823,11 @@ def test_our_vector_loops_follow_torchs_cpu_capability():
     own_attention = aten == "AVX512" and "avx512_bf16" in hardware and "amx_bf16" not in hardware
     assert _own_bf16_attention_runs_here() == (aten == "AVX512" and "avx512_bf16" in hardware)
     default = torch.ops.iq_onednn.vector_code()
-    int4 = "avx512_bf16" if aten == "AVX512" and "avx512_bf16" in hardware else gemv  # its bf16 pair loop
-    assert default == (f"woq_gemv={gemv} woq_int4={int4} layer_norm_quant={norm} "
+    pairs = "avx512_bf16" if aten == "AVX512" and "avx512_bf16" in hardware else gemv  # the bf16 pair loops
+    assert default == (f"woq_gemv={pairs} woq_int4={pairs} layer_norm_quant={norm} "
                        f"attention_bf16={'own' if own_attention else 'onednn'}"), default
     tests = ("layer_norm_quant or decode_rows or rounded_once or dequantized_weight or bf16_attention_kernels"
-             " or weight_only_int4")
+             " or weight_only_int4 or bf16_rows or fp16_group_scales")
     for cap, loops in (("avx2", "avx2"), ("default", None)):
         env = {**os.environ, "ATEN_CPU_CAPABILITY": cap}
         code = "import torch; from inductor_quant.kernels import native; native.load(); print(torch.ops.iq_onednn.vector_code())"
