@@ -125,6 +125,16 @@ __attribute__((always_inline)) inline void prefetch_ahead(const Args& a, const i
     if (r + kTileRows <= a.rows) TILE<kTileRows>(a, __VA_ARGS__, r);                 \
     else TILE<1>(a, __VA_ARGS__, r)
 
+// The bf16 pair loops' rows: four at a time, a last two and a last one alone (one `vdpbf16ps`
+// does 32 products, so a widened run pays off over more rows: docs/PERFORMANCE.md, section 5b)
+#define IQ_EACH_TILE4(TILE, ...)                                                     \
+  do {                                                                               \
+    int64_t r = 0;                                                                   \
+    for (; r + 4 <= a.rows; r += 4) TILE<4>(a, __VA_ARGS__, r);                      \
+    if (r + 2 <= a.rows) TILE<2>(a, __VA_ARGS__, r), r += 2;                         \
+    if (r < a.rows) TILE<1>(a, __VA_ARGS__, r);                                      \
+  } while (0)
+
 // One 16-column step of kBlock channels for R rows into accumulator sets `acc` (masked: the last
 // K % 16 columns): each weight vector widened once, multiplied into every row's sum.
 template <bool Masked, int R>
@@ -377,10 +387,7 @@ IQ_GEMV_BF16 inline void block_bf16_grouped(const Args& a, int64_t j0, int64_t j
         _mm512_store_ps(widened + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))));
       for (; i < staged; ++i) widened[i] = _cvtsh_ss(h[i]);
     }
-    int64_t r = 0;
-    for (; r + 4 <= a.rows; r += 4) tile_bf16_grouped<4>(a, j, sc, r);
-    if (r + 2 <= a.rows) tile_bf16_grouped<2>(a, j, sc, r), r += 2;
-    if (r < a.rows) tile_bf16_grouped<1>(a, j, sc, r);
+    IQ_EACH_TILE4(tile_bf16_grouped, j, sc);
   }
   block_scalar(a, j, j1);
 }
