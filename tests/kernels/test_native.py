@@ -363,12 +363,13 @@ def test_fp16_group_scales_give_what_their_fp32_values_give(dtype):
 
 
 @pytest.mark.parametrize("k", [640, 33 * 1024], ids=["k640", "k33792-past-the-staged-scales"])
-def test_bf16_rows_with_group_scales_give_the_fp32_gemv_to_the_last_bit(k):
+def test_bf16_rows_with_group_scales_stay_within_one_bf16_step_of_the_fp32_gemv(k):
     """bf16 rows with group scales (a bf16 decoder's decode step): on a CPU with AVX512-BF16 the
     GEMV multiplies them as they are, bf16 pairs times the exact int8 weights (`vdpbf16ps`), the
     scale applied in fp32; elsewhere, and past the 1024 group scales a block stages, it widens
-    them for the fp32 loop. Either way the weight is not rounded: the output is the fp32 GEMV's of
-    the widened rows, rounded once to bf16, on all but a few last-bit ties (sums in another order);
+    them for the fp32 loop. Either way the weight is not rounded: every output is within one bf16
+    step of the fp32 GEMV's of the widened rows rounded once, and fewer than 5 % differ at all (the
+    sums run in another order);
     1-16 rows, channels not a multiple of the block of 4."""
     g = torch.Generator().manual_seed(23)
     n, group = 4 * 9 + 3, 32
