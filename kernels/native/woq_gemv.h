@@ -105,15 +105,19 @@ inline void block_scalar(const Args& a, int64_t j0, int64_t j1) {
   }
 }
 
-// How far ahead the weight is prefetched, in blocks of kBlock channels. Measured on an AMD EPYC
-// Zen 5 (2 threads, Gemma-3-270M's 262k x 640 LM head from DRAM): none 14 GB/s, 2 blocks 36-39,
-// 3-4 blocks 48-50 with two accumulator sets; a plain read of the same bytes 50 GB/s.
-constexpr int kPrefetchBlocks = 4;
+// How far ahead the weight is prefetched, in blocks of kBlock channels, and into which cache.
+// Measured on an AMD EPYC Zen 5 (2 threads, Gemma-3-270M's 262k x 640 LM head from DRAM, into L1):
+// none 14 GB/s, 2 blocks 36-39, 3-4 blocks 48-50 with two accumulator sets; a plain read of the
+// same bytes 50 GB/s. On an AMD EPYC Zen 4 4 blocks into L1 streamed 15-17 GB/s (the L1's few
+// outstanding misses per core bound it); 8 blocks into L2 (`_MM_HINT_T2`) 21-24 GB/s, one bf16 row
+// 9.9-11.1 -> 6.8-7.9 ms on the head in alternating processes (docs/PERFORMANCE.md, section 5b).
+constexpr int kPrefetchBlocks = 8;
+constexpr auto kPrefetchHint = _MM_HINT_T2;
 
 // The weight rows of the kBlock channels kPrefetchBlocks blocks past `wr`, from column i: a cache line each
 __attribute__((always_inline)) inline void prefetch_ahead(const Args& a, const int8_t* wr, int64_t i) {
   _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b)
-    _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * a.k + i), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * a.k + i), kPrefetchHint);
 }
 
 // The rows of a block: kTileRows at a time through one widened weight block (the first tile reads

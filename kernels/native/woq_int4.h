@@ -109,7 +109,7 @@ inline void start_block(const Args& a, int64_t j, float (&sc)[kBlock][kMaxRuns],
 
 // the block's weight rows kPrefetchBlocks blocks ahead, from byte `at` of each row: one cache line
 inline void prefetch_rows(const uint8_t* wr, int64_t row, int64_t at) {
-  _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * row + at), _MM_HINT_T0);
+  _Pragma("GCC unroll 4") for (int b = 0; b < kBlock; ++b) _mm_prefetch(reinterpret_cast<const char*>(wr + (kPrefetchBlocks * kBlock + b) * row + at), woq_gemv::kPrefetchHint);
 }
 
 inline void store(const Args& a, int64_t r, int64_t j, float v) {
