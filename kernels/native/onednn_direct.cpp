@@ -850,6 +850,23 @@ at::Tensor qlinear_add(const at::Tensor& x, double x_scale, int64_t x_zp, const 
 // One row, and up to woq_gemv::kMaxRows rows with group scales (a decode step at a small batch):
 // our GEMV, reading the weight once for all rows. More rows: oneDNN's matmul on the int8 weight
 // per channel; per group, the float GEMM on the weight dequantized into x's dtype (a prompt).
+// A weight-only linear's weight (and scales) asked into 2 MB pages at its first GEMV
+// (woq_gemv::advise_huge_pages), remembered by storage, not address: a new weight allocated where
+// a freed one was is asked again (an address set skipped it, and it streamed from 4 KB pages).
+void advise_huge_pages_once(const at::Tensor& t) {
+  static std::mutex mutex;
+  static std::unordered_map<const void*, c10::weak_intrusive_ptr<c10::StorageImpl>> advised;
+  const void* data = t.const_data_ptr();
+  {
+    std::lock_guard<std::mutex> guard(mutex);
+    auto it = advised.find(data);
+    if (it != advised.end() && it->second.lock().get() == t.storage().unsafeGetStorageImpl()) return;
+    for (auto e = advised.begin(); e != advised.end();) e = e->second.expired() ? advised.erase(e) : std::next(e);
+    advised.insert_or_assign(data, c10::weak_intrusive_ptr<c10::StorageImpl>(t.storage().getWeakStorageImpl()));
+  }
+  woq_gemv::advise_huge_pages(data, t.numel() * int64_t(t.element_size()));
+}
+
 at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
                       const c10::optional<at::Tensor>& bias, int64_t m_hint) {
   auto& a = api();
@@ -911,6 +928,8 @@ at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Ten
     args.group = group;
     args.rows = rows;
     if (bf16_rows) args.xb = x.const_data_ptr<c10::BFloat16>();
+    advise_huge_pages_once(wc);  // both streams of a decode step
+    if (group) advise_huge_pages_once(scale);
     woq_gemv::run(args);
     return out;
   }
@@ -972,8 +991,8 @@ at::Tensor woq_int4_linear(const at::Tensor& x_in, const at::Tensor& w4, const a
   args.sz_bf16 = bf16;
   args.bias_bf16 = b.has_value() && b->scalar_type() == at::kBFloat16;
   args.y_bf16 = bf16;
-  woq_gemv::advise_huge_pages(w4.const_data_ptr(), w4.numel());  // both streams of a decode step
-  woq_gemv::advise_huge_pages(sz.const_data_ptr(), sz.numel() * sz.element_size());
+  advise_huge_pages_once(w4);  // both streams of a decode step
+  advise_huge_pages_once(sz);
   woq_int4::run(args, bf16);
   return out;
 }

@@ -40,7 +40,6 @@
 #include <cstring>
 #include <mutex>
 #include <string>
-#include <unordered_set>
 
 namespace woq_gemv {
 
@@ -471,8 +470,9 @@ inline void dequantize(const int8_t* w, const float* scale, int64_t n, int64_t k
   });
 }
 
-// The weight's memory in 2 MB pages, asked once per weight (by its address) before the first
-// GEMV reads it. A decode step streams every weight byte from DRAM; with 4 KB pages the reads of
+// The weight's memory in 2 MB pages, asked before the first GEMV reads it (once per weight: the
+// caller remembers which it asked, by storage, `advise_huge_pages_once` in onednn_direct.cpp).
+// A decode step streams every weight byte from DRAM; with 4 KB pages the reads of
 // the 168 MB LM head cross a page (and a TLB miss) every 4 KB: 46-54 GB/s on an AMD EPYC Zen 5,
 // 57-60 GB/s from 2 MB pages (docs/PERFORMANCE.md, section 5b). The tensor stays where it is:
 // MADV_HUGEPAGE marks the range, MADV_COLLAPSE (Linux 6.1+) moves its whole 2 MB blocks into huge
@@ -481,12 +481,6 @@ inline void dequantize(const int8_t* w, const float* scale, int64_t n, int64_t k
 inline void advise_huge_pages(const void* data, int64_t bytes) {
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   constexpr int kCollapse = 25;  // MADV_COLLAPSE, not in every libc's headers
-  static std::mutex mutex;
-  static std::unordered_set<const void*> advised;
-  {
-    std::lock_guard<std::mutex> guard(mutex);
-    if (!advised.insert(data).second) return;
-  }
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + uintptr_t(bytes)) & ~(kHuge - 1);
   if (end <= begin) return;
@@ -498,8 +492,6 @@ inline void advise_huge_pages(const void* data, int64_t bytes) {
 inline void run(const Args& a) {
   static const Block per_channel = pick(), per_group = grouped(per_channel);
   const Block block = a.xb ? block_bf16_grouped : a.group ? per_group : per_channel;
-  advise_huge_pages(a.w, a.n * a.k);
-  if (a.group) advise_huge_pages(scale_data(a), a.n * (a.k / a.group) * scale_bytes(a));
   const int64_t blocks = (a.n + kBlock - 1) / kBlock;
   at::parallel_for(0, blocks, 64, [&](int64_t b0, int64_t b1) { block(a, b0 * kBlock, std::min(b1 * kBlock, a.n)); });
 }

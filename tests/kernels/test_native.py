@@ -471,6 +471,44 @@ def test_the_decode_row_moves_its_weight_into_huge_pages():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
+@pytest.mark.skipif(not _collapse_available(), reason="needs transparent huge pages and MADV_COLLAPSE (Linux 6.1+)")
+def test_a_new_weight_where_an_old_one_was_is_moved_into_huge_pages_too():
+    """Weights are remembered by storage, not address: a second weight on memory an earlier one
+    used (in 4 KB pages again) is asked into 2 MB pages at its first call as well."""
+    import mmap
+
+    n, k = 16384, 640
+    buf = mmap.mmap(-1, n * k + (4 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    base = _address_of(buf)
+    offset = (-base) % (2 << 20)  # the weight starts on a 2 MB boundary
+    x, w_scale = torch.randn(1, k), torch.full((n,), 0.01)
+
+    def weight():
+        return torch.frombuffer(buf, dtype=torch.int8, count=n * k, offset=offset).view(n, k)
+
+    first = weight()
+    first.copy_(torch.randint(-127, 128, (n, k), dtype=torch.int8))
+    torch.ops.iq_onednn.woq_linear(x, first, w_scale, None, 1)
+    assert _huge_pages_under(first.data_ptr() + n * k // 2) >= 2048
+    del first
+    buf.madvise(mmap.MADV_NOHUGEPAGE)  # back into 4 KB pages, as fresh memory would be
+    buf.madvise(mmap.MADV_DONTNEED)
+    second = weight()
+    second.copy_(torch.randint(-127, 128, (n, k), dtype=torch.int8))
+    assert _huge_pages_under(second.data_ptr() + n * k // 2) == 0
+    out = torch.ops.iq_onednn.woq_linear(x, second, w_scale, None, 1)
+    assert _huge_pages_under(second.data_ptr() + n * k // 2) >= 2048
+    ref = torch.nn.functional.linear(x, second.float() * w_scale[:, None])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    del second
+
+
+def _address_of(buf) -> int:
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
 def test_weight_only_linear_refuses_what_it_does_not_compute():
     w, s = torch.zeros(8, 16, dtype=torch.int8), torch.ones(8)
     with pytest.raises(RuntimeError, match="float32 or bfloat16 activations"):
