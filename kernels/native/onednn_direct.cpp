@@ -843,13 +843,6 @@ at::Tensor qlinear_add(const at::Tensor& x, double x_scale, int64_t x_zp, const 
   return out;
 }
 
-// A weight-only int8 linear: x (f32 or bf16) [..., K] times the int8 [N, K] weight, each output
-// channel times its scale (w_scale [N]) or each group of K / G input channels times its own
-// (w_scale [N, G], fp32, or fp16: half the scale bytes a decode step reads), plus the bias; the output in x's dtype. The weight stays int8 in memory
-// (a quarter of f32's bytes, half of bf16's), which is what a memory-bound decode step reads.
-// One row, and up to woq_gemv::kMaxRows rows with group scales (a decode step at a small batch):
-// our GEMV, reading the weight once for all rows. More rows: oneDNN's matmul on the int8 weight
-// per channel; per group, the float GEMM on the weight dequantized into x's dtype (a prompt).
 // A weight-only linear's weight (and scales) asked into 2 MB pages at its first GEMV
 // (woq_gemv::advise_huge_pages), remembered by storage, not address: a new weight allocated where
 // a freed one was is asked again (an address set skipped it, and it streamed from 4 KB pages).
@@ -867,6 +860,13 @@ void advise_huge_pages_once(const at::Tensor& t) {
   woq_gemv::advise_huge_pages(data, t.numel() * int64_t(t.element_size()));
 }
 
+// A weight-only int8 linear: x (f32 or bf16) [..., K] times the int8 [N, K] weight, each output
+// channel times its scale (w_scale [N]) or each group of K / G input channels times its own
+// (w_scale [N, G], fp32, or fp16: half the scale bytes a decode step reads), plus the bias; the output in x's dtype. The weight stays int8 in memory
+// (a quarter of f32's bytes, half of bf16's), which is what a memory-bound decode step reads.
+// One row, and up to woq_gemv::kMaxRows rows with group scales (a decode step at a small batch):
+// our GEMV, reading the weight once for all rows. More rows: oneDNN's matmul on the int8 weight
+// per channel; per group, the float GEMM on the weight dequantized into x's dtype (a prompt).
 at::Tensor woq_linear(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& w_scale,
                       const c10::optional<at::Tensor>& bias, int64_t m_hint) {
   auto& a = api();
