@@ -17,7 +17,8 @@
 //
 // Used where the CPU has AVX512-BF16 but no AMX (there oneDNN's AMX matmuls run; not measured
 // against this) and torch's CPU capability is AVX-512; else, or for shapes it does not take
-// (fewer than 32 queries, no keys, a mask strided along the keys), the oneDNN route.
+// (no keys, a mask strided along the keys), the oneDNN route. Fewer than 32 query rows (a decode
+// step) take `few_rows`, which reads K and V in place instead of packing them.
 
 #pragma once
 
@@ -60,12 +61,14 @@ inline bool cpu_can_run() {
 
 inline bool cpu_supported() { return cpu_can_run() && !__builtin_cpu_supports("amx-bf16"); }
 
-// The shapes it takes: enough query rows to pay for packing K and V (a decode step's one row ran
-// slower than the primitives: Gemma-3-270M decode 8.1 -> 8.7-9.2 ms a token). Any D (an odd one's
-// last pair is padded with a zero) and Dv (the last 16-lane block masked).
+// From this many query rows K and V are packed once per head (`one_head`); fewer rows (a decode
+// step: one token's query heads as rows of their KV head) read K and V where they lie
+// (`few_rows`): packing cost a decode step's one row more than the primitives (Gemma-3-270M decode
+// 8.1 -> 8.7-9.2 ms a token). Any D (an odd one's last pair padded with a zero) and Dv (the last
+// 16-lane block masked).
 constexpr int64_t kMinQueries = 32;
 inline bool shape_supported(int64_t Sq, int64_t Sk, int64_t D, int64_t Dv) {
-  return Sq >= kMinQueries && Sk > 0 && D > 0 && Dv > 0;
+  return Sq > 0 && Sk > 0 && D > 0 && Dv > 0;
 }
 
 #define IQ_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
@@ -128,9 +131,9 @@ struct Scratch {
   std::vector<uint16_t> e;         // [kRows][skp] bf16 exp(s - max), zeros after Sk
   std::vector<uint32_t> qp;        // [D / 2][rows] the block's query rows as pairs
   float max[kRows], inv[kRows];
-  Scratch(const Args& a)
-      : skp((a.Sk + 31) / 32 * 32), dvp((a.Dv + 15) / 16 * 16), kp((a.D + 1) / 2 * skp), vp(skp / 2 * dvp),
-        s(kRows * skp), e(kRows * skp), qp((a.D + 1) / 2 * kRows) {}
+  Scratch(const Args& a, bool packed)
+      : skp((a.Sk + 31) / 32 * 32), dvp((a.Dv + 15) / 16 * 16), kp(packed ? (a.D + 1) / 2 * skp : 0),
+        vp(packed ? skp / 2 * dvp : 0), s(kRows * skp), e(kRows * skp), qp(packed ? (a.D + 1) / 2 * kRows : 0) {}
 };
 
 IQ_AVX512_BF16 inline void pack(const Args& a, Scratch& t, const uint16_t* k, const uint16_t* v) {
@@ -288,14 +291,129 @@ IQ_AVX512_BF16 inline void one_head(const Args& a, Scratch& t, int64_t b, int64_
   for (; i < i1; ++i) rows<1>(a, t, q, out, b, h, i);
 }
 
+// ---- few query rows: K and V read in place -------------------------------------------------
+
+// scores of R query rows against every key, each a dot product of two bf16 rows in `vdpbf16ps`
+// (32 elements a step, the tail loaded masked: zeros add nothing), summed across its 16 lanes;
+// scaled and masked into t.s, the rows' maxima into t.max
+template <int R>
+IQ_AVX512_BF16 inline void direct_scores(const Args& a, Scratch& t, const uint16_t* q, const uint16_t* k, int64_t b,
+                                         int64_t h, int64_t i) {
+  float mx[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) mx[r] = -INFINITY;
+  for (int64_t j = 0; j < a.Sk; ++j) {
+    const uint16_t* kr = k + j * a.ks[2];
+    __m512 acc[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < a.D; c += 32) {
+      const __mmask32 in = a.D - c >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << (a.D - c)) - 1);
+      const __m512i kc = _mm512_maskz_loadu_epi16(in, kr + c);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) acc[r] = dot(acc[r], _mm512_maskz_loadu_epi16(in, q + (i + r) * a.qs[2] + c), kc);
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      float s = _mm512_reduce_add_ps(acc[r]) * a.scale;
+      if (a.mask) {
+        const int64_t at = b * a.ms[0] + h * a.ms[1] + (i + r) * a.ms[2] + j * a.ms[3];
+        s += a.mask_bf16 ? widen(static_cast<const uint16_t*>(a.mask)[at]) : static_cast<const float*>(a.mask)[at];
+      }
+      t.s[r * t.skp + j] = s;
+      mx[r] = std::max(mx[r], s);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    std::fill(t.s.begin() + r * t.skp + a.Sk, t.s.begin() + (r + 1) * t.skp, -INFINITY);
+    t.max[r] = mx[r];
+  }
+}
+
+// out rows i..i+R, channels [d0, d1): V's rows read two keys at a time and put side by side into
+// the pairs `vdpbf16ps` takes (what `pack` stores), NB blocks of 16 channels at a time
+template <int R, int NB>
+IQ_AVX512_BF16 inline void direct_context(const Args& a, Scratch& t, const uint16_t* v, uint16_t* out, int64_t i,
+                                          int64_t d0, int64_t d1) {
+  const int64_t pairs = (a.Sk + 1) / 2, row_stride = a.H * a.Dv;
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t d = d0; d + 16 * NB <= d1; d += 16 * NB) {
+    __m512 acc[R][NB];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int c = 0; c < NB; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t jp = 0; jp < pairs; ++jp) {
+      const uint16_t* lo_row = v + 2 * jp * a.vs[2];
+      const bool has_hi = 2 * jp + 1 < a.Sk;
+      __m512i vv[NB];
+#pragma GCC unroll 16
+      for (int c = 0; c < NB; ++c) {
+        const __mmask16 in = lanes(a.Dv - d - 16 * c);
+        const __m256i lo = _mm256_maskz_loadu_epi16(in, lo_row + d + 16 * c);
+        const __m256i hi = has_hi ? _mm256_maskz_loadu_epi16(in, lo_row + a.vs[2] + d + 16 * c) : zero;
+        vv[c] = _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+      }
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const __m512i pb = _mm512_set1_epi32(int(pair(t.e.data() + r * t.skp + 2 * jp)));
+#pragma GCC unroll 16
+        for (int c = 0; c < NB; ++c) acc[r][c] = dot(acc[r][c], pb, vv[c]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512 inv = _mm512_set1_ps(t.inv[r]);
+#pragma GCC unroll 16
+      for (int c = 0; c < NB; ++c)
+        _mm256_mask_storeu_epi16(out + (i + r) * row_stride + d + 16 * c, lanes(a.Dv - d - 16 * c),
+                                 (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[r][c], inv)));
+    }
+  }
+}
+
+template <int R>
+IQ_AVX512_BF16 inline void direct_rows(const Args& a, Scratch& t, const uint16_t* q, const uint16_t* k,
+                                       const uint16_t* v, uint16_t* out, int64_t b, int64_t h, int64_t i) {
+  direct_scores<R>(a, t, q, k, b, h, i);
+  softmax<R>(a, t);
+  constexpr int NB = R <= 4 ? 4 : 2;  // R x NB accumulators: 16 of AVX-512's 32 registers
+  const int64_t wide = t.dvp / (16 * NB) * (16 * NB);
+  direct_context<R, NB>(a, t, v, out, i, 0, wide);
+  direct_context<R, 1>(a, t, v, out, i, wide, t.dvp);
+}
+
+// all query rows (fewer than kMinQueries) of one (batch, head)
+IQ_AVX512_BF16 inline void few_rows(const Args& a, Scratch& t, int64_t b, int64_t h) {
+  const uint16_t* q = a.q + b * a.qs[0] + h * a.qs[1];
+  const uint16_t *k = a.k + b * a.ks[0] + h * a.ks[1], *v = a.v + b * a.vs[0] + h * a.vs[1];
+  uint16_t* out = a.out + (b * a.Sq * a.H + h) * a.Dv;
+  int64_t i = 0;
+  for (; i + kRows <= a.Sq; i += kRows) direct_rows<kRows>(a, t, q, k, v, out, b, h, i);
+  for (; i + 4 <= a.Sq; i += 4) direct_rows<4>(a, t, q, k, v, out, b, h, i);
+  for (; i + 2 <= a.Sq; i += 2) direct_rows<2>(a, t, q, k, v, out, b, h, i);
+  for (; i < a.Sq; ++i) direct_rows<1>(a, t, q, k, v, out, b, h, i);
+}
+
 // Threads take (batch, head) pairs; with fewer pairs than two per thread each head's rows are
-// split in parts too (each part packs its head's K and V again).
+// split in parts too (each part packs its head's K and V again). Fewer than kMinQueries rows:
+// one task per (batch, head), K and V unpacked.
 inline void run(const Args& a) {
   const int64_t heads = a.B * a.H, blocks = (a.Sq + kRows - 1) / kRows;
+  if (a.Sq < kMinQueries) {
+    auto heads_of = [&](int64_t t0, int64_t t1) {
+      Scratch t(a, false);
+      for (int64_t bh = t0; bh < t1; ++bh) few_rows(a, t, bh / a.H, bh % a.H);
+    };
+    if (heads == 1) heads_of(0, 1);  // no parallel region to wake for one task
+    else at::parallel_for(0, heads, 1, heads_of);
+    return;
+  }
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(blocks, (2 * at::get_num_threads() + heads - 1) / heads));
   const int64_t rows_per_part = (blocks + parts - 1) / parts * kRows;
   at::parallel_for(0, heads * parts, 1, [&](int64_t t0, int64_t t1) {
-    Scratch t(a);
+    Scratch t(a, true);
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t bh = task / parts, i0 = task % parts * rows_per_part;
       if (i0 < a.Sq) one_head(a, t, bh / a.H, bh % a.H, i0, std::min(a.Sq, i0 + rows_per_part));

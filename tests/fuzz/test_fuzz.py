@@ -560,7 +560,8 @@ def test_the_decoder_generator_reaches_our_int4_kernel(seed):
     """Weight-only int4 blocks run our `iq_onednn.woq_int4_linear` in both graphs: seed 76 (bf16,
     batch 1, C++ wrapper) decodes one row, our GEMV's bf16 pair loop on AVX512-BF16 CPUs; seed 39
     (bf16, batch 2, Python wrapper) decodes two rows, the dequantized weight through the bf16 GEMM.
-    Seed 6 above takes the fp32 GEMV."""
+    Seed 6 above takes the fp32 GEMV. Both graphs' attention is ours: seed 76's prompt chunk of 8
+    rows and decode row of one, below 32 rows, read K and V in place (attention_bf16.h, `few_rows`)."""
     import decoders
     spec = decoders.draw(seed)
     assert spec["recipe"] == "woq_int4" and spec["dtype"] == "bfloat16", decoders.describe(spec)
@@ -569,6 +570,7 @@ def test_the_decoder_generator_reaches_our_int4_kernel(seed):
     result = decoders.check(spec)
     assert result["status"] == "ok", result
     assert result["kernels"].get("woq_int4_linear", 0) >= 2, result
+    assert result["kernels"].get("attention", 0) == 2 * spec["config"]["num_hidden_layers"], result  # both graphs
 
 
 @pytest.mark.parametrize("seed", [53, 10], ids=["fp32-default", "bf16-fast"])

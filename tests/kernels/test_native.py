@@ -676,9 +676,12 @@ def _own_bf16_attention_runs_here() -> bool:
 
 BF16_ATTENTION_SHAPES = {  # B, H, Sq, Sk, D, Dv: BERT's heads; a tail of every block (37 = 4 x 8 + 4 + 1
     # rows, an odd D, Dv = 2 x 32 + 16 + 5); the fuzzer's small odd heads; one key; one head (its rows
-    # split between threads); a decode step (one query: the primitives run it, ours takes 32 or more)
+    # split between threads); below 32 rows K and V are read in place (`few_rows`): a decode step (one
+    # query), Gemma-3's four query heads of one KV head, and 31 rows = 3 x 8 + 4 + 2 + 1 with an odd
+    # D (a masked tail load), an odd key count (the last pair half empty) and Dv = 64 + 16 + 5
     "bert-heads": (2, 2, 128, 128, 64, 64), "tails": (2, 3, 37, 37, 7, 85), "small-heads": (3, 2, 128, 128, 9, 9),
-    "one-key": (3, 4, 33, 1, 8, 32), "one-head": (1, 1, 300, 300, 64, 64), "decode": (1, 2, 1, 300, 256, 256)}
+    "one-key": (3, 4, 33, 1, 8, 32), "one-head": (1, 1, 300, 300, 64, 64), "decode": (1, 2, 1, 300, 256, 256),
+    "gqa-decode": (2, 1, 4, 75, 256, 256), "few-rows-tails": (1, 3, 31, 45, 37, 85), "few-rows-one-key": (2, 2, 3, 1, 8, 16)}
 BF16_ATTENTION_MASKS = {  # (shape, dtype) for [B, H, Sq, Sk]
     "none": None, "key-padding-f32": ("key-padding", torch.float32), "full-bf16": ("full", torch.bfloat16),
     "per-key-row-bf16": ("row", torch.bfloat16), "per-query-f32": ("query", torch.float32)}
