@@ -136,6 +136,28 @@ struct Scratch {
         vp(packed ? skp / 2 * dvp : 0), s(kRows * skp), e(kRows * skp), qp(packed ? (a.D + 1) / 2 * kRows : 0) {}
 };
 
+// V's keys 2jp and 2jp + 1 at channels [d, d + 16) side by side as `vdpbf16ps` pairs, read from
+// V's rows where they lie (zeros past Sk and Dv)
+struct VRowPairs {
+  const Args& a;
+  const uint16_t* v;
+  IQ_AVX512_BF16 __m512i operator()(int64_t jp, int64_t d) const {
+    const __mmask16 in = lanes(a.Dv - d);
+    const uint16_t* row = v + 2 * jp * a.vs[2] + d;
+    const __m256i lo = 2 * jp < a.Sk ? _mm256_maskz_loadu_epi16(in, row) : _mm256_setzero_si256();
+    const __m256i hi = 2 * jp + 1 < a.Sk ? _mm256_maskz_loadu_epi16(in, row + a.vs[2]) : _mm256_setzero_si256();
+    return _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+  }
+};
+
+// the same pairs from `pack`'s copy
+struct PackedVPairs {
+  const Scratch& t;
+  IQ_AVX512_BF16 __m512i operator()(int64_t jp, int64_t d) const {
+    return _mm512_loadu_si512(t.vp.data() + jp * t.dvp + d);
+  }
+};
+
 IQ_AVX512_BF16 inline void pack(const Args& a, Scratch& t, const uint16_t* k, const uint16_t* v) {
   const int64_t half = (a.D + 1) / 2, skp = t.skp;
   for (int64_t j = 0; j < a.Sk; ++j) {
@@ -144,17 +166,9 @@ IQ_AVX512_BF16 inline void pack(const Args& a, Scratch& t, const uint16_t* k, co
     if (a.D % 2) t.kp[(half - 1) * skp + j] = pair_of(row, half - 1, a.D);
   }
   for (int64_t p = 0; p < half; ++p) std::fill(t.kp.begin() + p * skp + a.Sk, t.kp.begin() + (p + 1) * skp, 0u);
-  const __m256i zero = _mm256_setzero_si256();
-  for (int64_t jp = 0; jp < skp / 2; ++jp) {
-    const int64_t j = 2 * jp;
-    for (int64_t d = 0; d < t.dvp; d += 16) {
-      const __mmask16 in = lanes(a.Dv - d);
-      const __m256i lo = j < a.Sk ? _mm256_maskz_loadu_epi16(in, v + j * a.vs[2] + d) : zero;
-      const __m256i hi = j + 1 < a.Sk ? _mm256_maskz_loadu_epi16(in, v + (j + 1) * a.vs[2] + d) : zero;
-      const __m512i both = _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
-      _mm512_storeu_si512(t.vp.data() + jp * t.dvp + d, both);
-    }
-  }
+  const VRowPairs v_pairs{a, v};
+  for (int64_t jp = 0; jp < skp / 2; ++jp)
+    for (int64_t d = 0; d < t.dvp; d += 16) _mm512_storeu_si512(t.vp.data() + jp * t.dvp + d, v_pairs(jp, d));
 }
 
 // scores (scaled, masked) of R query rows from i into t.s, and each row's maximum into t.max
@@ -238,10 +252,12 @@ IQ_AVX512_BF16 inline void softmax(const Args& a, Scratch& t) {
     t.inv[r] = t.max[r] == -INFINITY ? 0.f : 1.f / _mm512_reduce_add_ps(sum[r]);
 }
 
-// out rows i..i+R, channels [d0, d1) = (exps x V) / sum, NB blocks of 16 channels at a time
-template <int R, int NB>
-IQ_AVX512_BF16 inline void context(const Args& a, Scratch& t, uint16_t* out, int64_t i, int64_t d0, int64_t d1) {
-  const int64_t pairs = t.skp / 2, row_stride = a.H * a.Dv;
+// out rows i..i+R, channels [d0, d1) = (exps x V) / sum, NB blocks of 16 channels at a time, over
+// the first `pairs` key pairs that `v_pairs` gives
+template <int R, int NB, typename VPairs>
+IQ_AVX512_BF16 inline void context(const Args& a, const Scratch& t, const VPairs& v_pairs, int64_t pairs, uint16_t* out,
+                                   int64_t i, int64_t d0, int64_t d1) {
+  const int64_t row_stride = a.H * a.Dv;
   for (int64_t d = d0; d + 16 * NB <= d1; d += 16 * NB) {
     __m512 acc[R][NB];
 #pragma GCC unroll 16
@@ -251,7 +267,7 @@ IQ_AVX512_BF16 inline void context(const Args& a, Scratch& t, uint16_t* out, int
     for (int64_t jp = 0; jp < pairs; ++jp) {
       __m512i vv[NB];
 #pragma GCC unroll 16
-      for (int c = 0; c < NB; ++c) vv[c] = _mm512_loadu_si512(t.vp.data() + jp * t.dvp + d + 16 * c);
+      for (int c = 0; c < NB; ++c) vv[c] = v_pairs(jp, d + 16 * c);
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const __m512i pb = _mm512_set1_epi32(int(pair(t.e.data() + r * t.skp + 2 * jp)));
@@ -276,8 +292,9 @@ IQ_AVX512_BF16 inline void rows(const Args& a, Scratch& t, const uint16_t* q, ui
   scores<R>(a, t, q, b, h, i);
   softmax<R>(a, t);
   const int64_t wide = t.dvp / 32 * 32;
-  context<R, 2>(a, t, out, i, 0, wide);
-  context<R, 1>(a, t, out, i, wide, t.dvp);
+  const PackedVPairs v_pairs{t};
+  context<R, 2>(a, t, v_pairs, t.skp / 2, out, i, 0, wide);
+  context<R, 1>(a, t, v_pairs, t.skp / 2, out, i, wide, t.dvp);
 }
 
 // query rows [i0, i1) of one (batch, head)
@@ -331,57 +348,16 @@ IQ_AVX512_BF16 inline void direct_scores(const Args& a, Scratch& t, const uint16
   }
 }
 
-// out rows i..i+R, channels [d0, d1): V's rows read two keys at a time and put side by side into
-// the pairs `vdpbf16ps` takes (what `pack` stores), NB blocks of 16 channels at a time
-template <int R, int NB>
-IQ_AVX512_BF16 inline void direct_context(const Args& a, Scratch& t, const uint16_t* v, uint16_t* out, int64_t i,
-                                          int64_t d0, int64_t d1) {
-  const int64_t pairs = (a.Sk + 1) / 2, row_stride = a.H * a.Dv;
-  const __m256i zero = _mm256_setzero_si256();
-  for (int64_t d = d0; d + 16 * NB <= d1; d += 16 * NB) {
-    __m512 acc[R][NB];
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-      for (int c = 0; c < NB; ++c) acc[r][c] = _mm512_setzero_ps();
-    for (int64_t jp = 0; jp < pairs; ++jp) {
-      const uint16_t* lo_row = v + 2 * jp * a.vs[2];
-      const bool has_hi = 2 * jp + 1 < a.Sk;
-      __m512i vv[NB];
-#pragma GCC unroll 16
-      for (int c = 0; c < NB; ++c) {
-        const __mmask16 in = lanes(a.Dv - d - 16 * c);
-        const __m256i lo = _mm256_maskz_loadu_epi16(in, lo_row + d + 16 * c);
-        const __m256i hi = has_hi ? _mm256_maskz_loadu_epi16(in, lo_row + a.vs[2] + d + 16 * c) : zero;
-        vv[c] = _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
-      }
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) {
-        const __m512i pb = _mm512_set1_epi32(int(pair(t.e.data() + r * t.skp + 2 * jp)));
-#pragma GCC unroll 16
-        for (int c = 0; c < NB; ++c) acc[r][c] = dot(acc[r][c], pb, vv[c]);
-      }
-    }
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      const __m512 inv = _mm512_set1_ps(t.inv[r]);
-#pragma GCC unroll 16
-      for (int c = 0; c < NB; ++c)
-        _mm256_mask_storeu_epi16(out + (i + r) * row_stride + d + 16 * c, lanes(a.Dv - d - 16 * c),
-                                 (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[r][c], inv)));
-    }
-  }
-}
-
 template <int R>
 IQ_AVX512_BF16 inline void direct_rows(const Args& a, Scratch& t, const uint16_t* q, const uint16_t* k,
                                        const uint16_t* v, uint16_t* out, int64_t b, int64_t h, int64_t i) {
   direct_scores<R>(a, t, q, k, b, h, i);
   softmax<R>(a, t);
   constexpr int NB = R <= 4 ? 4 : 2;  // R x NB accumulators: 16 of AVX-512's 32 registers
-  const int64_t wide = t.dvp / (16 * NB) * (16 * NB);
-  direct_context<R, NB>(a, t, v, out, i, 0, wide);
-  direct_context<R, 1>(a, t, v, out, i, wide, t.dvp);
+  const int64_t wide = t.dvp / (16 * NB) * (16 * NB), pairs = (a.Sk + 1) / 2;
+  const VRowPairs v_pairs{a, v};  // V read in place, two keys' rows put side by side
+  context<R, NB>(a, t, v_pairs, pairs, out, i, 0, wide);
+  context<R, 1>(a, t, v_pairs, pairs, out, i, wide, t.dvp);
 }
 
 // all query rows (fewer than kMinQueries) of one (batch, head)
