@@ -99,7 +99,7 @@ def sweep(args) -> int:
     configs = harness.FULL_CONFIGS + harness.PRODUCT_CONFIGS if args.full_matrix else harness.CONFIGS
     seeds = seeds_of(args)
     if os.environ.get("FUZZ_SELFTEST_DIE_AT") is None:  # the supervisor's test compiles nothing (`check`)
-        harness.install_our_passes()  # ~8 s: our patterns traced
+        harness.install_our_passes()  # our patterns traced or read, registrations
     ctx = {"args": args, "configs": configs, "results": results, "seen_kinds": set(), "failures": 0,
            "in_flight": in_flight_path(args), "done": done}
     resumed = json.load(open(ctx["in_flight"])) if os.path.exists(ctx["in_flight"]) else {}
