@@ -10,9 +10,9 @@ tracing.
 
 Correctness: the file's name is a hash of every Python source of the package (inductor_quant,
 its passes and kernels), torch's version and Python's, so any edit or upgrade traces again. A
-file is written only when every pattern read back from its text prints and reprs exactly as the
-traced one (a pattern the printer cannot express is traced in every process, not cached); a file
-that cannot be read or evaluated is ignored and the patterns traced again. Written atomically
+pattern is written only when its text reads back printing and repr-ing exactly as the traced one
+(one the printer cannot express is traced in every process, not cached); a file that cannot be
+read or evaluated is ignored and the patterns traced again. Written atomically
 (a concurrent process sees no file or a whole one). Beside the native kernels:
 `$INDUCTOR_QUANT_CACHE_DIR/patterns/` (kernels/native.py, `cache_root`);
 `INDUCTOR_QUANT_PATTERN_CACHE=0` turns it off.
@@ -91,17 +91,16 @@ def from_text(text: str, names: Optional[dict] = None):
     return scope["pattern"]
 
 
-def _file_texts() -> dict:
+def _file_texts(file: pathlib.Path) -> dict:
     try:
-        texts = json.loads(path().read_text())
+        texts = json.loads(file.read_text())
         return texts if isinstance(texts, dict) else {}
     except Exception:  # no file or a cut-short one
         return {}
 
 
-def _store(texts: dict) -> None:
+def _store(target: pathlib.Path, texts: dict) -> None:
     try:
-        target = path()
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=target.parent, suffix=".tmp", delete=False) as tmp:
             json.dump(texts, tmp)
@@ -113,7 +112,8 @@ def _store(texts: dict) -> None:
 def patterns_of(traceable: dict[str, Callable[[], object]]) -> dict:
     """id -> pattern: evaluated from the file where it holds the id, else traced; the traced ones
     that read back the same are added to the file."""
-    texts = _file_texts() if enabled() else {}
+    file = path() if enabled() else None  # the sources hashed once
+    texts = _file_texts(file) if file else {}
     try:
         names = _namespace()
         patterns = {i: from_text(texts[i], names) for i in traceable if i in texts}
@@ -123,8 +123,8 @@ def patterns_of(traceable: dict[str, Callable[[], object]]) -> dict:
     for i, trace in traceable.items():
         if i not in patterns:
             patterns[i] = trace()
-            if enabled() and (text := to_text(patterns[i])) is not None:
+            if file and (text := to_text(patterns[i])) is not None:
                 new[i] = text
     if new:
-        _store({**texts, **new})
+        _store(file, {**texts, **new})
     return patterns
