@@ -323,17 +323,33 @@ IQ_AVX512_BF16 inline void one_head(const Args& a, Scratch& t, int64_t b, int64_
 
 // ---- few query rows: K and V read in place -------------------------------------------------
 
+// A decode step finds its layer's K and V in memory, not in cache: the weights streamed since the
+// last step evicted them, and reading the keys' rows one after another without prefetching took a
+// 4-row step over 230 keys of 256 channels from 15 to ~190 us (AMD Zen 5, the cache flushed
+// between calls). So the scores loop prefetches the key row kPrefetchKeys ahead into L1 and the
+// value row of the key it is on into L2, where the context loop finds it.
+constexpr int64_t kPrefetchKeys = 16;
+
+__attribute__((always_inline)) inline void prefetch_row(const uint16_t* row, int64_t n, int hint) {
+  for (int64_t c = 0; c < n; c += 32) {  // one cache line: 32 bf16
+    if (hint == _MM_HINT_T0) _mm_prefetch(reinterpret_cast<const char*>(row + c), _MM_HINT_T0);
+    else _mm_prefetch(reinterpret_cast<const char*>(row + c), _MM_HINT_T1);
+  }
+}
+
 // scores of R query rows against every key, each a dot product of two bf16 rows in `vdpbf16ps`
 // (32 elements a step, the tail loaded masked: zeros add nothing), summed across its 16 lanes;
 // scaled and masked into t.s, the rows' maxima into t.max
 template <int R>
-IQ_AVX512_BF16 inline void direct_scores(const Args& a, Scratch& t, const uint16_t* q, const uint16_t* k, int64_t b,
-                                         int64_t h, int64_t i) {
+IQ_AVX512_BF16 inline void direct_scores(const Args& a, Scratch& t, const uint16_t* q, const uint16_t* k,
+                                         const uint16_t* v, int64_t b, int64_t h, int64_t i) {
   float mx[R];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) mx[r] = -INFINITY;
   for (int64_t j = 0; j < a.Sk; ++j) {
     const uint16_t* kr = k + j * a.ks[2];
+    prefetch_row(k + (j + kPrefetchKeys) * a.ks[2], j + kPrefetchKeys < a.Sk ? a.D : 0, _MM_HINT_T0);
+    prefetch_row(v + j * a.vs[2], a.Dv, _MM_HINT_T1);  // for the context loop, which reads V next
     __m512 acc[R];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
@@ -364,7 +380,7 @@ IQ_AVX512_BF16 inline void direct_scores(const Args& a, Scratch& t, const uint16
 template <int R>
 IQ_AVX512_BF16 inline void direct_rows(const Args& a, Scratch& t, const uint16_t* q, const uint16_t* k,
                                        const uint16_t* v, uint16_t* out, int64_t b, int64_t h, int64_t i) {
-  direct_scores<R>(a, t, q, k, b, h, i);
+  direct_scores<R>(a, t, q, k, v, b, h, i);
   softmax<R>(a, t);
   constexpr int NB = R <= 4 ? 4 : 2;  // R x NB accumulators: 16 of AVX-512's 32 registers
   const int64_t wide = t.dvp / (16 * NB) * (16 * NB), pairs = (a.Sk + 1) / 2;
