@@ -324,10 +324,10 @@ IQ_AVX512_BF16 inline void one_head(const Args& a, Scratch& t, int64_t b, int64_
 // ---- few query rows: K and V read in place -------------------------------------------------
 
 // A decode step finds its layer's K and V in memory, not in cache: the weights streamed since the
-// last step evicted them, and reading the keys' rows one after another without prefetching took a
-// 4-row step over 230 keys of 256 channels from 15 to ~190 us (AMD Zen 5, the cache flushed
-// between calls). So the scores loop prefetches the key row kPrefetchKeys ahead into L1 and the
-// value row of the key it is on into L2, where the context loop finds it.
+// last step evicted them. Reading the keys' rows one after another without prefetching, the op
+// took 81 us a call inside Gemma-3-270M's decode step against 15 us timed alone (AMD Zen 5, torch
+// profiler). So the scores loop prefetches the key row kPrefetchKeys ahead into L1 and the value
+// row of the key it is on into L2, where the context loop finds it: 29 us a call in the step.
 constexpr int64_t kPrefetchKeys = 16;
 
 __attribute__((always_inline)) inline void prefetch_row(const uint16_t* row, int64_t n, int hint) {
